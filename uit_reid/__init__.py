@@ -1,0 +1,27 @@
+"""uit_reid: text-to-image person retrieval with the UIT framework.
+
+A sentence in, the matching person images out of a gallery. The package composes a CLIP dual
+encoder (:class:`CLIPDualEncoder`), text-guided image restoration (:class:`TIRHead`), pure loss
+functions (:mod:`uit_reid.losses`), data readers (:mod:`uit_reid.data`), retrieval metrics and a
+FAISS gallery index (:mod:`uit_reid.retrieval`) and a reference trainer (:mod:`uit_reid.train`).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from uit_reid import augment, data, losses, retrieval
+from uit_reid.encoders import CLIPDualEncoder
+from uit_reid.model import UITModel
+from uit_reid.tir import TIRHead
+
+__all__ = [
+    "CLIPDualEncoder",
+    "TIRHead",
+    "UITModel",
+    "__version__",
+    "augment",
+    "data",
+    "losses",
+    "retrieval",
+]

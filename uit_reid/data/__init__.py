@@ -1,0 +1,1 @@
+"""Data readers, synthetic pedestrians, torch datasets and samplers."""

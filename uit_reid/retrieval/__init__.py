@@ -1,0 +1,1 @@
+"""Retrieval metrics, the FAISS gallery index and search helpers."""
