@@ -1,0 +1,145 @@
+"""CLIPDualEncoder against open_clip itself, checkpoints on disk, masked forward."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+
+from uit_reid import CLIPDualEncoder
+from uit_reid.encoders import resize_position_embedding
+
+
+def test_pooled_outputs_equal_open_clip(tiny_encoder) -> None:
+    images = torch.randn(3, 3, 96, 32)
+    ids = tiny_encoder.tokenize(["a man in a blue shirt", "a woman with a red bag", "x"])
+    with torch.no_grad():
+        v, v_tokens = tiny_encoder.encode_image(images, return_tokens=True)
+        t, t_tokens = tiny_encoder.encode_text(ids, return_tokens=True)
+        assert torch.allclose(v, tiny_encoder.clip.encode_image(images), atol=1e-6)
+        assert torch.allclose(t, tiny_encoder.clip.encode_text(ids), atol=1e-6)
+    assert v.shape == (3, 128) and v_tokens.shape == (3, 1 + 12 * 4, 128)
+    assert t.shape == (3, 128) and t_tokens.shape == (3, 77, 128)
+    # the pooled text feature is the token feature at the EOT position
+    eot = ids.argmax(dim=-1)
+    assert torch.equal(t, t_tokens[torch.arange(3), eot])
+    assert torch.equal(v, v_tokens[:, 0])
+
+
+def test_tokenize_marks_padding_after_eot(tiny_encoder) -> None:
+    ids = tiny_encoder.tokenize(["a man", "a man in a long grey coat"])
+    assert ids.shape == (2, 77) and ids.dtype == torch.long
+    pad = CLIPDualEncoder.text_padding_mask(ids)
+    assert pad[0].tolist().index(True) == 4  # <sot> a man <eot> | pad
+    assert not pad[1, : int(ids[1].argmax()) + 1].any()
+
+
+def test_masked_forward_keeps_exactly_the_expected_tokens(tiny_encoder) -> None:
+    images = torch.randn(2, 3, 96, 32)
+    out = tiny_encoder.encode_masked_image(images, mask_ratio=0.7)
+    n_keep = round(48 * 0.3)
+    assert out.tokens.shape == (2, 1 + n_keep, 128)
+    assert out.mask.shape == (2, 48) and (out.mask.sum(1) == 48 - n_keep).all()
+    # with nothing dropped, the tokens are the full forward's, shuffled
+    with torch.no_grad():
+        full = tiny_encoder.encode_masked_image(images, mask_ratio=0.0)
+        _, tokens = tiny_encoder.encode_image(images, return_tokens=True)
+    restored = torch.gather(full.tokens[:, 1:], 1, full.ids_restore.unsqueeze(-1).expand(-1, -1, 128))
+    assert torch.allclose(restored, tokens[:, 1:], atol=1e-5)
+    assert torch.allclose(full.tokens[:, 0], tokens[:, 0], atol=1e-5)
+
+
+def test_wrong_image_size_is_an_error(tiny_encoder) -> None:
+    with pytest.raises(ValueError, match=r"\(96, 32\)"):
+        tiny_encoder.encode_image(torch.randn(1, 3, 64, 32))
+
+
+def test_non_square_sizes_build(tiny_encoder_factory) -> None:
+    enc = tiny_encoder_factory(image_size=(128, 48))
+    assert enc.grid_size == (16, 6)
+    assert enc.encode_image(torch.randn(1, 3, 128, 48)).shape == (1, 128)
+
+
+@pytest.mark.slow
+def test_vit_b16_checkpoint_at_224_loads_at_384x128(tmp_path) -> None:
+    torch.manual_seed(0)
+    square = open_clip.create_model("ViT-B-16", pretrained=None)
+    state = square.state_dict()
+    path = tmp_path / "vit_b16_224.pt"
+    torch.save(state, path)
+    enc = CLIPDualEncoder.from_open_clip("ViT-B-16", pretrained=str(path), image_size=(384, 128))
+    assert enc.grid_size == (24, 8)
+    loaded = enc.clip.state_dict()
+    pos = loaded["visual.positional_embedding"]
+    assert pos.shape == (1 + 24 * 8, 768)
+    assert torch.equal(pos, resize_position_embedding(state["visual.positional_embedding"], (24, 8)))
+    assert torch.equal(pos[0], state["visual.positional_embedding"][0])
+    for key in ("visual.conv1.weight", "token_embedding.weight", "text_projection", "visual.proj"):
+        assert torch.equal(loaded[key], state[key])
+    with torch.no_grad():
+        ids = enc.tokenize(["a person"])
+        assert torch.allclose(enc.encode_text(ids), square.encode_text(ids), atol=1e-5)
+        image = torch.randn(1, 3, 384, 128)
+        assert torch.allclose(enc.encode_image(image), enc.clip.encode_image(image), atol=1e-5)
+
+
+def test_resize_position_embedding_preserves_a_constant_field() -> None:
+    pos = torch.cat([torch.randn(1, 8), torch.full((14 * 14, 8), 0.5)])
+    out = resize_position_embedding(pos, (24, 8))
+    assert out.shape == (1 + 192, 8)
+    assert torch.allclose(out[1:], torch.full((192, 8), 0.5), atol=1e-5)
+    with pytest.raises(ValueError, match="cannot infer"):
+        resize_position_embedding(torch.randn(1 + 12, 8), (4, 4))
+
+
+def test_missing_checkpoint_names_the_file(tmp_path) -> None:
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        CLIPDualEncoder.from_open_clip("uit-tiny", pretrained=str(missing), image_size=(96, 32))
+
+
+def test_foreign_architecture_names_file_and_keys(tmp_path, tiny_encoder_factory) -> None:
+    other = open_clip.create_model("uit-tiny", pretrained=None, force_image_size=(96, 32))
+    state = other.state_dict()
+    state["visual.conv1.weight"] = torch.randn(128, 3, 16, 16)  # another patch size
+    state.pop("ln_final.weight")
+    state["extra.head.weight"] = torch.randn(2, 2)
+    path = tmp_path / "foreign.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="foreign.pt") as err:
+        CLIPDualEncoder.from_open_clip("uit-tiny", pretrained=path, image_size=(96, 32))
+    message = str(err.value)
+    assert "visual.conv1.weight" in message and "ln_final.weight" in message and "extra.head.weight" in message
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pickled_code_is_refused(tmp_path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Payload()}, path)
+    with pytest.raises(ValueError, match="evil.pt"):
+        CLIPDualEncoder.from_open_clip("uit-tiny", pretrained=path, image_size=(96, 32))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_own_checkpoint_round_trip(tmp_path, tiny_encoder_factory, suffix) -> None:
+    enc = tiny_encoder_factory(seed=3)
+    path = tmp_path / f"tiny{suffix}"
+    if suffix == ".pt":
+        torch.save(enc.state_dict(), path)  # keys prefixed "clip."
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in enc.clip.state_dict().items()}, str(path))
+    again = CLIPDualEncoder.from_open_clip("uit-tiny", pretrained=path, image_size=(96, 32))
+    for key, value in enc.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+    assert again.fingerprint() == enc.fingerprint()
+    assert tiny_encoder_factory(seed=4).fingerprint() != enc.fingerprint()
+
+
+def test_logit_scale_is_frozen(tiny_encoder) -> None:
+    assert not tiny_encoder.clip.logit_scale.requires_grad

@@ -1,0 +1,89 @@
+"""UITModel composes the losses; a tiny model can overfit one batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from uit_reid import TIRHead, UITModel
+
+
+def _batch(encoder, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    colours = ["red", "blue", "green", "black"]
+    captions = [f"a person in a {colours[i // 2]} shirt, number {i}" for i in range(8)]
+    return {
+        "images": torch.randn(8, 3, 96, 32, generator=gen),
+        "text_ids": encoder.tokenize(captions),
+        "pids": torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]),
+        "image_ids": torch.arange(8),
+    }
+
+
+def _tiny_head(encoder) -> TIRHead:
+    return TIRHead(encoder.embed_dim, encoder.grid_size, encoder.patch_size, width=64, depth=1, heads=4)
+
+
+def test_forward_returns_each_enabled_loss_and_the_weighted_total(tiny_encoder_factory) -> None:
+    enc = tiny_encoder_factory()
+    model = UITModel(enc, num_classes=4, tir=_tiny_head(enc), loss_weights={"itc": 0.5})
+    out = model(_batch(enc))
+    assert set(out) == {"sdm", "id", "cmt", "tir", "itc", "loss"}
+    weights = model.loss_weights
+    total = sum(weights[k] * out[k] for k in ("sdm", "id", "cmt", "tir", "itc"))
+    assert torch.allclose(out["loss"], total)
+    assert weights == {"sdm": 1.0, "id": 1.0, "tir": 10.0, "cmt": 10.0, "itc": 0.5}
+
+
+def test_disabled_losses_are_not_computed(tiny_encoder_factory) -> None:
+    enc = tiny_encoder_factory()
+    model = UITModel(enc, num_classes=0, tir=False, loss_weights={"cmt": 0.0})
+    out = model(_batch(enc))
+    assert set(out) == {"sdm", "loss"}
+    assert model.classifier is None and model.tir_head is None
+
+
+def test_bad_configuration_is_named(tiny_encoder_factory) -> None:
+    enc = tiny_encoder_factory()
+    with pytest.raises(ValueError, match="'triplet'"):
+        UITModel(enc, num_classes=4, tir=False, loss_weights={"triplet": 1.0})
+    with pytest.raises(ValueError, match="do not match"):
+        UITModel(enc, num_classes=4, tir=TIRHead(128, (24, 8), 16, width=64, depth=1, heads=4))
+
+
+def test_classifier_init_follows_uit() -> None:
+    from uit_reid import CLIPDualEncoder
+
+    torch.manual_seed(0)
+    enc = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=(96, 32))
+    model = UITModel(enc, num_classes=500, tir=False)
+    w = model.classifier.weight.detach()
+    assert torch.count_nonzero(model.classifier.bias) == 0
+    assert 0.0008 < float(w.std()) < 0.0012
+
+
+def test_tiny_model_overfits_one_batch(tiny_encoder_factory) -> None:
+    enc = tiny_encoder_factory(seed=1)
+    model = UITModel(enc, num_classes=4, tir=_tiny_head(enc))
+    batch = _batch(enc)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    history = []
+    for _ in range(30):
+        out = model(batch)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        history.append(out["loss"].item())
+    assert all(torch.isfinite(torch.tensor(history)))
+    assert min(history[-5:]) < history[0] / 2
+
+
+def test_inference_features_are_normalised_and_skip_tir(tiny_encoder_factory) -> None:
+    enc = tiny_encoder_factory()
+    model = UITModel(enc, num_classes=4, tir=_tiny_head(enc)).eval()
+    batch = _batch(enc)
+    v = model.encode_images(batch["images"])
+    t = model.encode_texts(batch["text_ids"])
+    assert torch.allclose(v.norm(dim=-1), torch.ones(8), atol=1e-5)
+    assert torch.allclose(t.norm(dim=-1), torch.ones(8), atol=1e-5)
+    assert not v.requires_grad

@@ -1,0 +1,49 @@
+"""The one place where features cross process boundaries.
+
+Contrastive and triplet losses are only as good as the batch they see. Under DDP each rank holds
+a slice; :func:`gather_with_grad` concatenates the slices of all ranks while keeping the autograd
+graph, so every rank computes the loss of the global batch (as open_clip's ``ClipLoss`` does with
+``gather_with_grad``). With DDP's gradient averaging this yields exactly the gradient of the
+single-process global-batch loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["gather_with_grad", "is_distributed", "rank", "world_size"]
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from all ranks along dim 0, differentiably; identity on one process.
+
+    Every rank must pass a tensor of the same shape (the samplers guarantee equal batches).
+    """
+    if not is_distributed():
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+
+def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` (ids, labels) from all ranks along dim 0, without autograd."""
+    if not is_distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)

@@ -1,0 +1,351 @@
+"""CLIP dual encoder over open_clip with token outputs, masked-image forward and person-shaped inputs.
+
+:class:`CLIPDualEncoder` wraps an open_clip ``CLIP`` model (ViT image tower, built-in text tower)
+and exposes what text-based person retrieval needs beyond open_clip's own API:
+
+* per-token features projected to the joint space (TIR cross-attends to the caption's tokens);
+* a forward over a random subset of patch tokens (MAE-style) for text-guided image restoration;
+* non-square inputs (384x128 by default) with the position grid resized when a checkpoint made for
+  another grid (e.g. 224x224) is loaded;
+* local checkpoints loaded without pickle, with errors that name the file and the mismatched keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import VisionTransformer, text_global_pool
+from torch import nn
+
+from uit_reid.tir import random_masking
+
+__all__ = ["CLIPDualEncoder", "MaskedImageOutput", "load_state_dict_file", "resize_position_embedding"]
+
+logger = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+@dataclass
+class MaskedImageOutput:
+    """Result of :meth:`CLIPDualEncoder.encode_masked_image`.
+
+    Attributes:
+        tokens: ``(B, 1 + n_keep, D)`` projected features of the CLS token and the visible patches.
+        ids_restore: ``(B, N)`` index that puts ``[visible, dropped]`` back into patch order.
+        mask: ``(B, N)`` bool, True where a patch was dropped (the patches TIR must restore).
+    """
+
+    tokens: torch.Tensor
+    ids_restore: torch.Tensor
+    mask: torch.Tensor
+
+
+def resize_position_embedding(
+    pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Resize a ``(1 + H*W, C)`` ViT position embedding (CLS first) to ``new_grid`` bicubically.
+
+    ``old_grid`` defaults to the square grid implied by the token count.
+    """
+    cls_pos, grid_pos = pos_embed[:1], pos_embed[1:]
+    if old_grid is None:
+        side = int(round(grid_pos.shape[0] ** 0.5))
+        if side * side != grid_pos.shape[0]:
+            raise ValueError(
+                f"cannot infer the grid of a {grid_pos.shape[0]}-token position embedding; pass old_grid"
+            )
+        old_grid = (side, side)
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    grid = grid_pos.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", antialias=True, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos_embed.dtype)
+    return torch.cat([cls_pos, grid], dim=0)
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file without pickle: safetensors, or ``torch.load(weights_only=True)``.
+
+    Unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` containers and a DDP ``module.`` prefix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated files, pickles with code, foreign formats
+        raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {path} does not hold a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return (
+        os.sep in pretrained
+        or pretrained.startswith(".")
+        or pretrained.endswith(_CHECKPOINT_SUFFIXES)
+        or Path(pretrained).exists()
+    )
+
+
+def _describe_keys(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+class CLIPDualEncoder(nn.Module):
+    """Image and text towers of an open_clip CLIP model with token-level outputs.
+
+    Build it with :meth:`from_open_clip`. Features are returned unnormalised; losses and the
+    index normalise where they need to. ``logit_scale`` of the wrapped model is frozen: UIT uses a
+    fixed temperature, and a trainable parameter that no loss uses breaks DDP.
+    """
+
+    def __init__(self, clip: nn.Module, tokenizer: Any, model_name: str = "custom") -> None:
+        super().__init__()
+        visual = getattr(clip, "visual", None)
+        if not isinstance(visual, VisionTransformer) or not hasattr(clip, "token_embedding"):
+            raise TypeError(
+                f"{model_name}: CLIPDualEncoder needs an open_clip CLIP with a ViT image tower and the "
+                "built-in text tower (got a different architecture)"
+            )
+        if visual.attn_pool is not None or visual.pool_type != "tok" or visual.final_ln_after_pool:
+            raise TypeError(f"{model_name}: only CLS-token pooled ViTs are supported")
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        for name in ("logit_scale", "logit_bias"):
+            param = getattr(clip, name, None)
+            if isinstance(param, nn.Parameter):
+                param.requires_grad_(False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_open_clip(
+        cls,
+        name: str = "ViT-B-16",
+        pretrained: str | os.PathLike | None = None,
+        image_size: tuple[int, int] = (384, 128),
+        context_length: int = 77,
+        device: str | torch.device = "cpu",
+    ) -> CLIPDualEncoder:
+        """Create an encoder from an open_clip architecture name.
+
+        Args:
+            name: an open_clip model name (``"ViT-B-16"``) or ``"uit-tiny"`` (tests, demo).
+            pretrained: ``None`` (random init), an open_clip tag such as ``"openai"`` (downloads from
+                the hub), or a local checkpoint file (``.pt``/``.pth``/``.bin``/``.safetensors``).
+            image_size: input (height, width); the position grid is resized to match.
+            context_length: text length in tokens.
+        """
+        image_size = (int(image_size[0]), int(image_size[1]))
+        tag = None
+        path: Path | None = None
+        if pretrained is not None:
+            pretrained = os.fspath(pretrained)
+            if _looks_like_path(pretrained):
+                path = Path(pretrained).expanduser()
+                if not path.is_file():
+                    raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
+            else:
+                tag = pretrained
+        if name not in open_clip.list_models():
+            raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+        clip = open_clip.create_model(
+            name,
+            pretrained=tag,
+            force_image_size=image_size,
+            force_context_length=context_length,
+            device="cpu",
+        )
+        encoder = cls(clip, open_clip.get_tokenizer(name, context_length=context_length), model_name=name)
+        if path is not None:
+            encoder.load_clip_weights(path)
+        return encoder.to(device)
+
+    def load_clip_weights(self, path: str | os.PathLike) -> None:
+        """Load open_clip CLIP weights from ``path``, resizing the image position grid if needed.
+
+        Raises ``ValueError`` naming the file and the missing, unexpected or mis-shaped keys when
+        the checkpoint belongs to another architecture.
+        """
+        state = load_state_dict_file(path)
+        if any(k.startswith("clip.") for k in state):  # saved from this wrapper
+            state = {k[len("clip.") :]: v for k, v in state.items() if k.startswith("clip.")}
+        key = "visual.positional_embedding"
+        own = self.clip.state_dict()
+        if key in state and key in own and state[key].shape != own[key].shape:
+            try:
+                state[key] = resize_position_embedding(state[key], self.grid_size)
+            except ValueError as exc:
+                raise ValueError(f"checkpoint {path}: {exc}") from exc
+            logger.info("resized %s from %s to grid %s", key, tuple(state[key].shape), self.grid_size)
+        # logit_scale is stored as a scalar in some checkpoints and a 1-element tensor in others.
+        for name in ("logit_scale", "logit_bias"):
+            if name in state and name in own and state[name].shape != own[name].shape:
+                state[name] = state[name].reshape(own[name].shape)
+        missing = sorted(k for k in own if k not in state and k != "attn_mask")
+        unexpected = sorted(k for k in state if k not in own)
+        mismatched = sorted(
+            f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+            for k in own
+            if k in state and state[k].shape != own[k].shape
+        )
+        if missing or unexpected or mismatched:
+            parts = []
+            if mismatched:
+                parts.append(f"shape mismatch: {_describe_keys(mismatched)}")
+            if missing:
+                parts.append(f"missing: {_describe_keys(missing)}")
+            if unexpected:
+                parts.append(f"unexpected: {_describe_keys(unexpected)}")
+            raise ValueError(
+                f"checkpoint {path} does not match architecture {self.model_name}: " + "; ".join(parts)
+            )
+        self.clip.load_state_dict(state, strict=False)
+        logger.info("loaded CLIP weights from %s", path)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def embed_dim(self) -> int:
+        """Dimension of the joint image-text space."""
+        return int(self.clip.visual.output_dim)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        size = self.clip.visual.image_size
+        return (int(size[0]), int(size[1])) if isinstance(size, tuple | list) else (int(size), int(size))
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        size = self.clip.visual.patch_size
+        return (int(size[0]), int(size[1])) if isinstance(size, tuple | list) else (int(size), int(size))
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        grid = self.clip.visual.grid_size
+        return int(grid[0]), int(grid[1])
+
+    @property
+    def context_length(self) -> int:
+        return int(self.clip.context_length)
+
+    @property
+    def text_width(self) -> int:
+        """Width of the text transformer (before projection)."""
+        return int(self.clip.transformer.width)
+
+    def fingerprint(self) -> str:
+        """A short hash of the architecture, input size and weights; stored with gallery indexes."""
+        digest = hashlib.sha256(f"{self.model_name}|{self.image_size}|{self.context_length}".encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return f"{self.model_name}-{digest.hexdigest()[:16]}"
+
+    # ------------------------------------------------------------------ text
+    def tokenize(self, texts: str | list[str]) -> torch.Tensor:
+        """Token ids ``(B, context_length)`` for a caption or a list of captions."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.tokenizer(list(texts))
+
+    @staticmethod
+    def text_padding_mask(ids: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` bool, True at positions after the EOT token (padding that carries no text)."""
+        eot = ids.argmax(dim=-1, keepdim=True)
+        return torch.arange(ids.shape[1], device=ids.device).unsqueeze(0) > eot
+
+    def encode_text(
+        self, ids: torch.Tensor, return_tokens: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Pooled caption features ``(B, D)`` (EOT token, projected); with tokens ``(B, L, D)``."""
+        clip = self.clip
+        x = clip.token_embedding(ids)
+        x = x + clip.positional_embedding.to(x.dtype)
+        x = clip.transformer(x, attn_mask=clip.attn_mask)
+        x = clip.ln_final(x)
+        tokens = self._project_text(x)
+        pooled = text_global_pool(tokens, ids, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
+        return (pooled, tokens) if return_tokens else pooled
+
+    def _project_text(self, x: torch.Tensor) -> torch.Tensor:
+        proj = self.clip.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    # ------------------------------------------------------------------ images
+    def _patch_embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch embeddings plus position embeddings, CLS first: ``(B, 1 + N, width)``."""
+        visual = self.clip.visual
+        if tuple(images.shape[-2:]) != self.image_size:
+            raise ValueError(f"images must be {self.image_size} (height, width), got {tuple(images.shape[-2:])}")
+        x = visual.conv1(images)
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        return x + visual.positional_embedding.to(x.dtype)
+
+    def _encode_embedded(self, x: torch.Tensor) -> torch.Tensor:
+        visual = self.clip.visual
+        x = visual.patch_dropout(x)
+        x = visual.ln_pre(x)
+        x = visual.transformer(x)
+        x = visual.ln_post(x)
+        return x @ visual.proj if visual.proj is not None else x
+
+    def encode_image(
+        self, images: torch.Tensor, return_tokens: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Pooled image features ``(B, D)`` (CLS token, projected); with tokens ``(B, 1 + N, D)``.
+
+        The token output includes the CLS token at index 0 followed by the patches in grid order.
+        """
+        tokens = self._encode_embedded(self._patch_embed(images))
+        pooled = tokens[:, 0]
+        return (pooled, tokens) if return_tokens else pooled
+
+    def encode_masked_image(
+        self, images: torch.Tensor, mask_ratio: float = 0.7, generator: torch.Generator | None = None
+    ) -> MaskedImageOutput:
+        """Encode only a random subset of patches (CLS always kept), as TIR's restoration input.
+
+        Patch tokens are dropped after the position embedding, so the kept tokens keep their
+        positions; only the visible ones go through the transformer.
+        """
+        x = self._patch_embed(images)
+        cls, patches = x[:, :1], x[:, 1:]
+        ids_keep, ids_restore, mask = random_masking(
+            patches.shape[0], patches.shape[1], mask_ratio, patches.device, generator
+        )
+        visible = torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        tokens = self._encode_embedded(torch.cat([cls, visible], dim=1))
+        return MaskedImageOutput(tokens=tokens, ids_restore=ids_restore, mask=mask)
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled image and text features (for ``torch.compile`` and DDP wrappers)."""
+        return self.encode_image(images), self.encode_text(ids)

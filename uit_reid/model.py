@@ -1,0 +1,143 @@
+"""UITModel: the dual encoder, an identity classifier and an optional TIR head, composed into losses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uit_reid import losses
+from uit_reid.augment import CLIP_MEAN, CLIP_STD
+from uit_reid.distributed import gather_no_grad, gather_with_grad
+from uit_reid.encoders import CLIPDualEncoder
+from uit_reid.tir import TIRHead, patchify, tir_loss, to_grayscale
+
+__all__ = ["DEFAULT_LOSS_WEIGHTS", "UITModel"]
+
+logger = logging.getLogger(__name__)
+
+#: UIT's loss weights (the paper's recipe). ``itc`` (symmetric InfoNCE) is off by default.
+DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"sdm": 1.0, "id": 1.0, "tir": 10.0, "cmt": 10.0, "itc": 0.0}
+
+
+class UITModel(nn.Module):
+    """Encoder + shared identity classifier + optional TIR head → a dict of losses.
+
+    ``forward(batch)`` takes ``{"images", "text_ids", "pids"}`` and returns each enabled loss
+    (``sdm``, ``id``, ``cmt``, ``tir``, ``itc``) unweighted plus their weighted sum ``loss``. A loss
+    whose weight is 0 is not computed. Under ``torch.distributed`` the features are gathered
+    across ranks (with gradients) before the batch-level losses (SDM, CMT, ITC).
+
+    Args:
+        encoder: the dual encoder.
+        num_classes: number of training identities (the ID classifier's outputs); ``0`` disables it.
+        tir: ``True`` builds a :class:`TIRHead` of UIT's size for this encoder, ``False`` disables
+            TIR, or pass a configured :class:`TIRHead`.
+        loss_weights: overrides of :data:`DEFAULT_LOSS_WEIGHTS` (unknown names are an error).
+        logit_scale: fixed inverse temperature of SDM and ITC (UIT: 50).
+        cmt_margin: margin of the cross-modal triplet loss (UIT: 0.05).
+        mask_ratio: fraction of patches TIR drops (UIT: 0.7).
+        image_mean, image_std: the normalisation of input images (to form grayscale inputs).
+    """
+
+    def __init__(
+        self,
+        encoder: CLIPDualEncoder,
+        num_classes: int,
+        tir: bool | TIRHead = True,
+        loss_weights: Mapping[str, float] | None = None,
+        logit_scale: float = 50.0,
+        cmt_margin: float = 0.05,
+        mask_ratio: float = 0.7,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+    ) -> None:
+        super().__init__()
+        weights = dict(DEFAULT_LOSS_WEIGHTS)
+        for name, value in (loss_weights or {}).items():
+            if name not in weights:
+                raise ValueError(f"unknown loss {name!r} in loss_weights; known: {sorted(weights)}")
+            weights[name] = float(value)
+        self.encoder = encoder
+        self.num_classes = int(num_classes)
+        self.classifier: nn.Linear | None = None
+        if self.num_classes > 0:
+            self.classifier = nn.Linear(encoder.embed_dim, self.num_classes)
+            nn.init.normal_(self.classifier.weight, std=0.001)
+            nn.init.zeros_(self.classifier.bias)
+        elif weights["id"] > 0:
+            logger.info("num_classes=0: the ID loss is disabled")
+            weights["id"] = 0.0
+        if tir is True:
+            tir = TIRHead(encoder.embed_dim, encoder.grid_size, encoder.patch_size, text_dim=encoder.embed_dim)
+        self.tir_head: TIRHead | None = tir if isinstance(tir, TIRHead) else None
+        if self.tir_head is None:
+            weights["tir"] = 0.0
+        elif self.tir_head.grid_size != encoder.grid_size or self.tir_head.patch_size != encoder.patch_size:
+            raise ValueError(
+                f"TIRHead grid {self.tir_head.grid_size} / patch {self.tir_head.patch_size} do not match the "
+                f"encoder's {encoder.grid_size} / {encoder.patch_size}"
+            )
+        self.loss_weights = weights
+        self.logit_scale = float(logit_scale)
+        self.cmt_margin = float(cmt_margin)
+        self.mask_ratio = float(mask_ratio)
+        self.image_mean = tuple(float(m) for m in image_mean)
+        self.image_std = tuple(float(s) for s in image_std)
+
+    def enabled_losses(self) -> list[str]:
+        """Names of the losses with a non-zero weight, in a fixed order."""
+        return [name for name, weight in self.loss_weights.items() if weight != 0.0]
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images, ids, pids = batch["images"], batch["text_ids"], batch["pids"]
+        w = self.loss_weights
+        need_tokens = w["tir"] != 0.0
+        image_feats = self.encoder.encode_image(images)
+        text_out = self.encoder.encode_text(ids, return_tokens=need_tokens)
+        text_feats, text_tokens = text_out if need_tokens else (text_out, None)
+
+        out: dict[str, torch.Tensor] = {}
+        if w["sdm"] or w["cmt"] or w["itc"]:
+            all_image, all_text = gather_with_grad(image_feats), gather_with_grad(text_feats)
+            all_pids = gather_no_grad(pids)
+            if w["sdm"]:
+                out["sdm"] = losses.sdm_loss(all_image, all_text, all_pids, logit_scale=self.logit_scale)
+            if w["itc"]:
+                out["itc"] = losses.itc_loss(all_image, all_text, logit_scale=self.logit_scale)
+            if w["cmt"]:
+                out["cmt"] = losses.cmt_loss(all_image, all_text, all_pids, margin=self.cmt_margin)
+        if w["id"]:
+            assert self.classifier is not None
+            out["id"] = losses.id_loss(self.classifier(image_feats), self.classifier(text_feats), pids)
+        if need_tokens:
+            assert self.tir_head is not None and text_tokens is not None
+            out["tir"] = self.tir_loss(images, ids, text_tokens)
+        total = sum((w[name] * value for name, value in out.items()), start=images.new_zeros((), dtype=torch.float32))
+        out["loss"] = total
+        return out
+
+    def tir_loss(self, images: torch.Tensor, ids: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
+        """Restore the RGB pixels of masked patches of the grayscale image from the caption."""
+        assert self.tir_head is not None
+        gray = to_grayscale(images, self.image_mean, self.image_std)
+        masked = self.encoder.encode_masked_image(gray, self.mask_ratio)
+        pred = self.tir_head(
+            masked.tokens, masked.ids_restore, text_tokens, self.encoder.text_padding_mask(ids)
+        )
+        return tir_loss(pred, patchify(images, self.encoder.patch_size), masked.mask)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Gallery features for retrieval (no TIR cost); L2-normalised by default."""
+        feats = self.encoder.encode_image(images)
+        return F.normalize(feats.float(), dim=-1) if normalize else feats
+
+    @torch.no_grad()
+    def encode_texts(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Query features for retrieval; L2-normalised by default."""
+        feats = self.encoder.encode_text(ids)
+        return F.normalize(feats.float(), dim=-1) if normalize else feats
