@@ -1,1 +1,67 @@
-"""Data readers, synthetic pedestrians, torch datasets and samplers."""
+"""Data: readers (CUHK-PEDES, ICFG-PEDES, RSTPReid, JSONL), synthetic pedestrians, torch datasets, samplers.
+
+``load_dataset`` turns annotation files into :class:`PedesDataset` (train/val/test :class:`Split` of
+:class:`PersonRecord`); ``make_synthetic`` writes the built-in dataset; the torch datasets, collates and
+batch samplers feed ``UITModel``. This package never imports the encoder: the tokenizer is passed in.
+"""
+
+from __future__ import annotations
+
+from uit_reid.data.datasets import (
+    GalleryDataset,
+    QueryCollate,
+    QueryDataset,
+    TrainCollate,
+    TrainDataset,
+    build_eval_loaders,
+    build_train_loader,
+    load_image,
+)
+from uit_reid.data.readers import FORMATS, JSONL_NAME, load_dataset, safe_relative_path
+from uit_reid.data.records import (
+    AnnotationError,
+    AnnotationNotFoundError,
+    CorruptImageError,
+    DataError,
+    Gallery,
+    MissingImagesError,
+    PedesDataset,
+    PersonRecord,
+    Queries,
+    Split,
+    UnsafePathError,
+)
+from uit_reid.data.samplers import IdentitySampler, RandomBatchSampler
+from uit_reid.data.synthetic import make_caption, make_synthetic, render_person, sample_identities
+
+__all__ = [
+    "FORMATS",
+    "JSONL_NAME",
+    "AnnotationError",
+    "AnnotationNotFoundError",
+    "CorruptImageError",
+    "DataError",
+    "Gallery",
+    "GalleryDataset",
+    "IdentitySampler",
+    "MissingImagesError",
+    "PedesDataset",
+    "PersonRecord",
+    "Queries",
+    "QueryCollate",
+    "QueryDataset",
+    "RandomBatchSampler",
+    "Split",
+    "TrainCollate",
+    "TrainDataset",
+    "UnsafePathError",
+    "build_eval_loaders",
+    "build_train_loader",
+    "load_dataset",
+    "load_image",
+    "make_caption",
+    "make_synthetic",
+    "render_person",
+    "safe_relative_path",
+    "sample_identities",
+]

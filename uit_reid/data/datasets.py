@@ -1,0 +1,238 @@
+"""Torch datasets and collates: training pairs, evaluation gallery and queries, loader builders.
+
+The tokenizer is a callable ``tokenizer(list[str]) -> LongTensor (B, L)`` passed in by the caller;
+captions are tokenised per batch in the collate (faster than one by one). Collates are plain classes so
+DataLoader workers can pickle them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from uit_reid.data.records import CorruptImageError, Split
+from uit_reid.data.samplers import IdentitySampler, RandomBatchSampler
+
+logger = logging.getLogger(__name__)
+
+Tokenizer = Callable[[list[str]], torch.Tensor]
+ImageTransform = Callable[[Image.Image], torch.Tensor]
+OnCorrupt = Literal["error", "skip"]
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image as RGB; raise :class:`CorruptImageError` naming the path."""
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", im.size)  # no-op except for JPEG, where it skips colour conversion work
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(f"cannot decode image {path}: {e}") from e
+
+
+class TrainDataset(Dataset):
+    """Training pairs: one item per (image, caption), as in IRRA/UIT.
+
+    Items are dicts ``{"image": Tensor(3,H,W), "caption": str, "pid": int, "image_id": int}``.
+    ``text_augment`` (e.g. :class:`uit_reid.augment.TextAugment`) is applied to the caption.
+    ``on_corrupt="skip"`` replaces an undecodable image by another image of the same person (or the
+    next one) and logs a warning once per path; ``"error"`` raises :class:`CorruptImageError`.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        transform: ImageTransform,
+        text_augment: Callable[[str], str] | None = None,
+        on_corrupt: OnCorrupt = "error",
+    ) -> None:
+        if on_corrupt not in ("error", "skip"):
+            raise ValueError(f"on_corrupt must be 'error' or 'skip', got {on_corrupt!r}")
+        self.split = split
+        self.transform = transform
+        self.text_augment = text_augment
+        self.on_corrupt = on_corrupt
+        self.pairs: list[tuple[int, int]] = [
+            (r.image_id, j) for r in split.records for j in range(len(r.captions))
+        ]
+        self.pids: list[int] = [split.records[i].pid for i, _ in self.pairs]
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _image(self, image_id: int) -> Image.Image:
+        records = self.split.records
+        if image_id not in self._bad:
+            try:
+                return load_image(records[image_id].image_path)
+            except CorruptImageError:
+                if self.on_corrupt == "error":
+                    raise
+                self._bad.add(image_id)
+                logger.warning("skipping corrupt image %s", records[image_id].image_path)
+        pid = records[image_id].pid  # skip mode: same person first, then the following images
+        same = (r.image_id for r in records if r.pid == pid and r.image_id != image_id)
+        following = ((image_id + k) % len(records) for k in range(1, len(records)))
+        for cand in itertools.chain(same, following):
+            if cand in self._bad:
+                continue
+            try:
+                return load_image(records[cand].image_path)
+            except CorruptImageError:
+                self._bad.add(cand)
+                logger.warning("skipping corrupt image %s", records[cand].image_path)
+        raise CorruptImageError(f"no decodable image left in split {self.split.name!r}")
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_id, j = self.pairs[index]
+        rec = self.split.records[image_id]
+        caption = rec.captions[j]
+        if self.text_augment is not None:
+            caption = self.text_augment(caption)
+        return {
+            "image": self.transform(self._image(image_id)),
+            "caption": caption,
+            "pid": rec.pid,
+            "image_id": rec.image_id,
+        }
+
+
+class TrainCollate:
+    """Stack images and tokenise captions into the batch dict ``UITModel.forward`` takes."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return {
+            "images": torch.stack([it["image"] for it in items]),
+            "text_ids": self.tokenizer([it["caption"] for it in items]).long(),
+            "pids": torch.tensor([it["pid"] for it in items], dtype=torch.long),
+            "image_ids": torch.tensor([it["image_id"] for it in items], dtype=torch.long),
+        }
+
+
+class GalleryDataset(Dataset):
+    """Evaluation gallery: items ``{"images": Tensor, "pids": int, "image_ids": int}``, one per image.
+
+    The default collate turns a list of items into a batch dict with the same keys. A corrupt gallery
+    image always raises (dropping it would shift every column of the similarity matrix); use
+    ``load_dataset(..., verify_images=True, on_missing="skip")`` to drop such images up front.
+    """
+
+    def __init__(self, split: Split, transform: ImageTransform) -> None:
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.split.records[index]
+        return {"images": self.transform(load_image(rec.image_path)), "pids": rec.pid, "image_ids": rec.image_id}
+
+
+class QueryDataset(Dataset):
+    """Evaluation queries: items ``{"caption": str, "pid": int, "image_id": int}``, one per caption."""
+
+    def __init__(self, split: Split) -> None:
+        q = split.queries
+        self.captions, self.pids, self.image_ids = q.captions, q.pids, q.image_indices
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"caption": self.captions[index], "pid": self.pids[index], "image_id": self.image_ids[index]}
+
+
+class QueryCollate:
+    """Tokenise a batch of queries: ``{"text_ids": (B, L), "pids": (B,), "image_ids": (B,)}``."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return {
+            "text_ids": self.tokenizer([it["caption"] for it in items]).long(),
+            "pids": torch.tensor([it["pid"] for it in items], dtype=torch.long),
+            "image_ids": torch.tensor([it["image_id"] for it in items], dtype=torch.long),
+        }
+
+
+def build_train_loader(
+    split: Split,
+    tokenizer: Tokenizer,
+    image_size: tuple[int, int] = (384, 128),
+    batch_size: int = 128,
+    *,
+    sampler: Literal["identity", "random"] = "identity",
+    num_instances: int = 4,
+    num_workers: int = 4,
+    text_augment_p: float = 0.2,
+    transform: ImageTransform | None = None,
+    seed: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    on_corrupt: OnCorrupt = "error",
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """A training DataLoader with the UIT image and text augmentations and a DDP-aware batch sampler.
+
+    ``batch_size`` is per process. ``sampler="identity"`` gives ``batch_size // num_instances``
+    identities x ``num_instances`` pairs per batch; ``"random"`` gives random pairs. Call
+    ``loader.batch_sampler.set_epoch(epoch)`` each epoch to reshuffle.
+    """
+    from uit_reid import augment
+
+    if transform is None:
+        transform = augment.build_train_transform(image_size)
+    text_aug = augment.TextAugment(p=text_augment_p) if text_augment_p > 0 else None
+    ds = TrainDataset(split, transform, text_aug, on_corrupt=on_corrupt)
+    if sampler == "identity":
+        batch_sampler: IdentitySampler | RandomBatchSampler = IdentitySampler(
+            ds.pids, batch_size, num_instances, seed=seed, rank=rank, world_size=world_size
+        )
+    elif sampler == "random":
+        batch_sampler = RandomBatchSampler(len(ds), batch_size, seed=seed, rank=rank, world_size=world_size)
+    else:
+        raise ValueError(f"sampler must be 'identity' or 'random', got {sampler!r}")
+    return DataLoader(
+        ds,
+        batch_sampler=batch_sampler,
+        collate_fn=TrainCollate(tokenizer),
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def build_eval_loaders(
+    split: Split,
+    tokenizer: Tokenizer,
+    image_size: tuple[int, int] = (384, 128),
+    batch_size: int = 256,
+    *,
+    num_workers: int = 4,
+    transform: ImageTransform | None = None,
+) -> tuple[DataLoader, DataLoader]:
+    """(gallery loader, query loader) for one evaluation split, in record order (no shuffling)."""
+    if transform is None:
+        from uit_reid import augment
+
+        transform = augment.build_eval_transform(image_size)
+    gallery = DataLoader(GalleryDataset(split, transform), batch_size=batch_size, num_workers=num_workers)
+    queries = DataLoader(
+        QueryDataset(split), batch_size=batch_size, num_workers=0, collate_fn=QueryCollate(tokenizer)
+    )
+    return gallery, queries

@@ -1,0 +1,550 @@
+"""Synthetic pedestrians: the built-in dataset the demo and the tests train on.
+
+Each identity is a set of attributes (skin tone, hair colour and length, upper and lower garment type
+and colour, shoe colour, optional bag and hat with colours). Identities come in *families* that share
+all but one or two attributes, so retrieval needs fine-grained alignment rather than "red top". Each
+image draws the identity with PIL in a random pose, scale, position, background and lighting; two
+captions per image come from varied templates and only ever name attributes the image has.
+
+Everything is drawn from seeded generators keyed by (seed, identity, image), so the same seed gives
+byte-identical files whatever the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from uit_reid.data.readers import JSONL_NAME
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------------
+# Vocabulary. Colours are a small palette of clearly named colours; lighting jitter stays well inside
+# the gaps between them so a named colour never turns into another.
+# --------------------------------------------------------------------------------------------------
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "black": (28, 28, 30),
+    "white": (238, 238, 235),
+    "grey": (128, 128, 128),
+    "red": (205, 30, 35),
+    "blue": (35, 70, 205),
+    "green": (35, 150, 55),
+    "yellow": (240, 215, 40),
+    "pink": (250, 145, 190),
+    "purple": (125, 45, 165),
+    "orange": (250, 125, 20),
+    "brown": (125, 72, 30),
+}
+COLOUR_WORDS: dict[str, list[str]] = {c: [c] for c in PALETTE}
+COLOUR_WORDS["grey"] = ["grey", "gray"]
+
+HAIR_COLOURS: dict[str, tuple[int, int, int]] = {
+    "black": (22, 20, 20),
+    "brown": (105, 62, 28),
+    "blonde": (225, 195, 95),
+    "grey": (160, 160, 160),
+}
+SKIN_TONES: dict[str, tuple[int, int, int]] = {
+    "light": (240, 200, 170),
+    "medium": (200, 145, 100),
+    "dark": (95, 62, 45),
+}
+SKIN_WORDS = {"light": ["light", "fair", "pale"], "medium": ["tan", "medium", "olive"], "dark": ["dark", "deep"]}
+SHOE_COLOURS = ["black", "white", "brown", "grey", "red", "blue"]
+
+UPPER_TYPES = ["t-shirt", "sweater", "jacket", "coat", "tank top"]
+UPPER_WORDS: dict[str, list[str]] = {
+    "t-shirt": ["t-shirt", "tee", "short-sleeved shirt"],
+    "sweater": ["sweater", "long-sleeved top", "jumper"],
+    "jacket": ["jacket", "zip-up jacket"],
+    "coat": ["coat", "long coat", "overcoat"],
+    "tank top": ["tank top", "sleeveless top", "vest"],
+}
+LOWER_TYPES = ["trousers", "shorts", "skirt"]
+LOWER_WORDS: dict[str, list[str]] = {
+    "trousers": ["trousers", "pants", "long pants"],
+    "shorts": ["shorts", "short pants"],
+    "skirt": ["skirt"],
+}
+SHOE_WORDS = ["shoes", "sneakers", "footwear"]
+BAG_TYPES = ["backpack", "handbag", "shoulder bag"]
+BAG_WORDS: dict[str, list[str]] = {
+    "backpack": ["backpack", "rucksack"],
+    "handbag": ["handbag", "purse"],
+    "shoulder bag": ["shoulder bag", "messenger bag"],
+}
+HAT_WORDS = ["hat", "cap"]
+
+ATTRIBUTE_KEYS = (
+    "skin",
+    "hair_colour",
+    "hair_length",
+    "upper_type",
+    "upper_colour",
+    "lower_type",
+    "lower_colour",
+    "shoes_colour",
+    "bag",
+    "bag_colour",
+    "hat_colour",
+)
+# Slots a family variant may change (bag and hat each count as one slot).
+_MUTABLE = (
+    "upper_colour",
+    "upper_type",
+    "lower_colour",
+    "lower_type",
+    "shoes_colour",
+    "hair_colour",
+    "hair_length",
+    "bag",
+    "hat",
+    "skin",
+)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs to draw one image (picklable)."""
+
+    path: str
+    attributes: dict[str, Any]
+    seed: tuple[int, int, int]
+    size: tuple[int, int]
+
+
+def _sorted_colours() -> list[str]:
+    return list(PALETTE)
+
+
+def sample_attributes(rng: random.Random) -> dict[str, Any]:
+    """Draw one identity's attributes (``bag``/``bag_colour``/``hat_colour`` are ``None`` when absent)."""
+    colours = _sorted_colours()
+    bag = rng.choice(BAG_TYPES) if rng.random() < 0.45 else None
+    hat = rng.choice(colours) if rng.random() < 0.3 else None
+    attrs = {
+        "skin": rng.choice(list(SKIN_TONES)),
+        "hair_colour": rng.choice(list(HAIR_COLOURS)),
+        "hair_length": rng.choice(["short", "long"]),
+        "upper_type": rng.choice(UPPER_TYPES),
+        "upper_colour": rng.choice(colours),
+        "lower_type": rng.choices(LOWER_TYPES, weights=[0.55, 0.25, 0.2])[0],
+        "lower_colour": rng.choice(colours),
+        "shoes_colour": rng.choice(SHOE_COLOURS),
+        "bag": bag,
+        "bag_colour": rng.choice(colours) if bag else None,
+        "hat_colour": hat,
+    }
+    if attrs["upper_type"] == "coat":  # a knee-length coat would hide shorts or a skirt
+        attrs["lower_type"] = "trousers"
+    return attrs
+
+
+def is_drawable(attrs: dict[str, Any]) -> bool:
+    """Whether every attribute stays visible when drawn (a coat hides shorts and skirts)."""
+    return not (attrs["upper_type"] == "coat" and attrs["lower_type"] != "trousers")
+
+
+def _mutate(attrs: dict[str, Any], rng: random.Random, n_changes: int) -> dict[str, Any]:
+    """A family member: ``attrs`` with ``n_changes`` distinct slots set to different values."""
+    out = dict(attrs)
+    colours = _sorted_colours()
+    for slot in rng.sample(_MUTABLE, n_changes):
+        if slot == "bag":
+            options: list[tuple[str | None, str | None]] = [(None, None)] + [
+                (b, c) for b in BAG_TYPES for c in colours
+            ]
+            options = [o for o in options if o != (out["bag"], out["bag_colour"])]
+            out["bag"], out["bag_colour"] = rng.choice(options)
+        elif slot == "hat":
+            hats = [h for h in [None, *colours] if h != out["hat_colour"]]
+            out["hat_colour"] = rng.choice(hats)
+        else:
+            values = {
+                "upper_colour": colours,
+                "lower_colour": colours,
+                "upper_type": UPPER_TYPES,
+                "lower_type": LOWER_TYPES,
+                "shoes_colour": SHOE_COLOURS,
+                "hair_colour": list(HAIR_COLOURS),
+                "hair_length": ["short", "long"],
+                "skin": list(SKIN_TONES),
+            }[slot]
+            out[slot] = rng.choice([v for v in values if v != out[slot]])
+    return out
+
+
+def _key(attrs: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(attrs[k] for k in ATTRIBUTE_KEYS)
+
+
+def sample_identities(
+    num_ids: int, rng: random.Random, family_size: tuple[int, int] = (1, 4)
+) -> list[dict[str, Any]]:
+    """Draw ``num_ids`` distinct attribute sets in families sharing all but one or two attributes.
+
+    Family members are consecutive in the returned list, so contiguous slices keep families together.
+    """
+    lo, hi = family_size
+    if not 1 <= lo <= hi:
+        raise ValueError(f"family_size must satisfy 1 <= low <= high, got {family_size}")
+    seen: set[tuple[Any, ...]] = set()
+    out: list[dict[str, Any]] = []
+    while len(out) < num_ids:
+        base = sample_attributes(rng)
+        if _key(base) in seen:
+            continue
+        seen.add(_key(base))
+        out.append(base)
+        size = rng.randint(lo, hi)
+        tries = 0
+        while len(out) < num_ids and size > 1 and tries < 50:
+            tries += 1
+            member = _mutate(base, rng, rng.choice([1, 1, 2]))
+            if is_drawable(member) and _key(member) not in seen:
+                seen.add(_key(member))
+                out.append(member)
+                size -= 1
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Captions
+# --------------------------------------------------------------------------------------------------
+def _article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _colour_word(colour: str, rng: random.Random) -> str:
+    return rng.choice(COLOUR_WORDS[colour])
+
+
+def _join(items: Sequence[str], rng: random.Random) -> str:
+    if len(items) == 1:
+        return items[0]
+    last = rng.choice([" and ", ", and ", " with "]) if len(items) > 2 else rng.choice([" and ", " with "])
+    return ", ".join(items[:-1]) + last + items[-1]
+
+
+def make_caption(attrs: dict[str, Any], rng: random.Random) -> str:
+    """One caption naming most of ``attrs`` (garments always) and nothing the person does not have."""
+    upper = f"{_colour_word(attrs['upper_colour'], rng)} {rng.choice(UPPER_WORDS[attrs['upper_type']])}"
+    lower = f"{_colour_word(attrs['lower_colour'], rng)} {rng.choice(LOWER_WORDS[attrs['lower_type']])}"
+    clothes = [_article(upper), lower if attrs["lower_type"] != "skirt" else _article(lower)]
+    if rng.random() < 0.75:
+        clothes.append(f"{_colour_word(attrs['shoes_colour'], rng)} {rng.choice(SHOE_WORDS)}")
+    rng.shuffle(clothes)
+
+    subject = rng.choice(
+        ["A person", "A pedestrian", "The pedestrian", "This person", "Someone", "An individual",
+         "The walker", "A young person", "The person"]
+    )
+    filler = rng.choice(["", "", " walking down the street", " who is walking", " standing on the pavement",
+                         " in the picture", " walking along"])
+    verb = rng.choice(["is wearing", "wears", "is dressed in", "appears to be wearing", "has on",
+                       "seems to be wearing"])
+
+    hair_bits: list[str] = []
+    r = rng.random()
+    if r < 0.8:
+        length = attrs["hair_length"] if rng.random() < 0.85 else ""
+        colour = attrs["hair_colour"] if rng.random() < 0.85 or not length else ""
+        hair_bits.append(" ".join(w for w in (length, colour, "hair") if w))
+    if rng.random() < 0.5:
+        hair_bits.append(f"{rng.choice(SKIN_WORDS[attrs['skin']])} skin")
+
+    extras: list[str] = []
+    if attrs["bag"] and rng.random() < 0.9:
+        bag = f"{_colour_word(attrs['bag_colour'], rng)} {rng.choice(BAG_WORDS[attrs['bag']])}"
+        extras.append(rng.choice(["carrying ", "holding "]) + _article(bag))
+    if attrs["hat_colour"] and rng.random() < 0.9:
+        hat = f"{_colour_word(attrs['hat_colour'], rng)} {rng.choice(HAT_WORDS)}"
+        extras.append(rng.choice(["wearing ", "sporting "]) + _article(hat))
+
+    style = rng.randrange(3)
+    sentences: list[str] = []
+    if style == 0:  # subject + clothes, then hair, then extras
+        sentences.append(f"{subject}{filler} {verb} {_join(clothes, rng)}")
+        if hair_bits:
+            who = rng.choice(["The person has", "They have", "This pedestrian has", "The individual has"])
+            sentences.append(f"{who} {_join(hair_bits, rng)}")
+        if extras:
+            who = rng.choice(["They are", "The person is", "The pedestrian is", "This person is also"])
+            sentences.append(f"{who} {_join(extras, rng)}")
+    elif style == 1:  # one long sentence, hair first
+        head = f"{subject} with {_join(hair_bits, rng)}" if hair_bits else subject
+        tail = f", {_join(extras, rng)}" if extras else ""
+        sentences.append(f"{head}{filler} {verb} {_join(clothes, rng)}{tail}")
+    else:  # extras first, then clothes, hair last
+        lead = f"{extras[0][0].upper()}{extras[0][1:]}, " if extras else ""
+        subj = subject[0].lower() + subject[1:] if lead else subject
+        rest = f" and {_join(extras[1:], rng)}" if len(extras) > 1 else ""
+        sentences.append(f"{lead}{subj}{filler} {verb} {_join(clothes, rng)}{rest}")
+        if hair_bits:
+            who = rng.choice(["The person has", "They have", "This person has"])
+            sentences.append(f"{who} {_join(hair_bits, rng)}")
+    return " ".join(s[0].upper() + s[1:] + "." for s in sentences)
+
+
+# --------------------------------------------------------------------------------------------------
+# Drawing
+# --------------------------------------------------------------------------------------------------
+def _jitter(rgb: tuple[int, int, int], rng: np.random.Generator, amount: int = 10) -> tuple[int, int, int]:
+    d = rng.integers(-amount, amount + 1, size=3)
+    return tuple(int(v) for v in np.clip(np.array(rgb) + d, 0, 255))  # type: ignore[return-value]
+
+
+def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A muted street-like background: sky/wall gradient, a few blocks, a ground band, blotchy light."""
+    grey = rng.uniform(70, 200)
+    tint = rng.uniform(-22, 22, size=3)
+    top = np.clip(grey + tint + rng.uniform(-25, 25), 0, 255)
+    bottom = np.clip(grey * rng.uniform(0.6, 1.1) + tint * 0.5, 0, 255)
+    t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+    img = np.broadcast_to(top * (1 - t) + bottom * t, (h, w, 3)).copy()
+    for _ in range(int(rng.integers(1, 5))):  # buildings, windows, poles: muted blocks
+        y0 = int(rng.integers(0, int(h * 0.7)))
+        x0 = int(rng.integers(-w // 4, w))
+        bh, bw = int(rng.integers(h // 12, h // 2)), int(rng.integers(w // 8, w // 2))
+        g = rng.uniform(50, 210)
+        img[max(y0, 0) : y0 + bh, max(x0, 0) : x0 + bw] = np.clip(g + rng.uniform(-18, 18, size=3), 0, 255)
+    gy = int(h * rng.uniform(0.72, 0.88))
+    img[gy:] = img[gy:] * 0.55 + np.clip(rng.uniform(80, 170) + rng.uniform(-10, 10, size=3), 0, 255) * 0.45
+    # low-frequency lighting blotches (cheap to compress, unlike per-pixel noise)
+    small = rng.normal(0, 9, size=(max(h // 16, 2), max(w // 16, 2))).astype(np.float32)
+    blot = np.asarray(Image.fromarray(small, mode="F").resize((w, h), Image.BILINEAR))
+    return img + blot[:, :, None]
+
+
+def render_person(attrs: dict[str, Any], seed: Sequence[int], size: tuple[int, int] = (192, 64)) -> Image.Image:
+    """Draw one image of the person ``attrs`` (pose, scale, background and lighting from ``seed``).
+
+    ``size`` is (height, width). Parts are at least ~4 px thick at 192x64 so they survive downscaling
+    to 96x32.
+    """
+    h, w = size
+    rng = np.random.default_rng(list(seed))
+    bg = _background(h, w, rng)
+    im = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), mode="RGB")
+    d = ImageDraw.Draw(im)
+
+    ph = h * rng.uniform(0.80, 0.95)  # person height in pixels
+    u = ph / 100.0  # one body unit
+    top = (h - ph) * rng.uniform(0.2, 0.8)
+    cx = w / 2 + rng.uniform(-0.07, 0.07) * w
+    view = "back" if rng.random() < 0.35 else "front"
+    side = 1 if rng.random() < 0.5 else -1  # which side the bag hangs on
+    stride = rng.uniform(0, 9) * u
+    swing = rng.uniform(-4, 4) * u
+
+    skin = _jitter(SKIN_TONES[attrs["skin"]], rng, 8)
+    hair = _jitter(HAIR_COLOURS[attrs["hair_colour"]], rng, 8)
+    upper = _jitter(PALETTE[attrs["upper_colour"]], rng)
+    lower = _jitter(PALETTE[attrs["lower_colour"]], rng)
+    shoes = _jitter(PALETTE[attrs["shoes_colour"]], rng)
+    y = lambda f: top + f * u  # noqa: E731  (body fraction -> pixel row)
+
+    shoulder_w, hip_w = 12.0 * u, 9.5 * u
+    limb = max(int(round(5.2 * u)), 3)
+    arm = max(int(round(4.2 * u)), 3)
+    utype, ltype = attrs["upper_type"], attrs["lower_type"]
+
+    # long hair hangs behind the head and shoulders
+    head_w, head_top, head_bot = 8.5 * u, y(1.5), y(13.5)
+    if attrs["hair_length"] == "long":
+        d.rectangle([cx - head_w * 0.62, y(5), cx + head_w * 0.62, y(27)], fill=hair)
+
+    # legs (hip -> knee -> ankle), drawn as thick lines
+    for s in (-1, 1):
+        hip = (cx + s * hip_w / 2 - s * limb / 2, y(50))
+        ankle = (cx + s * (hip_w / 2 - limb / 2 + stride / 2), y(93.5))
+        knee = ((hip[0] + ankle[0]) / 2, y(71))
+        d.line([hip, knee, ankle], fill=skin, width=limb)
+        if ltype == "trousers":
+            d.line([hip, knee, ankle], fill=lower, width=limb + 1)
+        elif ltype == "shorts":
+            k = (hip[0] + (ankle[0] - hip[0]) * 0.38, y(66.5))
+            d.line([hip, k], fill=lower, width=limb + 2)
+        # shoes
+        d.rectangle([ankle[0] - limb / 2 - 1.2 * u, y(93.5), ankle[0] + limb / 2 + 1.2 * u, y(99.5)], fill=shoes)
+    if ltype == "skirt":
+        d.polygon([(cx - hip_w / 2 - u, y(47)), (cx + hip_w / 2 + u, y(47)), (cx + hip_w / 2 + 4.5 * u, y(72)),
+                   (cx - hip_w / 2 - 4.5 * u, y(72))], fill=lower)
+    elif ltype != "skirt":  # pelvis
+        d.rectangle([cx - hip_w / 2, y(47), cx + hip_w / 2, y(54)], fill=lower)
+
+    # backpack seen from behind sits on the torso later; from the front it peeks out at one side
+    bag, bag_rgb = attrs["bag"], _jitter(PALETTE[attrs["bag_colour"]], rng) if attrs["bag"] else None
+    if bag == "backpack" and view == "front":
+        d.rectangle([cx + side * shoulder_w / 2 - (0 if side > 0 else 4 * u), y(18),
+                     cx + side * shoulder_w / 2 + (4 * u if side > 0 else 0), y(44)], fill=bag_rgb)
+
+    # arms (shoulder -> elbow -> hand) with sleeves
+    sleeve_end = {"t-shirt": 0.35, "tank top": 0.0}.get(utype, 0.88)
+    hands = []
+    for s in (-1, 1):
+        sh = (cx + s * (shoulder_w / 2 + arm / 2 - 0.5 * u), y(17.5))
+        hand = (cx + s * (shoulder_w / 2 + arm / 2 + 0.8 * u) + s * swing * 0.3, y(50) + abs(swing) * 0.2)
+        d.line([sh, hand], fill=skin, width=arm)
+        if sleeve_end > 0:
+            e = (sh[0] + (hand[0] - sh[0]) * sleeve_end, sh[1] + (hand[1] - sh[1]) * sleeve_end)
+            d.line([sh, e], fill=upper, width=arm + 1)
+        hands.append(hand)
+
+    # torso
+    bottom = {"coat": 72.0, "jacket": 53.0}.get(utype, 50.0)
+    flare = 2.5 * u if utype == "coat" else 0.0
+    if utype == "tank top":
+        d.polygon([(cx - shoulder_w / 2 + 1.5 * u, y(16)), (cx + shoulder_w / 2 - 1.5 * u, y(16)),
+                   (cx + hip_w / 2 + 0.8 * u, y(bottom)), (cx - hip_w / 2 - 0.8 * u, y(bottom))], fill=upper)
+        d.rectangle([cx - shoulder_w / 2, y(15.5), cx - shoulder_w / 2 + 1.5 * u, y(20)], fill=skin)
+        d.rectangle([cx + shoulder_w / 2 - 1.5 * u, y(15.5), cx + shoulder_w / 2, y(20)], fill=skin)
+    else:
+        d.polygon([(cx - shoulder_w / 2, y(15.5)), (cx + shoulder_w / 2, y(15.5)),
+                   (cx + hip_w / 2 + 0.8 * u + flare, y(bottom)), (cx - hip_w / 2 - 0.8 * u - flare, y(bottom))],
+                  fill=upper)
+    if utype in ("jacket", "coat") and view == "front":  # zip / button line and collar
+        dark = tuple(int(c * 0.55) for c in upper)
+        d.line([(cx, y(17)), (cx, y(bottom))], fill=dark, width=max(int(1.6 * u), 2))
+        d.polygon([(cx - 3.5 * u, y(15.5)), (cx, y(20.5)), (cx + 3.5 * u, y(15.5))], fill=dark)
+
+    # neck and head
+    d.rectangle([cx - 1.8 * u, y(12), cx + 1.8 * u, y(16)], fill=skin)
+    d.ellipse([cx - head_w / 2, head_top, cx + head_w / 2, head_bot], fill=skin)
+    if view == "back":
+        d.ellipse([cx - head_w / 2, head_top, cx + head_w / 2, head_bot - (0 if attrs["hair_length"] == "long"
+                                                                          else 2.5 * u)], fill=hair)
+    else:
+        d.chord([cx - head_w / 2, head_top, cx + head_w / 2, head_top + 7 * u], 180, 360, fill=hair)
+        d.rectangle([cx - head_w / 2, head_top + 2.5 * u, cx - head_w / 2 + 1.3 * u, y(9)], fill=hair)
+        d.rectangle([cx + head_w / 2 - 1.3 * u, head_top + 2.5 * u, cx + head_w / 2, y(9)], fill=hair)
+    if attrs["hat_colour"]:
+        hat = _jitter(PALETTE[attrs["hat_colour"]], rng)
+        d.chord([cx - head_w / 2 - 0.4 * u, head_top - 2.5 * u, cx + head_w / 2 + 0.4 * u, head_top + 7 * u],
+                180, 360, fill=hat)
+        d.rectangle([cx - head_w / 2 - 1.8 * u, head_top + 1.8 * u, cx + head_w / 2 + 1.8 * u,
+                     head_top + 3.6 * u], fill=hat)
+
+    # bags in front of the body
+    if bag == "backpack" and view == "back":
+        d.rectangle([cx - shoulder_w * 0.38, y(19), cx + shoulder_w * 0.38, y(45)], fill=bag_rgb)
+    elif bag == "backpack":  # straps
+        for s in (-1, 1):
+            d.line([(cx + s * shoulder_w * 0.3, y(16)), (cx + s * shoulder_w * 0.32, y(38))], fill=bag_rgb,
+                   width=max(int(1.6 * u), 2))
+    elif bag == "handbag":
+        hx, hy = hands[0 if side < 0 else 1]
+        d.line([(hx, hy), (hx, hy + 4 * u)], fill=bag_rgb, width=max(int(u), 2))
+        d.rectangle([hx - 4 * u, hy + 3.5 * u, hx + 4 * u, hy + 13 * u], fill=bag_rgb)
+    elif bag == "shoulder bag":
+        sx = cx - side * shoulder_w * 0.35
+        bx = cx + side * (hip_w / 2 + 2.5 * u)
+        d.line([(sx, y(16)), (bx, y(46))], fill=bag_rgb, width=max(int(1.6 * u), 2))
+        d.rectangle([bx - 4.5 * u, y(43), bx + 4.5 * u, y(54)], fill=bag_rgb)
+
+    # global lighting: brightness and a mild colour cast
+    arr = np.asarray(im).astype(np.float32)
+    arr = arr * rng.uniform(0.86, 1.12) + rng.uniform(-8, 8, size=3)
+    return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def _render_job(job: _Job) -> None:
+    img = render_person(job.attributes, job.seed, job.size)
+    tmp = job.path + ".tmp"
+    img.save(tmp, format="PNG", compress_level=6, optimize=False)
+    os.replace(tmp, job.path)
+
+
+# --------------------------------------------------------------------------------------------------
+# The dataset
+# --------------------------------------------------------------------------------------------------
+def _split_sizes(num_ids: int, num_val_ids: int | None, num_test_ids: int | None) -> tuple[int, int, int]:
+    n_test = max(1, round(0.2 * num_ids)) if num_test_ids is None else num_test_ids
+    n_val = round(0.1 * num_ids) if num_val_ids is None else num_val_ids
+    n_train = num_ids - n_test - n_val
+    if n_test < 0 or n_val < 0 or n_train < 0:
+        raise ValueError(
+            f"split sizes do not fit: num_ids={num_ids}, num_val_ids={n_val}, num_test_ids={n_test}"
+        )
+    return n_train, n_val, n_test
+
+
+def make_synthetic(
+    root: str | os.PathLike[str],
+    num_ids: int = 1000,
+    images_per_id: int = 4,
+    seed: int = 0,
+    *,
+    num_val_ids: int | None = None,
+    num_test_ids: int | None = None,
+    captions_per_image: int = 2,
+    image_size: tuple[int, int] = (192, 64),
+    family_size: tuple[int, int] = (1, 4),
+    workers: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Write a synthetic pedestrian dataset to ``root``; return the path of its JSONL annotations.
+
+    ``root/imgs/`` gets ``num_ids * images_per_id`` PNGs of ``image_size`` (height, width) and
+    ``root/annotations.jsonl`` one record per image (``image``, ``pid``, ``captions``, ``split`` and an
+    ``attributes`` object that readers ignore). Identities are split disjointly: the first
+    ``num_test_ids`` (default 20%) go to test, the next ``num_val_ids`` (default 10%) to val, the rest to
+    train; families stay together except at the two boundaries. Same arguments -> byte-identical files
+    for any ``workers``. The annotation file is written last, to a temporary name, then renamed.
+    """
+    if num_ids < 1 or images_per_id < 1 or captions_per_image < 1:
+        raise ValueError("num_ids, images_per_id and captions_per_image must be >= 1")
+    n_train, n_val, n_test = _split_sizes(num_ids, num_val_ids, num_test_ids)
+    root = Path(root)
+    img_dir = root / "imgs"
+    img_dir.mkdir(parents=True, exist_ok=True)
+
+    identities = sample_identities(num_ids, random.Random(f"uit-synthetic-ids-{seed}"), family_size)
+    split_of = ["test"] * n_test + ["val"] * n_val + ["train"] * n_train
+    width = max(5, len(str(num_ids - 1)))
+    records: list[dict[str, Any]] = []
+    jobs: list[_Job] = []
+    for pid, attrs in enumerate(identities):
+        for k in range(images_per_id):
+            rel = f"imgs/{pid:0{width}d}_{k:02d}.png"
+            cap_rng = random.Random(f"uit-synthetic-cap-{seed}-{pid}-{k}")
+            captions = [make_caption(attrs, cap_rng) for _ in range(captions_per_image)]
+            records.append(
+                {"image": rel, "pid": pid, "captions": captions, "split": split_of[pid], "attributes": attrs}
+            )
+            jobs.append(_Job(str(root / rel), attrs, (seed, pid, k), tuple(image_size)))  # type: ignore[arg-type]
+
+    bar = tqdm(total=len(jobs), desc="synthetic pedestrians", disable=not progress, unit="img")
+    if workers <= 1:
+        for job in jobs:
+            _render_job(job)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            for _ in ex.map(_render_job, jobs, chunksize=64):
+                bar.update()
+    bar.close()
+
+    ann = root / JSONL_NAME
+    tmp = root / (JSONL_NAME + ".tmp")
+    with tmp.open("w", encoding="utf-8", newline="\n") as f:
+        for rec in records:
+            f.write(json.dumps(rec, sort_keys=True, ensure_ascii=False) + "\n")
+    os.replace(tmp, ann)
+    logger.info(
+        "make_synthetic: %d ids (%d train / %d val / %d test) x %d images -> %s",
+        num_ids, n_train, n_val, n_test, images_per_id, ann,
+    )
+    return ann
