@@ -1,24 +1,275 @@
-"""The ``uit-reid`` command."""
+"""The ``uit-reid`` command: train, evaluate, index, search, synth and the demo.
+
+Every sub-command has ``--help``. Wrong arguments and unusable files end with a one-line
+``uit-reid: error: ...`` message and exit status 2 (usage) or 1 (anything else), not a traceback;
+``--debug`` shows the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
+from pathlib import Path
+from typing import Any
 
 from uit_reid import __version__
 
+logger = logging.getLogger("uit_reid.cli")
+
+METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
+
+
+class CLIError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    logging.getLogger("uit_reid").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _metrics_table(rows: dict[str, dict[str, float]]) -> str:
+    header = "| split | " + " | ".join(METRIC_KEYS) + " |"
+    lines = [header, "|---" * (len(METRIC_KEYS) + 1) + "|"]
+    for name, metrics in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{metrics[k]:.2f}" for k in METRIC_KEYS) + " |")
+    return "\n".join(lines)
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ---------------------------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from uit_reid.train import Trainer, load_config
+
+    config = load_config(args.config)
+    overrides = list(args.set or [])
+    if args.output_dir:
+        overrides.append(f"train.output_dir={json.dumps(str(args.output_dir))}")
+    if overrides:
+        config = config.override(overrides)
+    result = Trainer(config, resume=args.resume).fit()
+    if "test" in result:
+        print(_metrics_table({"test (t2i)": result["test"]}))
+    print(f"model: {result.get('model_dir')}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from uit_reid.data import load_dataset
+    from uit_reid.retrieval import evaluate
+    from uit_reid.train import encode_split, load_model
+
+    device = _device(args.device)
+    model, image_size = load_model(args.checkpoint, device=device)
+    dataset = load_dataset(args.dataset, format=args.format)
+    split = getattr(dataset, args.split)
+    if split is None:
+        raise CLIError(f"{args.dataset} has no {args.split} split")
+    q, q_pids, g, g_pids = encode_split(model, split, image_size, args.batch_size, device, args.num_workers)
+    similarity = q @ g.t()
+    rows = {f"{args.split} t2i": evaluate(similarity, q_pids, g_pids)}
+    if args.i2t:
+        rows[f"{args.split} i2t"] = evaluate(similarity.t(), g_pids, q_pids)
+    print(_metrics_table(rows))
+    if args.out:
+        from uit_reid.io import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+def _index_meta_path(index_path: Path) -> Path:
+    return index_path.with_name(index_path.name + ".model.json")
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from uit_reid import augment
+    from uit_reid.io import atomic_write_text
+    from uit_reid.retrieval import build_index_from_folder
+    from uit_reid.train import load_model
+
+    device = _device(args.device)
+    model, image_size = load_model(args.checkpoint, device=device)
+    index = build_index_from_folder(
+        args.images,
+        lambda x: model.encode_images(x, normalize=False),
+        augment.build_eval_transform(image_size),
+        kind=args.kind,
+        fingerprint=model.encoder.fingerprint(),
+        batch_size=args.batch_size,
+        device=device,
+    )
+    if len(index) == 0:
+        raise CLIError(f"no readable images under {args.images}")
+    out = Path(args.out)
+    index.save(out)
+    atomic_write_text(
+        _index_meta_path(out),
+        json.dumps({"checkpoint": str(Path(args.checkpoint).resolve()), "images": str(Path(args.images).resolve())}),
+    )
+    print(f"indexed {len(index)} images -> {out}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from uit_reid.retrieval import GalleryIndex, render_results, search_text
+    from uit_reid.train import load_model
+
+    index_path = Path(args.index)
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        meta = _index_meta_path(index_path)
+        if not meta.is_file():
+            raise CLIError(f"{index_path}: no --checkpoint given and no {meta.name} beside the index")
+        checkpoint = json.loads(meta.read_text())["checkpoint"]
+    device = _device(args.device)
+    model, _ = load_model(checkpoint, device=device)
+    index = GalleryIndex.load(index_path)
+    fingerprint = model.encoder.fingerprint()
+
+    def encode_text(texts: list[str]):
+        return model.encode_texts(model.encoder.tokenize(texts).to(device), normalize=False)
+
+    hits = search_text(index, encode_text, [args.query], k=args.k, fingerprint=fingerprint)[0]
+    for rank, hit in enumerate(hits, start=1):
+        print(f"{rank:>3}  {hit.score:.4f}  {hit.path or hit.id}")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        render_results(args.query, hits).save(out)
+        print(f"results grid -> {out}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from uit_reid.data import make_synthetic
+
+    path = make_synthetic(
+        args.out,
+        num_ids=args.num_ids,
+        images_per_id=args.images_per_id,
+        seed=args.seed,
+        num_val_ids=args.num_val_ids,
+        num_test_ids=args.num_test_ids,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from uit_reid.demo import run_demo
+
+    metrics = run_demo(Path(args.out), quick=args.quick, device=_device(args.device))
+    print(_metrics_table({"test (t2i)": metrics}))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uit-reid", description="Text-to-image person retrieval with the UIT framework."
+    )
+    parser.add_argument("--version", action="version", version=f"uit-reid {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model from a TOML config")
+    p.add_argument("--config", required=True, help="a TOML file or a bundled name (demo, cuhk_pedes, ...)")
+    p.add_argument("--resume", action="store_true", help="continue from <output_dir>/last.pt")
+    p.add_argument("--output-dir", help="override train.output_dir")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="text-to-image metrics of a checkpoint on a dataset split")
+    p.add_argument("--checkpoint", required=True, help="a model directory (save_pretrained) or last.pt")
+    p.add_argument("--dataset", required=True, help="dataset root or annotation file")
+    p.add_argument("--format", default="auto", help="auto, cuhk-pedes, icfg-pedes, rstpreid or jsonl")
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--i2t", action="store_true", help="also report image-to-text metrics")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="write the metrics as JSON here")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("index", help="gallery index commands")
+    index_sub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    b = index_sub.add_parser("build", help="encode a folder of images into a FAISS index")
+    b.add_argument("--checkpoint", required=True)
+    b.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    b.add_argument("--out", required=True, help="index file to write (a .json sidecar is written beside it)")
+    b.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"])
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--device", default="auto")
+    b.set_defaults(func=cmd_index_build)
+    p.set_defaults(func=lambda a: _missing_action(p))
+
+    p = sub.add_parser("search", help="search an index with a sentence")
+    p.add_argument("query", help="the description, e.g. 'a woman in a red coat'")
+    p.add_argument("--index", required=True)
+    p.add_argument("--checkpoint", help="defaults to the checkpoint the index was built with")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--out", help="write the results grid (PNG) here")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("synth", help="write the synthetic pedestrian dataset")
+    p.add_argument("--out", required=True)
+    p.add_argument("--num-ids", type=int, default=1000)
+    p.add_argument("--images-per-id", type=int, default=4)
+    p.add_argument("--num-val-ids", type=int, default=None)
+    p.add_argument("--num-test-ids", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("demo", help="synthetic data -> train the tiny model on CPU -> evaluate -> index -> search")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _missing_action(parser: argparse.ArgumentParser) -> int:
+    parser.print_usage(sys.stderr)
+    raise CLIError("choose an action (e.g. 'build')")
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="uit-reid", description="Text-to-image person retrieval (UIT).")
-    parser.add_argument("--version", action="version", version=f"uit-reid {__version__}")
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("demo", help="train and evaluate the tiny model on the synthetic dataset")
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        print("The demo arrives with the trainer (issue 5).", file=sys.stderr)
+    if args.command is None:
+        parser.print_help()
         return 0
-    parser.print_help()
-    return 0
+    _setup_logging(args.verbose)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("uit-reid: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for the user; --debug for the traceback
+        if args.debug:
+            raise
+        print(f"uit-reid: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> Any:
+    text = str(exc).strip().replace("\n", " ") or type(exc).__name__
+    return text if isinstance(exc, CLIError | ValueError | OSError) else f"{type(exc).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,10 +16,15 @@ from torch import nn
 from uit_reid import losses
 from uit_reid.augment import CLIP_MEAN, CLIP_STD
 from uit_reid.distributed import gather_no_grad, gather_with_grad
-from uit_reid.encoders import CLIPDualEncoder
+from uit_reid.encoders import CLIPDualEncoder, load_state_dict_file
+from uit_reid.io import atomic_write_bytes, atomic_write_text
 from uit_reid.tir import TIRHead, patchify, tir_loss, to_grayscale
 
-__all__ = ["DEFAULT_LOSS_WEIGHTS", "UITModel"]
+__all__ = ["DEFAULT_LOSS_WEIGHTS", "PRETRAINED_FORMAT_VERSION", "UITModel"]
+
+PRETRAINED_FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +150,76 @@ class UITModel(nn.Module):
         """Query features for retrieval; L2-normalised by default."""
         feats = self.encoder.encode_text(ids)
         return F.normalize(feats.float(), dim=-1) if normalize else feats
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this model's architecture (not its weights)."""
+        from uit_reid import __version__
+
+        return {
+            "format_version": PRETRAINED_FORMAT_VERSION,
+            "uit_reid_version": __version__,
+            "encoder": {
+                "name": self.encoder.model_name,
+                "image_size": list(self.encoder.image_size),
+                "context_length": self.encoder.context_length,
+            },
+            "num_classes": self.num_classes,
+            "tir": self.tir_head.config if self.tir_head is not None else None,
+            "loss_weights": dict(self.loss_weights),
+            "logit_scale": self.logit_scale,
+            "cmt_margin": self.cmt_margin,
+            "mask_ratio": self.mask_ratio,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` to ``directory`` (each file atomically)."""
+        from safetensors.torch import save
+
+        directory = Path(directory)
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
+        atomic_write_bytes(directory / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
+        atomic_write_text(directory / CONFIG_NAME, json.dumps(self.config(), indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> UITModel:
+        """Rebuild a model written by :meth:`save_pretrained` (no pickle, no network)."""
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path} not found: not a directory written by save_pretrained")
+        try:
+            cfg = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{config_path}: invalid JSON: {exc}") from exc
+        if cfg.get("format_version") != PRETRAINED_FORMAT_VERSION:
+            raise ValueError(f"{config_path}: unsupported format_version {cfg.get('format_version')!r}")
+        enc_cfg = cfg["encoder"]
+        encoder = CLIPDualEncoder.from_open_clip(
+            enc_cfg["name"], pretrained=None, image_size=tuple(enc_cfg["image_size"]),
+            context_length=enc_cfg["context_length"],
+        )
+        tir: bool | TIRHead = TIRHead(**cfg["tir"]) if cfg.get("tir") else False
+        model = cls(
+            encoder,
+            num_classes=cfg["num_classes"],
+            tir=tir,
+            loss_weights=cfg["loss_weights"],
+            logit_scale=cfg["logit_scale"],
+            cmt_margin=cfg["cmt_margin"],
+            mask_ratio=cfg["mask_ratio"],
+            image_mean=cfg["image_mean"],
+            image_std=cfg["image_std"],
+        )
+        state = load_state_dict_file(directory / WEIGHTS_NAME)
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"{directory / WEIGHTS_NAME} does not match {config_path}: missing {result.missing_keys[:8]}, "
+                f"unexpected {result.unexpected_keys[:8]}"
+            )
+        logger.info("loaded %s from %s", enc_cfg["name"], directory)
+        return model.to(device)

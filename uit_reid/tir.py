@@ -150,6 +150,18 @@ class TIRHead(nn.Module):
         mlp_ratio: float = 4.0,
     ) -> None:
         super().__init__()
+        self.config = {
+            "embed_dim": embed_dim,
+            "grid_size": list(_pair(grid_size)),
+            "patch_size": list(_pair(patch_size)),
+            "text_dim": text_dim,
+            "width": width,
+            "depth": depth,
+            "heads": heads,
+            "cross_heads": cross_heads,
+            "in_chans": in_chans,
+            "mlp_ratio": mlp_ratio,
+        }
         self.grid_size = _pair(grid_size)
         self.patch_size = _pair(patch_size)
         self.in_chans = in_chans

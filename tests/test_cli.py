@@ -1,0 +1,101 @@
+"""Every `uit-reid` command on tiny inputs, and one-line errors on bad ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from uit_reid import __version__
+from uit_reid.cli import main
+from uit_reid.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A dataset written by `uit-reid synth` and a model trained by `uit-reid train` (2 steps)."""
+    base = tmp_path_factory.mktemp("cli")
+    data = base / "data"
+    assert main(["synth", "--out", str(data), "--num-ids", "20", "--images-per-id", "2",
+                 "--num-val-ids", "4", "--num-test-ids", "4"]) == 0
+    config = TrainConfig.from_dict({
+        "model": {"name": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir": False},
+        "loss": {"tir": 0.0, "itc": 1.0, "logit_scale": 20.0},
+        "data": {"root": str(data), "batch_size": 8, "num_workers": 0},
+        "train": {"epochs": 1, "max_steps": 2, "device": "cpu", "output_dir": str(base / "run")},
+    })
+    config_path = base / "tiny.toml"
+    config_path.write_text(config.to_toml())
+    assert main(["train", "--config", str(config_path)]) == 0
+    return {"data": data, "run": base / "run", "config": config_path, "base": base}
+
+
+def test_version(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and __version__ in capsys.readouterr().out
+
+
+def test_synth_and_train_outputs(trained) -> None:
+    assert (trained["data"] / "annotations.jsonl").is_file()
+    assert (trained["run"] / "best" / "model.safetensors").is_file()
+    assert set(json.loads((trained["run"] / "metrics.json").read_text())) == {"R1", "R5", "R10", "mAP", "mINP"}
+
+
+@pytest.mark.parametrize("checkpoint", ["best", "last.pt"])
+def test_evaluate(trained, capsys, checkpoint) -> None:
+    out = trained["base"] / f"eval_{checkpoint}.json"
+    code = main(["evaluate", "--checkpoint", str(trained["run"] / checkpoint), "--dataset", str(trained["data"]),
+                 "--i2t", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "test t2i" in printed and "test i2t" in printed
+    rows = json.loads(out.read_text())
+    assert 0 <= rows["test t2i"]["R1"] <= 100
+
+
+def test_index_build_and_search(trained, capsys) -> None:
+    index = trained["base"] / "gallery.faiss"
+    images = trained["data"] / "imgs"
+    (images / "broken.png").write_bytes(b"not a png")  # skipped and counted, not fatal
+    assert main(["index", "build", "--checkpoint", str(trained["run"] / "best"), "--images", str(images),
+                 "--out", str(index)]) == 0
+    assert "indexed 40 images" in capsys.readouterr().out
+    grid = trained["base"] / "grid.png"
+    assert main(["search", "--index", str(index), "a man in a red jacket", "--k", "3", "--out", str(grid)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(lines) == 3
+    assert Image.open(grid).size[0] > 0
+
+
+def test_bad_inputs_give_one_line_errors(trained, capsys, tmp_path) -> None:
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "nope"), "--dataset", str(trained["data"])]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("uit-reid: error: checkpoint not found") and "nope" in err and "\n" not in err
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepochz = 3\n")
+    assert main(["train", "--config", str(bad)]) == 1
+    assert "unknown key 'train.epochz'" in capsys.readouterr().err
+
+    assert main(["evaluate", "--checkpoint", str(trained["run"] / "best"), "--dataset", str(tmp_path)]) == 1
+    assert "uit-reid: error:" in capsys.readouterr().err
+
+    assert main(["search", "--index", str(tmp_path / "missing.faiss"), "hello"]) == 1
+    assert "missing.faiss" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train"])  # --config is required
+    assert exc.value.code == 2
+
+
+@pytest.mark.slow
+def test_demo_quick(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert "R1" in capsys.readouterr().out
+    assert set(json.loads((out / "metrics.json").read_text())) == {"R1", "R5", "R10", "mAP", "mINP"}
+    assert Image.open(out / "results.png").size[1] > 200
+    assert (out / "training_curve.png").is_file()

@@ -1,0 +1,150 @@
+"""The trainer for real: exact resume after SIGKILL, NaN handling, torchrun with gloo, exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from uit_reid import UITModel
+from uit_reid.train import NonFiniteLossError, TrainConfig, Trainer, load_checkpoint, load_model
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _write_config(path: Path, config: dict) -> Path:
+    path.write_text(TrainConfig.from_dict(config).to_toml())
+    return path
+
+
+def _train_cmd(config_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "uit_reid.cli", "train", "--config", str(config_path), *extra]
+
+
+def _model_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "last.pt")["model"]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_dataset, tmp_path, config_dict) -> None:
+    settings = {"checkpoint_every_steps": 1}
+    full_cfg = _write_config(tmp_path / "full.toml", config_dict(tiny_dataset, tmp_path / "full", **settings))
+    killed_dir = tmp_path / "killed"
+    killed_cfg = _write_config(tmp_path / "killed.toml", config_dict(tiny_dataset, killed_dir, **settings))
+
+    subprocess.run(_train_cmd(full_cfg), check=True, env=ENV, capture_output=True, timeout=600)
+
+    proc = subprocess.Popen(_train_cmd(killed_cfg), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_at = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        last = killed_dir / "last.pt"
+        if last.exists():
+            try:
+                step = load_checkpoint(last)["step"]
+            except ValueError:  # never half-written: the rename is atomic, but be explicit
+                step = -1
+            if step >= 3:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = step
+                break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert killed_at is not None, "the run ended before it could be killed"
+    state = load_checkpoint(killed_dir / "last.pt")
+    steps_per_epoch = 8  # 16 train ids x 2 images x 2 captions / batch 8
+    assert state["step"] < 2 * steps_per_epoch, "killed run must not have finished"
+
+    subprocess.run(_train_cmd(killed_cfg, "--resume"), check=True, env=ENV, capture_output=True, timeout=600)
+    full, resumed = _model_state(tmp_path / "full"), _model_state(killed_dir)
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), f"{key} differs after resume (killed at step {killed_at})"
+    assert load_checkpoint(killed_dir / "last.pt")["step"] == load_checkpoint(tmp_path / "full" / "last.pt")["step"]
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path, config_dict) -> None:
+    run_dir = tmp_path / "run"
+    good = TrainConfig.from_dict(config_dict(tiny_dataset, run_dir, max_steps=2, checkpoint_every_steps=1))
+    Trainer(good).fit()
+    before = (run_dir / "last.pt").read_bytes()
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 2
+    bad_dict = config_dict(tiny_dataset, run_dir, max_steps=4, checkpoint_every_steps=1)
+    bad_dict["loss"]["logit_scale"] = float("nan")
+    trainer = Trainer(TrainConfig.from_dict(bad_dict), resume=True)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2 .*last.pt"):
+        trainer.fit()
+    assert (run_dir / "last.pt").read_bytes() == before
+
+
+def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config) -> None:
+    tiny_config.train.epochs = 1
+    result = Trainer(tiny_config).fit()
+    run_dir = Path(tiny_config.train.output_dir)
+    assert result["model_dir"] == str(run_dir / "best")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"R1", "R5", "R10", "mAP", "mINP"} and metrics == result["test"]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "split" not in r]
+    assert [r["step"] for r in train_records] == list(range(1, result["steps"] + 1))
+    assert {"loss", "sdm", "id", "cmt", "tir", "itc", "lr", "images_per_s"} <= set(train_records[0])
+    assert [r["split"] for r in records if "split" in r] == ["val", "test"]
+    # the exported model reproduces the trainer's own evaluation
+    model, _ = load_model(run_dir / "best")
+    again, _ = load_model(run_dir / "last.pt")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key])
+
+
+def test_no_val_split_keeps_the_last_model(tiny_dataset, tmp_path, config_dict) -> None:
+    from uit_reid.data import load_dataset
+
+    dataset = load_dataset(tiny_dataset, progress=False)
+    dataset.val = None
+    config = TrainConfig.from_dict(config_dict(tiny_dataset, tmp_path / "run", max_steps=2))
+    result = Trainer(config, dataset=dataset).fit()
+    assert result["model_dir"].endswith("last") and "val_best_R1" not in result
+    assert not (tmp_path / "run" / "best").exists()
+    assert isinstance(UITModel.from_pretrained(result["model_dir"]), UITModel)
+
+
+TORCHRUN_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch, torch.distributed as dist
+    from uit_reid.train import TrainConfig, Trainer
+    config = TrainConfig.from_toml(sys.argv[1])
+    trainer = Trainer(config)
+    trainer.fit()
+    torch.save(trainer.model.state_dict(), f"{sys.argv[2]}/rank{trainer.rank}.pt")
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_gloo_ranks_hold_identical_weights(tiny_dataset, tmp_path, config_dict) -> None:
+    config = config_dict(tiny_dataset, tmp_path / "run", max_steps=3)
+    config["data"]["batch_size"] = 4  # per process: the global batch stays 8
+    cfg_path = _write_config(tmp_path / "ddp.toml", config)
+    script = tmp_path / "ddp_train.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           str(script), str(cfg_path), str(tmp_path)]
+    result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    initial = TrainConfig.from_dict(config)
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert checkpoint["world_size"] == 2 and checkpoint["step"] == 3 and len(checkpoint["rng"]) == 2
+    assert initial.data.batch_size == 4

@@ -1,0 +1,124 @@
+"""The demo: synthetic pedestrians → train the tiny model on CPU → evaluate → FAISS index → search.
+
+Writes into the output folder: ``data/`` (the synthetic dataset), the trainer's run files,
+``metrics.json`` (test R1/R5/R10/mAP/mINP), ``results.png`` (three queries with their top-5) and
+``training_curve.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from uit_reid.retrieval import GalleryIndex, Hit, render_results
+from uit_reid.train import Trainer, encode_split, load_config, load_model
+
+__all__ = ["run_demo", "plot_training_curve"]
+
+logger = logging.getLogger(__name__)
+
+NUM_QUERIES = 3
+
+
+def run_demo(out: Path, quick: bool = False, device: str = "cpu") -> dict[str, float]:
+    """Run the whole demo into ``out`` and return the test metrics."""
+    start = time.perf_counter()
+    config = load_config("demo")
+    overrides = [
+        f"data.root={json.dumps(str(out / 'data'))}",
+        f"train.output_dir={json.dumps(str(out))}",
+        f"train.device={json.dumps(device)}",
+    ]
+    if quick:
+        overrides += [
+            "train.max_steps=4",
+            "train.epochs=1",
+            "train.log_every=1",
+            "synthetic.num_ids=48",
+            "synthetic.images_per_id=2",
+            "synthetic.num_val_ids=8",
+            "synthetic.num_test_ids=8",
+            "data.batch_size=16",
+        ]
+    config = config.override(overrides)
+    result = Trainer(config).fit()
+    logger.info("trained in %.0f s", time.perf_counter() - start)
+
+    model, image_size = load_model(result["model_dir"], device=device)
+    trainer_dataset = _load_test_split(config.data.root)
+    q, q_pids, g, g_pids = encode_split(model, trainer_dataset, image_size, device=device)
+    paths = [str(r.image_path) for r in trainer_dataset.records]
+    index = GalleryIndex(dim=g.shape[1], kind="flat", fingerprint=model.encoder.fingerprint())
+    index.add(g.numpy(), paths)
+    pid_of = dict(zip(paths, g_pids.tolist()))
+
+    queries = trainer_dataset.queries
+    picks = np.linspace(0, len(queries.captions) - 1, NUM_QUERIES).astype(int).tolist()
+    panels = []
+    for qi in picks:
+        text, pid = queries.captions[qi], int(queries.pids[qi])
+        scores, ids = index.search(q[qi : qi + 1].numpy(), k=5)
+        hits = [
+            Hit(id=i, score=float(s), path=i, pid=pid_of[i], correct=pid_of[i] == pid)
+            for s, i in zip(scores[0], ids[0])
+        ]
+        marks = " ".join("+" if h.correct else "-" for h in hits)
+        logger.info("query: %s\n  top-5 (+ right person, - wrong): [%s]", text, marks)
+        panels.append(render_results(text, hits))
+    _stack_vertically(panels).save(out / "results.png")
+    plot_training_curve(out / "metrics.jsonl", out / "training_curve.png")
+    logger.info("demo finished in %.0f s; results in %s", time.perf_counter() - start, out)
+    return result["test"]
+
+
+def _load_test_split(root: str):
+    from uit_reid.data import load_dataset
+
+    dataset = load_dataset(root, progress=False)
+    if dataset.test is None:
+        raise ValueError(f"{root}: the demo dataset has no test split")
+    return dataset.test
+
+
+def _stack_vertically(images: list[Image.Image]) -> Image.Image:
+    width = max(im.width for im in images)
+    canvas = Image.new("RGB", (width, sum(im.height for im in images)), "white")
+    y = 0
+    for im in images:
+        canvas.paste(im, (0, y))
+        y += im.height
+    return canvas
+
+
+def plot_training_curve(metrics_path: Path, out_path: Path) -> bool:
+    """Loss and val R1 against steps from a run's ``metrics.jsonl``; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no training curve (pip install 'uit_reid[plot]')")
+        return False
+    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    train = [r for r in records if "split" not in r]
+    val = [r for r in records if r.get("split") == "val"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="train loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss", color="tab:blue")
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in val], [r["R1"] for r in val], "o-", color="tab:red", label="val R1")
+        ax2.set_ylabel("val R1 (%)", color="tab:red")
+    ax.set_title("uit-reid demo: training curve")
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return True
