@@ -12,9 +12,11 @@ and exposes what text-based person retrieval needs beyond open_clip's own API:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,23 @@ def _looks_like_path(pretrained: str) -> bool:
     )
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning() -> Iterator[None]:
+    """open_clip warns on every random init; here random init (or a later local load) is intended."""
+    root = logging.getLogger()
+    filt = _DropRandomInitWarning()
+    root.addFilter(filt)
+    try:
+        yield
+    finally:
+        root.removeFilter(filt)
+
+
 def _describe_keys(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
@@ -174,13 +193,14 @@ class CLIPDualEncoder(nn.Module):
                 tag = pretrained
         if name not in open_clip.list_models():
             raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
-        clip = open_clip.create_model(
-            name,
-            pretrained=tag,
-            force_image_size=image_size,
-            force_context_length=context_length,
-            device="cpu",
-        )
+        with _quiet_random_init_warning():
+            clip = open_clip.create_model(
+                name,
+                pretrained=tag,
+                force_image_size=image_size,
+                force_context_length=context_length,
+                device="cpu",
+            )
         encoder = cls(clip, open_clip.get_tokenizer(name, context_length=context_length), model_name=name)
         if path is not None:
             encoder.load_clip_weights(path)

@@ -1,0 +1,126 @@
+"""Folder encoding, text search and result rendering with small callable encoders and real images."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from uit_reid.retrieval import (
+    GalleryIndex,
+    Hit,
+    build_index_from_folder,
+    encode_image_folder,
+    render_results,
+    search_text,
+)
+from uit_reid.retrieval.search import GREEN, GREY, RED
+
+COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
+
+
+def transform(img: Image.Image) -> torch.Tensor:
+    arr = np.asarray(img.resize((8, 16)), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+def image_encoder(x: torch.Tensor) -> torch.Tensor:
+    """Mean colour per channel, centred: raw features the index normalises."""
+    return x.mean(dim=(2, 3)) - 0.45
+
+
+def text_encoder(texts: list[str]) -> torch.Tensor:
+    out = torch.zeros(len(texts), 3)
+    for i, t in enumerate(texts):
+        for j, name in enumerate(COLORS):
+            if name in t:
+                out[i, j] = 1.0
+    return out - 0.3
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    root = tmp_path / "gallery"
+    (root / "sub").mkdir(parents=True)
+    for name, rgb in COLORS.items():
+        for i in range(3):
+            Image.new("RGB", (20, 40), rgb).save(root / ("sub" if i == 2 else ".") / f"{name}_{i}.png")
+    (root / "broken.jpg").write_bytes(b"not an image at all")
+    (root / "notes.txt").write_text("ignored: not an image extension")
+    return root
+
+
+def test_encode_folder_batches_and_skips_unreadable(folder, caplog):
+    with caplog.at_level(logging.WARNING):
+        feats, paths, skipped = encode_image_folder(
+            folder, image_encoder, transform, batch_size=4, progress=False
+        )
+    assert feats.shape == (9, 3) and feats.dtype == np.float32
+    assert len(paths) == 9 and all(p.endswith(".png") for p in paths)
+    assert skipped == [str(folder / "broken.jpg")]
+    assert "skipped 1 unreadable image(s) of 10" in caplog.text
+    # batching does not change the features
+    feats1, paths1, _ = encode_image_folder(folder, image_encoder, transform, batch_size=1, progress=False)
+    assert paths1 == paths
+    np.testing.assert_allclose(feats1, feats, atol=1e-6)
+
+
+def test_text_search_finds_matching_colour(folder):
+    index = build_index_from_folder(folder, image_encoder, transform, fingerprint="toy", progress=False)
+    assert len(index) == 9 and index.id_type == "str"
+    hits = search_text(index, text_encoder, ["a person in red", "blue clothes"], k=3, fingerprint="toy")
+    assert [len(h) for h in hits] == [3, 3]
+    assert all("red_" in h.path for h in hits[0])
+    assert all("blue_" in h.path for h in hits[1])
+    assert hits[0][0].score >= hits[0][1].score >= hits[0][2].score
+    with pytest.raises(ValueError, match="'toy'.*'other'"):
+        search_text(index, text_encoder, "red", fingerprint="other")
+
+
+def test_pids_mark_hits_correct(folder):
+    index = build_index_from_folder(folder, image_encoder, transform, progress=False)
+    pid_of = lambda path: path.rsplit("/", 1)[-1].split("_")[0]  # noqa: E731
+    hits = search_text(index, text_encoder, ["green"], k=4, pids=pid_of, query_pids=["green"])[0]
+    assert [h.correct for h in hits] == [True, True, True, False]
+    assert hits[0].pid == "green"
+
+
+def test_render_results_borders_and_size(folder):
+    red = Image.new("RGB", (10, 20), COLORS["red"])
+    hits = [Hit("a", 0.9, correct=True), Hit("b", 0.5, correct=False), Hit("c", 0.1)]
+    img = render_results("a person in red", hits, images=[red, red, None], thumb_size=(40, 80), border=3)
+    assert isinstance(img, Image.Image) and img.mode == "RGB"
+    pad, cell_w = 6, 40 + 6
+    assert img.width >= 3 * (cell_w + pad)
+    px = img.load()
+    header = img.height - (80 + 6 + 14 + pad) - pad
+    y = header + 1
+    assert px[pad + 1, y] == GREEN
+    assert px[pad + cell_w + pad + 1, y] == RED
+    assert px[pad + 2 * (cell_w + pad) + 1, y] == GREY
+    assert px[pad + 3 + 5, y + 3 + 5] == COLORS["red"]  # the thumbnail sits inside the border
+
+
+def test_render_results_from_paths(folder):
+    index = build_index_from_folder(folder, image_encoder, transform, progress=False)
+    hits = search_text(index, text_encoder, "blue", k=5)[0]
+    img = render_results("blue", hits, columns=2)
+    assert img.width > 0 and img.height > 3 * 100  # three rows of person-shaped thumbnails
+
+
+def test_bad_inputs(folder, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        encode_image_folder(tmp_path / "nope", image_encoder, transform)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        encode_image_folder(tmp_path / "empty", image_encoder, transform)
+    with pytest.raises(ValueError, match="image_encoder must return"):
+        encode_image_folder(folder, lambda x: x, transform, progress=False)
+    with pytest.raises(ValueError, match="hits is empty"):
+        render_results("q", [])
+    index = GalleryIndex(3)
+    with pytest.raises(ValueError, match="queries must be"):
+        search_text(index, text_encoder, [])

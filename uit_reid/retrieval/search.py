@@ -1,0 +1,278 @@
+"""Search your own images: encode a folder into a GalleryIndex, query it with text, draw the results.
+
+Encoders come in as callables, so this module works with any model (and imports none):
+``image_encoder`` maps a float batch (B, 3, H, W) to features (B, D), ``transform`` maps a PIL image
+to a (3, H, W) tensor, ``text_encoder`` maps a list of strings to (B, D) features. Features may be raw
+pooled outputs; the index L2-normalises them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import textwrap
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from uit_reid.retrieval.index import GalleryIndex
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Hit",
+    "build_index_from_folder",
+    "encode_image_folder",
+    "list_images",
+    "render_results",
+    "search_text",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class Hit:
+    """One search result: the gallery id, its cosine score and what is known about it."""
+
+    id: Any
+    score: float
+    path: str | None = None
+    pid: Any = None
+    correct: bool | None = None
+
+
+def list_images(folder: str | os.PathLike[str], extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files under ``folder`` (recursively), by extension (case-insensitive), sorted."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder {root} does not exist or is not a directory")
+    exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+
+
+def _load(path: Path) -> Image.Image | None:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        logger.warning("skipping unreadable image %s: %s", path, err)
+        return None
+
+
+@torch.no_grad()
+def encode_image_folder(
+    folder: str | os.PathLike[str],
+    image_encoder: Callable[[torch.Tensor], torch.Tensor],
+    transform: Callable[[Image.Image], torch.Tensor],
+    batch_size: int = 64,
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Encode every image under ``folder`` in batches.
+
+    Returns ``(features, paths, skipped)``: float32 (N, D) features of the readable images, their
+    paths (as strings, sorted) and the paths that could not be read (skipped, and logged).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    files = list_images(folder, extensions)
+    if not files:
+        raise ValueError(f"no images with extensions {tuple(extensions)} under {folder}")
+    feats: list[np.ndarray] = []
+    paths: list[str] = []
+    skipped: list[str] = []
+    batch: list[torch.Tensor] = []
+    batch_paths: list[str] = []
+
+    def flush() -> None:
+        try:
+            x = torch.stack(batch)
+        except RuntimeError as err:
+            raise ValueError(f"transform returned tensors of different shapes in one batch: {err}") from err
+        if device is not None:
+            x = x.to(device)
+        out = image_encoder(x)
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"image_encoder must return a ({x.shape[0]}, D) tensor, got {shape}")
+        feats.append(out.detach().float().cpu().numpy())
+        paths.extend(batch_paths)
+        batch.clear()
+        batch_paths.clear()
+
+    for path in tqdm(files, desc="encoding images", unit="img", disable=not progress):
+        img = _load(path)
+        if img is None:
+            skipped.append(str(path))
+            continue
+        t = transform(img)
+        if not isinstance(t, torch.Tensor) or t.ndim != 3:
+            raise ValueError(f"transform must return a (3, H, W) tensor, got {getattr(t, 'shape', type(t))}")
+        batch.append(t)
+        batch_paths.append(str(path))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    if skipped:
+        logger.warning("skipped %d unreadable image(s) of %d under %s", len(skipped), len(files), folder)
+    if not feats:
+        raise ValueError(f"none of the {len(files)} images under {folder} could be read")
+    return np.concatenate(feats, axis=0).astype(np.float32, copy=False), paths, skipped
+
+
+def build_index_from_folder(
+    folder: str | os.PathLike[str],
+    image_encoder: Callable[[torch.Tensor], torch.Tensor],
+    transform: Callable[[Image.Image], torch.Tensor],
+    *,
+    kind: str = "flat",
+    fingerprint: str | None = None,
+    batch_size: int = 64,
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    **index_kwargs: Any,
+) -> GalleryIndex:
+    """Encode a folder of images into a new :class:`GalleryIndex` whose ids are the image paths.
+
+    Unreadable files are skipped and counted in the log; ``index_kwargs`` go to ``GalleryIndex``.
+    """
+    feats, paths, skipped = encode_image_folder(
+        folder,
+        image_encoder,
+        transform,
+        batch_size=batch_size,
+        extensions=extensions,
+        device=device,
+        progress=progress,
+    )
+    index = GalleryIndex(feats.shape[1], kind, fingerprint=fingerprint, **index_kwargs)
+    index.add(feats, paths)
+    logger.info("indexed %d images from %s (%d skipped)", len(paths), folder, len(skipped))
+    return index
+
+
+@torch.no_grad()
+def search_text(
+    index: GalleryIndex,
+    text_encoder: Callable[[list[str]], torch.Tensor],
+    queries: str | Sequence[str],
+    k: int = 10,
+    *,
+    fingerprint: str | None = None,
+    batch_size: int = 256,
+    pids: Mapping[Any, Any] | Callable[[Any], Any] | None = None,
+    query_pids: Sequence[Any] | None = None,
+) -> list[list[Hit]]:
+    """Top-``k`` gallery hits for each text query.
+
+    ``pids`` (a mapping or a function from gallery id to pid) fills ``Hit.pid``; with ``query_pids``
+    as well, ``Hit.correct`` says whether the hit shares the query's pid. String ids are taken as
+    image paths (``Hit.path``).
+    """
+    if isinstance(queries, str):
+        queries = [queries]
+    queries = list(queries)
+    if not queries or not all(isinstance(q, str) for q in queries):
+        raise ValueError("queries must be a string or a non-empty sequence of strings")
+    if query_pids is not None and len(query_pids) != len(queries):
+        raise ValueError(f"query_pids has {len(query_pids)} entries for {len(queries)} queries")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    parts = []
+    for s in range(0, len(queries), batch_size):
+        out = text_encoder(queries[s : s + batch_size])
+        if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            raise ValueError(
+                f"text_encoder must return a (B, D) tensor, got {getattr(out, 'shape', type(out))}"
+            )
+        parts.append(out.detach().float().cpu())
+    scores, ids = index.search(torch.cat(parts), k, fingerprint=fingerprint)
+
+    def pid_of(id_: Any) -> Any:
+        if pids is None:
+            return None
+        return pids(id_) if callable(pids) else pids.get(id_)
+
+    results: list[list[Hit]] = []
+    for qi in range(len(queries)):
+        hits = []
+        for score, id_ in zip(scores[qi], ids[qi]):
+            if id_ is None or (not isinstance(id_, str) and int(id_) == -1 and not np.isfinite(score)):
+                continue
+            id_ = id_ if isinstance(id_, str) else int(id_)
+            pid = pid_of(id_)
+            correct = None
+            if query_pids is not None and pid is not None:
+                correct = bool(pid == query_pids[qi])
+            hits.append(Hit(id_, float(score), id_ if isinstance(id_, str) else None, pid, correct))
+        results.append(hits)
+    return results
+
+
+GREEN = (46, 160, 67)
+RED = (215, 48, 39)
+GREY = (150, 150, 150)
+
+
+def render_results(
+    query: str,
+    hits: Sequence[Hit],
+    *,
+    columns: int | None = None,
+    thumb_size: tuple[int, int] = (96, 192),
+    border: int = 4,
+    images: Sequence[Image.Image | None] | None = None,
+) -> Image.Image:
+    """A grid of the top-k hit images with their scores under the wrapped query text.
+
+    Borders are green for correct hits, red for wrong ones and grey where correctness is unknown.
+    Images come from ``images`` when given, otherwise from ``Hit.path``; missing ones are drawn as a
+    grey placeholder. ``thumb_size`` is (width, height), person-shaped by default.
+    """
+    if not hits:
+        raise ValueError("hits is empty: nothing to render")
+    if images is not None and len(images) != len(hits):
+        raise ValueError(f"images has {len(images)} entries for {len(hits)} hits")
+    tw, th = thumb_size
+    if tw < 8 or th < 8 or border < 0:
+        raise ValueError(f"thumb_size must be at least 8x8 and border >= 0, got {thumb_size}, {border}")
+    cols = columns or min(len(hits), 10)
+    if cols < 1:
+        raise ValueError(f"columns must be positive, got {columns}")
+    rows = -(-len(hits) // cols)
+    font = ImageFont.load_default()
+    pad, label_h = 6, 14
+    cell_w, cell_h = tw + 2 * border, th + 2 * border + label_h
+    width = max(cols * (cell_w + pad) + pad, 200)
+    chars = max(10, width // 7)
+    lines = textwrap.wrap(query, chars) or [""]
+    header = len(lines) * 12 + 2 * pad
+    canvas = Image.new("RGB", (width, header + rows * (cell_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((pad, pad + 12 * i), line, fill="black", font=font)
+    for i, hit in enumerate(hits):
+        r, c = divmod(i, cols)
+        x0, y0 = pad + c * (cell_w + pad), header + r * (cell_h + pad)
+        img = images[i] if images is not None else (_load(Path(hit.path)) if hit.path else None)
+        color = GREY if hit.correct is None else (GREEN if hit.correct else RED)
+        draw.rectangle([x0, y0, x0 + cell_w - 1, y0 + cell_h - label_h - 1], fill=color)
+        if img is None:
+            thumb = Image.new("RGB", (tw, th), (220, 220, 220))
+            ImageDraw.Draw(thumb).text((4, th // 2), "missing", fill="black", font=font)
+        else:
+            thumb = img.convert("RGB").resize((tw, th))
+        canvas.paste(thumb, (x0 + border, y0 + border))
+        draw.text((x0, y0 + cell_h - label_h + 1), f"{i + 1}: {hit.score:.3f}", fill="black", font=font)
+    return canvas
