@@ -5,8 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
+export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint docs demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,17 +15,21 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,docs]"
 	touch $@
 
 setup: $(VENV)/.installed
 
 test: setup
 	$(BIN)/ruff check uit_reid tests benchmarks examples
+	$(BIN)/mkdocs build --strict --quiet -d $(VENV)/site
 	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check uit_reid tests benchmarks examples
+
+docs: setup
+	$(BIN)/mkdocs build --strict -d site
 
 demo: setup
 	$(BIN)/uit-reid demo

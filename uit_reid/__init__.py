@@ -1,9 +1,9 @@
 """uit_reid: text-to-image person retrieval with the UIT framework.
 
 A sentence in, the matching person images out of a gallery. The package composes a CLIP dual
-encoder (:class:`CLIPDualEncoder`), text-guided image restoration (:class:`TIRHead`), pure loss
-functions (:mod:`uit_reid.losses`), data readers (:mod:`uit_reid.data`), retrieval metrics and a
-FAISS gallery index (:mod:`uit_reid.retrieval`) and a reference trainer (:mod:`uit_reid.train`).
+encoder (`CLIPDualEncoder`), text-guided image restoration (`TIRHead`), pure loss
+functions (`uit_reid.losses`), data readers (`uit_reid.data`), retrieval metrics and a
+FAISS gallery index (`uit_reid.retrieval`) and a reference trainer (`uit_reid.train`).
 """
 
 from __future__ import annotations

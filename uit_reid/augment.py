@@ -3,7 +3,7 @@
 Text: UIT's attribute-word augmentation keeps only the attribute-bearing words of a caption (nouns,
 adjectives, pronouns) with a small probability, so the model cannot lean on sentence structure.
 nltk's perceptron tagger is used when its data is installed; otherwise a built-in pedestrian
-lexicon drives nltk's data-free :class:`~nltk.tag.RegexpTagger`. :func:`active_tagger` says which.
+lexicon drives nltk's data-free `nltk.tag.RegexpTagger`. `active_tagger` says which.
 
 Images: person crops are tall and narrow, so the train transform resizes to a fixed
 (height, width), flips, pads and random-crops, and applies random erasing; open_clip's
@@ -37,7 +37,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+"""Per-channel mean of CLIP's image normalisation."""
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+"""Per-channel standard deviation of CLIP's image normalisation."""
 
 # Penn Treebank tag prefixes of the words that carry attributes.
 _KEEP_TAGS = ("NN", "JJ", "PRP")

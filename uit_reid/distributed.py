@@ -1,7 +1,7 @@
 """The one place where features cross process boundaries.
 
 Contrastive and triplet losses are only as good as the batch they see. Under DDP each rank holds
-a slice; :func:`gather_with_grad` concatenates the slices of all ranks while keeping the autograd
+a slice; `gather_with_grad` concatenates the slices of all ranks while keeping the autograd
 graph, so every rank computes the loss of the global batch (as open_clip's ``ClipLoss`` does with
 ``gather_with_grad``). With DDP's gradient averaging this yields exactly the gradient of the
 single-process global-batch loss.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["gather_with_grad", "is_distributed", "rank", "world_size"]
+__all__ = ["gather_no_grad", "gather_with_grad", "is_distributed", "rank", "world_size"]
 
 
 def is_distributed() -> bool:
@@ -21,10 +21,12 @@ def is_distributed() -> bool:
 
 
 def world_size() -> int:
+    """Number of ranks (1 outside a process group)."""
     return dist.get_world_size() if is_distributed() else 1
 
 
 def rank() -> int:
+    """This process's rank (0 outside a process group)."""
     return dist.get_rank() if is_distributed() else 0
 
 

@@ -1,6 +1,6 @@
 """CLIP dual encoder over open_clip with token outputs, masked-image forward and person-shaped inputs.
 
-:class:`CLIPDualEncoder` wraps an open_clip ``CLIP`` model (ViT image tower, built-in text tower)
+`CLIPDualEncoder` wraps an open_clip ``CLIP`` model (ViT image tower, built-in text tower)
 and exposes what text-based person retrieval needs beyond open_clip's own API:
 
 * per-token features projected to the joint space (TIR cross-attends to the caption's tokens);
@@ -41,7 +41,7 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 @dataclass
 class MaskedImageOutput:
-    """Result of :meth:`CLIPDualEncoder.encode_masked_image`.
+    """Result of `CLIPDualEncoder.encode_masked_image`.
 
     Attributes:
         tokens: ``(B, 1 + n_keep, D)`` projected features of the CLS token and the visible patches.
@@ -138,7 +138,7 @@ def _describe_keys(keys: list[str], limit: int = 8) -> str:
 class CLIPDualEncoder(nn.Module):
     """Image and text towers of an open_clip CLIP model with token-level outputs.
 
-    Build it with :meth:`from_open_clip`. Features are returned unnormalised; losses and the
+    Build it with `from_open_clip`. Features are returned unnormalised; losses and the
     index normalise where they need to. ``logit_scale`` of the wrapped model is frozen: UIT uses a
     fixed temperature, and a trainable parameter that no loss uses breaks DDP.
     """
@@ -256,21 +256,25 @@ class CLIPDualEncoder(nn.Module):
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """Input (height, width) in pixels."""
         size = self.clip.visual.image_size
         return (int(size[0]), int(size[1])) if isinstance(size, tuple | list) else (int(size), int(size))
 
     @property
     def patch_size(self) -> tuple[int, int]:
+        """Patch (height, width) in pixels."""
         size = self.clip.visual.patch_size
         return (int(size[0]), int(size[1])) if isinstance(size, tuple | list) else (int(size), int(size))
 
     @property
     def grid_size(self) -> tuple[int, int]:
+        """Patch grid (rows, columns), e.g. (24, 8) for 384x128 at patch 16."""
         grid = self.clip.visual.grid_size
         return int(grid[0]), int(grid[1])
 
     @property
     def context_length(self) -> int:
+        """Caption length in tokens."""
         return int(self.clip.context_length)
 
     @property

@@ -92,7 +92,7 @@ def id_loss(
     r"""Identity classification on both modalities: :math:`(\mathrm{CE}(z^v, y) + \mathrm{CE}(z^t, y)) / 2`.
 
     The logits come from one classifier shared by image and text features (see
-    :class:`uit_reid.UITModel`); ``pids`` must be the contiguous training ids ``0..K-1``.
+    `uit_reid.UITModel`); ``pids`` must be the contiguous training ids ``0..K-1``.
     """
     if image_logits.shape != text_logits.shape or image_logits.ndim != 2:
         raise ValueError(

@@ -28,8 +28,8 @@ CONFIG_NAME = "config.json"
 
 logger = logging.getLogger(__name__)
 
-#: UIT's loss weights (the paper's recipe). ``itc`` (symmetric InfoNCE) is off by default.
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"sdm": 1.0, "id": 1.0, "tir": 10.0, "cmt": 10.0, "itc": 0.0}
+"""UIT's loss weights (the paper's recipe). ``itc`` (symmetric InfoNCE) is off by default."""
 
 
 class UITModel(nn.Module):
@@ -43,13 +43,14 @@ class UITModel(nn.Module):
     Args:
         encoder: the dual encoder.
         num_classes: number of training identities (the ID classifier's outputs); ``0`` disables it.
-        tir: ``True`` builds a :class:`TIRHead` of UIT's size for this encoder, ``False`` disables
-            TIR, or pass a configured :class:`TIRHead`.
-        loss_weights: overrides of :data:`DEFAULT_LOSS_WEIGHTS` (unknown names are an error).
+        tir: ``True`` builds a `TIRHead` of UIT's size for this encoder, ``False`` disables
+            TIR, or pass a configured `TIRHead`.
+        loss_weights: overrides of `DEFAULT_LOSS_WEIGHTS` (unknown names are an error).
         logit_scale: fixed inverse temperature of SDM and ITC (UIT: 50).
         cmt_margin: margin of the cross-modal triplet loss (UIT: 0.05).
         mask_ratio: fraction of patches TIR drops (UIT: 0.7).
-        image_mean, image_std: the normalisation of input images (to form grayscale inputs).
+        image_mean: per-channel mean the input images were normalised with (to form grayscale inputs).
+        image_std: per-channel standard deviation of that normalisation.
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class UITModel(nn.Module):
         return [name for name, weight in self.loss_weights.items() if weight != 0.0]
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Losses of one batch ``{"images", "text_ids", "pids"}``: each enabled loss and ``loss``."""
         images, ids, pids = batch["images"], batch["text_ids"], batch["pids"]
         w = self.loss_weights
         need_tokens = w["tir"] != 0.0
@@ -186,7 +188,7 @@ class UITModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> UITModel:
-        """Rebuild a model written by :meth:`save_pretrained` (no pickle, no network)."""
+        """Rebuild a model written by `save_pretrained` (no pickle, no network)."""
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():

@@ -5,8 +5,8 @@ restore the RGB pixels of the dropped patches from the visible ones and the capt
 Colour is only available through the text, so the restoration ties words ("red jacket") to image
 regions. Used at training time only; inference pays nothing for it.
 
-Pieces, each usable alone: :func:`to_grayscale`, :func:`patchify` / :func:`unpatchify`,
-:func:`random_masking`, :class:`TIRHead` and :func:`tir_loss`.
+Pieces, each usable alone: `to_grayscale`, `patchify` / `unpatchify`,
+`random_masking`, `TIRHead` and `tir_loss`.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def patchify(images: torch.Tensor, patch_size: int | Sequence[int]) -> torch.Ten
 def unpatchify(
     patches: torch.Tensor, grid_size: Sequence[int], patch_size: int | Sequence[int], channels: int = 3
 ) -> torch.Tensor:
-    """Inverse of :func:`patchify`: ``(B, N, ph*pw*C)`` → ``(B, C, gh*ph, gw*pw)``."""
+    """Inverse of `patchify`: ``(B, N, ph*pw*C)`` → ``(B, C, gh*ph, gw*pw)``."""
     ph, pw = _pair(patch_size)
     gh, gw = _pair(grid_size)
     b, n, d = patches.shape
@@ -132,8 +132,12 @@ class TIRHead(nn.Module):
         text_dim: dimension of the text tokens (defaults to ``embed_dim``).
         grid_size: patch grid (rows, cols), e.g. ``(24, 8)`` for 384x128 at patch 16.
         patch_size: patch (height, width) in pixels.
-        width, depth, heads: decoder transformer size (UIT: 512, 4, 8).
-        cross_heads: heads of the cross-attention layer.
+        width: decoder transformer width (UIT: 512).
+        depth: decoder transformer layers (UIT: 4).
+        heads: decoder attention heads (UIT: 8).
+        cross_heads: heads of the cross-attention layer (default: ``heads``).
+        in_chans: channels of the restored pixels.
+        mlp_ratio: hidden width of the decoder MLPs relative to ``width``.
     """
 
     def __init__(
@@ -208,7 +212,7 @@ class TIRHead(nn.Module):
 
         Args:
             visible_tokens: ``(B, 1 + n_keep, D)`` CLS plus visible patch tokens from the encoder.
-            ids_restore: ``(B, N)`` from :func:`random_masking`.
+            ids_restore: ``(B, N)`` from `random_masking`.
             text_tokens: ``(B, L, Dt)`` caption token features.
             text_padding_mask: ``(B, L)`` bool, True at padding to ignore.
 

@@ -1,7 +1,7 @@
 """Data: readers (CUHK-PEDES, ICFG-PEDES, RSTPReid, JSONL), synthetic pedestrians, torch datasets, samplers.
 
-``load_dataset`` turns annotation files into :class:`PedesDataset` (train/val/test :class:`Split` of
-:class:`PersonRecord`); ``make_synthetic`` writes the built-in dataset; the torch datasets, collates and
+``load_dataset`` turns annotation files into `PedesDataset` (train/val/test `Split` of
+`PersonRecord`); ``make_synthetic`` writes the built-in dataset; the torch datasets, collates and
 batch samplers feed ``UITModel``. This package never imports the encoder: the tokenizer is passed in.
 """
 

@@ -28,7 +28,7 @@ OnCorrupt = Literal["error", "skip"]
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image as RGB; raise :class:`CorruptImageError` naming the path."""
+    """Open and fully decode an image as RGB; raise `CorruptImageError` naming the path."""
     try:
         with Image.open(path) as im:
             im.draft("RGB", im.size)  # no-op except for JPEG, where it skips colour conversion work
@@ -43,9 +43,9 @@ class TrainDataset(Dataset):
     """Training pairs: one item per (image, caption), as in IRRA/UIT.
 
     Items are dicts ``{"image": Tensor(3,H,W), "caption": str, "pid": int, "image_id": int}``.
-    ``text_augment`` (e.g. :class:`uit_reid.augment.TextAugment`) is applied to the caption.
+    ``text_augment`` (e.g. `uit_reid.augment.TextAugment`) is applied to the caption.
     ``on_corrupt="skip"`` replaces an undecodable image by another image of the same person (or the
-    next one) and logs a warning once per path; ``"error"`` raises :class:`CorruptImageError`.
+    next one) and logs a warning once per path; ``"error"`` raises `CorruptImageError`.
     """
 
     def __init__(

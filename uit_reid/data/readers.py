@@ -69,6 +69,7 @@ FORMATS: dict[str, FormatSpec] = {
     ),
     "jsonl": FormatSpec("jsonl", "jsonl", (JSONL_NAME,), "image", "pid", ("train", "val", "test"), ""),
 }
+"""The supported annotation formats by name: file names looked for, fields, splits, image folder."""
 
 _ALIASES = {
     "cuhk": "cuhk-pedes",
@@ -276,9 +277,9 @@ def load_dataset(
     ``root`` is the dataset folder (annotation file plus ``imgs/`` for the benchmarks; images relative
     to the folder for JSONL) or a path to the annotation file itself (``.json``/``.jsonl``).
     ``format="auto"`` picks the format from the files present and logs which. Missing image files raise
-    :class:`MissingImagesError` (``on_missing="error"``) or are dropped with a logged count
+    `MissingImagesError` (``on_missing="error"``) or are dropped with a logged count
     (``"skip"``). ``verify_images=True`` also decodes every image and treats undecodable ones the same
-    way (raising :class:`CorruptImageError`). Training pids become ``0..num_classes-1``.
+    way (raising `CorruptImageError`). Training pids become ``0..num_classes-1``.
     """
     if on_missing not in ("error", "skip"):
         raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 class DataError(Exception):
-    """Base class of every error raised by :mod:`uit_reid.data` for bad input."""
+    """Base class of every error raised by `uit_reid.data` for bad input."""
 
 
 class AnnotationNotFoundError(DataError, FileNotFoundError):
@@ -88,14 +88,17 @@ class Split:
 
     @property
     def num_images(self) -> int:
+        """Images in the split (one record each)."""
         return len(self.records)
 
     @property
     def num_captions(self) -> int:
+        """Captions over all images of the split."""
         return sum(len(r.captions) for r in self.records)
 
     @property
     def num_ids(self) -> int:
+        """Distinct identities in the split."""
         return len({r.pid for r in self.records})
 
     @property

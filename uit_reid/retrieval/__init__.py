@@ -1,7 +1,7 @@
 """Retrieval metrics, the FAISS gallery index and search helpers.
 
 Everything here takes arrays (torch or numpy) and callables, never datasets or models:
-:func:`evaluate` scores a similarity matrix, :class:`GalleryIndex` stores gallery features for
+`evaluate` scores a similarity matrix, `GalleryIndex` stores gallery features for
 cosine search, and the search helpers encode a folder of images and query it with text.
 """
 

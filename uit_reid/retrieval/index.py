@@ -42,6 +42,7 @@ __all__ = ["FORMAT_VERSION", "GalleryIndex", "IndexFormatError", "default_nlist"
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+"""Version of the saved index format (sidecar ``format_version``)."""
 _FORMAT_NAME = "uit_reid.GalleryIndex"
 _KINDS = ("flat", "ivf", "hnsw")
 _FLAT_GALLERY_BLOCK = 16384
@@ -498,7 +499,7 @@ class GalleryIndex:
         expected_fingerprint: str | None = None,
         use_gpu: bool | None = None,
     ) -> GalleryIndex:
-        """Load an index written by :meth:`save`, checking format, checksum, dim and fingerprint."""
+        """Load an index written by `save`, checking format, checksum, dim and fingerprint."""
         path = Path(path)
         side = _sidecar(path)
         if not path.is_file():

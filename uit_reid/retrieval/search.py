@@ -36,6 +36,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+"""File endings taken as images when a folder is indexed."""
 
 
 @dataclass
@@ -143,7 +144,7 @@ def build_index_from_folder(
     progress: bool = True,
     **index_kwargs: Any,
 ) -> GalleryIndex:
-    """Encode a folder of images into a new :class:`GalleryIndex` whose ids are the image paths.
+    """Encode a folder of images into a new `GalleryIndex` whose ids are the image paths.
 
     Unreadable files are skipped and counted in the log; ``index_kwargs`` go to ``GalleryIndex``.
     """

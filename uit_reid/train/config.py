@@ -152,11 +152,12 @@ class TrainConfig:
                 raise ConfigError(message)
 
     def to_dict(self) -> dict[str, Any]:
+        """Nested plain dicts, one per section."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> TrainConfig:
-        """Build from nested dicts; unknown tables or keys raise :class:`ConfigError` naming them."""
+        """Build from nested dicts; unknown tables or keys raise `ConfigError` naming them."""
         sections = {f.name: f.type for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         for name, value in data.items():
@@ -174,6 +175,7 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TrainConfig:
+        """Read a TOML file; errors name the file and the offending key."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")

@@ -10,8 +10,8 @@ from torch import nn
 
 __all__ = ["DEFAULT_HEAD_PREFIXES", "build_optimizer", "lr_factor", "param_groups", "warmup_cosine"]
 
-#: Modules trained at ``head_lr_mult`` x the base learning rate: freshly initialised heads.
 DEFAULT_HEAD_PREFIXES: tuple[str, ...] = ("classifier.", "tir_head.cross_attn.")
+"""Modules trained at ``head_lr_mult`` x the base learning rate: freshly initialised heads."""
 
 
 def _is_bias_like(name: str, param: nn.Parameter) -> bool:
@@ -62,7 +62,7 @@ def build_optimizer(
     head_lr_mult: float = 5.0,
     bias_lr_mult: float = 2.0,
 ) -> torch.optim.Adam:
-    """Adam over :func:`param_groups` (UIT: betas 0.9/0.999, eps 1e-3, weight decay 4e-5)."""
+    """Adam over `param_groups` (UIT: betas 0.9/0.999, eps 1e-3, weight decay 4e-5)."""
     groups = param_groups(model, lr, weight_decay, head_lr_mult, bias_lr_mult)
     return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps)
 
@@ -84,7 +84,7 @@ def warmup_cosine(
     warmup_factor: float = 0.1,
     min_factor: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step ``LambdaLR`` following :func:`lr_factor` for every group."""
+    """A per-step ``LambdaLR`` following `lr_factor` for every group."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, warmup_factor, min_factor)
     )

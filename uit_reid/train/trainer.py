@@ -3,11 +3,11 @@
 ``Trainer(config).fit()`` trains, evaluates every ``eval_every`` epochs on the **val** split,
 keeps the best model by val R1 (or, with no val split, the last one), and reports test metrics
 once at the end. Under ``torchrun`` it uses DDP (NCCL on GPU, gloo on CPU); the batch-level
-losses see the global batch through :func:`uit_reid.distributed.gather_with_grad`.
+losses see the global batch through `uit_reid.distributed.gather_with_grad`.
 
 Run directory (``config.train.output_dir``): ``config.toml``, ``metrics.jsonl`` (one JSON object
 per log step and evaluation), ``last.pt`` (full training state), ``best/`` or ``last/`` (the chosen
-model, :meth:`UITModel.save_pretrained` format) and ``metrics.json`` (final test metrics).
+model, `UITModel.save_pretrained` format) and ``metrics.json`` (final test metrics).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def build_model(config: TrainConfig, num_classes: int) -> UITModel:
-    """The :class:`UITModel` a config describes (weights from ``model.pretrained``)."""
+    """The `UITModel` a config describes (weights from ``model.pretrained``)."""
     m, lw = config.model, config.loss
     encoder = CLIPDualEncoder.from_open_clip(
         m.name, pretrained=m.pretrained, image_size=tuple(m.image_size), context_length=m.context_length
@@ -224,7 +224,7 @@ def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 class Trainer:
-    """Train a :class:`UITModel` as a :class:`TrainConfig` describes.
+    """Train a `UITModel` as a `TrainConfig` describes.
 
     Args:
         config: the recipe.
