@@ -119,6 +119,7 @@ class SyntheticConfig:
     num_val_ids: int = 100
     num_test_ids: int = 200
     seed: int = 0
+    workers: int = 1
 
 
 @dataclass

@@ -322,7 +322,7 @@ class Trainer:
             logger.info("generating the synthetic dataset in %s", root)
             make_synthetic(
                 root, num_ids=syn.num_ids, images_per_id=syn.images_per_id, seed=syn.seed,
-                num_val_ids=syn.num_val_ids, num_test_ids=syn.num_test_ids,
+                num_val_ids=syn.num_val_ids, num_test_ids=syn.num_test_ids, workers=syn.workers,
             )
         if is_distributed():
             dist.barrier()
