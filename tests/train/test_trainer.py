@@ -114,6 +114,10 @@ def test_no_val_split_keeps_the_last_model(tiny_dataset, tmp_path, config_dict) 
     assert result["model_dir"].endswith("last") and "val_best_R1" not in result
     assert not (tmp_path / "run" / "best").exists()
     assert isinstance(UITModel.from_pretrained(result["model_dir"]), UITModel)
+    # a fresh run in the same folder starts a fresh metrics log (a resumed one would append)
+    Trainer(config, dataset=dataset).fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "split" not in r] == [1, 2]
 
 
 TORCHRUN_SCRIPT = textwrap.dedent(

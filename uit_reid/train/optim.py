@@ -14,10 +14,6 @@ DEFAULT_HEAD_PREFIXES: tuple[str, ...] = ("classifier.", "tir_head.cross_attn.")
 """Modules trained at ``head_lr_mult`` x the base learning rate: freshly initialised heads."""
 
 
-def _is_bias_like(name: str, param: nn.Parameter) -> bool:
-    return name.endswith(".bias") or param.ndim <= 1 and "norm" in name.lower() and name.endswith(".bias")
-
-
 def param_groups(
     model: nn.Module,
     lr: float,

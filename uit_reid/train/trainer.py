@@ -438,6 +438,8 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.toml", cfg.to_toml())
+            if self.step == 0:  # a fresh run in a used folder starts a fresh log; a resumed one appends
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             self._open_tensorboard()
         accum = cfg.optim.accum_steps
         batch_images = cfg.data.batch_size * self.world_size
