@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -132,10 +133,11 @@ def main() -> None:
     for case in cases_for(device, models, args.batch_size):
         w = warmup + (3 if case.compile else 0)
         r = run_case(case, device, w, steps)
+        peak = "—" if math.isnan(r["peak_gib"]) else f"{r['peak_gib']:.1f}"
         print(
             f"| {case.model} | {case.image_size[0]}x{case.image_size[1]} | {case.batch_size} | {case.precision} | "
             f"{'yes' if case.compile else 'no'} | {'on' if case.tir else 'off'} | {r['step_ms']:.1f} | "
-            f"{r['images_per_s']:,.0f} | {r['peak_gib']:.1f} |",
+            f"{r['images_per_s']:,.0f} | {peak} |",
             flush=True,
         )
 
