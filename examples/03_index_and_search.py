@@ -15,34 +15,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 import torch
+from _quick_train import quick_train  # examples/_quick_train.py, beside this script
 
 from uit_reid import augment
 from uit_reid.data import load_dataset
 from uit_reid.retrieval import GalleryIndex, build_index_from_folder, render_results, search_text
-from uit_reid.train import TrainConfig, Trainer, load_model
-
-SMALL = os.environ.get("UIT_EXAMPLES_SMALL") == "1"
-
-
-def quick_train(out: Path) -> Path:
-    """Train the tiny model briefly on synthetic data in ``out``; return the chosen model directory."""
-    steps = {"epochs": 1, "max_steps": 3} if SMALL else {"epochs": 3}
-    config = TrainConfig.from_dict({
-        "model": {"name": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir": False},
-        "loss": {"sdm": 0.0, "id": 0.0, "tir": 0.0, "cmt": 0.0, "itc": 1.0, "logit_scale": 20.0},
-        "data": {"root": str(out / "data"), "format": "jsonl", "batch_size": 8 if SMALL else 64,
-                 "num_workers": 0, "padding": 4, "erasing_p": 0.0, "text_aug_p": 0.0},
-        "optim": {"lr": 5e-4, "weight_decay": 0.0, "eps": 1e-8, "warmup_epochs": 0.5},
-        "train": {"device": "cpu", "precision": "fp32", "log_every": 10, "output_dir": str(out / "run"), **steps},
-        "synthetic": {"generate": True, "num_ids": 24 if SMALL else 600, "images_per_id": 2,
-                      "num_val_ids": 4 if SMALL else 40, "num_test_ids": 4 if SMALL else 60},
-    })
-    print("no --checkpoint: training the tiny model briefly on synthetic pedestrians first")
-    return Path(Trainer(config).fit()["model_dir"])
+from uit_reid.train import load_model
 
 
 def main() -> None:
@@ -59,7 +40,10 @@ def main() -> None:
     logging.getLogger("uit_reid").setLevel(logging.INFO)  # the trainer reports through logging
     args.out.mkdir(parents=True, exist_ok=True)
 
-    checkpoint = args.checkpoint or quick_train(args.out)
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        print("no --checkpoint: training the tiny model briefly on synthetic pedestrians first")
+        checkpoint = quick_train(args.out) / "best"
     model, image_size = load_model(checkpoint, device=args.device)
     fingerprint = model.encoder.fingerprint()  # stored in the index: features of another model never mix
 

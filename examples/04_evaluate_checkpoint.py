@@ -7,6 +7,7 @@ matrix whose rows are queries).
 
 Without ``--checkpoint`` it first trains the tiny model for a few steps on synthetic pedestrians and
 evaluates the resulting ``last.pt`` (so the numbers are those of a barely trained model).
+With ``UIT_EXAMPLES_SMALL=1`` that training (``examples/_quick_train.py``) uses tiny sizes.
 
 Run: ``python examples/04_evaluate_checkpoint.py --checkpoint runs/cuhk_pedes/best --dataset
 /path/to/CUHK-PEDES --out runs/examples/04_eval``. Writes ``metrics.json`` under ``--out``.
@@ -17,35 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
+from _quick_train import quick_train  # examples/_quick_train.py, beside this script
 
 from uit_reid.data import load_dataset
 from uit_reid.retrieval import evaluate
-from uit_reid.train import TrainConfig, Trainer, encode_split, load_model
+from uit_reid.train import encode_split, load_model
 
-SMALL = os.environ.get("UIT_EXAMPLES_SMALL") == "1"
 METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
-
-
-def quick_checkpoint(out: Path) -> tuple[Path, Path]:
-    """Train the tiny model a few steps on synthetic data; return (last.pt, dataset root)."""
-    config = TrainConfig.from_dict({
-        "model": {"name": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir": False},
-        "loss": {"sdm": 0.0, "id": 0.0, "tir": 0.0, "cmt": 0.0, "itc": 1.0, "logit_scale": 20.0},
-        "data": {"root": str(out / "data"), "format": "jsonl", "batch_size": 8 if SMALL else 64,
-                 "num_workers": 0, "padding": 4, "erasing_p": 0.0, "text_aug_p": 0.0},
-        "optim": {"lr": 5e-4, "weight_decay": 0.0, "eps": 1e-8, "warmup_epochs": 0.5},
-        "train": {"epochs": 1 if SMALL else 3, "max_steps": 3 if SMALL else 0, "device": "cpu",
-                  "precision": "fp32", "log_every": 10, "output_dir": str(out / "run")},
-        "synthetic": {"generate": True, "num_ids": 24 if SMALL else 600, "images_per_id": 2,
-                      "num_val_ids": 4 if SMALL else 40, "num_test_ids": 4 if SMALL else 60},
-    })
-    print("no --checkpoint: training the tiny model for a few steps on synthetic pedestrians first")
-    Trainer(config).fit()
-    return out / "run" / "last.pt", out / "data"
 
 
 def table(rows: dict[str, dict[str, float]]) -> str:
@@ -70,8 +52,9 @@ def main() -> None:
 
     checkpoint, dataset_root = args.checkpoint, args.dataset
     if checkpoint is None:
-        checkpoint, default_root = quick_checkpoint(args.out)
-        dataset_root = dataset_root or default_root
+        print("no --checkpoint: training the tiny model for a few steps on synthetic pedestrians first")
+        checkpoint = quick_train(args.out) / "last.pt"
+        dataset_root = dataset_root or args.out / "data"
     if dataset_root is None:
         parser.error("--dataset is required with --checkpoint")
 

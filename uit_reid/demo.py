@@ -46,18 +46,21 @@ def run_demo(out: Path, quick: bool = False, device: str = "cpu") -> dict[str, f
             "data.batch_size=16",
         ]
     config = config.override(overrides)
-    result = Trainer(config).fit()
+    trainer = Trainer(config)
+    result = trainer.fit()
     logger.info("trained in %.0f s", time.perf_counter() - start)
 
     model, image_size = load_model(result["model_dir"], device=device)
-    trainer_dataset = _load_test_split(config.data.root)
-    q, q_pids, g, g_pids = encode_split(model, trainer_dataset, image_size, device=device)
-    paths = [str(r.image_path) for r in trainer_dataset.records]
+    test = trainer.dataset.test
+    if test is None:
+        raise ValueError(f"{config.data.root}: the demo dataset has no test split")
+    q, q_pids, g, g_pids = encode_split(model, test, image_size, device=device)
+    paths = [str(r.image_path) for r in test.records]
     index = GalleryIndex(dim=g.shape[1], kind="flat", fingerprint=model.encoder.fingerprint())
     index.add(g.numpy(), paths)
     pid_of = dict(zip(paths, g_pids.tolist()))
 
-    queries = trainer_dataset.queries
+    queries = test.queries
     picks = np.linspace(0, len(queries.captions) - 1, NUM_QUERIES).astype(int).tolist()
     panels = []
     for qi in picks:
@@ -74,15 +77,6 @@ def run_demo(out: Path, quick: bool = False, device: str = "cpu") -> dict[str, f
     plot_training_curve(out / "metrics.jsonl", out / "training_curve.png")
     logger.info("demo finished in %.0f s; results in %s", time.perf_counter() - start, out)
     return result["test"]
-
-
-def _load_test_split(root: str):
-    from uit_reid.data import load_dataset
-
-    dataset = load_dataset(root, progress=False)
-    if dataset.test is None:
-        raise ValueError(f"{root}: the demo dataset has no test split")
-    return dataset.test
 
 
 def _stack_vertically(images: list[Image.Image]) -> Image.Image:

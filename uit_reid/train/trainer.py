@@ -448,7 +448,7 @@ class Trainer:
             total=self.total_steps, initial=self.step, disable=not self.is_main, desc="train", dynamic_ncols=True
         )
         window_start, window_images = time.perf_counter(), 0
-        window_losses: dict[str, float] = {}
+        window_losses: dict[str, torch.Tensor] = {}  # summed on the device: no sync per step
         window_count = 0
         stop = self.step >= self.total_steps
         while not stop and self.epoch < cfg.train.epochs:
@@ -471,7 +471,7 @@ class Trainer:
                 self.batch_in_epoch += 1
                 window_images += batch_images
                 for k, v in out.items():
-                    window_losses[k] = window_losses.get(k, 0.0) + float(v.detach())
+                    window_losses[k] = window_losses.get(k, 0.0) + v.detach()
                 window_count += 1
                 if not sync:
                     continue
@@ -491,7 +491,7 @@ class Trainer:
                         "epoch": self.epoch,
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "images_per_s": window_images / max(elapsed, 1e-9),
-                        **{k: v / window_count for k, v in window_losses.items()},
+                        **{k: float(v) / window_count for k, v in window_losses.items()},
                     }
                     self._log(record)
                     progress.set_postfix(
