@@ -11,6 +11,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from uit_reid import augment, data, losses, retrieval
+from uit_reid.convert import convert_checkpoint
 from uit_reid.encoders import CLIPDualEncoder
 from uit_reid.model import UITModel
 from uit_reid.tir import TIRHead
@@ -21,6 +22,7 @@ __all__ = [
     "UITModel",
     "__version__",
     "augment",
+    "convert_checkpoint",
     "data",
     "losses",
     "retrieval",

@@ -1,4 +1,4 @@
-"""The ``uit-reid`` command: train, evaluate, index, search, synth and the demo.
+"""The ``uit-reid`` command: train, evaluate, convert, index, search, synth and the demo.
 
 Every sub-command has ``--help``. Wrong arguments and unusable files end with a one-line
 ``uit-reid: error: ...`` message and exit status 2 (usage) or 1 (anything else), not a traceback;
@@ -89,6 +89,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from uit_reid.convert import convert_checkpoint
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise CLIError(f"{out} already exists and is not empty; pass --force to write the model files into it")
+    model = convert_checkpoint(
+        args.checkpoint, format=args.format, image_size=args.image_size, stride=args.stride, model_name=args.model
+    )
+    model.save_pretrained(out)
+    print(f"converted {args.checkpoint} -> {out}")
+    return 0
+
+
+def _checkpoint_ref(checkpoint: str) -> str:
+    """How an index remembers its model: a Hub id as given, a local path made absolute."""
+    from uit_reid.hub import hub_repo_id
+
+    return checkpoint if hub_repo_id(checkpoint) is not None else str(Path(checkpoint).resolve())
+
+
 def _index_meta_path(index_path: Path) -> Path:
     return index_path.with_name(index_path.name + ".model.json")
 
@@ -116,7 +137,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     index.save(out)
     atomic_write_text(
         _index_meta_path(out),
-        json.dumps({"checkpoint": str(Path(args.checkpoint).resolve()), "images": str(Path(args.images).resolve())}),
+        json.dumps({"checkpoint": _checkpoint_ref(args.checkpoint), "images": str(Path(args.images).resolve())}),
     )
     print(f"indexed {len(index)} images -> {out}")
     return 0
@@ -193,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="text-to-image metrics of a checkpoint on a dataset split")
-    p.add_argument("--checkpoint", required=True, help="a model directory (save_pretrained) or last.pt")
+    p.add_argument("--checkpoint", required=True,
+                   help="a model directory (save_pretrained), a Hub id org/name or hf-hub:org/name, or last.pt")
     p.add_argument("--dataset", required=True, help="dataset root or annotation file")
     p.add_argument("--format", default="auto", help="auto, cuhk-pedes, icfg-pedes, rstpreid or jsonl")
     p.add_argument("--split", default="test", choices=["val", "test"])
@@ -203,6 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("convert", help="convert an IRRA/SEN/OpenAI-CLIP/open_clip checkpoint to a model folder")
+    p.add_argument("checkpoint", help="the checkpoint file (e.g. IRRA's best.pth)")
+    p.add_argument("--out", required=True, help="model folder to write (save_pretrained format)")
+    p.add_argument("--format", default="auto", choices=["auto", "irra", "sen", "openai", "open_clip"])
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="input size; default: configs.yaml beside the checkpoint (irra/sen) or the square grid")
+    p.add_argument("--stride", type=int, help="IRRA's stride_size (default: configs.yaml, else the patch size)")
+    p.add_argument("--model", help="open_clip architecture of an open_clip checkpoint (e.g. ViT-B-16)")
+    p.add_argument("--force", action="store_true", help="write into an existing, non-empty --out folder")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("index", help="gallery index commands")
     index_sub = p.add_subparsers(dest="index_command", metavar="ACTION")

@@ -13,6 +13,7 @@ and exposes what text-based person retrieval needs beyond open_clip's own API:
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.factory import parse_model_name
 from open_clip.transformer import VisionTransformer, text_global_pool
 from torch import nn
 
@@ -143,7 +145,9 @@ class CLIPDualEncoder(nn.Module):
     fixed temperature, and a trainable parameter that no loss uses breaks DDP.
     """
 
-    def __init__(self, clip: nn.Module, tokenizer: Any, model_name: str = "custom") -> None:
+    def __init__(
+        self, clip: nn.Module, tokenizer: Any, model_name: str = "custom", model_cfg: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         visual = getattr(clip, "visual", None)
         if not isinstance(visual, VisionTransformer) or not hasattr(clip, "token_embedding"):
@@ -156,6 +160,9 @@ class CLIPDualEncoder(nn.Module):
         self.clip = clip
         self.tokenizer = tokenizer
         self.model_name = model_name
+        # The full open_clip config, kept when the architecture is not a built-in name (hub models,
+        # converted checkpoints) so that a saved model rebuilds without the network.
+        self.model_cfg = copy.deepcopy(model_cfg) if model_cfg is not None else None
         for name in ("logit_scale", "logit_bias"):
             param = getattr(clip, name, None)
             if isinstance(param, nn.Parameter):
@@ -174,9 +181,12 @@ class CLIPDualEncoder(nn.Module):
         """Create an encoder from an open_clip architecture name.
 
         Args:
-            name: an open_clip model name (``"ViT-B-16"``) or ``"uit-tiny"`` (tests, demo).
+            name: an open_clip model name (``"ViT-B-16"``), ``"uit-tiny"`` (tests, demo), or a name
+                with an open_clip schema: ``"hf-hub:org/repo"`` (config and weights from the Hugging
+                Face Hub) or ``"local-dir:/path"`` (a folder with ``open_clip_config.json``).
             pretrained: ``None`` (random init), an open_clip tag such as ``"openai"`` (downloads from
                 the hub), or a local checkpoint file (``.pt``/``.pth``/``.bin``/``.safetensors``).
+                Must be ``None`` with a schema name, which brings its own weights.
             image_size: input (height, width); the position grid is resized to match.
             context_length: text length in tokens.
         """
@@ -191,7 +201,10 @@ class CLIPDualEncoder(nn.Module):
                     raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
             else:
                 tag = pretrained
-        if name not in open_clip.list_models():
+        schema, _ = parse_model_name(name)
+        if schema is not None and pretrained is not None:
+            raise ValueError(f"{name}: a {schema}: name brings its own weights; leave pretrained=None")
+        if schema is None and name not in open_clip.list_models():
             raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
         with _quiet_random_init_warning():
             clip = open_clip.create_model(
@@ -201,10 +214,43 @@ class CLIPDualEncoder(nn.Module):
                 force_context_length=context_length,
                 device="cpu",
             )
-        encoder = cls(clip, open_clip.get_tokenizer(name, context_length=context_length), model_name=name)
+        model_cfg = None
+        if schema is not None:  # remember the downloaded config: a saved model must rebuild offline
+            model_cfg = open_clip.get_model_config(name)
+            model_cfg["vision_cfg"]["image_size"] = list(image_size)
+            model_cfg["text_cfg"]["context_length"] = context_length
+        encoder = cls(
+            clip, open_clip.get_tokenizer(name, context_length=context_length), model_name=name, model_cfg=model_cfg
+        )
         if path is not None:
             encoder.load_clip_weights(path)
         return encoder.to(device)
+
+    @classmethod
+    def from_model_config(
+        cls, model_cfg: dict[str, Any], name: str = "custom", device: str | torch.device = "cpu"
+    ) -> CLIPDualEncoder:
+        """Create a randomly initialised encoder from a full open_clip model config.
+
+        ``model_cfg`` has open_clip's keys (``embed_dim``, ``vision_cfg``, ``text_cfg``, optionally
+        ``quick_gelu``); it is how converted checkpoints and hub models are rebuilt offline. ``name``
+        is recorded as the architecture's label.
+        """
+        cfg = copy.deepcopy(dict(model_cfg))
+        vision_cfg, text_cfg = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+        if cfg.pop("custom_text", False) or "hf_model_name" in text_cfg or "timm_model_name" in vision_cfg:
+            raise TypeError(f"{name}: CLIPDualEncoder needs a ViT image tower and the built-in text tower")
+        with _quiet_random_init_warning():
+            clip = open_clip.CLIP(**cfg)
+        context_length = int(text_cfg.get("context_length", 77))
+        tokenizer_kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
+        if text_cfg.get("hf_tokenizer_name"):
+            tokenizer: Any = open_clip.tokenizer.HFTokenizer(
+                text_cfg["hf_tokenizer_name"], context_length=context_length, **tokenizer_kwargs
+            )
+        else:
+            tokenizer = open_clip.SimpleTokenizer(context_length=context_length, **tokenizer_kwargs)
+        return cls(clip, tokenizer, model_name=name, model_cfg=model_cfg).to(device)
 
     def load_clip_weights(self, path: str | os.PathLike) -> None:
         """Load open_clip CLIP weights from ``path``, resizing the image position grid if needed.

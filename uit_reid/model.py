@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from uit_reid.augment import CLIP_MEAN, CLIP_STD
 from uit_reid.distributed import gather_no_grad, gather_with_grad
 from uit_reid.encoders import CLIPDualEncoder, load_state_dict_file
 from uit_reid.io import atomic_write_bytes, atomic_write_text
+from uit_reid.model_card import MODEL_CARD_NAME, ModelCardInfo, render_model_card
 from uit_reid.tir import TIRHead, patchify, tir_loss, to_grayscale
 
 __all__ = ["DEFAULT_LOSS_WEIGHTS", "PRETRAINED_FORMAT_VERSION", "UITModel"]
@@ -97,6 +99,8 @@ class UITModel(nn.Module):
         self.mask_ratio = float(mask_ratio)
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
+        self.model_card: ModelCardInfo | None = None
+        """Training data, config, metrics or origin that `save_pretrained` writes into the model card."""
 
     def enabled_losses(self) -> list[str]:
         """Names of the losses with a non-zero weight, in a fixed order."""
@@ -165,6 +169,7 @@ class UITModel(nn.Module):
                 "name": self.encoder.model_name,
                 "image_size": list(self.encoder.image_size),
                 "context_length": self.encoder.context_length,
+                **({"model_cfg": self.encoder.model_cfg} if self.encoder.model_cfg is not None else {}),
             },
             "num_classes": self.num_classes,
             "tir": self.tir_head.config if self.tir_head is not None else None,
@@ -176,20 +181,64 @@ class UITModel(nn.Module):
             "image_std": list(self.image_std),
         }
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` to ``directory`` (each file atomically)."""
+    def save_pretrained(self, directory: str | os.PathLike, card: ModelCardInfo | None = None) -> Path:
+        """Write ``model.safetensors``, ``config.json`` and a model card ``README.md`` to ``directory``.
+
+        Each file is written atomically. ``card`` adds what the weights cannot tell (training data
+        and config, metrics, where a converted model came from) to the model card; by default
+        `model_card` is used.
+        """
         from safetensors.torch import save
 
         directory = Path(directory)
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
+        config = self.config()
         atomic_write_bytes(directory / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
-        atomic_write_text(directory / CONFIG_NAME, json.dumps(self.config(), indent=2) + "\n")
+        atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        atomic_write_text(directory / MODEL_CARD_NAME, render_model_card(config, card or self.model_card))
         return directory
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload uit_reid model",
+        card: ModelCardInfo | None = None,
+    ) -> str:
+        """Upload this model (`save_pretrained` files) to the Hugging Face Hub repository ``repo_id``.
+
+        The repository is created if needed. Returns the URL of the commit.
+        """
+        from uit_reid.hub import upload_folder
+
+        with tempfile.TemporaryDirectory(prefix="uit_reid_push_") as tmp:
+            self.save_pretrained(tmp, card=card)
+            return upload_folder(
+                tmp, repo_id, revision=revision, private=private, token=token, commit_message=commit_message
+            )
+
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> UITModel:
-        """Rebuild a model written by `save_pretrained` (no pickle, no network)."""
-        directory = Path(directory)
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | None = None,
+    ) -> UITModel:
+        """Rebuild a model written by `save_pretrained` (no pickle).
+
+        ``source`` is a local folder, a Hugging Face Hub repository ``org/name`` or
+        ``hf-hub:org/name``; ``revision`` (branch, tag or commit) and ``cache_dir`` apply to the hub.
+        """
+        from uit_reid.hub import resolve_pretrained
+
+        directory = resolve_pretrained(
+            source, (CONFIG_NAME, WEIGHTS_NAME), revision=revision, cache_dir=cache_dir, token=token
+        )
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: not a directory written by save_pretrained")
@@ -200,10 +249,13 @@ class UITModel(nn.Module):
         if cfg.get("format_version") != PRETRAINED_FORMAT_VERSION:
             raise ValueError(f"{config_path}: unsupported format_version {cfg.get('format_version')!r}")
         enc_cfg = cfg["encoder"]
-        encoder = CLIPDualEncoder.from_open_clip(
-            enc_cfg["name"], pretrained=None, image_size=tuple(enc_cfg["image_size"]),
-            context_length=enc_cfg["context_length"],
-        )
+        if enc_cfg.get("model_cfg") is not None:
+            encoder = CLIPDualEncoder.from_model_config(enc_cfg["model_cfg"], name=enc_cfg["name"])
+        else:
+            encoder = CLIPDualEncoder.from_open_clip(
+                enc_cfg["name"], pretrained=None, image_size=tuple(enc_cfg["image_size"]),
+                context_length=enc_cfg["context_length"],
+            )
         tir: bool | TIRHead = TIRHead(**cfg["tir"]) if cfg.get("tir") else False
         model = cls(
             encoder,

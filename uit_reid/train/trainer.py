@@ -90,10 +90,15 @@ def build_model(config: TrainConfig, num_classes: int) -> UITModel:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[UITModel, Sequence[int]]:
-    """Load a trained model from a ``save_pretrained`` directory or a trainer's ``last.pt``.
+    """Load a trained model from a ``save_pretrained`` directory, a Hub id or a trainer's ``last.pt``.
 
     Returns the model (in eval mode) and its input image size (height, width).
     """
+    from uit_reid.hub import hub_repo_id
+
+    if hub_repo_id(path) is not None:  # org/name or hf-hub:org/name on the Hugging Face Hub
+        model = UITModel.from_pretrained(path, device=device)
+        return model.eval(), model.encoder.image_size
     path = Path(path)
     if path.is_dir():
         model = UITModel.from_pretrained(path, device=device)

@@ -1,0 +1,379 @@
+"""Convert checkpoints of other text-to-person projects (and plain CLIP weights) into a `UITModel`.
+
+Layouts read (all without unpickling code: ``torch.load(weights_only=True)`` or safetensors):
+
+* ``irra``: IRRA's ``{"model": state_dict, ...}``: the CLIP weights under ``base_model.`` in
+  OpenAI CLIP naming, an optional ID ``classifier``, and the MLM heads (not converted: uit_reid
+  has no MLM objective). RDE and other follow-ups that keep IRRA's naming read the same way.
+* ``sen``: the same plus SEN's text-guided restoration decoder (``decoder_embed``,
+  ``cross_attn_Text``, ``cross_modal_transformer_mae``, ...), converted to a SEN-layout `TIRHead`.
+* ``openai``: a plain CLIP state dict in OpenAI naming (``visual.conv1.weight``, ...).
+* ``open_clip``: a checkpoint for a named open_clip architecture (``model_name`` required).
+
+The architecture (patch size, widths, layers, joint dimension, context length, vocabulary) is
+read from the tensors' shapes. The patch grid is not: the position embedding only gives the number
+of patches. It comes from ``image_size`` or from the ``configs.yaml`` that IRRA and SEN write
+beside their checkpoints (``img_size``, ``stride_size``); OpenAI weights use their square grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from uit_reid.encoders import CLIPDualEncoder, load_state_dict_file, resize_position_embedding
+from uit_reid.model import UITModel
+from uit_reid.model_card import ModelCardInfo
+
+__all__ = ["LAYOUTS", "clip_config_from_state_dict", "convert_checkpoint", "detect_layout"]
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS = ("irra", "sen", "openai", "open_clip")
+"""Checkpoint layouts `convert_checkpoint` reads (``format=`` values besides ``"auto"``)."""
+
+_BASE = "base_model."
+_HEAD_WIDTH = 64  # OpenAI CLIP (and IRRA/SEN, which build from it) use heads = width // 64
+
+# Top-level module names of the heads in the IRRA / SEN model classes.
+_IRRA_MLM = ("cross_attn", "cross_modal_transformer", "ln_pre_t", "ln_pre_i", "ln_post", "mlm_head")
+_SEN_MLM = ("cross_attn_mlm", "cross_modal_transformer_mlm", "ln_pre_t", "ln_pre_i", "ln_post", "mlm_head")
+_SEN_DECODER = (
+    "decoder_embed", "mask_token", "decoder_pos_embed", "cross_attn_Text", "cross_modal_transformer_mae",
+    "norm_1", "norm_2", "norm_4", "norm_6", "norm_7", "decoder_pred",
+)
+# Built by SEN's constructor but never called in its forward pass.
+_SEN_UNUSED = ("cross_attn_TextImage", "cross_attn_Image", "norm_3", "norm_5", "fuse_head", "norm_image", "norm_text")
+_SEN_MARKERS = ("decoder_embed", "cross_attn_Text", "cross_modal_transformer_mae", "decoder_pred")
+# Entries some plain CLIP state dicts carry besides weights.
+_CLIP_META = ("input_resolution", "context_length", "vocab_size")
+
+_LAYOUT_HELP = (
+    "irra (IRRA/RDE: base_model.visual.conv1.weight, ...), sen (irra + decoder_embed, cross_attn_Text, "
+    "cross_modal_transformer_mae, ...), openai (visual.conv1.weight, token_embedding.weight, ...), "
+    "open_clip (pass the architecture name)"
+)
+
+
+def _roots(keys: Iterable[str]) -> set[str]:
+    return {k.split(".", 1)[0] for k in keys}
+
+
+def detect_layout(keys: Iterable[str]) -> str | None:
+    """The layout a checkpoint's keys follow (``"irra"``, ``"sen"``, ``"openai"``) or ``None``.
+
+    ``open_clip`` checkpoints of CLIP ViTs share OpenAI's names and are read as ``openai``
+    unless the layout is given.
+    """
+    keys = list(keys)
+    if f"{_BASE}visual.conv1.weight" in keys and f"{_BASE}token_embedding.weight" in keys:
+        return "sen" if _roots(keys) & set(_SEN_MARKERS) else "irra"
+    if "visual.conv1.weight" in keys and "token_embedding.weight" in keys and "visual.proj" in keys:
+        return "openai"
+    return None
+
+
+def _count_blocks(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indices = {int(m.group(1)) for k in state if (m := pattern.match(k))}
+    if indices != set(range(len(indices))):
+        raise ValueError(f"{prefix}N blocks are not numbered 0..{len(indices) - 1}: {sorted(indices)}")
+    return len(indices)
+
+
+def _heads(width: int, what: str) -> int:
+    if width % _HEAD_WIDTH:
+        raise ValueError(f"{what} width {width} is not a multiple of {_HEAD_WIDTH} (OpenAI CLIP heads are 64 wide)")
+    return width // _HEAD_WIDTH
+
+
+def _patch_grid(image_size: Sequence[int], patch: int, stride: int) -> tuple[int, int]:
+    return (int(image_size[0]) - patch) // stride + 1, (int(image_size[1]) - patch) // stride + 1
+
+
+def _grid_candidates(num_patches: int, patch: int, limit: int = 6) -> str:
+    pairs = [(h, num_patches // h) for h in range(num_patches, 0, -1) if num_patches % h == 0 and h >= num_patches // h]
+    shown = ", ".join(f"{h * patch}x{w * patch}" for h, w in pairs[:limit])
+    return shown + (", ..." if len(pairs) > limit else "")
+
+
+def read_irra_configs(path: Path) -> dict[str, Any]:
+    """``img_size`` and ``stride_size`` from an IRRA/SEN ``configs.yaml`` (read safely).
+
+    Those files are ``yaml.dump(vars(args))``: tuples carry a ``!!python/tuple`` tag, read here as
+    lists; no other Python object is constructed.
+    """
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - safe loader subclass
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not readable as YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict) or "img_size" not in data:
+        raise ValueError(f"{path}: no img_size entry (expected IRRA/SEN's configs.yaml)")
+    out: dict[str, Any] = {"image_size": tuple(int(v) for v in data["img_size"]), "text": path.read_text(encoding="utf-8")}
+    if "stride_size" in data:
+        out["stride"] = int(data["stride_size"])
+    if isinstance(data.get("dataset_name"), str):
+        out["dataset"] = data["dataset_name"]
+    return out
+
+
+def clip_config_from_state_dict(
+    state: Mapping[str, torch.Tensor],
+    image_size: Sequence[int] | None = None,
+    stride: int | None = None,
+    quick_gelu: bool = True,
+    allow_resize: bool = False,
+    source: str = "checkpoint",
+) -> dict[str, Any]:
+    """An open_clip model config for CLIP weights in OpenAI naming, read from the tensors' shapes.
+
+    Args:
+        state: the CLIP weights (``visual.conv1.weight``, ``token_embedding.weight``, ...).
+        image_size: input (height, width). Without it the grid must be square (OpenAI's weights).
+        stride: the patch embedding's stride (IRRA's ``stride_size``); only ``stride == patch`` is supported.
+        quick_gelu: the activation the weights were trained with (OpenAI, IRRA, SEN: QuickGELU).
+        allow_resize: accept an ``image_size`` whose grid differs from the checkpoint's (the
+            position grid is then resized; for plain CLIP weights, not for trained re-id models).
+        source: named in error messages.
+    """
+    conv = state["visual.conv1.weight"]
+    if conv.ndim != 4 or conv.shape[1] != 3 or conv.shape[2] != conv.shape[3]:
+        raise ValueError(f"{source}: visual.conv1.weight {tuple(conv.shape)} is not a square 3-channel patch embedding")
+    vision_width, patch = int(conv.shape[0]), int(conv.shape[2])
+    stride = patch if stride is None else int(stride)
+    if stride != patch:
+        raise ValueError(
+            f"{source}: patch embedding stride {stride} differs from patch size {patch} (overlapping patches); "
+            "uit_reid's ViT supports stride == patch size only"
+        )
+    num_patches = int(state["visual.positional_embedding"].shape[0]) - 1
+    if image_size is None:
+        side = math.isqrt(num_patches)
+        if side * side != num_patches:
+            raise ValueError(
+                f"{source}: the position embedding has {num_patches} patch positions, which fits several image "
+                f"sizes at patch {patch} ({_grid_candidates(num_patches, patch)}); pass image_size "
+                "(--image-size H W) or keep the configs.yaml written with the checkpoint beside it"
+            )
+        image_size = (side * patch, side * patch)
+    height, width = int(image_size[0]), int(image_size[1])
+    if height % patch or width % patch:
+        raise ValueError(f"{source}: image size {height}x{width} is not a multiple of the patch size {patch}")
+    grid = _patch_grid((height, width), patch, stride)
+    if grid[0] * grid[1] != num_patches and not allow_resize:
+        raise ValueError(
+            f"{source}: image size {height}x{width} at patch {patch} gives a {grid[0]}x{grid[1]} grid "
+            f"({grid[0] * grid[1]} patches) but the checkpoint has {num_patches} patch positions"
+        )
+    text_width = int(state["ln_final.weight"].shape[0])
+    embed_dim = int(state["visual.proj"].shape[1])
+    if int(state["text_projection"].shape[1]) != embed_dim:
+        raise ValueError(
+            f"{source}: visual.proj {tuple(state['visual.proj'].shape)} and text_projection "
+            f"{tuple(state['text_projection'].shape)} disagree on the joint dimension"
+        )
+    vision_layers = _count_blocks(state, "visual.transformer.resblocks.")
+    text_layers = _count_blocks(state, "transformer.resblocks.")
+    vision_mlp = int(state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0])
+    text_mlp = int(state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0])
+    return {
+        "embed_dim": embed_dim,
+        "quick_gelu": bool(quick_gelu),
+        "vision_cfg": {
+            "image_size": [height, width],
+            "layers": vision_layers,
+            "width": vision_width,
+            "head_width": vision_width // _heads(vision_width, "image tower"),
+            "mlp_ratio": vision_mlp / vision_width,
+            "patch_size": patch,
+        },
+        "text_cfg": {
+            "context_length": int(state["positional_embedding"].shape[0]),
+            "vocab_size": int(state["token_embedding.weight"].shape[0]),
+            "width": text_width,
+            "heads": _heads(text_width, "text tower"),
+            "layers": text_layers,
+            "mlp_ratio": text_mlp / text_width,
+        },
+    }
+
+
+def _architecture_label(cfg: Mapping[str, Any], layout: str) -> str:
+    v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    return f"{layout}-vit-p{v['patch_size']}-w{v['width']}-l{v['layers']}-t{t['width']}x{t['layers']}-d{cfg['embed_dim']}"
+
+
+def _encoder_from_clip_state(
+    clip_state: dict[str, torch.Tensor], cfg: dict[str, Any], name: str, source: str
+) -> CLIPDualEncoder:
+    encoder = CLIPDualEncoder.from_model_config(cfg, name=name)
+    own = encoder.clip.state_dict()
+    state = {k: v.float() for k, v in clip_state.items()}
+    pos = state["visual.positional_embedding"]
+    if pos.shape != own["visual.positional_embedding"].shape:
+        state["visual.positional_embedding"] = resize_position_embedding(pos, encoder.grid_size)
+        logger.info("resized the image position grid to %s for %s", encoder.grid_size, encoder.image_size)
+    if "logit_scale" not in state:  # IRRA/SEN keep a fixed temperature outside the state dict
+        state["logit_scale"] = torch.tensor(math.log(50.0))
+    state["logit_scale"] = state["logit_scale"].reshape(own["logit_scale"].shape)
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{source}: CLIP weights do not match the derived architecture: missing {missing[:6]}, "
+                         f"unexpected {unexpected[:6]}")
+    encoder.clip.load_state_dict(state, strict=True)
+    return encoder
+
+
+def _split_heads(rest: Mapping[str, torch.Tensor], groups: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Group leftover keys by head (``{group: [root names present]}``); unknown roots under ``"unknown"``."""
+    present = _roots(rest)
+    out: dict[str, list[str]] = {}
+    claimed: set[str] = set()
+    for group, roots in groups.items():
+        found = [r for r in roots if r in present and r not in claimed]
+        claimed.update(found)
+        if found:
+            out[group] = found
+    unknown = sorted(present - claimed)
+    if unknown:
+        out["unknown"] = unknown
+    return out
+
+
+def _sen_tir_head(state: Mapping[str, torch.Tensor], encoder: CLIPDualEncoder, source: str) -> Any:
+    """SEN's restoration decoder as a SEN-layout `TIRHead` (needs the SEN layout in `uit_reid.tir`)."""
+    from uit_reid import tir
+
+    key_map = getattr(tir, "SEN_TIR_KEY_MAP", None)
+    if key_map is None:
+        return None
+    raise NotImplementedError  # filled in once the SEN-layout TIRHead is available
+
+
+def convert_checkpoint(
+    path: str | os.PathLike,
+    format: str = "auto",
+    *,
+    image_size: Sequence[int] | None = None,
+    stride: int | None = None,
+    model_name: str | None = None,
+) -> UITModel:
+    """Read a checkpoint of a known layout and return the equivalent `UITModel` (fp32, eval mode).
+
+    Args:
+        path: the checkpoint file (``.pth``/``.pt``/``.bin``/``.safetensors``).
+        format: ``"auto"`` (from the keys) or one of `LAYOUTS`.
+        image_size: input (height, width). For ``irra``/``sen`` it must fit the checkpoint's
+            position grid; by default it is read from the ``configs.yaml`` beside the checkpoint.
+            For ``openai``/``open_clip`` weights a different size resizes the position grid
+            (``(384, 128)`` for person crops).
+        stride: IRRA's ``stride_size`` (default: from ``configs.yaml``, else the patch size).
+        model_name: the open_clip architecture of an ``open_clip`` checkpoint (``"ViT-B-16"``).
+
+    Raises ``ValueError`` with one line naming the file when the layout is unknown or the shapes
+    do not fit.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; convert reads one checkpoint file (a save_pretrained folder needs no conversion)")
+    if format not in ("auto", *LAYOUTS):
+        raise ValueError(f"unknown format {format!r}; choose auto, {', '.join(LAYOUTS)}")
+    if format == "open_clip":
+        if model_name is None:
+            raise ValueError(f"{path}: format open_clip needs the architecture name (model_name / --model)")
+        encoder = CLIPDualEncoder.from_open_clip(model_name, pretrained=path, image_size=tuple(image_size or (384, 128)))
+        logger.info("converted %s as open_clip %s", path, model_name)
+        return UITModel(encoder, num_classes=0, tir=False).eval()
+
+    state = load_state_dict_file(path)
+    layout = detect_layout(state)
+    if format == "auto":
+        if layout is None:
+            raise ValueError(
+                f"{path}: no known checkpoint layout ({len(state)} tensors, top-level names "
+                f"{', '.join(sorted(_roots(state))[:6])}); known layouts: {_LAYOUT_HELP}"
+            )
+        format = layout
+    elif layout is None or (format in ("irra", "sen")) != (layout in ("irra", "sen")):
+        raise ValueError(f"{path}: the keys do not follow the {format} layout (detected: {layout or 'none'})")
+    elif format == "sen" and layout == "irra":
+        raise ValueError(f"{path}: format sen needs SEN's decoder tensors ({', '.join(_SEN_MARKERS)}); none found")
+
+    if format == "openai":
+        clip_state = {k: v for k, v in state.items() if k not in _CLIP_META}
+        cfg = clip_config_from_state_dict(clip_state, image_size, stride, allow_resize=True, source=str(path))
+        encoder = _encoder_from_clip_state(clip_state, cfg, _architecture_label(cfg, "openai"), str(path))
+        logger.info("converted %s (OpenAI CLIP naming, QuickGELU) at %s", path, encoder.image_size)
+        model = UITModel(encoder, num_classes=0, tir=False)
+        model.model_card = ModelCardInfo(source=_describe_source(path, format))
+        return model.eval()
+
+    # IRRA family: geometry from the arguments, else from the configs.yaml written beside the checkpoint.
+    configs = path.parent / "configs.yaml"
+    found = read_irra_configs(configs) if configs.is_file() else {}
+    if image_size is None and found:
+        image_size = found["image_size"]
+        stride = found.get("stride") if stride is None else stride
+        logger.info("image size %s, stride %s from %s", tuple(image_size), stride, configs)
+    clip_state = {k[len(_BASE) :]: v for k, v in state.items() if k.startswith(_BASE)}
+    rest = {k: v for k, v in state.items() if not k.startswith(_BASE)}
+    cfg = clip_config_from_state_dict(clip_state, image_size, stride, source=str(path))
+    encoder = _encoder_from_clip_state(clip_state, cfg, _architecture_label(cfg, format), str(path))
+
+    heads = _split_heads(rest, {
+        "classifier": ("classifier",),
+        "decoder": _SEN_DECODER if format == "sen" else (),
+        "mlm": _SEN_MLM if format == "sen" else _IRRA_MLM,
+        "unused": _SEN_UNUSED if format == "sen" else (),
+    })
+    num_classes = 0
+    if "classifier" in heads:
+        weight = rest["classifier.weight"]
+        if weight.shape[1] != encoder.embed_dim:
+            raise ValueError(f"{path}: classifier.weight {tuple(weight.shape)} does not take {encoder.embed_dim}-d features")
+        num_classes = int(weight.shape[0])
+    tir_head = _sen_tir_head(rest, encoder, str(path)) if format == "sen" else None
+    if format == "sen" and tir_head is None:
+        logger.warning("%s: SEN's restoration decoder is not converted (this uit_reid has no SEN-layout TIRHead)", path)
+    model = UITModel(encoder, num_classes=num_classes, tir=tir_head if tir_head is not None else False)
+    if model.classifier is not None:
+        model.classifier.load_state_dict({"weight": rest["classifier.weight"].float(), "bias": rest["classifier.bias"].float()})
+    if "mlm" in heads:
+        logger.info("ignored the MLM head (%s): uit_reid has no MLM objective", ", ".join(heads["mlm"]))
+    if "unused" in heads:
+        logger.info("ignored modules SEN builds but never uses: %s", ", ".join(heads["unused"]))
+    if "unknown" in heads:
+        logger.warning("%s: ignored tensors of unknown modules: %s", path, ", ".join(heads["unknown"]))
+    model.model_card = ModelCardInfo(
+        source=_describe_source(path, format),
+        training_data=f"{found['dataset']} (from {configs.name})" if "dataset" in found else None,
+        training_config=found.get("text"),
+    )
+    logger.info(
+        "converted %s (%s layout): %s, image %sx%s, %d identities", path, format, encoder.model_name,
+        *encoder.image_size, num_classes,
+    )
+    return model.eval()
+
+
+def _describe_source(path: Path, layout: str) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"`{path.name}` ({layout} layout, sha256 {digest.hexdigest()}) by `uit_reid.convert_checkpoint`"
