@@ -61,6 +61,8 @@ def resolve_pretrained(
     )
 
     where = f"{repo_id}@{revision or 'main'}"
+    if not os.fspath(source).startswith(HF_HUB_PREFIX):
+        where = f"{source} (no such local folder) on the Hub: {where}"
     paths = []
     for filename in filenames:
         try:
