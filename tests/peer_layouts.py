@@ -152,3 +152,73 @@ def reference_features(s: dict[str, torch.Tensor], images: torch.Tensor, ids: to
     image = reference_image_tokens(s, images)[:, 0]
     text = reference_text_tokens(s, ids)
     return image, text[torch.arange(ids.shape[0]), ids.argmax(-1)]
+
+
+# ----------------------------------------------------------------------------- SEN's restoration decoder
+def mae_sincos_table(dim: int, grid: tuple[int, int]) -> torch.Tensor:
+    """MAE's fixed 2-D sin-cos table ``(1, 1 + gh*gw, dim)`` as SEN stores it: CLS row zero; the first
+    half of the channels encodes the column, the second half the row; each half is [sin, cos]."""
+    rows, cols = torch.meshgrid(torch.arange(grid[0], dtype=torch.float64),
+                                torch.arange(grid[1], dtype=torch.float64), indexing="ij")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+
+    def one_d(pos: torch.Tensor) -> torch.Tensor:
+        angles = pos.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.cat([one_d(cols), one_d(rows)], dim=1)
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table]).float().unsqueeze(0)
+
+
+def sen_decoder_state(seed: int, dim: int, grid: tuple[int, int], patch: int, depth: int = 2,
+                      unused: bool = True) -> dict[str, torch.Tensor]:
+    """SEN's decoder tensors (``mae`` in loss_names), plus the modules it builds and never calls."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape: int, std: float) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * std
+
+    def norm(name: str) -> dict[str, torch.Tensor]:
+        return {f"{name}.weight": 1 + rnd(dim, std=0.1), f"{name}.bias": rnd(dim, std=0.1)}
+
+    def attn(name: str) -> dict[str, torch.Tensor]:
+        return {f"{name}.in_proj_weight": rnd(3 * dim, dim, std=dim**-0.5),
+                f"{name}.in_proj_bias": rnd(3 * dim, std=0.02),
+                f"{name}.out_proj.weight": rnd(dim, dim, std=dim**-0.5),
+                f"{name}.out_proj.bias": rnd(dim, std=0.02)}
+
+    state = {
+        "decoder_embed.weight": rnd(dim, dim, std=dim**-0.5), "decoder_embed.bias": rnd(dim, std=0.02),
+        "mask_token": rnd(1, 1, dim, std=0.02),
+        "decoder_pos_embed": mae_sincos_table(dim, grid),
+        **attn("cross_attn_Text"),
+        **norm("norm_1"), **norm("norm_2"), **norm("norm_4"), **norm("norm_6"), **norm("norm_7"),
+        "decoder_pred.weight": rnd(patch * patch * 3, dim, std=dim**-0.5),
+        "decoder_pred.bias": rnd(patch * patch * 3, std=0.02),
+    }
+    for i in range(depth):
+        state.update(_block(gen, f"cross_modal_transformer_mae.resblocks.{i}.", dim))
+    if unused:
+        state.update({**attn("cross_attn_TextImage"), **attn("cross_attn_Image"), **norm("norm_3"), **norm("norm_5")})
+    return state
+
+
+def reference_sen_decoder(s: dict[str, torch.Tensor], image_tokens: torch.Tensor, text_tokens: torch.Tensor,
+                          ids_restore: torch.Tensor) -> torch.Tensor:
+    """SEN's decoder from its description: norms, embedding, mask tokens put back in patch order,
+    positions, cross-attention to the caption with no residual, CLIP blocks, norm, pixel map."""
+    dim = s["decoder_embed.weight"].shape[0]
+    heads = dim // 64
+    x = _layer_norm(image_tokens, s, "norm_1.")
+    text = _layer_norm(text_tokens, s, "norm_2.")
+    x = x @ s["decoder_embed.weight"].T + s["decoder_embed.bias"]
+    batch, patches = ids_restore.shape
+    fill = s["mask_token"].expand(batch, patches + 1 - x.shape[1], dim)
+    rest = torch.cat([x[:, 1:], fill], dim=1)
+    rest = torch.stack([rest[b, ids_restore[b]] for b in range(batch)])
+    x = torch.cat([x[:, :1], rest], dim=1) + s["decoder_pos_embed"]
+    x = _layer_norm(_attention(_layer_norm(x, s, "norm_4."), text, s, "cross_attn_Text.", heads), s, "norm_6.")
+    for i in range(_num_blocks(s, "cross_modal_transformer_mae.resblocks.")):
+        x = _residual_block(x, s, f"cross_modal_transformer_mae.resblocks.{i}.", heads)
+    x = _layer_norm(x, s, "norm_7.") @ s["decoder_pred.weight"].T + s["decoder_pred.bias"]
+    return x[:, 1:]

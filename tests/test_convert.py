@@ -11,9 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from peer_layouts import (
+    as_irra_dtypes,
+    openai_clip_state,
+    reference_features,
+    reference_sen_decoder,
+    sen_decoder_state,
+)
 from PIL import Image
 
-from peer_layouts import as_irra_dtypes, openai_clip_state, reference_features
 from uit_reid import UITModel, convert_checkpoint
 from uit_reid.cli import main
 from uit_reid.convert import clip_config_from_state_dict, detect_layout
@@ -212,3 +218,54 @@ def test_cli_convert_then_evaluate_index_search(tmp_path, capsys) -> None:
     capsys.readouterr()
     assert main(["search", "a person in red", "--index", str(index), "--k", "2", "--device", "cpu"]) == 0
     assert len([line for line in capsys.readouterr().out.splitlines() if line.strip()]) == 2
+
+
+# ----------------------------------------------------------------------------- SEN
+SEN_DIM = 64  # SEN's decoder is as wide as the joint space, with width // 64 heads
+
+
+def sen_state(seed: int = 4) -> dict[str, torch.Tensor]:
+    clip = as_irra_dtypes(openai_clip_state(seed, grid=GRID, embed_dim=SEN_DIM))
+    state = {"base_model." + k: v for k, v in clip.items()}
+    gen = torch.Generator().manual_seed(seed)
+    state["classifier.weight"] = torch.randn(5, SEN_DIM, generator=gen)
+    state["classifier.bias"] = torch.randn(5, generator=gen)
+    state.update(sen_decoder_state(seed, SEN_DIM, GRID, patch=16))
+    return state
+
+
+def sen_layout_available() -> bool:
+    from uit_reid import tir
+
+    return hasattr(tir, "SEN_TIR_KEY_MAP")
+
+
+def test_sen_checkpoint_encoder_classifier_and_log(tmp_path, caplog) -> None:
+    state = sen_state()
+    path = write_irra(tmp_path / "sen", state)
+    with caplog.at_level(logging.INFO, logger="uit_reid"):
+        model = convert_checkpoint(path)
+    assert_features_match(model, clip_part(state))
+    assert model.num_classes == 5
+    assert ("ignored modules SEN builds but never uses: cross_attn_TextImage, cross_attn_Image, norm_3, norm_5"
+            in caplog.text)
+    assert "differs from the 2-D sin-cos table" not in caplog.text
+    assert (model.tir_head is not None) == sen_layout_available()
+
+
+@pytest.mark.skipif(not sen_layout_available(), reason="needs the SEN-layout TIRHead")
+def test_sen_tir_head_predicts_sens_pixels(tmp_path) -> None:
+    state = sen_state(seed=5)
+    decoder = {k: v for k, v in state.items() if not k.startswith(("base_model.", "classifier."))}
+    out = tmp_path / "model"
+    assert main(["convert", str(write_irra(tmp_path / "sen", state)), "--out", str(out), "--format", "sen"]) == 0
+    model = UITModel.from_pretrained(out).eval()
+    gen = torch.Generator().manual_seed(0)
+    batch, patches, keep = 3, GRID[0] * GRID[1], 3
+    ids_restore = torch.stack([torch.randperm(patches, generator=gen) for _ in range(batch)])
+    visible = torch.randn(batch, 1 + keep, SEN_DIM, generator=gen)
+    text = torch.randn(batch, 77, SEN_DIM, generator=gen)
+    padding = torch.zeros(batch, 77, dtype=torch.bool)
+    with torch.no_grad():
+        got = model.tir_head(visible, ids_restore, text, padding)
+    torch.testing.assert_close(got, reference_sen_decoder(decoder, visible, text, ids_restore), atol=1e-5, rtol=0)

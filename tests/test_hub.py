@@ -16,9 +16,9 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from hub_server import FakeHub
 from safetensors.torch import load_file, save, save_file
 
-from hub_server import FakeHub
 from uit_reid import CLIPDualEncoder, UITModel
 from uit_reid.encoders import MODEL_CONFIG_DIR
 

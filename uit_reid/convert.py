@@ -51,7 +51,8 @@ _SEN_DECODER = (
     "norm_1", "norm_2", "norm_4", "norm_6", "norm_7", "decoder_pred",
 )
 # Built by SEN's constructor but never called in its forward pass.
-_SEN_UNUSED = ("cross_attn_TextImage", "cross_attn_Image", "norm_3", "norm_5", "fuse_head", "norm_image", "norm_text")
+_SEN_UNUSED = ("cross_attn_TextImage", "cross_attn_Image", "norm_3", "norm_5", "norm_image", "norm_text")
+_SEN_FUSE = ("fuse_head",)  # SEN's optional image-text fusion score head ('fuse' loss)
 _SEN_MARKERS = ("decoder_embed", "cross_attn_Text", "cross_modal_transformer_mae", "decoder_pred")
 # Entries some plain CLIP state dicts carry besides weights.
 _CLIP_META = ("input_resolution", "context_length", "vocab_size")
@@ -256,13 +257,51 @@ def _split_heads(rest: Mapping[str, torch.Tensor], groups: Mapping[str, Sequence
 
 
 def _sen_tir_head(state: Mapping[str, torch.Tensor], encoder: CLIPDualEncoder, source: str) -> Any:
-    """SEN's restoration decoder as a SEN-layout `TIRHead` (needs the SEN layout in `uit_reid.tir`)."""
+    """SEN's restoration decoder as a SEN-layout `TIRHead`, or ``None`` where `uit_reid.tir` has no SEN layout."""
     from uit_reid import tir
 
-    key_map = getattr(tir, "SEN_TIR_KEY_MAP", None)
+    key_map: Mapping[str, str] | None = getattr(tir, "SEN_TIR_KEY_MAP", None)
     if key_map is None:
         return None
-    raise NotImplementedError  # filled in once the SEN-layout TIRHead is available
+    missing = [root for root in _SEN_DECODER if root != "decoder_pos_embed" and not any(
+        k == root or k.startswith(root + ".") for k in state)]
+    if missing:
+        raise ValueError(f"{source}: SEN decoder incomplete, missing {', '.join(missing)}")
+    embed = state["decoder_embed.weight"]
+    width, embed_dim = int(embed.shape[0]), int(embed.shape[1])
+    pixels = int(state["decoder_pred.weight"].shape[0])
+    ph, pw = encoder.patch_size
+    if pixels != ph * pw * 3:
+        raise ValueError(f"{source}: decoder_pred predicts {pixels} values per patch, the encoder's patch needs {ph * pw * 3}")
+    depth = _count_blocks(state, "cross_modal_transformer_mae.resblocks.")
+    head = tir.TIRHead(
+        embed_dim,
+        encoder.grid_size,
+        encoder.patch_size,
+        text_dim=int(state["norm_2.weight"].shape[0]),
+        width=width,
+        depth=depth,
+        heads=_heads(width, "SEN decoder"),
+        mlp_ratio=int(state["cross_modal_transformer_mae.resblocks.0.mlp.c_fc.weight"].shape[0]) / width,
+        layout="sen",
+    )
+    converted = {}
+    for key, value in state.items():
+        prefix = next((p for p in key_map if key == p or (p.endswith(".") and key.startswith(p))), None)
+        if prefix is not None:
+            converted[key_map[prefix] + key[len(prefix):]] = value.float()
+    own = head.state_dict()
+    unexpected = sorted(set(converted) - set(own))
+    lacking = sorted(set(own) - set(converted))
+    if unexpected or lacking:
+        raise ValueError(f"{source}: SEN decoder does not map onto TIRHead: missing {lacking[:6]}, unexpected {unexpected[:6]}")
+    head.load_state_dict(converted, strict=True)
+    table = state.get("decoder_pos_embed")
+    if table is not None and not (
+        table.shape[-2:] == head.pos_embed.shape[-2:] and torch.allclose(table.float().reshape(head.pos_embed.shape), head.pos_embed, atol=1e-4)
+    ):
+        logger.warning("%s: SEN's decoder_pos_embed differs from the 2-D sin-cos table TIRHead uses", source)
+    return head
 
 
 def convert_checkpoint(
@@ -340,6 +379,7 @@ def convert_checkpoint(
         "decoder": _SEN_DECODER if format == "sen" else (),
         "mlm": _SEN_MLM if format == "sen" else _IRRA_MLM,
         "unused": _SEN_UNUSED if format == "sen" else (),
+        "fuse": _SEN_FUSE if format == "sen" else (),
     })
     num_classes = 0
     if "classifier" in heads:
@@ -357,6 +397,8 @@ def convert_checkpoint(
         logger.info("ignored the MLM head (%s): uit_reid has no MLM objective", ", ".join(heads["mlm"]))
     if "unused" in heads:
         logger.info("ignored modules SEN builds but never uses: %s", ", ".join(heads["unused"]))
+    if "fuse" in heads:
+        logger.info("ignored SEN's fusion score head (fuse_head): uit_reid ranks by cosine similarity only")
     if "unknown" in heads:
         logger.warning("%s: ignored tensors of unknown modules: %s", path, ", ".join(heads["unknown"]))
     model.model_card = ModelCardInfo(
