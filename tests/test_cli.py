@@ -41,7 +41,11 @@ def test_version(capsys) -> None:
 def test_synth_and_train_outputs(trained) -> None:
     assert (trained["data"] / "annotations.jsonl").is_file()
     assert (trained["run"] / "best" / "model.safetensors").is_file()
-    assert set(json.loads((trained["run"] / "metrics.json").read_text())) == {"R1", "R5", "R10", "mAP", "mINP"}
+    metrics = json.loads((trained["run"] / "metrics.json").read_text())
+    assert set(metrics) == {"R1", "R5", "R10", "mAP", "mINP"}
+    card = (trained["run"] / "best" / "README.md").read_text()  # the model card carries the run's figures
+    assert "| test | " + " | ".join(f"{metrics[k]:.2f}" for k in ("R1", "R5", "R10", "mAP", "mINP")) + " |" in card
+    assert "| val (best) | " in card and f"- Training data: {trained['data']} (format auto), train split" in card
 
 
 @pytest.mark.parametrize("checkpoint", ["best", "last.pt"])

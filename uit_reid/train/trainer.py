@@ -47,6 +47,7 @@ from uit_reid.distributed import is_distributed, rank, world_size
 from uit_reid.encoders import CLIPDualEncoder
 from uit_reid.io import atomic_write_text
 from uit_reid.model import UITModel
+from uit_reid.model_card import MODEL_CARD_NAME, ModelCardInfo, render_model_card
 from uit_reid.tir import TIRHead
 from uit_reid.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from uit_reid.train.config import TrainConfig
@@ -313,6 +314,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.best_r1 = -math.inf
+        self.best_val: dict[str, float] = {}  # metrics of the best val evaluation (for the model card)
         self.history: list[dict[str, Any]] = []
         self._tb = None
         if resume:
@@ -527,10 +529,18 @@ class Trainer:
             self._log({"step": self.step, "epoch": epoch, "split": "val", **metrics})
             logger.info("epoch %d val: %s", epoch, _format_metrics(metrics))
             if metrics["R1"] > self.best_r1:
-                self.best_r1 = metrics["R1"]
-                self.model.save_pretrained(self.run_dir / "best")
+                self.best_r1, self.best_val = metrics["R1"], metrics
+                self.model.save_pretrained(self.run_dir / "best", card=self._model_card({"val (best)": metrics}))
         if is_distributed():
             dist.barrier()
+
+    def _model_card(self, metrics: dict[str, dict[str, float]]) -> ModelCardInfo:
+        data = self.config.data
+        return ModelCardInfo(
+            training_data=f"{data.root} (format {data.format}), train split",
+            training_config=self.config.to_toml(),
+            metrics=metrics,
+        )
 
     def _finish(self) -> dict[str, Any]:
         result: dict[str, Any] = {"steps": self.step}
@@ -540,7 +550,7 @@ class Trainer:
                 chosen = UITModel.from_pretrained(model_dir, device=self.device)
             else:
                 model_dir = self.run_dir / "last"
-                self.model.save_pretrained(model_dir)
+                self.model.save_pretrained(model_dir, card=self._model_card({}))
                 chosen = self.model
             result["model_dir"] = str(model_dir)
             if self.dataset.val is not None:
@@ -554,6 +564,9 @@ class Trainer:
                 result["test"] = test
                 self._log({"step": self.step, "epoch": self.epoch, "split": "test", **test})
                 atomic_write_text(self.run_dir / "metrics.json", json.dumps(test, indent=2) + "\n")
+                val = {"val (best)": self.best_val or {"R1": self.best_r1}} if self.dataset.val is not None else {}
+                atomic_write_text(model_dir / MODEL_CARD_NAME,
+                                  render_model_card(chosen.config(), self._model_card({**val, "test": test})))
                 logger.info("test (%s): %s", model_dir.name, _format_metrics(test))
         if self._tb is not None:
             self._tb.close()
