@@ -269,3 +269,16 @@ def test_sen_tir_head_predicts_sens_pixels(tmp_path) -> None:
     with torch.no_grad():
         got = model.tir_head(visible, ids_restore, text, padding)
     torch.testing.assert_close(got, reference_sen_decoder(decoder, visible, text, ids_restore), atol=1e-5, rtol=0)
+
+
+def test_open_clip_checkpoint_needs_and_uses_the_architecture(tmp_path, tiny_encoder) -> None:
+    path = tmp_path / "tiny.pt"
+    torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in tiny_encoder.clip.state_dict().items()}}, path)
+    with pytest.raises(ValueError, match=r"format open_clip needs the architecture name \(model_name / --model\)"):
+        convert_checkpoint(path, format="open_clip")
+    model = convert_checkpoint(path, format="open_clip", model_name="uit-tiny", image_size=(96, 32))
+    images = torch.randn(2, 3, 96, 32)
+    ids = tiny_encoder.tokenize(CAPTIONS[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(model.encoder.encode_image(images), tiny_encoder.encode_image(images))
+        torch.testing.assert_close(model.encoder.encode_text(ids), tiny_encoder.encode_text(ids))
