@@ -186,3 +186,20 @@ def test_local_names_never_reach_the_hub(tmp_path, monkeypatch) -> None:
         hub_repo_id("hf-hub:bad")
     with pytest.raises(ValueError, match="revision='v1' applies to Hub repositories, not to the local path"):
         UITModel.from_pretrained(tmp_path, revision="v1")
+
+
+def test_open_clip_local_dir_names_and_schema_errors(tmp_path, tiny_encoder) -> None:
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    config = {"model_cfg": json.loads((MODEL_CONFIG_DIR / "uit-tiny.json").read_text())}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    save_file({k: v.contiguous() for k, v in tiny_encoder.clip.state_dict().items()},
+              str(folder / "open_clip_model.safetensors"))
+    encoder = CLIPDualEncoder.from_open_clip(f"local-dir:{folder}", image_size=SIZE).eval()
+    assert encoder.model_cfg["vision_cfg"]["image_size"] == list(SIZE)
+    images = torch.randn(2, 3, *SIZE)
+    ids = tiny_encoder.tokenize(["a man in a red shirt"])
+    for got, want in zip(_features(encoder, images, ids), _features(tiny_encoder, images, ids)):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="hf-hub:org/name: a hf-hub: name brings its own weights; leave pretrained=None"):
+        CLIPDualEncoder.from_open_clip("hf-hub:org/name", pretrained="openai")
