@@ -234,12 +234,6 @@ def sen_state(seed: int = 4) -> dict[str, torch.Tensor]:
     return state
 
 
-def sen_layout_available() -> bool:
-    from uit_reid import tir
-
-    return hasattr(tir, "SEN_TIR_KEY_MAP")
-
-
 def test_sen_checkpoint_encoder_classifier_and_log(tmp_path, caplog) -> None:
     state = sen_state()
     path = write_irra(tmp_path / "sen", state)
@@ -250,10 +244,9 @@ def test_sen_checkpoint_encoder_classifier_and_log(tmp_path, caplog) -> None:
     assert ("ignored modules SEN builds but never uses: cross_attn_TextImage, cross_attn_Image, norm_3, norm_5"
             in caplog.text)
     assert "differs from the 2-D sin-cos table" not in caplog.text
-    assert (model.tir_head is not None) == sen_layout_available()
+    assert model.tir_head is not None and model.tir_head.config["layout"] == "sen"
 
 
-@pytest.mark.skipif(not sen_layout_available(), reason="needs the SEN-layout TIRHead")
 def test_sen_tir_head_predicts_sens_pixels(tmp_path) -> None:
     state = sen_state(seed=5)
     decoder = {k: v for k, v in state.items() if not k.startswith(("base_model.", "classifier."))}

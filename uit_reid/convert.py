@@ -32,6 +32,7 @@ import torch
 from uit_reid.encoders import CLIPDualEncoder, load_state_dict_file, resize_position_embedding
 from uit_reid.model import UITModel
 from uit_reid.model_card import ModelCardInfo
+from uit_reid.tir import SEN_TIR_KEY_MAP, SEN_TIR_UNUSED_PREFIXES, TIRHead
 
 __all__ = ["LAYOUTS", "clip_config_from_state_dict", "convert_checkpoint", "detect_layout"]
 
@@ -46,13 +47,11 @@ _HEAD_WIDTH = 64  # OpenAI CLIP (and IRRA/SEN, which build from it) use heads = 
 # Top-level module names of the heads in the IRRA / SEN model classes.
 _IRRA_MLM = ("cross_attn", "cross_modal_transformer", "ln_pre_t", "ln_pre_i", "ln_post", "mlm_head")
 _SEN_MLM = ("cross_attn_mlm", "cross_modal_transformer_mlm", "ln_pre_t", "ln_pre_i", "ln_post", "mlm_head")
-_SEN_DECODER = (
-    "decoder_embed", "mask_token", "decoder_pos_embed", "cross_attn_Text", "cross_modal_transformer_mae",
-    "norm_1", "norm_2", "norm_4", "norm_6", "norm_7", "decoder_pred",
-)
+_SEN_DECODER = (*(prefix.rstrip(".") for prefix in SEN_TIR_KEY_MAP), "decoder_pos_embed")
 # Built by SEN's constructor but never called in its forward pass.
-_SEN_UNUSED = ("cross_attn_TextImage", "cross_attn_Image", "norm_3", "norm_5", "norm_image", "norm_text")
-_SEN_FUSE = ("fuse_head",)  # SEN's optional image-text fusion score head ('fuse' loss)
+_SEN_UNUSED = tuple(p.rstrip(".") for p in SEN_TIR_UNUSED_PREFIXES if p.rstrip(".") not in _SEN_DECODER)
+# SEN's optional image-text fusion score head ('fuse' loss); the two norms belong to a fusion path it never calls.
+_SEN_FUSE = ("fuse_head", "norm_image", "norm_text")
 _SEN_MARKERS = ("decoder_embed", "cross_attn_Text", "cross_modal_transformer_mae", "decoder_pred")
 # Entries some plain CLIP state dicts carry besides weights.
 _CLIP_META = ("input_resolution", "context_length", "vocab_size")
@@ -256,13 +255,8 @@ def _split_heads(rest: Mapping[str, torch.Tensor], groups: Mapping[str, Sequence
     return out
 
 
-def _sen_tir_head(state: Mapping[str, torch.Tensor], encoder: CLIPDualEncoder, source: str) -> Any:
-    """SEN's restoration decoder as a SEN-layout `TIRHead`, or ``None`` where `uit_reid.tir` has no SEN layout."""
-    from uit_reid import tir
-
-    key_map: Mapping[str, str] | None = getattr(tir, "SEN_TIR_KEY_MAP", None)
-    if key_map is None:
-        return None
+def _sen_tir_head(state: Mapping[str, torch.Tensor], encoder: CLIPDualEncoder, source: str) -> TIRHead:
+    """SEN's restoration decoder as a SEN-layout `TIRHead` (names mapped by `SEN_TIR_KEY_MAP`)."""
     missing = [root for root in _SEN_DECODER if root != "decoder_pos_embed" and not any(
         k == root or k.startswith(root + ".") for k in state)]
     if missing:
@@ -274,7 +268,7 @@ def _sen_tir_head(state: Mapping[str, torch.Tensor], encoder: CLIPDualEncoder, s
     if pixels != ph * pw * 3:
         raise ValueError(f"{source}: decoder_pred predicts {pixels} values per patch, the encoder's patch needs {ph * pw * 3}")
     depth = _count_blocks(state, "cross_modal_transformer_mae.resblocks.")
-    head = tir.TIRHead(
+    head = TIRHead(
         embed_dim,
         encoder.grid_size,
         encoder.patch_size,
@@ -287,9 +281,9 @@ def _sen_tir_head(state: Mapping[str, torch.Tensor], encoder: CLIPDualEncoder, s
     )
     converted = {}
     for key, value in state.items():
-        prefix = next((p for p in key_map if key == p or (p.endswith(".") and key.startswith(p))), None)
+        prefix = next((p for p in SEN_TIR_KEY_MAP if key == p or (p.endswith(".") and key.startswith(p))), None)
         if prefix is not None:
-            converted[key_map[prefix] + key[len(prefix):]] = value.float()
+            converted[SEN_TIR_KEY_MAP[prefix] + key[len(prefix):]] = value.float()
     own = head.state_dict()
     unexpected = sorted(set(converted) - set(own))
     lacking = sorted(set(own) - set(converted))
@@ -388,8 +382,6 @@ def convert_checkpoint(
             raise ValueError(f"{path}: classifier.weight {tuple(weight.shape)} does not take {encoder.embed_dim}-d features")
         num_classes = int(weight.shape[0])
     tir_head = _sen_tir_head(rest, encoder, str(path)) if format == "sen" else None
-    if format == "sen" and tir_head is None:
-        logger.warning("%s: SEN's restoration decoder is not converted (this uit_reid has no SEN-layout TIRHead)", path)
     model = UITModel(encoder, num_classes=num_classes, tir=tir_head if tir_head is not None else False)
     if model.classifier is not None:
         model.classifier.load_state_dict({"weight": rest["classifier.weight"].float(), "bias": rest["classifier.bias"].float()})
@@ -398,7 +390,7 @@ def convert_checkpoint(
     if "unused" in heads:
         logger.info("ignored modules SEN builds but never uses: %s", ", ".join(heads["unused"]))
     if "fuse" in heads:
-        logger.info("ignored SEN's fusion score head (fuse_head): uit_reid ranks by cosine similarity only")
+        logger.info("ignored SEN's fusion score head (%s): uit_reid ranks by cosine similarity only", ", ".join(heads["fuse"]))
     if "unknown" in heads:
         logger.warning("%s: ignored tensors of unknown modules: %s", path, ", ".join(heads["unknown"]))
     model.model_card = ModelCardInfo(
