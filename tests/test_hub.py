@@ -58,6 +58,17 @@ CLIENT = textwrap.dedent("""
     out["commit_url"] = model.push_to_hub("someone/pushed")
     record("pushed", ur.UITModel.from_pretrained("someone/pushed").encoder)
     save_file(feats, base + "/features.safetensors")
+
+    from uit_reid.cli import main  # the commands take Hub ids as --checkpoint
+    from PIL import Image
+    import os
+    os.makedirs(base + "/photos", exist_ok=True)
+    for i, colour in enumerate(["red", "blue"]):
+        Image.new("RGB", (32, 96), colour).save(base + f"/photos/{i}.png")
+    out["index_build"] = main(["index", "build", "--checkpoint", "hf-hub:uit/tiny", "--images", base + "/photos",
+                               "--out", base + "/gallery.faiss", "--device", "cpu"])
+    out["search"] = main(["search", "a person in red", "--index", base + "/gallery.faiss", "--k", "1",
+                          "--device", "cpu"])
     print(json.dumps(out))
 """)
 
@@ -203,3 +214,10 @@ def test_open_clip_local_dir_names_and_schema_errors(tmp_path, tiny_encoder) -> 
         torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="hf-hub:org/name: a hf-hub: name brings its own weights; leave pretrained=None"):
         CLIPDualEncoder.from_open_clip("hf-hub:org/name", pretrained="openai")
+
+
+@pytest.mark.slow
+def test_commands_take_hub_ids(hub_run) -> None:
+    assert hub_run["out"]["index_build"] == 0 and hub_run["out"]["search"] == 0
+    meta = json.loads((hub_run["base"] / "gallery.faiss.model.json").read_text())
+    assert meta["checkpoint"] == "hf-hub:uit/tiny"  # remembered as given, not as a local path

@@ -331,7 +331,9 @@ def convert_checkpoint(
             raise ValueError(f"{path}: format open_clip needs the architecture name (model_name / --model)")
         encoder = CLIPDualEncoder.from_open_clip(model_name, pretrained=path, image_size=tuple(image_size or (384, 128)))
         logger.info("converted %s as open_clip %s", path, model_name)
-        return UITModel(encoder, num_classes=0, tir=False).eval()
+        model = UITModel(encoder, num_classes=0, tir=False)
+        model.model_card = ModelCardInfo(source=_describe_source(path, f"open_clip {model_name}"))
+        return model.eval()
 
     state = load_state_dict_file(path)
     layout = detect_layout(state)
