@@ -337,6 +337,8 @@ def convert_checkpoint(
 
     state = load_state_dict_file(path)
     layout = detect_layout(state)
+    if any(k.startswith("encoder.clip.") for k in state):
+        raise ValueError(f"{path} is a uit_reid model file: load its folder with UITModel.from_pretrained, no conversion needed")
     if format == "auto":
         if layout is None:
             raise ValueError(
