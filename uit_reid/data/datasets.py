@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from uit_reid.data.records import CorruptImageError, Split
-from uit_reid.data.samplers import IdentitySampler, RandomBatchSampler
+from uit_reid.data.samplers import DEFAULT_NUM_INSTANCES, DEFAULT_SAMPLER, build_batch_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -176,8 +176,8 @@ def build_train_loader(
     image_size: tuple[int, int] = (384, 128),
     batch_size: int = 128,
     *,
-    sampler: Literal["identity", "random"] = "identity",
-    num_instances: int = 4,
+    sampler: str = DEFAULT_SAMPLER,
+    num_instances: int = DEFAULT_NUM_INSTANCES,
     num_workers: int = 4,
     text_augment_p: float = 0.2,
     transform: ImageTransform | None = None,
@@ -189,8 +189,10 @@ def build_train_loader(
 ) -> DataLoader:
     """A training DataLoader with the UIT image and text augmentations and a DDP-aware batch sampler.
 
-    ``batch_size`` is per process. ``sampler="identity"`` gives ``batch_size // num_instances``
-    identities x ``num_instances`` pairs per batch; ``"random"`` gives random pairs. Call
+    ``batch_size`` is per process. ``sampler="identity_groups"`` (the default, as in the trainer and
+    the authors' code) gives identity groups of random size ``1..num_instances``
+    (`IdentityGroupSampler`); ``"identity"`` gives ``batch_size // num_instances`` identities x
+    ``num_instances`` pairs per batch; ``"random"`` gives random pairs. Call
     ``loader.batch_sampler.set_epoch(epoch)`` each epoch to reshuffle.
     """
     from uit_reid import augment
@@ -199,14 +201,9 @@ def build_train_loader(
         transform = augment.build_train_transform(image_size)
     text_aug = augment.TextAugment(p=text_augment_p) if text_augment_p > 0 else None
     ds = TrainDataset(split, transform, text_aug, on_corrupt=on_corrupt)
-    if sampler == "identity":
-        batch_sampler: IdentitySampler | RandomBatchSampler = IdentitySampler(
-            ds.pids, batch_size, num_instances, seed=seed, rank=rank, world_size=world_size
-        )
-    elif sampler == "random":
-        batch_sampler = RandomBatchSampler(len(ds), batch_size, seed=seed, rank=rank, world_size=world_size)
-    else:
-        raise ValueError(f"sampler must be 'identity' or 'random', got {sampler!r}")
+    batch_sampler = build_batch_sampler(
+        sampler, ds.pids, batch_size, num_instances, seed=seed, rank=rank, world_size=world_size
+    )
     return DataLoader(
         ds,
         batch_sampler=batch_sampler,

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from uit_reid.data.samplers import DEFAULT_NUM_INSTANCES, DEFAULT_SAMPLER, SAMPLERS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -38,7 +40,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "ViT-B-16"
+    name: str = "ViT-B-16-quickgelu"
     pretrained: str | None = "openai"
     image_size: tuple[int, int] = (384, 128)
     context_length: int = 77
@@ -71,8 +73,8 @@ class DataConfig:
     root: str = "data/CUHK-PEDES"
     format: str = "auto"
     batch_size: int = 128
-    sampler: str = "random"
-    num_instances: int = 4
+    sampler: str = DEFAULT_SAMPLER
+    num_instances: int = DEFAULT_NUM_INSTANCES
     num_workers: int = 8
     text_aug_p: float = 0.2
     padding: int = 10
@@ -141,7 +143,7 @@ class TrainConfig:
         """Check values that would otherwise fail deep inside training."""
         checks = [
             (self.train.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision must be auto|fp32|bf16|fp16"),
-            (self.data.sampler in ("random", "identity"), "data.sampler must be 'random' or 'identity'"),
+            (self.data.sampler in SAMPLERS, f"data.sampler must be one of {list(SAMPLERS)}"),
             (self.data.on_missing in ("error", "skip"), "data.on_missing must be 'error' or 'skip'"),
             (self.data.batch_size > 0, "data.batch_size must be positive"),
             (self.optim.accum_steps >= 1, "optim.accum_steps must be >= 1"),

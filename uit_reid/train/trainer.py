@@ -39,6 +39,7 @@ from uit_reid.data import (
     Split,
     TrainCollate,
     TrainDataset,
+    build_batch_sampler,
     build_eval_loaders,
     load_dataset,
     make_synthetic,
@@ -278,12 +279,9 @@ class Trainer:
         )
         text_aug = augment.TextAugment(p=d.text_aug_p) if d.text_aug_p > 0 else None
         self.train_items = _SeededItems(TrainDataset(self.dataset.train, transform, text_aug), config.train.seed)
-        if d.sampler == "identity":
-            self.sampler: IdentitySampler | RandomBatchSampler = IdentitySampler(
-                self.train_items.dataset.pids, d.batch_size, d.num_instances, seed=config.train.seed
-            )
-        else:
-            self.sampler = RandomBatchSampler(len(self.train_items), d.batch_size, seed=config.train.seed)
+        self.sampler = build_batch_sampler(
+            d.sampler, self.train_items.dataset.pids, d.batch_size, d.num_instances, seed=config.train.seed
+        )
         self.batches_per_epoch = len(self.sampler)
         if self.batches_per_epoch < o.accum_steps:
             raise ValueError(
