@@ -17,7 +17,7 @@ def test_bundled_configs_load(name: str) -> None:
         assert config.optim.lr == 1e-5 and config.optim.eps == 1e-3 and config.optim.weight_decay == 4e-5
         assert config.data.batch_size == 128 and config.train.epochs == 60
         assert (config.data.sampler, config.data.num_instances) == ("identity_groups", 2)
-        assert config.model.tir_layout == "sen"
+        assert config.model.tir_layout == "sen" and config.data.token_corruption
     else:
         assert config.model.pretrained is None and config.synthetic.generate
 

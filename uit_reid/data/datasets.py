@@ -104,19 +104,33 @@ class TrainDataset(Dataset):
             "caption": caption,
             "pid": rec.pid,
             "image_id": rec.image_id,
+            # drawn from the item's RNG stream so batch-level augmentation (token corruption in
+            # `TrainCollate`) is as reproducible as the per-item transforms
+            "aug_seed": int(torch.randint(0, 2**62, (1,)).item()),
         }
 
 
 class TrainCollate:
-    """Stack images and tokenise captions into the batch dict ``UITModel.forward`` takes."""
+    """Stack images and tokenise captions into the batch dict ``UITModel.forward`` takes.
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    ``token_augment(ids, generator)`` (e.g. `uit_reid.augment.TokenCorruption`) edits the token ids
+    of the batch; its generator is seeded from the items' ``aug_seed`` when they carry one.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, token_augment: Callable[..., torch.Tensor] | None = None) -> None:
         self.tokenizer = tokenizer
+        self.token_augment = token_augment
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = self.tokenizer([it["caption"] for it in items]).long()
+        if self.token_augment is not None:
+            generator = None
+            if all("aug_seed" in it for it in items):
+                generator = torch.Generator().manual_seed(hash(tuple(it["aug_seed"] for it in items)) % 2**62)
+            ids = self.token_augment(ids, generator)
         return {
             "images": torch.stack([it["image"] for it in items]),
-            "text_ids": self.tokenizer([it["caption"] for it in items]).long(),
+            "text_ids": ids,
             "pids": torch.tensor([it["pid"] for it in items], dtype=torch.long),
             "image_ids": torch.tensor([it["image_id"] for it in items], dtype=torch.long),
         }
@@ -180,6 +194,7 @@ def build_train_loader(
     num_instances: int = DEFAULT_NUM_INSTANCES,
     num_workers: int = 4,
     text_augment_p: float = 0.2,
+    token_augment: Callable[..., torch.Tensor] | None = None,
     transform: ImageTransform | None = None,
     seed: int = 0,
     rank: int | None = None,
@@ -193,7 +208,9 @@ def build_train_loader(
     the authors' code) gives identity groups of random size ``1..num_instances``
     (`IdentityGroupSampler`); ``"identity"`` gives ``batch_size // num_instances`` identities x
     ``num_instances`` pairs per batch; ``"random"`` gives random pairs. Call
-    ``loader.batch_sampler.set_epoch(epoch)`` each epoch to reshuffle.
+    ``loader.batch_sampler.set_epoch(epoch)`` each epoch to reshuffle. ``token_augment`` edits each
+    batch's token ids, e.g. ``uit_reid.augment.TokenCorruption.for_tokenizer(tokenizer)`` (the
+    authors' caption corruption, on in the trainer's paper recipe).
     """
     from uit_reid import augment
 
@@ -207,7 +224,7 @@ def build_train_loader(
     return DataLoader(
         ds,
         batch_sampler=batch_sampler,
-        collate_fn=TrainCollate(tokenizer),
+        collate_fn=TrainCollate(tokenizer, token_augment),
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,

@@ -77,6 +77,7 @@ class DataConfig:
     num_instances: int = DEFAULT_NUM_INSTANCES
     num_workers: int = 8
     text_aug_p: float = 0.2
+    token_corruption: bool = True
     padding: int = 10
     erasing_p: float = 0.5
     on_missing: str = "error"

@@ -278,6 +278,9 @@ class Trainer:
             tuple(config.model.image_size), padding=d.padding, erasing_p=d.erasing_p
         )
         text_aug = augment.TextAugment(p=d.text_aug_p) if d.text_aug_p > 0 else None
+        self.token_augment = (
+            augment.TokenCorruption.for_tokenizer(self.model.encoder.tokenizer) if d.token_corruption else None
+        )
         self.train_items = _SeededItems(TrainDataset(self.dataset.train, transform, text_aug), config.train.seed)
         self.sampler = build_batch_sampler(
             d.sampler, self.train_items.dataset.pids, d.batch_size, d.num_instances, seed=config.train.seed
@@ -398,7 +401,7 @@ class Trainer:
         return DataLoader(
             self.train_items,
             batch_sampler=_EpochBatches(self.sampler, epoch, start, self.steps_per_epoch * self.config.optim.accum_steps),
-            collate_fn=TrainCollate(self.tokenizer),
+            collate_fn=TrainCollate(self.tokenizer, self.token_augment),
             num_workers=d.num_workers,
             pin_memory=self.device.type == "cuda",
             # a private generator: creating the iterator must not draw from the global RNG, or a
