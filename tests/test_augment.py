@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import nltk
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -150,3 +151,29 @@ def test_token_corruption_tags_nouns_and_adjectives(clip_tokenizer) -> None:
     assert corruption.attribute_mask(ids)[0, 1:7].tolist() == [w in ("woman", "red", "jacket") for w in words]
     with pytest.raises(TypeError, match="needs a CLIP BPE tokenizer"):
         TokenCorruption.for_tokenizer(str.split)
+
+
+def test_paper_transforms_match_the_authors_pipeline() -> None:
+    from torchvision import transforms as T
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (200, 90, 3), dtype=np.uint8))
+    ours = augment.build_train_transform((64, 32), flip_p=0.0, padding=0, erasing_p=0.0, interpolation="bilinear")
+    # SEN datasets/build.py: T.Resize((h, w)) with torchvision's default (bilinear), ToTensor, Normalize
+    sen = T.Compose([T.Resize((64, 32)), T.ToTensor(), T.Normalize(augment.CLIP_MEAN, augment.CLIP_STD)])
+    assert torch.equal(ours(image), sen(image))
+    erase = augment.build_train_transform((64, 32), flip_p=0.0, padding=0, erasing_p=1.0, erasing_fill="clip_mean")
+    torch.manual_seed(0)
+    out = erase(Image.new("RGB", (32, 64), (0, 0, 0)))
+    black = (0 - torch.tensor(augment.CLIP_MEAN)) / torch.tensor(augment.CLIP_STD)
+    erased = (out != black.view(3, 1, 1)).all(dim=0)
+    assert erased.any()
+    # SEN: RandomErasing(value=mean) after Normalize -> the normalised tensor holds CLIP's mean values
+    values = out[:, erased]
+    assert torch.allclose(values, torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1).expand_as(values))
+    pixels = values[:, 0] * torch.tensor(augment.CLIP_STD) + torch.tensor(augment.CLIP_MEAN)
+    assert pixels.tolist() == pytest.approx([0.61, 0.58, 0.52], abs=0.01)  # a light grey
+    with pytest.raises(ValueError, match=r"erasing_fill must be one of \['clip_mean', 'zero'\], got 'grey'"):
+        augment.build_train_transform((64, 32), erasing_fill="grey")
+    with pytest.raises(ValueError, match=r"interpolation must be one of \['bicubic', 'bilinear'\], got 'area'"):
+        augment.build_eval_transform((64, 32), interpolation="area")

@@ -27,6 +27,8 @@ from torchvision import transforms as T
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "ERASING_FILLS",
+    "INTERPOLATIONS",
     "TextAugment",
     "TokenCorruption",
     "active_tagger",
@@ -167,6 +169,21 @@ def _check_size(image_size: Sequence[int]) -> tuple[int, int]:
     return int(image_size[0]), int(image_size[1])
 
 
+INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+"""Resize interpolations by name: the authors' code resizes bilinearly (torchvision's default)."""
+
+ERASING_FILLS = {"zero": 0.0, "clip_mean": CLIP_MEAN}
+"""Random-erasing fills by name, written into the *normalised* tensor: ``"zero"`` is the mean pixel
+(a mid grey); ``"clip_mean"`` writes CLIP's mean values after normalisation, as the authors' code
+does, which is a light grey of about (0.61, 0.58, 0.52) in pixels."""
+
+
+def _interpolation(name: str) -> T.InterpolationMode:
+    if name not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {name!r}")
+    return INTERPOLATIONS[name]
+
+
 def build_train_transform(
     image_size: Sequence[int],
     *,
@@ -174,37 +191,43 @@ def build_train_transform(
     padding: int = 10,
     erasing_p: float = 0.5,
     erasing_scale: tuple[float, float] = (0.02, 0.4),
+    erasing_fill: str = "zero",
+    interpolation: str = "bicubic",
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
 ) -> Callable[[Image.Image], torch.Tensor]:
     """Resize to ``image_size`` (height, width), flip, pad + random crop, normalise, random erasing.
 
-    Erased regions are filled with 0, the channel mean after normalisation.
+    ``erasing_fill`` names the value erased regions get (`ERASING_FILLS`); ``interpolation`` the
+    resize filter (`INTERPOLATIONS`). The paper configs use ``"clip_mean"`` and ``"bilinear"``
+    as the authors' code does.
     """
     size = _check_size(image_size)
+    if erasing_fill not in ERASING_FILLS:
+        raise ValueError(f"erasing_fill must be one of {sorted(ERASING_FILLS)}, got {erasing_fill!r}")
     steps: list[Callable] = [
-        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+        T.Resize(size, interpolation=_interpolation(interpolation)),
         T.RandomHorizontalFlip(flip_p),
     ]
     if padding > 0:
         steps += [T.Pad(padding), T.RandomCrop(size)]
     steps += [T.ToTensor(), T.Normalize(mean, std)]
     if erasing_p > 0:
-        steps.append(T.RandomErasing(p=erasing_p, scale=erasing_scale, value=0))
+        fill = ERASING_FILLS[erasing_fill]
+        steps.append(T.RandomErasing(p=erasing_p, scale=erasing_scale, value=list(fill) if isinstance(fill, tuple) else fill))
     return T.Compose([_to_rgb, *steps])
 
 
 def build_eval_transform(
     image_size: Sequence[int],
     *,
+    interpolation: str = "bicubic",
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
 ) -> Callable[[Image.Image], torch.Tensor]:
     """Resize to ``image_size`` (height, width) and normalise with CLIP's statistics."""
     size = _check_size(image_size)
-    return T.Compose(
-        [_to_rgb, T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(), T.Normalize(mean, std)]
-    )
+    return T.Compose([_to_rgb, T.Resize(size, interpolation=_interpolation(interpolation)), T.ToTensor(), T.Normalize(mean, std)])
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -50,6 +50,7 @@ class ModelConfig:
     tir_heads: int = 8
     tir_layout: str = "sen"
     mask_ratio: float = 0.7
+    tir_grayscale: str = "normalised"
 
     def __post_init__(self) -> None:
         # TOML has no null: "none" (or "") means random initialisation.
@@ -80,6 +81,8 @@ class DataConfig:
     token_corruption: bool = True
     padding: int = 10
     erasing_p: float = 0.5
+    erasing_fill: str = "clip_mean"
+    interpolation: str = "bilinear"
     on_missing: str = "error"
     eval_batch_size: int = 512
 
@@ -151,6 +154,9 @@ class TrainConfig:
             (self.train.epochs >= 1, "train.epochs must be >= 1"),
             (0.0 <= self.model.mask_ratio < 1.0, "model.mask_ratio must be in [0, 1)"),
             (self.model.tir_layout in ("sen", "residual"), "model.tir_layout must be 'sen' or 'residual'"),
+            (self.model.tir_grayscale in ("normalised", "pixels"), "model.tir_grayscale must be 'normalised' or 'pixels'"),
+            (self.data.interpolation in ("bilinear", "bicubic"), "data.interpolation must be 'bilinear' or 'bicubic'"),
+            (self.data.erasing_fill in ("zero", "clip_mean"), "data.erasing_fill must be 'zero' or 'clip_mean'"),
             (len(self.model.image_size) == 2, "model.image_size must be [height, width]"),
         ]
         for ok, message in checks:

@@ -88,6 +88,7 @@ def build_model(config: TrainConfig, num_classes: int) -> UITModel:
         logit_scale=lw.logit_scale,
         cmt_margin=lw.cmt_margin,
         mask_ratio=m.mask_ratio,
+        tir_grayscale=m.tir_grayscale,
     )
 
 
@@ -121,11 +122,13 @@ def encode_split(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
+    interpolation: str = "bicubic",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised (query features, query pids, gallery features, gallery pids) of an eval split."""
     tokenizer = model.encoder.tokenize
     gallery_loader, query_loader = build_eval_loaders(
-        split, tokenizer, tuple(image_size), batch_size=batch_size, num_workers=num_workers
+        split, tokenizer, tuple(image_size), batch_size=batch_size, num_workers=num_workers,
+        transform=augment.build_eval_transform(image_size, interpolation=interpolation),
     )
     device = torch.device(device)
     autocast = (
@@ -153,9 +156,12 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
+    interpolation: str = "bicubic",
 ) -> dict[str, float]:
     """Text-to-image R1/R5/R10/mAP/mINP (percent) of ``model`` on an evaluation split."""
-    q, q_pids, g, g_pids = encode_split(model, split, image_size, batch_size, device, num_workers, amp_dtype)
+    q, q_pids, g, g_pids = encode_split(
+        model, split, image_size, batch_size, device, num_workers, amp_dtype, interpolation
+    )
     return retrieval.evaluate(q @ g.t(), q_pids, g_pids)
 
 
@@ -275,7 +281,8 @@ class Trainer:
 
         d, o = config.data, config.optim
         transform = augment.build_train_transform(
-            tuple(config.model.image_size), padding=d.padding, erasing_p=d.erasing_p
+            tuple(config.model.image_size), padding=d.padding, erasing_p=d.erasing_p,
+            erasing_fill=d.erasing_fill, interpolation=d.interpolation,
         )
         text_aug = augment.TextAugment(p=d.text_aug_p) if d.text_aug_p > 0 else None
         self.token_augment = (
@@ -432,6 +439,7 @@ class Trainer:
             self.device,
             num_workers=min(self.config.data.num_workers, 4),
             amp_dtype=self.amp_dtype,
+            interpolation=self.config.data.interpolation,
         )
 
     def fit(self) -> dict[str, Any]:
