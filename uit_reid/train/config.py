@@ -114,6 +114,7 @@ class RunConfig:
     output_dir: str = "runs/uit"
     device: str = "auto"
     max_steps: int = 0
+    select_on_test: bool = False
 
 
 @dataclass
