@@ -104,6 +104,23 @@ def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config) -> Non
         assert torch.equal(value, again.state_dict()[key])
 
 
+def test_select_on_test_records_both_figures_labelled(tiny_dataset, tmp_path, config_dict) -> None:
+    config = TrainConfig.from_dict(config_dict(tiny_dataset, tmp_path / "run", select_on_test=True))
+    result = Trainer(config).fit()
+    run_dir = tmp_path / "run"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    per_epoch = [r for r in records if r.get("split") == "test_per_epoch"]
+    assert [r["epoch"] for r in per_epoch] == [0, 1]
+    best = max(per_epoch, key=lambda r: r["R1"])
+    chosen = metrics["selected_on_test"]
+    assert chosen["protocol"].startswith("authors' protocol") and "optimistic" in chosen["protocol"]
+    assert (chosen["epoch"], chosen["R1"], chosen["mAP"]) == (best["epoch"], best["R1"], best["mAP"])
+    # the val-selected figure stays the headline
+    assert {k: metrics[k] for k in ("R1", "R5", "R10", "mAP", "mINP")} == result["test"]
+    assert (run_dir / "best_test" / "model.safetensors").is_file() and (run_dir / "best").is_dir()
+
+
 def test_no_val_split_keeps_the_last_model(tiny_dataset, tmp_path, config_dict) -> None:
     from uit_reid.data import load_dataset
 

@@ -53,7 +53,13 @@ class FormatSpec:
 
 FORMATS: dict[str, FormatSpec] = {
     "cuhk-pedes": FormatSpec(
-        "cuhk-pedes", "CUHK-PEDES", ("reid_raw.json",), "file_path", "id", ("train", "val", "test"), "imgs"
+        "cuhk-pedes",
+        "CUHK-PEDES",
+        ("reid_raw.json", "caption_all.json"),  # some copies ship the same list under the second name
+        "file_path",
+        "id",
+        ("train", "val", "test"),
+        "imgs",
     ),
     "icfg-pedes": FormatSpec(
         "icfg-pedes",

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from uit_reid.data.samplers import DEFAULT_NUM_INSTANCES, DEFAULT_SAMPLER, SAMPLERS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -38,7 +40,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "ViT-B-16"
+    name: str = "ViT-B-16-quickgelu"
     pretrained: str | None = "openai"
     image_size: tuple[int, int] = (384, 128)
     context_length: int = 77
@@ -48,6 +50,7 @@ class ModelConfig:
     tir_heads: int = 8
     tir_layout: str = "sen"
     mask_ratio: float = 0.7
+    tir_grayscale: str = "normalised"
 
     def __post_init__(self) -> None:
         # TOML has no null: "none" (or "") means random initialisation.
@@ -71,12 +74,15 @@ class DataConfig:
     root: str = "data/CUHK-PEDES"
     format: str = "auto"
     batch_size: int = 128
-    sampler: str = "random"
-    num_instances: int = 4
+    sampler: str = DEFAULT_SAMPLER
+    num_instances: int = DEFAULT_NUM_INSTANCES
     num_workers: int = 8
     text_aug_p: float = 0.2
+    token_corruption: bool = True
     padding: int = 10
     erasing_p: float = 0.5
+    erasing_fill: str = "clip_mean"
+    interpolation: str = "bilinear"
     on_missing: str = "error"
     eval_batch_size: int = 512
 
@@ -108,6 +114,7 @@ class RunConfig:
     output_dir: str = "runs/uit"
     device: str = "auto"
     max_steps: int = 0
+    select_on_test: bool = False
 
 
 @dataclass
@@ -141,13 +148,16 @@ class TrainConfig:
         """Check values that would otherwise fail deep inside training."""
         checks = [
             (self.train.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision must be auto|fp32|bf16|fp16"),
-            (self.data.sampler in ("random", "identity"), "data.sampler must be 'random' or 'identity'"),
+            (self.data.sampler in SAMPLERS, f"data.sampler must be one of {list(SAMPLERS)}"),
             (self.data.on_missing in ("error", "skip"), "data.on_missing must be 'error' or 'skip'"),
             (self.data.batch_size > 0, "data.batch_size must be positive"),
             (self.optim.accum_steps >= 1, "optim.accum_steps must be >= 1"),
             (self.train.epochs >= 1, "train.epochs must be >= 1"),
             (0.0 <= self.model.mask_ratio < 1.0, "model.mask_ratio must be in [0, 1)"),
             (self.model.tir_layout in ("sen", "residual"), "model.tir_layout must be 'sen' or 'residual'"),
+            (self.model.tir_grayscale in ("normalised", "pixels"), "model.tir_grayscale must be 'normalised' or 'pixels'"),
+            (self.data.interpolation in ("bilinear", "bicubic"), "data.interpolation must be 'bilinear' or 'bicubic'"),
+            (self.data.erasing_fill in ("zero", "clip_mean"), "data.erasing_fill must be 'zero' or 'clip_mean'"),
             (len(self.model.image_size) == 2, "model.image_size must be [height, width]"),
         ]
         for ok, message in checks:

@@ -39,6 +39,7 @@ from uit_reid.data import (
     Split,
     TrainCollate,
     TrainDataset,
+    build_batch_sampler,
     build_eval_loaders,
     load_dataset,
     make_synthetic,
@@ -55,6 +56,10 @@ from uit_reid.train.optim import build_optimizer, warmup_cosine
 __all__ = ["NonFiniteLossError", "Trainer", "build_model", "encode_split", "evaluate_model", "load_model"]
 
 logger = logging.getLogger(__name__)
+
+
+SELECT_ON_TEST_KEY = "selected_on_test"
+SELECT_ON_TEST_LABEL = "authors' protocol: best test R1 over epochs (optimistic; not a held-out figure)"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -87,6 +92,7 @@ def build_model(config: TrainConfig, num_classes: int) -> UITModel:
         logit_scale=lw.logit_scale,
         cmt_margin=lw.cmt_margin,
         mask_ratio=m.mask_ratio,
+        tir_grayscale=m.tir_grayscale,
     )
 
 
@@ -120,11 +126,13 @@ def encode_split(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
+    interpolation: str = "bicubic",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised (query features, query pids, gallery features, gallery pids) of an eval split."""
     tokenizer = model.encoder.tokenize
     gallery_loader, query_loader = build_eval_loaders(
-        split, tokenizer, tuple(image_size), batch_size=batch_size, num_workers=num_workers
+        split, tokenizer, tuple(image_size), batch_size=batch_size, num_workers=num_workers,
+        transform=augment.build_eval_transform(image_size, interpolation=interpolation),
     )
     device = torch.device(device)
     autocast = (
@@ -152,9 +160,12 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
+    interpolation: str = "bicubic",
 ) -> dict[str, float]:
     """Text-to-image R1/R5/R10/mAP/mINP (percent) of ``model`` on an evaluation split."""
-    q, q_pids, g, g_pids = encode_split(model, split, image_size, batch_size, device, num_workers, amp_dtype)
+    q, q_pids, g, g_pids = encode_split(
+        model, split, image_size, batch_size, device, num_workers, amp_dtype, interpolation
+    )
     return retrieval.evaluate(q @ g.t(), q_pids, g_pids)
 
 
@@ -274,16 +285,17 @@ class Trainer:
 
         d, o = config.data, config.optim
         transform = augment.build_train_transform(
-            tuple(config.model.image_size), padding=d.padding, erasing_p=d.erasing_p
+            tuple(config.model.image_size), padding=d.padding, erasing_p=d.erasing_p,
+            erasing_fill=d.erasing_fill, interpolation=d.interpolation,
         )
         text_aug = augment.TextAugment(p=d.text_aug_p) if d.text_aug_p > 0 else None
+        self.token_augment = (
+            augment.TokenCorruption.for_tokenizer(self.model.encoder.tokenizer) if d.token_corruption else None
+        )
         self.train_items = _SeededItems(TrainDataset(self.dataset.train, transform, text_aug), config.train.seed)
-        if d.sampler == "identity":
-            self.sampler: IdentitySampler | RandomBatchSampler = IdentitySampler(
-                self.train_items.dataset.pids, d.batch_size, d.num_instances, seed=config.train.seed
-            )
-        else:
-            self.sampler = RandomBatchSampler(len(self.train_items), d.batch_size, seed=config.train.seed)
+        self.sampler = build_batch_sampler(
+            d.sampler, self.train_items.dataset.pids, d.batch_size, d.num_instances, seed=config.train.seed
+        )
         self.batches_per_epoch = len(self.sampler)
         if self.batches_per_epoch < o.accum_steps:
             raise ValueError(
@@ -309,6 +321,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.best_r1 = -math.inf
+        self.best_test: dict[str, Any] | None = None  # train.select_on_test: best test epoch so far
         self.history: list[dict[str, Any]] = []
         self._tb = None
         if resume:
@@ -375,6 +388,7 @@ class Trainer:
             epoch=self.epoch,
             batch_in_epoch=self.batch_in_epoch,
             best_r1=self.best_r1,
+            best_test=json.dumps(self.best_test),
             world_size=self.world_size,
             config=json.dumps(self.config.to_dict()),
         )
@@ -392,6 +406,7 @@ class Trainer:
         restore_rng_state(rng)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_r1 = state["best_r1"]
+        self.best_test = json.loads(state.get("best_test", "null"))
         if self.is_main:
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
 
@@ -400,7 +415,7 @@ class Trainer:
         return DataLoader(
             self.train_items,
             batch_sampler=_EpochBatches(self.sampler, epoch, start, self.steps_per_epoch * self.config.optim.accum_steps),
-            collate_fn=TrainCollate(self.tokenizer),
+            collate_fn=TrainCollate(self.tokenizer, self.token_augment),
             num_workers=d.num_workers,
             pin_memory=self.device.type == "cuda",
             # a private generator: creating the iterator must not draw from the global RNG, or a
@@ -431,6 +446,7 @@ class Trainer:
             self.device,
             num_workers=min(self.config.data.num_workers, 4),
             amp_dtype=self.amp_dtype,
+            interpolation=self.config.data.interpolation,
         )
 
     def fit(self) -> dict[str, Any]:
@@ -516,7 +532,11 @@ class Trainer:
         return self._finish()
 
     def _validate(self, epoch: int) -> None:
+        if self.config.train.select_on_test and self.dataset.test is not None and self.is_main:
+            self._select_on_test(epoch)
         if self.dataset.val is None:
+            if is_distributed():
+                dist.barrier()
             return
         if self.is_main:
             metrics = self.evaluate(self.dataset.val)
@@ -527,6 +547,14 @@ class Trainer:
                 self.model.save_pretrained(self.run_dir / "best")
         if is_distributed():
             dist.barrier()
+
+    def _select_on_test(self, epoch: int) -> None:
+        """The authors' protocol (``train.select_on_test``): evaluate test every epoch, keep the best."""
+        metrics = self.evaluate(self.dataset.test)
+        self._log({"step": self.step, "epoch": epoch, "split": "test_per_epoch", **metrics})
+        if self.best_test is None or metrics["R1"] > self.best_test["R1"]:
+            self.best_test = {"epoch": epoch, **metrics}
+            self.model.save_pretrained(self.run_dir / "best_test")
 
     def _finish(self) -> dict[str, Any]:
         result: dict[str, Any] = {"steps": self.step}
@@ -549,7 +577,12 @@ class Trainer:
                     self.model = trainer_model
                 result["test"] = test
                 self._log({"step": self.step, "epoch": self.epoch, "split": "test", **test})
-                atomic_write_text(self.run_dir / "metrics.json", json.dumps(test, indent=2) + "\n")
+                summary: dict[str, Any] = dict(test)
+                if self.best_test is not None:
+                    result["test_selected_on_test"] = self.best_test
+                    summary[SELECT_ON_TEST_KEY] = {"protocol": SELECT_ON_TEST_LABEL, **self.best_test}
+                    logger.info("test, best epoch on test (%s): %s", SELECT_ON_TEST_LABEL, _format_metrics(self.best_test))
+                atomic_write_text(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
                 logger.info("test (%s): %s", model_dir.name, _format_metrics(test))
         if self._tb is not None:
             self._tb.close()
