@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.output_dir={json.dumps(str(args.output_dir))}")
     if overrides:
         config = config.override(overrides)
-    result = Trainer(config, resume=args.resume).fit()
+    result = Trainer(config, resume=args.resume or False, overwrite=args.overwrite).fit()
     if "test" in result:
         print(_metrics_table({"test (t2i)": result["test"]}))
     print(f"model: {result.get('model_dir')}")
@@ -160,6 +160,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_val_ids=args.num_val_ids,
         num_test_ids=args.num_test_ids,
+        force=args.force,
     )
     print(f"wrote {path}")
     return 0
@@ -185,7 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from a TOML config")
     p.add_argument("--config", required=True, help="a TOML file or a bundled name (demo, cuhk_pedes, ...)")
-    p.add_argument("--resume", action="store_true", help="continue from <output_dir>/last.pt")
+    p.add_argument(
+        "--resume", nargs="?", const=True, metavar="CHECKPOINT",
+        help="continue from <output_dir>/last.pt (or from CHECKPOINT, e.g. last.prev.pt)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="start a fresh run in a run folder that is not empty")
     p.add_argument("--output-dir", help="override train.output_dir")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     p.set_defaults(func=cmd_train)
@@ -230,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-val-ids", type=int, default=None)
     p.add_argument("--num-test-ids", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="write into a folder that holds other files")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="synthetic data -> train the tiny model on CPU -> evaluate -> index -> search")
