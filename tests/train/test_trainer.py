@@ -77,10 +77,10 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ti
     Trainer(good).fit()
     before = (run_dir / "last.pt").read_bytes()
     assert load_checkpoint(run_dir / "last.pt")["step"] == 2
-    bad_dict = config_dict(tiny_dataset, run_dir, max_steps=4, checkpoint_every_steps=1)
-    bad_dict["loss"]["logit_scale"] = float("nan")
-    trainer = Trainer(TrainConfig.from_dict(bad_dict), resume=True)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2 .*last.pt"):
+    bad = TrainConfig.from_dict(config_dict(tiny_dataset, run_dir, max_steps=4, checkpoint_every_steps=1))
+    bad.loss.logit_scale = float("nan")  # config files refuse NaN; set it behind the validation's back
+    trainer = Trainer(bad, resume=True)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2 .*last.pt holds the state at step 2"):
         trainer.fit()
     assert (run_dir / "last.pt").read_bytes() == before
 
@@ -131,8 +131,10 @@ def test_no_val_split_keeps_the_last_model(tiny_dataset, tmp_path, config_dict) 
     assert result["model_dir"].endswith("last") and "val_best_R1" not in result
     assert not (tmp_path / "run" / "best").exists()
     assert isinstance(UITModel.from_pretrained(result["model_dir"]), UITModel)
-    # a fresh run in the same folder starts a fresh metrics log (a resumed one would append)
-    Trainer(config, dataset=dataset).fit()
+    # a fresh run in the same folder needs overwrite=True and starts a fresh log (a resumed one appends)
+    with pytest.raises(FileExistsError, match=f"run folder {tmp_path / 'run'} is not empty"):
+        Trainer(config, dataset=dataset)
+    Trainer(config, dataset=dataset, overwrite=True).fit()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "split" not in r] == [1, 2]
 

@@ -49,7 +49,14 @@ from uit_reid.encoders import CLIPDualEncoder
 from uit_reid.io import atomic_write_text
 from uit_reid.model import UITModel
 from uit_reid.tir import TIRHead
-from uit_reid.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from uit_reid.train.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    check_run_dir,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from uit_reid.train.config import TrainConfig
 from uit_reid.train.optim import build_optimizer, warmup_cosine
 
@@ -106,6 +113,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         model = UITModel.from_pretrained(path, device=device)
     elif path.is_file():
         state = load_checkpoint(path)
+        if not isinstance(state.get("config"), str) or not isinstance(state.get("model"), dict):
+            raise CheckpointError(f"{path} is a training checkpoint without a model and its config")
         config = TrainConfig.from_dict(json.loads(state["config"]), source=str(path))
         config.model.pretrained = None
         classifier = state["model"].get("classifier.weight")
@@ -242,13 +251,20 @@ class Trainer:
         config: the recipe.
         resume: continue from ``<output_dir>/last.pt`` (``True``) or from a given checkpoint path.
         dataset: an already loaded dataset (otherwise ``config.data.root`` is read).
+        overwrite: start a fresh run in an output folder that is not empty (otherwise refused).
     """
 
     def __init__(
-        self, config: TrainConfig, resume: bool | str | os.PathLike = False, dataset: PedesDataset | None = None
+        self,
+        config: TrainConfig,
+        resume: bool | str | os.PathLike = False,
+        dataset: PedesDataset | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.config = config
         self.run_dir = Path(config.train.output_dir)
+        check_run_dir(self.run_dir, bool(resume), overwrite)  # before any rank writes anything
+        self._saved_step: int | None = None  # step of the last checkpoint written or resumed from
         self._owns_process_group = False
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and config.train.device != "cpu" else "gloo"
@@ -375,6 +391,7 @@ class Trainer:
             gathered: list[Any] = [None] * self.world_size
             dist.all_gather_object(gathered, rng_states[0])
             rng_states = gathered
+        self._saved_step = self.step
         if not self.is_main:
             return
         save_checkpoint(
@@ -405,6 +422,7 @@ class Trainer:
         rng["torch"] = rng["torch"].cpu()
         restore_rng_state(rng)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self._saved_step = self.step
         self.best_r1 = state["best_r1"]
         self.best_test = json.loads(state.get("best_test", "null"))
         if self.is_main:
@@ -429,10 +447,15 @@ class Trainer:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if finite.item() < 1:
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in out.items())
+            last = self.run_dir / "last.pt"
+            kept = (
+                f"{last} holds the state at step {self._saved_step} (--resume continues from there)"
+                if self._saved_step is not None
+                else f"no checkpoint of this run was written yet (nothing in {last} to resume from)"
+            )
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}): {parts}. "
-                f"Training stopped before the optimiser step; {self.run_dir / 'last.pt'} still holds the last "
-                "good state (lower optim.lr or enable optim.grad_clip)"
+                f"Training stopped before the optimiser step; {kept}. Lower optim.lr or enable optim.grad_clip"
             )
 
     # ------------------------------------------------------------------ public
