@@ -40,6 +40,13 @@ def _jpeg_copy(src: Path, dst: Path, size: tuple[int, int]) -> Path:
     return dst
 
 
+def write_jpeg_dataset(root: Path, num_ids: int, size: tuple[int, int] = (384, 128)) -> Path:
+    """A synthetic dataset of ``num_ids`` x 4 JPEG files (quality 95) at ``size`` (h, w), all in train."""
+    png = root / "png"
+    make_synthetic(png, num_ids=num_ids, images_per_id=4, seed=0, num_val_ids=0, num_test_ids=0, progress=False)
+    return _jpeg_copy(png, root / "jpg", size)
+
+
 def _time(split, tokenizer, size, workers: int, batch_size: int, batches: int) -> float:
     loader = build_train_loader(split, tokenizer, size, batch_size=batch_size, num_instances=4,
                                 num_workers=workers, pin_memory=False)
