@@ -43,7 +43,7 @@ from uit_reid.data import (
     load_dataset,
     make_synthetic,
 )
-from uit_reid.distributed import is_distributed, rank, world_size
+from uit_reid.distributed import all_reduce_mean, is_distributed, rank, world_size
 from uit_reid.encoders import CLIPDualEncoder
 from uit_reid.io import atomic_write_text
 from uit_reid.model import UITModel
@@ -486,12 +486,14 @@ class Trainer:
                 progress.update(1)
                 if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - window_start
+                    # ID and TIR are means over this rank's rows: average them over ranks (one collective)
+                    means = all_reduce_mean({k: v / window_count for k, v in window_losses.items()})
                     record = {
                         "step": self.step,
                         "epoch": self.epoch,
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "images_per_s": window_images / max(elapsed, 1e-9),
-                        **{k: float(v) / window_count for k, v in window_losses.items()},
+                        **{k: float(v) for k, v in means.items()},
                     }
                     self._log(record)
                     progress.set_postfix(
