@@ -46,6 +46,7 @@ class ModelConfig:
     tir_width: int = 512
     tir_depth: int = 4
     tir_heads: int = 8
+    tir_layout: str = "sen"
     mask_ratio: float = 0.7
 
     def __post_init__(self) -> None:
@@ -146,6 +147,7 @@ class TrainConfig:
             (self.optim.accum_steps >= 1, "optim.accum_steps must be >= 1"),
             (self.train.epochs >= 1, "train.epochs must be >= 1"),
             (0.0 <= self.model.mask_ratio < 1.0, "model.mask_ratio must be in [0, 1)"),
+            (self.model.tir_layout in ("sen", "residual"), "model.tir_layout must be 'sen' or 'residual'"),
             (len(self.model.image_size) == 2, "model.image_size must be [height, width]"),
         ]
         for ok, message in checks:

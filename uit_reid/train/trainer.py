@@ -76,6 +76,7 @@ def build_model(config: TrainConfig, num_classes: int) -> UITModel:
             width=m.tir_width,
             depth=m.tir_depth,
             heads=m.tir_heads,
+            layout=m.tir_layout,
         )
     weights = {"sdm": lw.sdm, "id": lw.id, "tir": lw.tir, "cmt": lw.cmt, "itc": lw.itc}
     return UITModel(
