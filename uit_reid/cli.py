@@ -89,6 +89,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer of 0 or more (the message names the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _index_meta_path(index_path: Path) -> Path:
     return index_path.with_name(index_path.name + ".model.json")
 
@@ -110,6 +121,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=device,
         image_size=image_size,
+        num_workers=args.workers,
     )
     if len(index) == 0:
         raise CLIError(f"no readable images under {args.images}")
@@ -213,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="index file to write (a .json sidecar is written beside it)")
     b.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"])
     b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--workers", type=_non_negative_int, default=min(4, os.cpu_count() or 1),
+                   help="processes decoding images while the model encodes (default: min(4, CPU cores); 0: none)")
     b.add_argument("--device", default="auto")
     b.set_defaults(func=cmd_index_build)
     p.set_defaults(func=lambda a: _missing_action(p))
