@@ -467,8 +467,10 @@ class Trainer:
                     )
                     with autocast:
                         out = self.forward_model(batch)
-                    self._check_finite(out)
                     self.scaler.scale(out["loss"] / accum).backward()
+                # the step's one host sync, after the backward is queued (a GPU keeps working while
+                # the CPU waits) and before anything reaches the optimiser
+                self._check_finite(out)
                 self.batch_in_epoch += 1
                 window_images += batch_images
                 for k, v in out.items():
