@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import open_clip
+import PIL
 import torch
 from PIL import Image
 
@@ -90,6 +91,13 @@ def per_worker_table(files: list[Path], size: tuple[int, int], goal: int) -> lis
 
     rows = [f"| decode | transforms | images/s per worker | workers for {goal:,} images/s |",
             "|---|---|---|---|"]
+    decoders = {
+        "PIL (`uit_reid.images.load_image`) | none (decode only)": lambda p: load_image(p, size),
+        "`torchvision.io.decode_jpeg` | none (decode only)": lambda p: decode_jpeg(read_file(str(p))),
+    }
+    for label, decode in decoders.items():
+        rate = _per_image_rate(files, decode, lambda image: image)
+        rows.append(f"| {label} | {rate:,.0f} | {math.ceil(goal / rate)} |")
     for train in (True, False):
         name = "train" if train else "eval"
         pil = augment.build_train_transform(size) if train else augment.build_eval_transform(size)
@@ -170,6 +178,9 @@ def main() -> None:
         print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
               f"{load:.1f} at start; torch {torch.__version__}; {len(files)} JPEG files at {size[0]}x{size[1]} "
               f"(quality 95, written in {gen:.1f} s); 1 torch thread")
+        from PIL import features
+
+        print(f"Pillow {PIL.__version__}, libjpeg-turbo {features.version_feature('libjpeg_turbo')}")
         print("\nPer worker (one process, decode + transforms, images/s):\n")
         print("\n".join(per_worker_table(files, size, args.goal)), flush=True)
         split = load_dataset(jpg).train
