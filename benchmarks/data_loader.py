@@ -7,7 +7,7 @@ Markdown tables of:
    transforms, with the library's PIL loader and with ``torchvision.io.decode_jpeg`` + tensor
    transforms, and how many workers feed ``--goal`` images/s (2,000: a GPU's training step);
 2. ``build_train_loader`` end to end (decode, transforms, TextAugment, tokenisation, sampler) with
-   0 and 2 workers;
+   0, 1 and 2 workers;
 3. ``build_index_from_folder`` with the tiny model: encode-only images/s against end to end.
 
     HF_HUB_OFFLINE=1 python benchmarks/data_loader.py [--num-ids 400] [--workers 0 2]
@@ -163,7 +163,7 @@ def main() -> None:
     ap.add_argument("--num-ids", type=int, default=400)
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--goal", type=int, default=2000, help="images/s the loader must feed (a GPU's step rate)")
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -225,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="index file to write (a .json sidecar is written beside it)")
     b.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"])
     b.add_argument("--batch-size", type=int, default=64)
-    b.add_argument("--workers", type=_non_negative_int, default=min(4, os.cpu_count() or 1),
-                   help="processes decoding images while the model encodes (default: min(4, CPU cores); 0: none)")
+    b.add_argument("--workers", type=_non_negative_int, default=min(4, (os.cpu_count() or 1) - 1),
+                   help="processes decoding images while the model encodes (default: min(4, CPU cores - 1); "
+                   "0: decode in this process)")
     b.add_argument("--device", default="auto")
     b.set_defaults(func=cmd_index_build)
     p.set_defaults(func=lambda a: _missing_action(p))
