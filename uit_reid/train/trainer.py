@@ -120,8 +120,13 @@ def encode_split(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised (query features, query pids, gallery features, gallery pids) of an eval split."""
+    """Normalised (query features, query pids, gallery features, gallery pids) of an eval split.
+
+    Gallery images are decoded by ``num_workers`` loader processes while the model encodes;
+    ``progress`` shows a bar over the gallery batches (on a terminal).
+    """
     tokenizer = model.encoder.tokenize
     gallery_loader, query_loader = build_eval_loaders(
         split, tokenizer, tuple(image_size), batch_size=batch_size, num_workers=num_workers
@@ -134,7 +139,7 @@ def encode_split(
     model.eval()
     g_feats, g_pids, q_feats, q_pids = [], [], [], []
     with autocast:
-        for batch in gallery_loader:
+        for batch in tqdm(gallery_loader, desc="encoding gallery", unit="batch", disable=None if progress else True):
             g_feats.append(model.encode_images(batch["images"].to(device, non_blocking=True)).float().cpu())
             g_pids.append(batch["pids"])
         for batch in query_loader:
