@@ -79,7 +79,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     split = getattr(dataset, args.split)
     if split is None:
         raise CLIError(f"{args.dataset} has no {args.split} split")
-    q, q_pids, g, g_pids = encode_split(model, split, image_size, args.batch_size, device, args.num_workers)
+    q, q_pids, g, g_pids = encode_split(
+        model, split, image_size, args.batch_size, device, args.num_workers, progress=True
+    )
     similarity = q @ g.t()
     rows = {f"{args.split} t2i": evaluate(similarity, q_pids, g_pids)}
     if args.i2t:
@@ -90,6 +92,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         atomic_write_text(args.out, json.dumps(rows, indent=2) + "\n")
     return 0
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer of 0 or more (the message names the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
@@ -110,6 +123,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=device,
         image_size=image_size,
+        num_workers=args.workers,
     )
     if len(index) == 0:
         raise CLIError(f"no readable images under {args.images}")
@@ -202,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--i2t", action="store_true", help="also report image-to-text metrics")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--workers", "--num-workers", dest="num_workers", type=_non_negative_int,
+                   default=min(4, (os.cpu_count() or 1) - 1),
+                   help="processes decoding gallery images while the model encodes (default: min(4, CPU cores - 1))")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate)
@@ -215,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="index file to write (one file; an existing one is replaced atomically)")
     b.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"])
     b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--workers", type=_non_negative_int, default=min(4, (os.cpu_count() or 1) - 1),
+                   help="processes decoding images while the model encodes (default: min(4, CPU cores - 1); "
+                   "0: decode in this process)")
     b.add_argument("--device", default="auto")
     b.set_defaults(func=cmd_index_build)
     p.set_defaults(func=lambda a, usage=p: _missing_action(usage))
@@ -272,7 +291,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> Any:
-    text = str(exc).strip().replace("\n", " ") or type(exc).__name__
+    text = str(exc).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        # re-raised from a DataLoader worker: the original message is the traceback's last line
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith(f"{type(exc).__module__}.") and ": " in last else last
+    text = text.replace("\n", " ") or type(exc).__name__
     return text if isinstance(exc, CLIError | ValueError | OSError) else f"{type(exc).__name__}: {text}"
 
 

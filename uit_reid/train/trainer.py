@@ -44,7 +44,7 @@ from uit_reid.data import (
     load_dataset,
     make_synthetic,
 )
-from uit_reid.distributed import is_distributed, rank, world_size
+from uit_reid.distributed import all_reduce_mean, is_distributed, rank, world_size
 from uit_reid.encoders import CLIPDualEncoder
 from uit_reid.io import atomic_write_text
 from uit_reid.model import UITModel
@@ -136,8 +136,13 @@ def encode_split(
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
     interpolation: str = "bicubic",
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised (query features, query pids, gallery features, gallery pids) of an eval split."""
+    """Normalised (query features, query pids, gallery features, gallery pids) of an eval split.
+
+    Gallery images are decoded by ``num_workers`` loader processes while the model encodes;
+    ``progress`` shows a bar over the gallery batches (on a terminal).
+    """
     tokenizer = model.encoder.tokenize
     gallery_loader, query_loader = build_eval_loaders(
         split, tokenizer, tuple(image_size), batch_size=batch_size, num_workers=num_workers,
@@ -151,7 +156,7 @@ def encode_split(
     model.eval()
     g_feats, g_pids, q_feats, q_pids = [], [], [], []
     with autocast:
-        for batch in gallery_loader:
+        for batch in tqdm(gallery_loader, desc="encoding gallery", unit="batch", disable=None if progress else True):
             g_feats.append(model.encode_images(batch["images"].to(device, non_blocking=True)).float().cpu())
             g_pids.append(batch["pids"])
         for batch in query_loader:
@@ -506,8 +511,10 @@ class Trainer:
                     )
                     with autocast:
                         out = self.forward_model(batch)
-                    self._check_finite(out)
                     self.scaler.scale(out["loss"] / accum).backward()
+                # the step's one host sync, after the backward is queued (a GPU keeps working while
+                # the CPU waits) and before anything reaches the optimiser
+                self._check_finite(out)
                 self.batch_in_epoch += 1
                 window_images += batch_images
                 for k, v in out.items():
@@ -526,12 +533,14 @@ class Trainer:
                 progress.update(1)
                 if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - window_start
+                    # ID and TIR are means over this rank's rows: average them over ranks (one collective)
+                    means = all_reduce_mean({k: v / window_count for k, v in window_losses.items()})
                     record = {
                         "step": self.step,
                         "epoch": self.epoch,
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "images_per_s": window_images / max(elapsed, 1e-9),
-                        **{k: float(v) / window_count for k, v in window_losses.items()},
+                        **{k: float(v) for k, v in means.items()},
                     }
                     self._log(record)
                     progress.set_postfix(
