@@ -219,5 +219,7 @@ def test_open_clip_local_dir_names_and_schema_errors(tmp_path, tiny_encoder) -> 
 @pytest.mark.slow
 def test_commands_take_hub_ids(hub_run) -> None:
     assert hub_run["out"]["index_build"] == 0 and hub_run["out"]["search"] == 0
-    meta = json.loads((hub_run["base"] / "gallery.faiss.model.json").read_text())
+    from uit_reid.retrieval import GalleryIndex
+
+    meta = GalleryIndex.load(hub_run["base"] / "gallery.faiss").metadata
     assert meta["checkpoint"] == "hf-hub:uit/tiny"  # remembered as given, not as a local path
