@@ -91,6 +91,18 @@ def test_bad_inputs_give_one_line_errors(trained, capsys, tmp_path) -> None:
     assert exc.value.code == 2
 
 
+def test_evaluate_names_a_decompression_bomb(trained, capsys, tmp_path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(trained["data"], data)
+    rec = next(r for r in map(json.loads, (data / "annotations.jsonl").read_text().splitlines()) if r["split"] == "test")
+    Image.new("1", (30000, 30000)).save(data / rec["image"])  # 110 KB, 900 M pixels
+    assert main(["evaluate", "--checkpoint", str(trained["run"] / "best"), "--dataset", str(data)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"uit-reid: error: refusing image {data / rec['image']}: too many pixels"), err
+
+
 @pytest.mark.slow
 def test_demo_quick(tmp_path, capsys) -> None:
     out = tmp_path / "demo"

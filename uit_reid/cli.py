@@ -109,6 +109,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         fingerprint=model.encoder.fingerprint(),
         batch_size=args.batch_size,
         device=device,
+        image_size=image_size,
     )
     if len(index) == 0:
         raise CLIError(f"no readable images under {args.images}")

@@ -256,16 +256,15 @@ def _describe(paths: Sequence[Path]) -> str:
 
 
 def check_images_decode(paths: Iterable[Path], progress: bool = True) -> list[Path]:
-    """Fully decode each image; return the ones PIL cannot read (slow: reads every pixel)."""
-    from PIL import Image
+    """Fully decode each image with `uit_reid.images.load_image`; return the ones it refuses (slow)."""
+    from uit_reid.images import load_image
 
     paths = list(paths)
     bad: list[Path] = []
     for p in tqdm(paths, desc="verify images", disable=not progress or len(paths) < 1000):
         try:
-            with Image.open(p) as im:
-                im.load()
-        except (OSError, SyntaxError, ValueError):
+            load_image(p)
+        except (CorruptImageError, FileNotFoundError):
             bad.append(p)
     return bad
 

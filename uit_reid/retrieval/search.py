@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
+from uit_reid.images import CorruptImageError, load_image
 from uit_reid.retrieval.index import GalleryIndex
 
 __all__ = [
@@ -59,11 +60,11 @@ def list_images(folder: str | os.PathLike[str], extensions: Iterable[str] = IMAG
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
 
 
-def _load(path: Path) -> Image.Image | None:
+def _load(path: Path, image_size: Sequence[int] | None = None) -> Image.Image | None:
+    """`load_image`, or None (logged) for a missing or undecodable file."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        return load_image(path, image_size)
+    except (CorruptImageError, OSError) as err:
         logger.warning("skipping unreadable image %s: %s", path, err)
         return None
 
@@ -77,9 +78,12 @@ def encode_image_folder(
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
     device: str | torch.device | None = None,
     progress: bool = True,
+    image_size: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, list[str], list[str]]:
     """Encode every image under ``folder`` in batches.
 
+    ``image_size`` (height, width), when given, is the smallest size ``transform`` needs: large
+    files are then decoded at a reduced size (see `uit_reid.images.load_image`).
     Returns ``(features, paths, skipped)``: float32 (N, D) features of the readable images, their
     paths (as strings, sorted) and the paths that could not be read (skipped, and logged).
     """
@@ -111,7 +115,7 @@ def encode_image_folder(
         batch_paths.clear()
 
     for path in tqdm(files, desc="encoding images", unit="img", disable=not progress):
-        img = _load(path)
+        img = _load(path, image_size)
         if img is None:
             skipped.append(str(path))
             continue
@@ -142,6 +146,7 @@ def build_index_from_folder(
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
     device: str | torch.device | None = None,
     progress: bool = True,
+    image_size: Sequence[int] | None = None,
     **index_kwargs: Any,
 ) -> GalleryIndex:
     """Encode a folder of images into a new `GalleryIndex` whose ids are the image paths.
@@ -156,6 +161,7 @@ def build_index_from_folder(
         extensions=extensions,
         device=device,
         progress=progress,
+        image_size=image_size,
     )
     index = GalleryIndex(feats.shape[1], kind, fingerprint=fingerprint, **index_kwargs)
     index.add(feats, paths)
@@ -266,7 +272,7 @@ def render_results(
     for i, hit in enumerate(hits):
         r, c = divmod(i, cols)
         x0, y0 = pad + c * (cell_w + pad), header + r * (cell_h + pad)
-        img = images[i] if images is not None else (_load(Path(hit.path)) if hit.path else None)
+        img = images[i] if images is not None else (_load(Path(hit.path), (th, tw)) if hit.path else None)
         color = GREY if hit.correct is None else (GREEN if hit.correct else RED)
         draw.rectangle([x0, y0, x0 + cell_w - 1, y0 + cell_h - label_h - 1], fill=color)
         if img is None:
