@@ -242,7 +242,8 @@ def build_eval_loaders(
         from uit_reid import augment
 
         transform = augment.build_eval_transform(image_size)
-    gallery = DataLoader(GalleryDataset(split, transform, hint), batch_size=batch_size, num_workers=num_workers)
+    gallery = DataLoader(GalleryDataset(split, transform, hint), batch_size=batch_size, num_workers=num_workers,
+                         pin_memory=torch.cuda.is_available())
     queries = DataLoader(
         QueryDataset(split), batch_size=batch_size, num_workers=0, collate_fn=QueryCollate(tokenizer)
     )

@@ -44,12 +44,19 @@ from uit_reid.data import (
     load_dataset,
     make_synthetic,
 )
-from uit_reid.distributed import is_distributed, rank, world_size
+from uit_reid.distributed import all_reduce_mean, is_distributed, rank, world_size
 from uit_reid.encoders import CLIPDualEncoder
 from uit_reid.io import atomic_write_text
 from uit_reid.model import UITModel
 from uit_reid.tir import TIRHead
-from uit_reid.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from uit_reid.train.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    check_run_dir,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from uit_reid.train.config import TrainConfig
 from uit_reid.train.optim import build_optimizer, warmup_cosine
 
@@ -106,6 +113,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         model = UITModel.from_pretrained(path, device=device)
     elif path.is_file():
         state = load_checkpoint(path)
+        if not isinstance(state.get("config"), str) or not isinstance(state.get("model"), dict):
+            raise CheckpointError(f"{path} is a training checkpoint without a model and its config")
         config = TrainConfig.from_dict(json.loads(state["config"]), source=str(path))
         config.model.pretrained = None
         classifier = state["model"].get("classifier.weight")
@@ -127,8 +136,13 @@ def encode_split(
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
     interpolation: str = "bicubic",
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised (query features, query pids, gallery features, gallery pids) of an eval split."""
+    """Normalised (query features, query pids, gallery features, gallery pids) of an eval split.
+
+    Gallery images are decoded by ``num_workers`` loader processes while the model encodes;
+    ``progress`` shows a bar over the gallery batches (on a terminal).
+    """
     tokenizer = model.encoder.tokenize
     gallery_loader, query_loader = build_eval_loaders(
         split, tokenizer, tuple(image_size), batch_size=batch_size, num_workers=num_workers,
@@ -142,7 +156,7 @@ def encode_split(
     model.eval()
     g_feats, g_pids, q_feats, q_pids = [], [], [], []
     with autocast:
-        for batch in gallery_loader:
+        for batch in tqdm(gallery_loader, desc="encoding gallery", unit="batch", disable=None if progress else True):
             g_feats.append(model.encode_images(batch["images"].to(device, non_blocking=True)).float().cpu())
             g_pids.append(batch["pids"])
         for batch in query_loader:
@@ -242,13 +256,20 @@ class Trainer:
         config: the recipe.
         resume: continue from ``<output_dir>/last.pt`` (``True``) or from a given checkpoint path.
         dataset: an already loaded dataset (otherwise ``config.data.root`` is read).
+        overwrite: start a fresh run in an output folder that is not empty (otherwise refused).
     """
 
     def __init__(
-        self, config: TrainConfig, resume: bool | str | os.PathLike = False, dataset: PedesDataset | None = None
+        self,
+        config: TrainConfig,
+        resume: bool | str | os.PathLike = False,
+        dataset: PedesDataset | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.config = config
         self.run_dir = Path(config.train.output_dir)
+        check_run_dir(self.run_dir, bool(resume), overwrite)  # before any rank writes anything
+        self._saved_step: int | None = None  # step of the last checkpoint written or resumed from
         self._owns_process_group = False
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and config.train.device != "cpu" else "gloo"
@@ -375,6 +396,7 @@ class Trainer:
             gathered: list[Any] = [None] * self.world_size
             dist.all_gather_object(gathered, rng_states[0])
             rng_states = gathered
+        self._saved_step = self.step
         if not self.is_main:
             return
         save_checkpoint(
@@ -405,6 +427,7 @@ class Trainer:
         rng["torch"] = rng["torch"].cpu()
         restore_rng_state(rng)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self._saved_step = self.step
         self.best_r1 = state["best_r1"]
         self.best_test = json.loads(state.get("best_test", "null"))
         if self.is_main:
@@ -429,10 +452,15 @@ class Trainer:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if finite.item() < 1:
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in out.items())
+            last = self.run_dir / "last.pt"
+            kept = (
+                f"{last} holds the state at step {self._saved_step} (--resume continues from there)"
+                if self._saved_step is not None
+                else f"no checkpoint of this run was written yet (nothing in {last} to resume from)"
+            )
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}): {parts}. "
-                f"Training stopped before the optimiser step; {self.run_dir / 'last.pt'} still holds the last "
-                "good state (lower optim.lr or enable optim.grad_clip)"
+                f"Training stopped before the optimiser step; {kept}. Lower optim.lr or enable optim.grad_clip"
             )
 
     # ------------------------------------------------------------------ public
@@ -483,8 +511,10 @@ class Trainer:
                     )
                     with autocast:
                         out = self.forward_model(batch)
-                    self._check_finite(out)
                     self.scaler.scale(out["loss"] / accum).backward()
+                # the step's one host sync, after the backward is queued (a GPU keeps working while
+                # the CPU waits) and before anything reaches the optimiser
+                self._check_finite(out)
                 self.batch_in_epoch += 1
                 window_images += batch_images
                 for k, v in out.items():
@@ -503,12 +533,14 @@ class Trainer:
                 progress.update(1)
                 if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - window_start
+                    # ID and TIR are means over this rank's rows: average them over ranks (one collective)
+                    means = all_reduce_mean({k: v / window_count for k, v in window_losses.items()})
                     record = {
                         "step": self.step,
                         "epoch": self.epoch,
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "images_per_s": window_images / max(elapsed, 1e-9),
-                        **{k: float(v) / window_count for k, v in window_losses.items()},
+                        **{k: float(v) for k, v in means.items()},
                     }
                     self._log(record)
                     progress.set_postfix(
