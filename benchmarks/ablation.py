@@ -15,6 +15,7 @@ Every run in a table has the same step budget. Usage:
     python benchmarks/ablation.py                       # the recorded tables (about 40 min on 2 cores)
     python benchmarks/ablation.py --quick               # a smoke run
     python benchmarks/ablation.py --seeds 3 --steps 300 --finetune-steps 200
+    python benchmarks/ablation.py --skip-scratch --finetune-rows 3,4,5   # decoder layout, token corruption
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-scratch", action="store_true")
     parser.add_argument("--skip-finetune", action="store_true")
+    parser.add_argument("--reuse-pretrain", action="store_true",
+                        help="use <out>/pretrain/clip_pretrained.pt from an earlier run when it exists")
+    parser.add_argument("--finetune-rows", default="", help="comma-separated 1-based rows of the fine-tuning "
+                        "table to run (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
@@ -141,11 +146,15 @@ def main() -> None:
                            num_val_ids=syn.num_val_ids, num_test_ids=syn.num_test_ids)
         pre_cfg = base.override([f"train.max_steps={pretrain_steps}", "train.epochs=1000", "train.log_every=1000000"])
         pre_dir = out / "pretrain"
-        pre_dataset = load_dataset(pre_root, progress=False)
-        pre_trainer = Trainer(pre_cfg.override([f"train.output_dir={json.dumps(str(pre_dir))}"]), dataset=pre_dataset)
-        pre_trainer.fit()
         checkpoint = pre_dir / "clip_pretrained.pt"
-        torch.save(pre_trainer.model.encoder.clip.state_dict(), checkpoint)
+        if args.reuse_pretrain and checkpoint.is_file():
+            print(f"reusing the pre-trained encoder {checkpoint}", flush=True)
+        else:
+            pre_dataset = load_dataset(pre_root, progress=False)
+            pre_trainer = Trainer(pre_cfg.override([f"train.output_dir={json.dumps(str(pre_dir))}"]),
+                                  dataset=pre_dataset)
+            pre_trainer.fit()
+            torch.save(pre_trainer.model.encoder.clip.state_dict(), checkpoint)
         ft_common = [
             *FINETUNE_BASE,
             f"model.pretrained={json.dumps(str(checkpoint))}",
@@ -158,7 +167,10 @@ def main() -> None:
         rows = {"pre-trained, no fine-tuning": []}
         zero_cfg = base.override([f"model.pretrained={json.dumps(str(checkpoint))}", "train.max_steps=1", "optim.lr=0.0"])
         rows["pre-trained, no fine-tuning"].append(_run(zero_cfg, dataset, out / "finetune" / "zero"))
-        for name, extra in FINETUNE_VARIANTS.items():
+        picked = {int(r) for r in args.finetune_rows.split(",") if r.strip()}
+        for number, (name, extra) in enumerate(FINETUNE_VARIANTS.items(), start=1):
+            if picked and number not in picked:
+                continue
             rows[name] = []
             for seed in range(args.seeds):
                 cfg = base.override([*ft_common, *extra, f"train.seed={seed}"])

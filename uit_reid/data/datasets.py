@@ -105,8 +105,9 @@ class TrainDataset(Dataset):
 class TrainCollate:
     """Stack images and tokenise captions into the batch dict ``UITModel.forward`` takes.
 
-    ``token_augment(ids, generator)`` (e.g. `uit_reid.augment.TokenCorruption`) edits the token ids
-    of the batch; its generator is seeded from the items' ``aug_seed`` when they carry one.
+    ``token_augment(ids, generator)`` (e.g. `uit_reid.augment.TokenCorruption`) edits the token ids;
+    when the items carry an ``aug_seed`` each caption gets its own generator seeded from it, so a
+    sample's corruption does not depend on the batch (or the rank) it lands in.
     """
 
     def __init__(self, tokenizer: Tokenizer, token_augment: Callable[..., torch.Tensor] | None = None) -> None:
@@ -116,10 +117,13 @@ class TrainCollate:
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         ids = self.tokenizer([it["caption"] for it in items]).long()
         if self.token_augment is not None:
-            generator = None
-            if all("aug_seed" in it for it in items):
-                generator = torch.Generator().manual_seed(hash(tuple(it["aug_seed"] for it in items)) % 2**62)
-            ids = self.token_augment(ids, generator)
+            if all("aug_seed" in it for it in items):  # per sample: independent of the batch it lands in
+                ids = torch.cat([
+                    self.token_augment(ids[i : i + 1], torch.Generator().manual_seed(it["aug_seed"]))
+                    for i, it in enumerate(items)
+                ])
+            else:
+                ids = self.token_augment(ids, None)
         return {
             "images": torch.stack([it["image"] for it in items]),
             "text_ids": ids,

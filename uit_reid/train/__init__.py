@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from uit_reid.train.checkpoint import load_checkpoint, save_checkpoint
 from uit_reid.train.config import ConfigError, TrainConfig, bundled_config, load_config
-from uit_reid.train.optim import build_optimizer, lr_factor, param_groups, param_role, warmup_cosine
+from uit_reid.train.optim import (
+    PARAM_ROLES,
+    build_optimizer,
+    lr_factor,
+    param_groups,
+    param_role,
+    warmup_cosine,
+)
 from uit_reid.train.trainer import (
     NonFiniteLossError,
     Trainer,
@@ -17,6 +24,7 @@ from uit_reid.train.trainer import (
 __all__ = [
     "ConfigError",
     "NonFiniteLossError",
+    "PARAM_ROLES",
     "TrainConfig",
     "Trainer",
     "build_model",
