@@ -76,10 +76,10 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ti
     Trainer(good).fit()
     before = (run_dir / "last.pt").read_bytes()
     assert load_checkpoint(run_dir / "last.pt")["step"] == 2
-    bad_dict = config_dict(tiny_dataset, run_dir, max_steps=4, checkpoint_every_steps=1)
-    bad_dict["loss"]["logit_scale"] = float("nan")
-    trainer = Trainer(TrainConfig.from_dict(bad_dict), resume=True)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2 .*last.pt"):
+    bad = TrainConfig.from_dict(config_dict(tiny_dataset, run_dir, max_steps=4, checkpoint_every_steps=1))
+    bad.loss.logit_scale = float("nan")  # config files refuse NaN; set it behind the validation's back
+    trainer = Trainer(bad, resume=True)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2 .*last.pt holds the state at step 2"):
         trainer.fit()
     assert (run_dir / "last.pt").read_bytes() == before
 
@@ -103,6 +103,23 @@ def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config) -> Non
         assert torch.equal(value, again.state_dict()[key])
 
 
+def test_select_on_test_records_both_figures_labelled(tiny_dataset, tmp_path, config_dict) -> None:
+    config = TrainConfig.from_dict(config_dict(tiny_dataset, tmp_path / "run", select_on_test=True))
+    result = Trainer(config).fit()
+    run_dir = tmp_path / "run"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    per_epoch = [r for r in records if r.get("split") == "test_per_epoch"]
+    assert [r["epoch"] for r in per_epoch] == [0, 1]
+    best = max(per_epoch, key=lambda r: r["R1"])
+    chosen = metrics["selected_on_test"]
+    assert chosen["protocol"].startswith("authors' protocol") and "optimistic" in chosen["protocol"]
+    assert (chosen["epoch"], chosen["R1"], chosen["mAP"]) == (best["epoch"], best["R1"], best["mAP"])
+    # the val-selected figure stays the headline
+    assert {k: metrics[k] for k in ("R1", "R5", "R10", "mAP", "mINP")} == result["test"]
+    assert (run_dir / "best_test" / "model.safetensors").is_file() and (run_dir / "best").is_dir()
+
+
 def test_no_val_split_keeps_the_last_model(tiny_dataset, tmp_path, config_dict) -> None:
     from uit_reid.data import load_dataset
 
@@ -113,8 +130,10 @@ def test_no_val_split_keeps_the_last_model(tiny_dataset, tmp_path, config_dict) 
     assert result["model_dir"].endswith("last") and "val_best_R1" not in result
     assert not (tmp_path / "run" / "best").exists()
     assert isinstance(UITModel.from_pretrained(result["model_dir"]), UITModel)
-    # a fresh run in the same folder starts a fresh metrics log (a resumed one would append)
-    Trainer(config, dataset=dataset).fit()
+    # a fresh run in the same folder needs overwrite=True and starts a fresh log (a resumed one appends)
+    with pytest.raises(FileExistsError, match=f"run folder {tmp_path / 'run'} is not empty"):
+        Trainer(config, dataset=dataset)
+    Trainer(config, dataset=dataset, overwrite=True).fit()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "split" not in r] == [1, 2]
 

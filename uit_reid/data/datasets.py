@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from uit_reid.data.records import CorruptImageError, Split
-from uit_reid.data.samplers import IdentitySampler, RandomBatchSampler
+from uit_reid.data.samplers import DEFAULT_NUM_INSTANCES, DEFAULT_SAMPLER, build_batch_sampler
 from uit_reid.images import load_image
 
 logger = logging.getLogger(__name__)
@@ -96,19 +96,33 @@ class TrainDataset(Dataset):
             "caption": caption,
             "pid": rec.pid,
             "image_id": rec.image_id,
+            # drawn from the item's RNG stream so batch-level augmentation (token corruption in
+            # `TrainCollate`) is as reproducible as the per-item transforms
+            "aug_seed": int(torch.randint(0, 2**62, (1,)).item()),
         }
 
 
 class TrainCollate:
-    """Stack images and tokenise captions into the batch dict ``UITModel.forward`` takes."""
+    """Stack images and tokenise captions into the batch dict ``UITModel.forward`` takes.
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    ``token_augment(ids, generator)`` (e.g. `uit_reid.augment.TokenCorruption`) edits the token ids
+    of the batch; its generator is seeded from the items' ``aug_seed`` when they carry one.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, token_augment: Callable[..., torch.Tensor] | None = None) -> None:
         self.tokenizer = tokenizer
+        self.token_augment = token_augment
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = self.tokenizer([it["caption"] for it in items]).long()
+        if self.token_augment is not None:
+            generator = None
+            if all("aug_seed" in it for it in items):
+                generator = torch.Generator().manual_seed(hash(tuple(it["aug_seed"] for it in items)) % 2**62)
+            ids = self.token_augment(ids, generator)
         return {
             "images": torch.stack([it["image"] for it in items]),
-            "text_ids": self.tokenizer([it["caption"] for it in items]).long(),
+            "text_ids": ids,
             "pids": torch.tensor([it["pid"] for it in items], dtype=torch.long),
             "image_ids": torch.tensor([it["image_id"] for it in items], dtype=torch.long),
         }
@@ -171,10 +185,11 @@ def build_train_loader(
     image_size: tuple[int, int] = (384, 128),
     batch_size: int = 128,
     *,
-    sampler: Literal["identity", "random"] = "identity",
-    num_instances: int = 4,
+    sampler: str = DEFAULT_SAMPLER,
+    num_instances: int = DEFAULT_NUM_INSTANCES,
     num_workers: int = 4,
     text_augment_p: float = 0.2,
+    token_augment: Callable[..., torch.Tensor] | None = None,
     transform: ImageTransform | None = None,
     seed: int = 0,
     rank: int | None = None,
@@ -184,9 +199,13 @@ def build_train_loader(
 ) -> DataLoader:
     """A training DataLoader with the UIT image and text augmentations and a DDP-aware batch sampler.
 
-    ``batch_size`` is per process. ``sampler="identity"`` gives ``batch_size // num_instances``
-    identities x ``num_instances`` pairs per batch; ``"random"`` gives random pairs. Call
-    ``loader.batch_sampler.set_epoch(epoch)`` each epoch to reshuffle.
+    ``batch_size`` is per process. ``sampler="identity_groups"`` (the default, as in the trainer and
+    the authors' code) gives identity groups of random size ``1..num_instances``
+    (`IdentityGroupSampler`); ``"identity"`` gives ``batch_size // num_instances`` identities x
+    ``num_instances`` pairs per batch; ``"random"`` gives random pairs. Call
+    ``loader.batch_sampler.set_epoch(epoch)`` each epoch to reshuffle. ``token_augment`` edits each
+    batch's token ids, e.g. ``uit_reid.augment.TokenCorruption.for_tokenizer(tokenizer)`` (the
+    authors' caption corruption, on in the trainer's paper recipe).
     """
     from uit_reid import augment
 
@@ -195,18 +214,13 @@ def build_train_loader(
         transform = augment.build_train_transform(image_size)
     text_aug = augment.TextAugment(p=text_augment_p) if text_augment_p > 0 else None
     ds = TrainDataset(split, transform, text_aug, on_corrupt=on_corrupt, image_size=hint)
-    if sampler == "identity":
-        batch_sampler: IdentitySampler | RandomBatchSampler = IdentitySampler(
-            ds.pids, batch_size, num_instances, seed=seed, rank=rank, world_size=world_size
-        )
-    elif sampler == "random":
-        batch_sampler = RandomBatchSampler(len(ds), batch_size, seed=seed, rank=rank, world_size=world_size)
-    else:
-        raise ValueError(f"sampler must be 'identity' or 'random', got {sampler!r}")
+    batch_sampler = build_batch_sampler(
+        sampler, ds.pids, batch_size, num_instances, seed=seed, rank=rank, world_size=world_size
+    )
     return DataLoader(
         ds,
         batch_sampler=batch_sampler,
-        collate_fn=TrainCollate(tokenizer),
+        collate_fn=TrainCollate(tokenizer, token_augment),
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,

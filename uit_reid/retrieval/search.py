@@ -52,8 +52,12 @@ class Hit:
 
 
 def list_images(folder: str | os.PathLike[str], extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files under ``folder`` (recursively), by extension (case-insensitive), sorted."""
-    root = Path(folder)
+    """Image files under ``folder`` (recursively), by extension (case-insensitive), sorted.
+
+    Paths are absolute (symlinks kept as named), so an index whose ids are these paths finds its
+    images from any working directory.
+    """
+    root = Path(folder).absolute()
     if not root.is_dir():
         raise FileNotFoundError(f"folder {root} does not exist or is not a directory")
     exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
