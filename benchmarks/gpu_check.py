@@ -1,6 +1,7 @@
 """One-command GPU check: UIT step throughput, a plain open_clip reference, JPEG inference, NCCL smoke run.
 
-On a CUDA machine (sized for under 8 minutes; not yet timed on one), this measures and prints one JSON object and a Markdown table:
+On a CUDA machine (sized for under 8 minutes; not yet timed on one) this measures, and prints as one
+JSON object and a Markdown table:
 
 1. the full UIT training step (ViT-B/16, 384x128, batch 128, Adam) in fp32 (TF32), bf16 autocast and
    bf16 + ``torch.compile`` (the model, and the optimiser step), each with TIR on and off, with the
