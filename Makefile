@@ -7,7 +7,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: setup test lint docs demo clean
+.PHONY: setup test lint docs demo gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ docs: setup
 
 demo: setup
 	$(BIN)/uit-reid demo
+
+# On a CUDA machine: GPU throughput, JPEG inference and a NCCL smoke run (exit 3 without a GPU).
+gpu-check: setup
+	$(BIN)/python benchmarks/gpu_check.py --json gpu_check.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -53,7 +53,8 @@ def _jpeg_copy(src: Path, dst: Path, size: tuple[int, int]) -> Path:
 def write_jpeg_dataset(root: Path, num_ids: int, size: tuple[int, int] = (384, 128)) -> Path:
     """A synthetic dataset of ``num_ids`` x 4 JPEG files (quality 95) at ``size`` (h, w), all in train."""
     png = root / "png"
-    make_synthetic(png, num_ids=num_ids, images_per_id=4, seed=0, num_val_ids=0, num_test_ids=0, progress=False)
+    make_synthetic(png, num_ids=num_ids, images_per_id=4, seed=0, num_val_ids=0, num_test_ids=0, progress=False,
+                   workers=min(8, os.cpu_count() or 1))
     return _jpeg_copy(png, root / "jpg", size)
 
 

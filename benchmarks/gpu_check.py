@@ -1,10 +1,11 @@
 """One-command GPU check: UIT step throughput, a plain open_clip reference, JPEG inference, NCCL smoke run.
 
-On a CUDA machine, in about 5-8 minutes, this measures and prints one JSON object and a Markdown table:
+On a CUDA machine (sized for under 8 minutes; not yet timed on one) this measures, and prints as one
+JSON object and a Markdown table:
 
 1. the full UIT training step (ViT-B/16, 384x128, batch 128, Adam) in fp32 (TF32), bf16 autocast and
-   bf16 + ``torch.compile`` (the model, and the optimiser step), each with TIR on and off, with the
-   peak GPU memory of each;
+   bf16 + ``torch.compile`` (forward and losses in one graph, backward compiled with it), each with
+   TIR on and off, with the peak GPU memory of each;
 2. a plain open_clip contrastive loop (``open_clip.ClipLoss``, AdamW) on the same card in the same run,
    as the reference for what the card gives a CLIP step;
 3. inference images/s from JPEG files at 384x128 through the library's gallery loader (workers, pinned

@@ -42,7 +42,7 @@ def _two_steps(model: UITModel, forward, batch: dict[str, torch.Tensor]) -> list
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        history.append({k: float(v) for k, v in out.items()})
+        history.append({k: float(v.detach()) for k, v in out.items()})
     return history
 
 
