@@ -67,16 +67,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from uit_reid.data import load_dataset
+    from uit_reid.evaluation import encode_split
+    from uit_reid.factory import load_model
     from uit_reid.retrieval import evaluate
-    from uit_reid.train import encode_split, load_model
 
     device = _device(args.device)
-    model, image_size = load_model(args.checkpoint, device=device)
+    model = load_model(args.checkpoint, device=device)
     dataset = load_dataset(args.dataset, format=args.format)
     split = getattr(dataset, args.split)
     if split is None:
         raise CLIError(f"{args.dataset} has no {args.split} split")
-    q, q_pids, g, g_pids = encode_split(model, split, image_size, args.batch_size, device, args.num_workers)
+    q, q_pids, g, g_pids = encode_split(model, split, args.batch_size, device, args.num_workers)
     similarity = q @ g.t()
     rows = {f"{args.split} t2i": evaluate(similarity, q_pids, g_pids)}
     if args.i2t:
@@ -95,16 +96,16 @@ def _index_meta_path(index_path: Path) -> Path:
 
 def cmd_index_build(args: argparse.Namespace) -> int:
     from uit_reid import augment
+    from uit_reid.factory import load_model
     from uit_reid.io import atomic_write_text
     from uit_reid.retrieval import build_index_from_folder
-    from uit_reid.train import load_model
 
     device = _device(args.device)
-    model, image_size = load_model(args.checkpoint, device=device)
+    model = load_model(args.checkpoint, device=device)
     index = build_index_from_folder(
         args.images,
         lambda x: model.encode_images(x, normalize=False),
-        augment.build_eval_transform(image_size),
+        augment.build_eval_transform(model.image_size),
         kind=args.kind,
         fingerprint=model.encoder.fingerprint(),
         batch_size=args.batch_size,
@@ -123,8 +124,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from uit_reid.factory import load_model
     from uit_reid.retrieval import GalleryIndex, render_results, search_text
-    from uit_reid.train import load_model
 
     index_path = Path(args.index)
     checkpoint = args.checkpoint
@@ -134,7 +135,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise CLIError(f"{index_path}: no --checkpoint given and no {meta.name} beside the index")
         checkpoint = json.loads(meta.read_text())["checkpoint"]
     device = _device(args.device)
-    model, _ = load_model(checkpoint, device=device)
+    model = load_model(checkpoint, device=device)
     index = GalleryIndex.load(index_path)
     fingerprint = model.encoder.fingerprint()
 

@@ -9,10 +9,12 @@ single-process global-batch loss.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
-__all__ = ["gather_no_grad", "gather_with_grad", "is_distributed", "rank", "world_size"]
+__all__ = ["gather_no_grad", "gather_with_grad", "init_from_torchrun", "is_distributed", "rank", "world_size"]
 
 
 def is_distributed() -> bool:
@@ -28,6 +30,17 @@ def world_size() -> int:
 def rank() -> int:
     """This process's rank (0 outside a process group)."""
     return dist.get_rank() if is_distributed() else 0
+
+
+def init_from_torchrun(device: str = "auto") -> bool:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); True when this call created it.
+
+    NCCL when CUDA is available and ``device`` is not ``"cpu"``, else gloo.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
+    return True
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

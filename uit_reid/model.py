@@ -98,6 +98,11 @@ class UITModel(nn.Module):
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """Input image size (height, width) the encoder expects."""
+        return self.encoder.image_size
+
     def enabled_losses(self) -> list[str]:
         """Names of the losses with a non-zero weight, in a fixed order."""
         return [name for name, weight in self.loss_weights.items() if weight != 0.0]

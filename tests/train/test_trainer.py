@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from uit_reid import UITModel
-from uit_reid.train import NonFiniteLossError, TrainConfig, Trainer, load_checkpoint, load_model
+from uit_reid.factory import load_model
+from uit_reid.train import NonFiniteLossError, TrainConfig, Trainer, load_checkpoint
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -98,8 +99,8 @@ def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config) -> Non
     assert {"loss", "sdm", "id", "cmt", "tir", "itc", "lr", "images_per_s"} <= set(train_records[0])
     assert [r["split"] for r in records if "split" in r] == ["val", "test"]
     # the exported model reproduces the trainer's own evaluation
-    model, _ = load_model(run_dir / "best")
-    again, _ = load_model(run_dir / "last.pt")
+    model = load_model(run_dir / "best")
+    again = load_model(run_dir / "last.pt")
     for key, value in model.state_dict().items():
         assert torch.equal(value, again.state_dict()[key])
 

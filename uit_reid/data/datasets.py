@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from uit_reid.data.epochs import EpochBatchSampler, SeededItems, mix_seed
 from uit_reid.data.records import CorruptImageError, Split
 from uit_reid.data.samplers import IdentitySampler, RandomBatchSampler
 
@@ -186,12 +187,17 @@ def build_train_loader(
     world_size: int | None = None,
     on_corrupt: OnCorrupt = "error",
     pin_memory: bool | None = None,
+    batch_multiple: int = 1,
 ) -> DataLoader:
     """A training DataLoader with the UIT image and text augmentations and a DDP-aware batch sampler.
 
     ``batch_size`` is per process. ``sampler="identity"`` gives ``batch_size // num_instances``
     identities x ``num_instances`` pairs per batch; ``"random"`` gives random pairs. Call
-    ``loader.batch_sampler.set_epoch(epoch)`` each epoch to reshuffle.
+    ``loader.batch_sampler.set_epoch(epoch)`` before each epoch (``set_epoch(epoch, start=b)`` skips
+    the first ``b`` batches, to resume mid-epoch). Every sample's augmentation is drawn from its own
+    RNG stream seeded by ``(seed, epoch, index)`` (see `uit_reid.data.epochs`), so an epoch is the
+    same whatever the number of workers and whether or not the run was resumed. ``batch_multiple``
+    cuts each epoch to a multiple of that many batches (for gradient accumulation).
     """
     from uit_reid import augment
 
@@ -200,20 +206,23 @@ def build_train_loader(
     text_aug = augment.TextAugment(p=text_augment_p) if text_augment_p > 0 else None
     ds = TrainDataset(split, transform, text_aug, on_corrupt=on_corrupt)
     if sampler == "identity":
-        batch_sampler: IdentitySampler | RandomBatchSampler = IdentitySampler(
+        plan: IdentitySampler | RandomBatchSampler = IdentitySampler(
             ds.pids, batch_size, num_instances, seed=seed, rank=rank, world_size=world_size
         )
     elif sampler == "random":
-        batch_sampler = RandomBatchSampler(len(ds), batch_size, seed=seed, rank=rank, world_size=world_size)
+        plan = RandomBatchSampler(len(ds), batch_size, seed=seed, rank=rank, world_size=world_size)
     else:
         raise ValueError(f"sampler must be 'identity' or 'random', got {sampler!r}")
     return DataLoader(
-        ds,
-        batch_sampler=batch_sampler,
+        SeededItems(ds, seed),
+        batch_sampler=EpochBatchSampler(plan, batch_multiple),
         collate_fn=TrainCollate(tokenizer),
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,
+        # a private generator: starting an epoch must not draw from the global RNG, or a resumed
+        # run (which starts one mid-epoch) would drift from an uninterrupted one
+        generator=torch.Generator().manual_seed(mix_seed(seed)),
     )
 
 

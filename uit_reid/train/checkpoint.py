@@ -15,14 +15,31 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from uit_reid.io import atomic_torch_save
+from uit_reid.distributed import is_distributed, world_size
+from uit_reid.io import atomic_torch_save, load_torch_file
 
-__all__ = ["CHECKPOINT_VERSION", "capture_rng_state", "load_checkpoint", "restore_rng_state", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "capture_rng_state",
+    "capture_rng_states_of_all_ranks",
+    "load_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+    "seed_everything",
+]
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, Python and NumPy's global generators."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -35,6 +52,16 @@ def capture_rng_state() -> dict[str, Any]:
         "python": [py_version, list(py_internal), py_gauss],
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
     }
+
+
+def capture_rng_states_of_all_ranks() -> list[dict[str, Any]]:
+    """`capture_rng_state` of every rank, in rank order (a collective call under DDP)."""
+    state = capture_rng_state()
+    if not is_distributed():
+        return [state]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, state)
+    return gathered
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
@@ -57,13 +84,7 @@ def save_checkpoint(path: str | os.PathLike, **state: Any) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`, without unpickling code."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
+    state = load_torch_file(path, map_location)
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path} is not a uit_reid training checkpoint (version {CHECKPOINT_VERSION})")
     return state
