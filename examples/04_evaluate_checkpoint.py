@@ -26,15 +26,7 @@ from _quick_train import quick_train  # examples/_quick_train.py, beside this sc
 from uit_reid.data import load_dataset
 from uit_reid.evaluation import encode_split
 from uit_reid.factory import load_model
-from uit_reid.retrieval import evaluate
-
-METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
-
-
-def table(rows: dict[str, dict[str, float]]) -> str:
-    lines = ["| direction | " + " | ".join(METRIC_KEYS) + " |", "|---" * (len(METRIC_KEYS) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{m[k]:.2f}" for k in METRIC_KEYS) + " |" for name, m in rows.items()]
-    return "\n".join(lines)
+from uit_reid.retrieval import evaluate, metrics_table
 
 
 def main() -> None:
@@ -70,7 +62,7 @@ def main() -> None:
         "image-to-text": evaluate(similarity.t(), g_pids, q_pids),
     }
     print(f"{checkpoint} on {dataset_root} [{args.split}]: {len(q)} captions, {len(g)} images")
-    print(table(rows))
+    print(metrics_table(rows, label="direction"))
     (args.out / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     print(f"metrics -> {args.out / 'metrics.json'}")
 

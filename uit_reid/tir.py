@@ -12,6 +12,7 @@ Pieces, each usable alone: `to_grayscale`, `patchify` / `unpatchify`,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -136,7 +137,6 @@ class TIRHead(nn.Module):
         depth: decoder transformer layers (UIT: 4).
         heads: decoder attention heads (UIT: 8).
         cross_heads: heads of the cross-attention layer (default: ``heads``).
-        in_chans: channels of the restored pixels.
         mlp_ratio: hidden width of the decoder MLPs relative to ``width``.
     """
 
@@ -150,11 +150,10 @@ class TIRHead(nn.Module):
         depth: int = 4,
         heads: int = 8,
         cross_heads: int | None = None,
-        in_chans: int = 3,
         mlp_ratio: float = 4.0,
     ) -> None:
         super().__init__()
-        self.config = {
+        self._config = {
             "embed_dim": embed_dim,
             "grid_size": list(_pair(grid_size)),
             "patch_size": list(_pair(patch_size)),
@@ -163,12 +162,10 @@ class TIRHead(nn.Module):
             "depth": depth,
             "heads": heads,
             "cross_heads": cross_heads,
-            "in_chans": in_chans,
             "mlp_ratio": mlp_ratio,
         }
         self.grid_size = _pair(grid_size)
         self.patch_size = _pair(patch_size)
-        self.in_chans = in_chans
         text_dim = embed_dim if text_dim is None else text_dim
         self.embed = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, width))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
@@ -186,9 +183,13 @@ class TIRHead(nn.Module):
         )
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
-        self.pred = nn.Linear(width, self.patch_size[0] * self.patch_size[1] * in_chans)
+        self.pred = nn.Linear(width, self.patch_size[0] * self.patch_size[1] * 3)  # RGB
         self.num_patches = num_patches
         self._init_weights()
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments (what ``TIRHead(**head.config())`` needs to rebuild this head)."""
+        return dict(self._config)
 
     def _init_weights(self) -> None:
         nn.init.normal_(self.mask_token, std=0.02)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from uit_reid import UITModel
+from uit_reid.data import load_dataset
 from uit_reid.factory import load_model
 from uit_reid.train import NonFiniteLossError, TrainConfig, Trainer, load_checkpoint
 
@@ -86,8 +87,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ti
     assert (run_dir / "last.pt").read_bytes() == before
 
 
-def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config) -> None:
-    tiny_config.train.epochs = 1
+def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config, independent_metrics) -> None:
+    tiny_config.train.epochs = 2  # best/ is the better of two val evaluations, not necessarily the last
     result = Trainer(tiny_config).fit()
     run_dir = Path(tiny_config.train.output_dir)
     assert result["model_dir"] == str(run_dir / "best")
@@ -97,17 +98,20 @@ def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config) -> Non
     train_records = [r for r in records if "split" not in r]
     assert [r["step"] for r in train_records] == list(range(1, result["steps"] + 1))
     assert {"loss", "sdm", "id", "cmt", "tir", "itc", "lr", "images_per_s"} <= set(train_records[0])
-    assert [r["split"] for r in records if "split" in r] == ["val", "test"]
-    # the exported model reproduces the trainer's own evaluation
+    assert [r["split"] for r in records if "split" in r] == ["val", "val", "test"]
+    val = [r for r in records if r.get("split") == "val"]
+    best_val = max(val, key=lambda r: r["R1"])  # the first of equals: a later tie does not replace best/
+    assert result["val_best_R1"] == best_val["R1"]
+    # the exported model reproduces the trainer's figures: an independent evaluation of best/
+    dataset = load_dataset(tiny_config.data.root, progress=False)
     model = load_model(run_dir / "best")
-    again = load_model(run_dir / "last.pt")
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, again.state_dict()[key])
+    for split, reported in (("test", metrics), ("val", best_val)):
+        again = independent_metrics(model, getattr(dataset, split))
+        assert again["R1"] == pytest.approx(reported["R1"], abs=1e-9)
+        assert {k: round(v, 4) for k, v in again.items()} == {k: round(reported[k], 4) for k in again}
 
 
 def test_no_val_split_keeps_the_last_model(tiny_dataset, tmp_path, config_dict) -> None:
-    from uit_reid.data import load_dataset
-
     dataset = load_dataset(tiny_dataset, progress=False)
     dataset.val = None
     config = TrainConfig.from_dict(config_dict(tiny_dataset, tmp_path / "run", max_steps=2))

@@ -23,7 +23,7 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
-    "RunConfig",
+    "TrainLoopConfig",
     "SyntheticConfig",
     "TrainConfig",
     "ConfigError",
@@ -73,7 +73,7 @@ class DataConfig:
     sampler: str = "random"
     num_instances: int = 4
     num_workers: int = 8
-    text_aug_p: float = 0.2
+    text_augment_p: float = 0.2
     padding: int = 10
     erasing_p: float = 0.5
     on_missing: str = "error"
@@ -96,7 +96,9 @@ class OptimConfig:
 
 
 @dataclass
-class RunConfig:
+class TrainLoopConfig:
+    """The ``[train]`` table: how long and how the loop runs, where it writes, how it logs."""
+
     epochs: int = 60
     precision: str = "auto"
     compile: bool = False
@@ -107,6 +109,12 @@ class RunConfig:
     output_dir: str = "runs/uit"
     device: str = "auto"
     max_steps: int = 0
+    report_to: tuple[str, ...] = ()
+    """Where metrics go besides ``metrics.jsonl``: any of ``"tensorboard"``, ``"wandb"`` (none by default)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.report_to, str):  # report_to = "wandb" means ["wandb"]; "none" means []
+            self.report_to = () if self.report_to.lower() in ("", "none") else (self.report_to,)
 
 
 @dataclass
@@ -130,7 +138,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: RunConfig = field(default_factory=RunConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -147,6 +155,10 @@ class TrainConfig:
             (self.train.epochs >= 1, "train.epochs must be >= 1"),
             (0.0 <= self.model.mask_ratio < 1.0, "model.mask_ratio must be in [0, 1)"),
             (len(self.model.image_size) == 2, "model.image_size must be [height, width]"),
+            (
+                set(self.train.report_to) <= {"tensorboard", "wandb"},
+                f"train.report_to takes 'tensorboard' and/or 'wandb', got {list(self.train.report_to)}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -169,6 +181,8 @@ class TrainConfig:
             section_cls = _SECTION_TYPES[name]
             known = {f.name: f for f in dataclasses.fields(section_cls)}
             for key in value:
+                if (name, key) in _RENAMED:
+                    raise ConfigError(f"{source}: '{name}.{key}' is now called '{name}.{_RENAMED[name, key]}'")
                 if key not in known:
                     raise ConfigError(f"{source}: unknown key '{name}.{key}'; known: {sorted(known)}")
             kwargs[name] = section_cls(**{k: _coerce(known[k], v) for k, v in value.items()})
@@ -217,9 +231,13 @@ _SECTION_TYPES = {
     "loss": LossConfig,
     "data": DataConfig,
     "optim": OptimConfig,
-    "train": RunConfig,
+    "train": TrainLoopConfig,
     "synthetic": SyntheticConfig,
 }
+
+
+_RENAMED = {("data", "text_aug_p"): "text_augment_p"}
+"""Keys renamed since 0.1.0: using the old name is an error that gives the new one."""
 
 
 def _coerce(spec: dataclasses.Field, value: Any) -> Any:

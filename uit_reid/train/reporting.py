@@ -1,46 +1,68 @@
-"""Where a run's numbers go: ``metrics.jsonl`` always, TensorBoard when it is installed (main process only)."""
+"""Where a run's numbers go: ``metrics.jsonl`` always, TensorBoard and W&B when asked (main process only)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["LossWindow", "RunLog", "format_metrics"]
+__all__ = ["REPORTERS", "LossWindow", "RunLog", "format_metrics"]
 
 logger = logging.getLogger(__name__)
 
+REPORTERS = ("tensorboard", "wandb")
+"""The services ``train.report_to`` can name."""
+
 
 class RunLog:
-    """Append one JSON object per record to ``<run_dir>/metrics.jsonl`` and mirror numbers to TensorBoard.
+    """Append one JSON object per record to ``<run_dir>/metrics.jsonl``; mirror numbers to the reporters.
 
     Records carry ``step`` and ``epoch``; evaluation records also a ``split`` (val, test), which
-    prefixes their TensorBoard tags (training records use ``train/``). On ranks other than 0
-    (``enabled=False``) every call is a no-op.
+    prefixes their names in the reporters (training records use ``train/``). ``report_to`` names any
+    of `REPORTERS`; one that is not installed is an error naming the package. W&B honours its own
+    environment (``WANDB_MODE=offline`` writes under ``<run_dir>/wandb`` without a network). On ranks
+    other than 0 (``enabled=False``) every call is a no-op.
     """
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
+    def __init__(
+        self, run_dir: str | Path, enabled: bool = True, report_to: Iterable[str] = (), config: dict | None = None
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
         self.enabled = enabled
+        self.report_to = tuple(report_to)
+        unknown = set(self.report_to) - set(REPORTERS)
+        if unknown:
+            raise ValueError(f"unknown reporter(s) {sorted(unknown)}; known: {list(REPORTERS)}")
+        self.config = config or {}
         self.records: list[dict[str, Any]] = []
         self._tb: Any = None
+        self._wandb: Any = None
 
     def open(self, fresh: bool) -> None:
         """Start logging; ``fresh`` drops a log left by an earlier run in the same folder (a resumed run appends)."""
         if not self.enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         if fresh:
             self.path.unlink(missing_ok=True)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard not installed
-            return
-        self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
+        if "tensorboard" in self.report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ImportError("train.report_to names 'tensorboard', which is not installed (pip install tensorboard)") from exc
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        if "wandb" in self.report_to:
+            try:
+                import wandb
+            except ImportError as exc:
+                raise ImportError("train.report_to names 'wandb', which is not installed (pip install wandb)") from exc
+            self._wandb = wandb.init(project="uit-reid", name=self.run_dir.name, dir=str(self.run_dir), config=self.config)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -48,16 +70,23 @@ class RunLog:
         self.records.append(record)
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        prefix = record.get("split", "train")
+        scalars = {
+            f"{prefix}/{k}": v for k, v in record.items() if isinstance(v, int | float) and k not in ("step", "epoch")
+        }
         if self._tb is not None:
-            prefix = record.get("split", "train")
-            for key, value in record.items():
-                if isinstance(value, int | float) and key not in ("step", "epoch"):
-                    self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, record["step"])
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=record["step"])
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
 
 
 class LossWindow:

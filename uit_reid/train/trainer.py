@@ -76,7 +76,7 @@ class Trainer:
         self._setup_optimizer()
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_r1 = -math.inf
-        self.log = RunLog(self.run_dir, enabled=self.is_main)
+        self.log = RunLog(self.run_dir, self.is_main, config.train.report_to, config.to_dict())
         if resume:
             self._restore(self.run_dir / "last.pt" if resume is True else Path(resume))
 
@@ -120,7 +120,7 @@ class Trainer:
         return build_train_loader(
             self.dataset.train, self.model.encoder.tokenize, image_size, d.batch_size,
             sampler=d.sampler, num_instances=d.num_instances, num_workers=d.num_workers,  # type: ignore[arg-type]
-            text_augment_p=d.text_aug_p,
+            text_augment_p=d.text_augment_p,
             transform=augment.build_train_transform(image_size, padding=d.padding, erasing_p=d.erasing_p),
             seed=self.config.train.seed, pin_memory=self.device.type == "cuda",
             batch_multiple=self.config.optim.accum_steps,
