@@ -157,3 +157,27 @@ def test_two_process_torchrun_gloo_ranks_hold_identical_weights(tiny_dataset, tm
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
     assert checkpoint["world_size"] == 2 and checkpoint["step"] == 3 and len(checkpoint["rng"]) == 2
     assert initial.data.batch_size == 4
+
+
+def test_report_to_tensorboard_and_wandb_offline(tiny_dataset, tmp_path, config_dict, monkeypatch) -> None:
+    """The reporters named in train.report_to get the same numbers as metrics.jsonl; none by default."""
+    tb = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run"
+    config = TrainConfig.from_dict(config_dict(tiny_dataset, run_dir, max_steps=2, report_to=["tensorboard", "wandb"]))
+    Trainer(config).fit()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    events = tb.EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    losses = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert losses == [(r["step"], pytest.approx(r["loss"])) for r in records if "split" not in r]
+    test = [r for r in records if r.get("split") == "test"][0]
+    assert events.Scalars("test/R1")[0].value == pytest.approx(test["R1"])
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
+
+    plain = tmp_path / "plain"
+    Trainer(TrainConfig.from_dict(config_dict(tiny_dataset, plain, max_steps=1))).fit()
+    assert not (plain / "tensorboard").exists() and not (plain / "wandb").exists()
