@@ -88,7 +88,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ti
 
 
 def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config, independent_metrics) -> None:
-    tiny_config.train.epochs = 2  # best/ is the better of two val evaluations, not necessarily the last
+    tiny_config.train.epochs = 3  # with this seed val R1 peaks at epoch 1: best/ is not the last model
     result = Trainer(tiny_config).fit()
     run_dir = Path(tiny_config.train.output_dir)
     assert result["model_dir"] == str(run_dir / "best")
@@ -98,10 +98,11 @@ def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config, indepe
     train_records = [r for r in records if "split" not in r]
     assert [r["step"] for r in train_records] == list(range(1, result["steps"] + 1))
     assert {"loss", "sdm", "id", "cmt", "tir", "itc", "lr", "images_per_s"} <= set(train_records[0])
-    assert [r["split"] for r in records if "split" in r] == ["val", "val", "test"]
+    assert [r["split"] for r in records if "split" in r] == ["val", "val", "val", "test"]
     val = [r for r in records if r.get("split") == "val"]
     best_val = max(val, key=lambda r: r["R1"])  # the first of equals: a later tie does not replace best/
     assert result["val_best_R1"] == best_val["R1"]
+    assert best_val is not val[-1], "precondition: the best val epoch must not be the last one"
     # the exported model reproduces the trainer's figures: an independent evaluation of best/
     dataset = load_dataset(tiny_config.data.root, progress=False)
     model = load_model(run_dir / "best")
@@ -109,6 +110,9 @@ def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config, indepe
         again = independent_metrics(model, getattr(dataset, split))
         assert again["R1"] == pytest.approx(reported["R1"], abs=1e-9)
         assert {k: round(v, 4) for k, v in again.items()} == {k: round(reported[k], 4) for k in again}
+    # and last.pt holds the final weights, which scored the last val figures
+    last = independent_metrics(load_model(run_dir / "last.pt"), dataset.val)
+    assert {k: round(v, 4) for k, v in last.items()} == {k: round(val[-1][k], 4) for k in last}
 
 
 def test_no_val_split_keeps_the_last_model(tiny_dataset, tmp_path, config_dict) -> None:
