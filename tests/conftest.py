@@ -51,8 +51,8 @@ def independent_metrics():
     from uit_reid.data import load_image
     from uit_reid.retrieval import evaluate
 
-    def run(model, split) -> dict[str, float]:
-        transform = build_eval_transform(model.image_size)
+    def run(model, split, interpolation: str = "bicubic") -> dict[str, float]:
+        transform = build_eval_transform(model.image_size, interpolation=interpolation)
         with torch.no_grad():
             g = torch.cat([model.encode_images(transform(load_image(r.image_path))[None]) for r in split.records])
             q = torch.cat([model.encode_texts(model.encoder.tokenize([c])) for c in split.queries.captions])

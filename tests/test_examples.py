@@ -67,6 +67,7 @@ def test_02_train_synthetic(tmp_path: Path) -> None:
 
 def test_03_index_and_search(tmp_path: Path) -> None:
     stdout = run_example("03_index_and_search.py", tmp_path)
+    assert (tmp_path / "gallery.faiss").is_file() and not (tmp_path / "gallery.faiss.json").exists()
     assert "indexed 48 images" in stdout
     # the printed hits are what a direct search of the saved index with the same model gives
     model = load_model(tmp_path / "run" / "best")

@@ -8,8 +8,9 @@ is the bridge.
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
-from uit_reid import retrieval
+from uit_reid import augment, retrieval
 from uit_reid.data import Split, build_eval_loaders
 from uit_reid.device import autocast
 from uit_reid.model import UITModel
@@ -25,20 +26,25 @@ def encode_split(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
+    interpolation: str = "bicubic",
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised (query features, query pids, gallery features, gallery pids) of an eval split.
 
-    Images are resized to the model's own input size (``model.image_size``).
+    Images are resized to the model's own input size (``model.image_size``). Gallery images are
+    decoded by ``num_workers`` loader processes while the model encodes; ``progress`` shows a bar
+    over the gallery batches (on a terminal).
     """
     gallery_loader, query_loader = build_eval_loaders(
-        split, model.encoder.tokenize, model.image_size, batch_size=batch_size, num_workers=num_workers
+        split, model.encoder.tokenize, model.image_size, batch_size=batch_size, num_workers=num_workers,
+        transform=augment.build_eval_transform(model.image_size, interpolation=interpolation),
     )
     device = torch.device(device)
     was_training = model.training
     model.eval()
     g_feats, g_pids, q_feats, q_pids = [], [], [], []
     with autocast(device, amp_dtype):
-        for batch in gallery_loader:
+        for batch in tqdm(gallery_loader, desc="encoding gallery", unit="batch", disable=None if progress else True):
             g_feats.append(model.encode_images(batch["images"].to(device, non_blocking=True)).float().cpu())
             g_pids.append(batch["pids"])
         for batch in query_loader:
@@ -55,7 +61,8 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
+    interpolation: str = "bicubic",
 ) -> dict[str, float]:
     """Text-to-image R1/R5/R10/mAP/mINP (percent) of ``model`` on an evaluation split."""
-    q, q_pids, g, g_pids = encode_split(model, split, batch_size, device, num_workers, amp_dtype)
+    q, q_pids, g, g_pids = encode_split(model, split, batch_size, device, num_workers, amp_dtype, interpolation)
     return retrieval.evaluate(q @ g.t(), q_pids, g_pids)

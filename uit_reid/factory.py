@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from uit_reid.checkpoint import CheckpointError, load_checkpoint
 from uit_reid.encoders import CLIPDualEncoder
-from uit_reid.io import load_torch_file
 from uit_reid.model import UITModel
 from uit_reid.tir import TIRHead
 
@@ -35,7 +35,7 @@ def build_model(model: Any, loss: Any, num_classes: int, pretrained: Any = _UNSE
 
     Args:
         model: ``ModelConfig`` or a dict with its keys (name, pretrained, image_size, context_length,
-            tir, tir_width, tir_depth, tir_heads, mask_ratio).
+            tir, tir_width, tir_depth, tir_heads, tir_layout, tir_grayscale, mask_ratio).
         loss: ``LossConfig`` or a dict with its keys (the five loss weights, logit_scale, cmt_margin).
         num_classes: training identities (the ID classifier's size; unused when the ID weight is 0).
         pretrained: overrides ``model["pretrained"]`` (e.g. None when weights are loaded afterwards).
@@ -56,6 +56,7 @@ def build_model(model: Any, loss: Any, num_classes: int, pretrained: Any = _UNSE
             width=m["tir_width"],
             depth=m["tir_depth"],
             heads=m["tir_heads"],
+            layout=m["tir_layout"],
         )
     return UITModel(
         encoder,
@@ -65,6 +66,7 @@ def build_model(model: Any, loss: Any, num_classes: int, pretrained: Any = _UNSE
         logit_scale=lw["logit_scale"],
         cmt_margin=lw["cmt_margin"],
         mask_ratio=m["mask_ratio"],
+        tir_grayscale=m["tir_grayscale"],
     )
 
 
@@ -77,9 +79,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
     if path.is_dir():
         model = UITModel.from_pretrained(path, device=device)
     elif path.is_file():
-        state = load_torch_file(path)
-        if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
-            raise ValueError(f"{path} is not a uit_reid training checkpoint (no 'model' and 'config' entries)")
+        state = load_checkpoint(path)
+        if not isinstance(state.get("config"), str) or not isinstance(state.get("model"), dict):
+            raise CheckpointError(f"{path} is a training checkpoint without a model and its config")
         config = json.loads(state["config"])
         classifier = state["model"].get("classifier.weight")
         num_classes = int(classifier.shape[0]) if classifier is not None else 0

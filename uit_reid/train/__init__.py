@@ -9,7 +9,7 @@ from uit_reid.factory import build_model as build_model
 from uit_reid.factory import load_model as load_model
 from uit_reid.train.checkpoint import load_checkpoint, save_checkpoint
 from uit_reid.train.config import ConfigError, TrainConfig, bundled_config, load_config
-from uit_reid.train.optim import build_optimizer, lr_factor, param_groups, warmup_cosine
+from uit_reid.train.optim import build_optimizer, lr_factor, param_groups, param_role, warmup_cosine
 from uit_reid.train.trainer import NonFiniteLossError, Trainer
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "load_config",
     "lr_factor",
     "param_groups",
+    "param_role",
     "save_checkpoint",
     "warmup_cosine",
 ]

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from uit_reid.distributed import all_reduce_mean
+
 __all__ = ["REPORTERS", "LossWindow", "RunLog", "format_metrics"]
 
 logger = logging.getLogger(__name__)
@@ -111,10 +113,9 @@ class LossWindow:
     def summary(self) -> dict[str, float]:
         """Throughput and the mean of each loss over the window."""
         elapsed = time.perf_counter() - self.start
-        return {
-            "images_per_s": self.images / max(elapsed, 1e-9),
-            **{k: float(v) / self.count for k, v in self.losses.items()},
-        }
+        # ID and TIR are means over this rank's rows: average them over ranks (one collective)
+        means = all_reduce_mean({k: v / self.count for k, v in self.losses.items()})
+        return {"images_per_s": self.images / max(elapsed, 1e-9), **{k: float(v) for k, v in means.items()}}
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

@@ -45,6 +45,10 @@ __all__ = ["NonFiniteLossError", "Trainer"]
 logger = logging.getLogger(__name__)
 
 
+SELECT_ON_TEST_KEY = "selected_on_test"
+SELECT_ON_TEST_LABEL = "authors' protocol: best test R1 over epochs (optimistic; not a held-out figure)"
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped before the optimiser step."""
 
@@ -56,13 +60,20 @@ class Trainer:
         config: the recipe.
         resume: continue from ``<output_dir>/last.pt`` (``True``) or from a given checkpoint path.
         dataset: an already loaded dataset (otherwise ``config.data.root`` is read).
+        overwrite: start a fresh run in an output folder that is not empty (otherwise refused).
     """
 
     def __init__(
-        self, config: TrainConfig, resume: bool | str | os.PathLike = False, dataset: PedesDataset | None = None
+        self,
+        config: TrainConfig,
+        resume: bool | str | os.PathLike = False,
+        dataset: PedesDataset | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.config = config
         self.run_dir = Path(config.train.output_dir)
+        ckpt.check_run_dir(self.run_dir, bool(resume), overwrite)  # before any rank writes anything
+        self._saved_step: int | None = None  # step of the last checkpoint written or resumed from
         self._setup_process()
         self.dataset = self._load_dataset() if dataset is None else dataset
         if self.dataset.train is None:
@@ -76,6 +87,7 @@ class Trainer:
         self._setup_optimizer()
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_r1 = -math.inf
+        self.best_test: dict[str, Any] | None = None  # train.select_on_test: best test epoch so far
         self.log = RunLog(self.run_dir, self.is_main, config.train.report_to, config.to_dict())
         if resume:
             self._restore(self.run_dir / "last.pt" if resume is True else Path(resume))
@@ -117,11 +129,15 @@ class Trainer:
 
     def _build_loader(self) -> torch.utils.data.DataLoader:
         d, image_size = self.config.data, tuple(self.config.model.image_size)
+        transform = augment.build_train_transform(
+            image_size, padding=d.padding, erasing_p=d.erasing_p, erasing_fill=d.erasing_fill,
+            interpolation=d.interpolation,
+        )
+        tokens = augment.TokenCorruption.for_tokenizer(self.model.encoder.tokenizer) if d.token_corruption else None
         return build_train_loader(
             self.dataset.train, self.model.encoder.tokenize, image_size, d.batch_size,
-            sampler=d.sampler, num_instances=d.num_instances, num_workers=d.num_workers,  # type: ignore[arg-type]
-            text_augment_p=d.text_augment_p,
-            transform=augment.build_train_transform(image_size, padding=d.padding, erasing_p=d.erasing_p),
+            sampler=d.sampler, num_instances=d.num_instances, num_workers=d.num_workers,
+            text_augment_p=d.text_augment_p, token_augment=tokens, transform=transform,
             seed=self.config.train.seed, pin_memory=self.device.type == "cuda",
             batch_multiple=self.config.optim.accum_steps,
         )
@@ -141,6 +157,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> None:
         rng_states = ckpt.capture_rng_states_of_all_ranks()  # collective: every rank takes part
+        self._saved_step = self.step
         if not self.is_main:
             return
         ckpt.save_checkpoint(
@@ -148,7 +165,7 @@ class Trainer:
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), rng=rng_states,
             step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, best_r1=self.best_r1,
-            world_size=self.world_size, config=json.dumps(self.config.to_dict()),
+            best_test=json.dumps(self.best_test), world_size=self.world_size, config=json.dumps(self.config.to_dict()),
         )
 
     def _restore(self, path: Path) -> None:
@@ -163,7 +180,9 @@ class Trainer:
         rng["torch"] = rng["torch"].cpu()
         ckpt.restore_rng_state(rng)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self._saved_step = self.step
         self.best_r1 = state["best_r1"]
+        self.best_test = json.loads(state.get("best_test", "null"))
         if self.is_main:
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
 
@@ -206,8 +225,10 @@ class Trainer:
         with no_sync():
             with autocast(self.device, self.amp_dtype):
                 out = self.forward_model(batch)
-            self._check_finite(out)
             self.scaler.scale(out["loss"] / accum).backward()
+        # the step's one host sync, after the backward is queued (a GPU keeps working while the CPU
+        # waits) and before anything reaches the optimiser
+        self._check_finite(out)
         self.batch_in_epoch += 1
         window.add(out, self.config.data.batch_size * self.world_size)
         return sync
@@ -239,10 +260,15 @@ class Trainer:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if finite.item() < 1:
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in out.items())
+            last = self.run_dir / "last.pt"
+            kept = (
+                f"{last} holds the state at step {self._saved_step} (--resume continues from there)"
+                if self._saved_step is not None
+                else f"no checkpoint of this run was written yet (nothing in {last} to resume from)"
+            )
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}): {parts}. "
-                f"Training stopped before the optimiser step; {self.run_dir / 'last.pt'} still holds the last "
-                "good state (lower optim.lr or enable optim.grad_clip)"
+                f"Training stopped before the optimiser step; {kept}. Lower optim.lr or enable optim.grad_clip"
             )
 
     # ------------------------------------------------------------------ evaluation
@@ -250,10 +276,14 @@ class Trainer:
         """Text-to-image metrics of ``model`` (default: the model being trained) on ``split``."""
         d, model = self.config.data, self.model if model is None else model
         workers = min(d.num_workers, 4)
-        return evaluate_model(model, split, d.eval_batch_size, self.device, workers, self.amp_dtype)
+        return evaluate_model(model, split, d.eval_batch_size, self.device, workers, self.amp_dtype, d.interpolation)
 
     def _validate(self, epoch: int) -> None:
+        if self.config.train.select_on_test and self.dataset.test is not None and self.is_main:
+            self._select_on_test(epoch)
         if self.dataset.val is None:
+            if is_distributed():
+                dist.barrier()
             return
         if self.is_main:
             metrics = self.evaluate(self.dataset.val)
@@ -264,6 +294,14 @@ class Trainer:
                 self.model.save_pretrained(self.run_dir / "best")
         if is_distributed():
             dist.barrier()
+
+    def _select_on_test(self, epoch: int) -> None:
+        """The authors' protocol (``train.select_on_test``): evaluate test every epoch, keep the best."""
+        metrics = self.evaluate(self.dataset.test)
+        self.log.write({"step": self.step, "epoch": epoch, "split": "test_per_epoch", **metrics})
+        if self.best_test is None or metrics["R1"] > self.best_test["R1"]:
+            self.best_test = {"epoch": epoch, **metrics}
+            self.model.save_pretrained(self.run_dir / "best_test")
 
     def _finish(self) -> dict[str, Any]:
         """Export the chosen model, evaluate it on test, close the run."""
@@ -282,7 +320,12 @@ class Trainer:
             if self.dataset.test is not None:
                 result["test"] = test = self.evaluate(self.dataset.test, chosen)
                 self.log.write({"step": self.step, "epoch": self.epoch, "split": "test", **test})
-                atomic_write_text(self.run_dir / "metrics.json", json.dumps(test, indent=2) + "\n")
+                summary: dict[str, Any] = dict(test)
+                if self.best_test is not None:
+                    result["test_selected_on_test"] = self.best_test
+                    summary[SELECT_ON_TEST_KEY] = {"protocol": SELECT_ON_TEST_LABEL, **self.best_test}
+                    logger.info("test, best epoch on test (%s): %s", SELECT_ON_TEST_LABEL, format_metrics(self.best_test))
+                atomic_write_text(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
                 logger.info("test (%s): %s", model_dir.name, format_metrics(test))
         self.log.close()
         if is_distributed():
