@@ -35,6 +35,7 @@ __all__ = [
     "load_checkpoint",
     "previous_checkpoint",
     "restore_rng_state",
+    "restore_training_state",
     "save_checkpoint",
     "seed_everything",
 ]
@@ -100,6 +101,25 @@ def capture_rng_states_of_all_ranks() -> list[dict[str, Any]]:
     gathered: list[Any] = [None] * world_size()
     dist.all_gather_object(gathered, state)
     return gathered
+
+
+def restore_training_state(
+    path: str | os.PathLike, rank: int, world_size: int, device: torch.device, **stateful: Any
+) -> dict[str, Any]:
+    """Load ``path`` into each ``name=object`` (model, optimizer, ...) and restore this rank's RNGs.
+
+    Returns the checkpoint for the rest of its entries (step, epoch, ...). A checkpoint written by a
+    different number of processes is refused: the data order and RNG streams would not continue.
+    """
+    state = load_checkpoint(path, map_location=device)
+    if state["world_size"] != world_size:
+        raise ValueError(f"{path} was written by {state['world_size']} processes; this run has {world_size}")
+    for name, obj in stateful.items():
+        obj.load_state_dict(state[name])
+    rng = state["rng"][rank]
+    rng["torch"] = rng["torch"].cpu()
+    restore_rng_state(rng)
+    return state
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from uit_reid.checkpoint import (
     load_checkpoint,
     previous_checkpoint,
     restore_rng_state,
+    restore_training_state,
     save_checkpoint,
     seed_everything,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "load_checkpoint",
     "previous_checkpoint",
     "restore_rng_state",
+    "restore_training_state",
     "save_checkpoint",
     "seed_everything",
 ]

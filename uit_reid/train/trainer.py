@@ -1,15 +1,9 @@
-"""The reference trainer: one consumer of the public API, with AMP, DDP, exact resume and evaluation.
+"""The reference trainer: the training loop with AMP, DDP (under torchrun), exact resume and evaluation.
 
-``Trainer(config).fit()`` trains, evaluates every ``eval_every`` epochs on the **val** split,
-keeps the best model by val R1 (or, with no val split, the last one), and reports test metrics
-once at the end. Under ``torchrun`` it uses DDP (NCCL on GPU, gloo on CPU); the batch-level
-losses see the global batch through `uit_reid.distributed.gather_with_grad`. The model comes from
-`uit_reid.factory.build_model`, batches from `uit_reid.data.build_train_loader` and metrics from
-`uit_reid.evaluation.evaluate_model`: the same pieces a custom loop uses.
-
-Run directory (``config.train.output_dir``): ``config.toml``, ``metrics.jsonl`` (one JSON object
-per log step and evaluation), ``last.pt`` (full training state), ``best/`` or ``last/`` (the chosen
-model, `UITModel.save_pretrained` format) and ``metrics.json`` (final test metrics).
+``Trainer(config).fit()`` trains, evaluates on val every ``eval_every`` epochs, keeps the best model
+by val R1 (the last one without a val split) and reports test metrics once at the end. It uses the
+pieces a custom loop uses: `uit_reid.factory.build_model`, `uit_reid.data.build_train_loader`,
+`uit_reid.evaluation.evaluate_model`. The run directory is described in the training docs.
 """
 
 from __future__ import annotations
@@ -39,14 +33,11 @@ from uit_reid.train import checkpoint as ckpt
 from uit_reid.train.config import TrainConfig
 from uit_reid.train.optim import build_optimizer, warmup_cosine
 from uit_reid.train.reporting import LossWindow, RunLog, format_metrics
+from uit_reid.train.selection import SELECT_ON_TEST_LABEL, ModelSelection, test_summary
 
 __all__ = ["NonFiniteLossError", "Trainer"]
 
 logger = logging.getLogger(__name__)
-
-
-SELECT_ON_TEST_KEY = "selected_on_test"
-SELECT_ON_TEST_LABEL = "authors' protocol: best test R1 over epochs (optimistic; not a held-out figure)"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -64,11 +55,8 @@ class Trainer:
     """
 
     def __init__(
-        self,
-        config: TrainConfig,
-        resume: bool | str | os.PathLike = False,
-        dataset: PedesDataset | None = None,
-        overwrite: bool = False,
+        self, config: TrainConfig, resume: bool | str | os.PathLike = False,
+        dataset: PedesDataset | None = None, overwrite: bool = False,
     ) -> None:
         self.config = config
         self.run_dir = Path(config.train.output_dir)
@@ -86,13 +74,11 @@ class Trainer:
         self.loader = self._build_loader()
         self._setup_optimizer()
         self.step = self.epoch = self.batch_in_epoch = 0
-        self.best_r1 = -math.inf
-        self.best_test: dict[str, Any] | None = None  # train.select_on_test: best test epoch so far
+        self.selection = ModelSelection(self.run_dir)
         self.log = RunLog(self.run_dir, self.is_main, config.train.report_to, config.to_dict())
         if resume:
             self._restore(self.run_dir / "last.pt" if resume is True else Path(resume))
 
-    # ------------------------------------------------------------------ set-up
     def _setup_process(self) -> None:
         """Process group (under torchrun), rank, device, precision and seeds."""
         self._owns_process_group = init_from_torchrun(self.config.train.device)
@@ -118,10 +104,8 @@ class Trainer:
         root, syn = Path(self.config.data.root), self.config.synthetic
         if syn.generate and self.is_main and not (root / JSONL_NAME).is_file():
             logger.info("generating the synthetic dataset in %s", root)
-            make_synthetic(
-                root, num_ids=syn.num_ids, images_per_id=syn.images_per_id, seed=syn.seed,
-                num_val_ids=syn.num_val_ids, num_test_ids=syn.num_test_ids, workers=syn.workers,
-            )
+            make_synthetic(root, num_ids=syn.num_ids, images_per_id=syn.images_per_id, seed=syn.seed,
+                           num_val_ids=syn.num_val_ids, num_test_ids=syn.num_test_ids, workers=syn.workers)
         if syn.generate and is_distributed():
             dist.barrier()  # the other ranks wait for rank 0's files
         d = self.config.data
@@ -129,10 +113,8 @@ class Trainer:
 
     def _build_loader(self) -> torch.utils.data.DataLoader:
         d, image_size = self.config.data, tuple(self.config.model.image_size)
-        transform = augment.build_train_transform(
-            image_size, padding=d.padding, erasing_p=d.erasing_p, erasing_fill=d.erasing_fill,
-            interpolation=d.interpolation,
-        )
+        transform = augment.build_train_transform(image_size, padding=d.padding, erasing_p=d.erasing_p,
+                                                  erasing_fill=d.erasing_fill, interpolation=d.interpolation)
         tokens = augment.TokenCorruption.for_tokenizer(self.model.encoder.tokenizer) if d.token_corruption else None
         return build_train_loader(
             self.dataset.train, self.model.encoder.tokenize, image_size, d.batch_size,
@@ -154,7 +136,6 @@ class Trainer:
         self.scheduler = warmup_cosine(self.optimizer, self.total_steps, warmup_steps, o.warmup_factor, o.min_lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
-    # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> None:
         rng_states = ckpt.capture_rng_states_of_all_ranks()  # collective: every rank takes part
         self._saved_step = self.step
@@ -164,29 +145,21 @@ class Trainer:
             self.run_dir / "last.pt",
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), rng=rng_states,
-            step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, best_r1=self.best_r1,
-            best_test=json.dumps(self.best_test), world_size=self.world_size, config=json.dumps(self.config.to_dict()),
+            step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, **self.selection.state_dict(),
+            world_size=self.world_size, config=json.dumps(self.config.to_dict()),
         )
 
     def _restore(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path, map_location=self.device)
-        if state["world_size"] != self.world_size:
-            raise ValueError(f"{path} was written by {state['world_size']} processes; this run has {self.world_size}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"][self.rank]
-        rng["torch"] = rng["torch"].cpu()
-        ckpt.restore_rng_state(rng)
+        state = ckpt.restore_training_state(
+            path, self.rank, self.world_size, self.device,
+            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+        )
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self._saved_step = self.step
-        self.best_r1 = state["best_r1"]
-        self.best_test = json.loads(state.get("best_test", "null"))
+        self.selection.load_state_dict(state)
         if self.is_main:
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
 
-    # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
         """Train to the end, evaluate, and return ``{"test": metrics, "val_best_R1": ..., "model_dir": ...}``."""
         if self.is_main:
@@ -261,17 +234,14 @@ class Trainer:
         if finite.item() < 1:
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in out.items())
             last = self.run_dir / "last.pt"
-            kept = (
-                f"{last} holds the state at step {self._saved_step} (--resume continues from there)"
-                if self._saved_step is not None
-                else f"no checkpoint of this run was written yet (nothing in {last} to resume from)"
-            )
+            kept = (f"{last} holds the state at step {self._saved_step} (--resume continues from there)"
+                    if self._saved_step is not None else
+                    f"no checkpoint of this run was written yet (nothing in {last} to resume from)")
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}): {parts}. "
                 f"Training stopped before the optimiser step; {kept}. Lower optim.lr or enable optim.grad_clip"
             )
 
-    # ------------------------------------------------------------------ evaluation
     def evaluate(self, split: Split, model: UITModel | None = None) -> dict[str, float]:
         """Text-to-image metrics of ``model`` (default: the model being trained) on ``split``."""
         d, model = self.config.data, self.model if model is None else model
@@ -280,7 +250,10 @@ class Trainer:
 
     def _validate(self, epoch: int) -> None:
         if self.config.train.select_on_test and self.dataset.test is not None and self.is_main:
-            self._select_on_test(epoch)
+            # the authors' protocol: evaluate test every epoch, keep the best (labelled as such)
+            metrics = self.evaluate(self.dataset.test)
+            self.log.write({"step": self.step, "epoch": epoch, "split": "test_per_epoch", **metrics})
+            self.selection.consider_test(epoch, metrics, self.model)
         if self.dataset.val is None:
             if is_distributed():
                 dist.barrier()
@@ -289,19 +262,9 @@ class Trainer:
             metrics = self.evaluate(self.dataset.val)
             self.log.write({"step": self.step, "epoch": epoch, "split": "val", **metrics})
             logger.info("epoch %d val: %s", epoch, format_metrics(metrics))
-            if metrics["R1"] > self.best_r1:
-                self.best_r1 = metrics["R1"]
-                self.model.save_pretrained(self.run_dir / "best")
+            self.selection.consider_val(metrics, self.model)
         if is_distributed():
             dist.barrier()
-
-    def _select_on_test(self, epoch: int) -> None:
-        """The authors' protocol (``train.select_on_test``): evaluate test every epoch, keep the best."""
-        metrics = self.evaluate(self.dataset.test)
-        self.log.write({"step": self.step, "epoch": epoch, "split": "test_per_epoch", **metrics})
-        if self.best_test is None or metrics["R1"] > self.best_test["R1"]:
-            self.best_test = {"epoch": epoch, **metrics}
-            self.model.save_pretrained(self.run_dir / "best_test")
 
     def _finish(self) -> dict[str, Any]:
         """Export the chosen model, evaluate it on test, close the run."""
@@ -316,15 +279,15 @@ class Trainer:
                 chosen = self.model
             result["model_dir"] = str(model_dir)
             if self.dataset.val is not None:
-                result["val_best_R1"] = self.best_r1
+                result["val_best_R1"] = self.selection.best_r1
             if self.dataset.test is not None:
                 result["test"] = test = self.evaluate(self.dataset.test, chosen)
                 self.log.write({"step": self.step, "epoch": self.epoch, "split": "test", **test})
-                summary: dict[str, Any] = dict(test)
-                if self.best_test is not None:
-                    result["test_selected_on_test"] = self.best_test
-                    summary[SELECT_ON_TEST_KEY] = {"protocol": SELECT_ON_TEST_LABEL, **self.best_test}
-                    logger.info("test, best epoch on test (%s): %s", SELECT_ON_TEST_LABEL, format_metrics(self.best_test))
+                best_test = self.selection.best_test
+                if best_test is not None:
+                    result["test_selected_on_test"] = best_test
+                    logger.info("test, best epoch on test (%s): %s", SELECT_ON_TEST_LABEL, format_metrics(best_test))
+                summary = test_summary(test, best_test)
                 atomic_write_text(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
                 logger.info("test (%s): %s", model_dir.name, format_metrics(test))
         self.log.close()
