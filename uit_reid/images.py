@@ -12,9 +12,10 @@ here, so they agree on what a file looks like:
 - Images over PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS`` x 2 pixels) raise
   `CorruptImageError` naming the file before any pixel is decoded; skip modes skip them like any
   undecodable file.
-- With ``target_size``, large legal images cost little: JPEGs decode at a reduced DCT scale
+- With ``target_size``, large legal images cost less: JPEGs decode at a reduced DCT scale
   (``Image.draft``) and other formats are box-reduced by an integer factor right after decoding,
-  never below ``target_size``.
+  never below twice ``target_size`` (so images of ordinary sizes are left exactly as they were and
+  the caller's resize still does the final, antialiased step).
 
 This module imports PIL and numpy only (no torch), so `uit_reid.retrieval` can use it.
 """
@@ -57,6 +58,7 @@ def _stored_target(target_size: Sequence[int] | None, orientation: int) -> tuple
     h, w = (int(v) for v in target_size)
     if h < 1 or w < 1:
         raise ValueError(f"target_size must be positive (height, width), got {tuple(target_size)}")
+    h, w = 2 * h, 2 * w  # keep twice the target: the caller's resize still antialiases as it would
     return (h, w) if orientation in _SWAPS_AXES else (w, h)
 
 
@@ -99,7 +101,7 @@ def load_image(path: str | os.PathLike[str], target_size: Sequence[int] | None =
     """Decode the image at ``path`` as an upright 8-bit RGB image (see the module docstring).
 
     ``target_size`` (height, width) is the smallest size the caller will use (e.g. the model's input
-    size): large files are then decoded or reduced to no less than it, which is faster and uses far
+    size): large files are then decoded or reduced to no less than twice it, which is faster and uses far
     less memory; ``None`` decodes at full size. A missing file raises ``FileNotFoundError``; any other
     failure (not an image, truncated, too many pixels) raises `CorruptImageError` naming the file.
     """

@@ -25,6 +25,7 @@ def _index(n: int, kind: str = "flat", offset: int = 0, **kw) -> GalleryIndex:
     return index
 
 
+@pytest.mark.slow
 def test_save_is_atomic_under_sigkill(tmp_path) -> None:
     """40 SIGKILLs at random instants of real saves: the file always loads as the old or the new index."""
     rng = np.random.default_rng(0)

@@ -91,16 +91,19 @@ def test_non_finite_loss_says_what_is_true(tiny_dataset, tmp_path, config_dict) 
         ("model.tir=1", "model.tir must be true or false, got 1"),
     ],
 )
-def test_config_values_checked_at_load(tmp_path, capsys, override, message) -> None:
-    assert main(["train", "--config", "demo", "--output-dir", str(tmp_path / "o"), "--set", override]) == 1
+def test_config_values_checked_at_load(tiny_dataset, tmp_path, capsys, config_dict, override, message) -> None:
+    tiny = tmp_path / "tiny.toml"  # a 1-step config: even if a check were missing, nothing long would run
+    tiny.write_text(TrainConfig.from_dict(config_dict(tiny_dataset, tmp_path / "o", max_steps=1, epochs=1)).to_toml())
+    assert main(["train", "--config", str(tiny), "--set", override]) == 1
     assert capsys.readouterr().err.strip() == f"uit-reid: error: --set {override}: {message}"
+    assert not (tmp_path / "o").exists()
     section, rest = override.split(".", 1)
     key, raw = rest.split("=", 1)
     toml = tmp_path / "bad.toml"
     toml.write_text(f"[{section}]\n{key} = {raw if raw != 'fast' else json.dumps(raw)}\n")
-    assert main(["train", "--config", str(toml)]) == 1
-    assert capsys.readouterr().err.strip() == f"uit-reid: error: {toml}: {message}"
-    assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError) as info:
+        TrainConfig.from_toml(toml)
+    assert str(info.value) == f"{toml}: {message}"
 
 
 def test_config_types_cover_every_key() -> None:
@@ -156,8 +159,10 @@ def test_demo_config_never_writes_into_a_real_dataset(tmp_path, capsys) -> None:
     (real / "imgs").mkdir(parents=True)
     (real / "reid_raw.json").write_text("[]")
     before = _tree(real)
+    small = ["synthetic.num_ids=12", "synthetic.images_per_id=1", "synthetic.num_val_ids=2",
+             "synthetic.num_test_ids=2", "train.max_steps=1", "data.batch_size=4"]  # quick even if it ran
     args = ["train", "--config", "demo", "--set", f"data.root={json.dumps(str(real))}",
-            "--output-dir", str(tmp_path / "run")]
+            "--output-dir", str(tmp_path / "run"), *(a for o in small for a in ("--set", o))]
     assert main(args) == 1
     assert f"{real} holds files that make_synthetic did not write" in capsys.readouterr().err
     assert _tree(real) == before and sorted(p.name for p in real.iterdir()) == ["imgs", "reid_raw.json"]

@@ -36,7 +36,7 @@ class TrainDataset(Dataset):
     ``on_corrupt="skip"`` replaces an undecodable image by another image of the same person (or the
     next one) and logs a warning once per path; ``"error"`` raises `CorruptImageError`.
     ``image_size`` (height, width), when given, lets `uit_reid.images.load_image` decode large files
-    at a reduced size no smaller than it.
+    at a reduced size no smaller than twice it.
     """
 
     def __init__(
