@@ -42,9 +42,9 @@ SCRATCH_VARIANTS: dict[str, list[str]] = {
     "base (ITC)": [],
     "+ CMT": ["loss.cmt=10.0"],
     "+ TIR": ["model.tir=true", "loss.tir=10.0", *TINY_TIR],
-    "+ text aug": ["data.text_aug_p=0.2"],
+    "+ text aug": ["data.text_augment_p=0.2"],
     "all (ITC + CMT + TIR + text aug)": ["loss.cmt=10.0", "model.tir=true", "loss.tir=10.0", *TINY_TIR,
-                                         "data.text_aug_p=0.2"],
+                                         "data.text_augment_p=0.2"],
 }
 
 UIT_FINETUNE = ["loss.cmt=10.0", "model.tir=true", "loss.tir=10.0", *TINY_TIR]
@@ -63,7 +63,7 @@ FINETUNE_BASE = [
     "loss.sdm=1.0",
     "loss.id=1.0",
     "loss.logit_scale=50.0",
-    "data.text_aug_p=0.2",
+    "data.text_augment_p=0.2",
     "data.token_corruption=true",  # the authors' caption corruption (off in the demo's recipe)
 ]
 

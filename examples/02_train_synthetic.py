@@ -21,10 +21,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from uit_reid.retrieval import metrics_table
 from uit_reid.train import TrainConfig, Trainer
 
 SMALL = os.environ.get("UIT_EXAMPLES_SMALL") == "1"
-METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 
 
 def make_config(out: Path, device: str, losses: str = "uit") -> TrainConfig:
@@ -36,7 +36,7 @@ def make_config(out: Path, device: str, losses: str = "uit") -> TrainConfig:
         # faster with the TIR and CMT terms turned down, so they are 1 here.
         "loss": {"sdm": 1.0, "id": 1.0, "tir": 1.0, "cmt": 1.0, "itc": 0.0, "logit_scale": 20.0},
         "data": {"root": str(out / "data"), "format": "jsonl", "batch_size": 64, "num_workers": 0,
-                 "padding": 4, "erasing_p": 0.0, "text_aug_p": 0.2, "eval_batch_size": 256},
+                 "padding": 4, "erasing_p": 0.0, "text_augment_p": 0.2, "eval_batch_size": 256},
         "optim": {"lr": 5e-4, "weight_decay": 0.0, "eps": 1e-8, "warmup_epochs": 0.5},
         "train": {"epochs": 3, "device": device, "precision": "fp32", "eval_every": 1, "log_every": 10,
                   "output_dir": str(out / "run"), "seed": 1},
@@ -68,9 +68,7 @@ def main() -> None:
     result = Trainer(config, resume=args.resume).fit()
 
     print(f"chosen model: {result['model_dir']} ({result['steps']} steps)")
-    print("| split | " + " | ".join(METRIC_KEYS) + " |")
-    print("|---" * (len(METRIC_KEYS) + 1) + "|")
-    print("| test (t2i) | " + " | ".join(f"{result['test'][k]:.2f}" for k in METRIC_KEYS) + " |")
+    print(metrics_table({"test (t2i)": result["test"]}))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from _quick_train import quick_train  # examples/_quick_train.py, beside this sc
 
 from uit_reid import augment
 from uit_reid.data import load_dataset
+from uit_reid.factory import load_model
 from uit_reid.retrieval import GalleryIndex, build_index_from_folder, render_results, search_text
-from uit_reid.train import load_model
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
     if checkpoint is None:
         print("no --checkpoint: training the tiny model briefly on synthetic pedestrians first")
         checkpoint = quick_train(args.out) / "best"
-    model, image_size = load_model(checkpoint, device=args.device)
+    model = load_model(checkpoint, device=args.device)
     fingerprint = model.encoder.fingerprint()  # stored in the index: features of another model never mix
 
     # Ground truth is only known for the synthetic images: path -> pid, and test captions as queries.
@@ -67,7 +67,7 @@ def main() -> None:
     index = build_index_from_folder(
         images,
         lambda x: model.encode_images(x, normalize=False),
-        augment.build_eval_transform(image_size),
+        augment.build_eval_transform(model.image_size),
         kind=args.kind,
         fingerprint=fingerprint,
         device=args.device,

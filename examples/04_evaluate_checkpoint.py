@@ -24,16 +24,9 @@ import torch
 from _quick_train import quick_train  # examples/_quick_train.py, beside this script
 
 from uit_reid.data import load_dataset
-from uit_reid.retrieval import evaluate
-from uit_reid.train import encode_split, load_model
-
-METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
-
-
-def table(rows: dict[str, dict[str, float]]) -> str:
-    lines = ["| direction | " + " | ".join(METRIC_KEYS) + " |", "|---" * (len(METRIC_KEYS) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{m[k]:.2f}" for k in METRIC_KEYS) + " |" for name, m in rows.items()]
-    return "\n".join(lines)
+from uit_reid.evaluation import encode_split
+from uit_reid.factory import load_model
+from uit_reid.retrieval import evaluate, metrics_table
 
 
 def main() -> None:
@@ -58,18 +51,18 @@ def main() -> None:
     if dataset_root is None:
         parser.error("--dataset is required with --checkpoint")
 
-    model, image_size = load_model(checkpoint, device=args.device)
+    model = load_model(checkpoint, device=args.device)
     split = getattr(load_dataset(dataset_root, format=args.format, progress=False), args.split)
     if split is None:
         parser.error(f"{dataset_root} has no {args.split} split (ICFG-PEDES has no val)")
-    q, q_pids, g, g_pids = encode_split(model, split, image_size, args.batch_size, args.device)
+    q, q_pids, g, g_pids = encode_split(model, split, args.batch_size, args.device)
     similarity = q @ g.t()  # rows: captions (queries), columns: images (gallery); features are normalised
     rows = {
         "text-to-image": evaluate(similarity, q_pids, g_pids),
         "image-to-text": evaluate(similarity.t(), g_pids, q_pids),
     }
     print(f"{checkpoint} on {dataset_root} [{args.split}]: {len(q)} captions, {len(g)} images")
-    print(table(rows))
+    print(metrics_table(rows, label="direction"))
     (args.out / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     print(f"metrics -> {args.out / 'metrics.json'}")
 

@@ -17,7 +17,7 @@ def quick_train(out: Path) -> Path:
         "model": {"name": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir": False},
         "loss": {"sdm": 0.0, "id": 0.0, "tir": 0.0, "cmt": 0.0, "itc": 1.0, "logit_scale": 20.0},
         "data": {"root": str(out / "data"), "format": "jsonl", "batch_size": 8 if SMALL else 64,
-                 "num_workers": 0, "padding": 4, "erasing_p": 0.0, "text_aug_p": 0.0},
+                 "num_workers": 0, "padding": 4, "erasing_p": 0.0, "text_augment_p": 0.0},
         "optim": {"lr": 5e-4, "weight_decay": 0.0, "eps": 1e-8, "warmup_epochs": 0.5},
         "train": {"epochs": 1 if SMALL else 3, "max_steps": 3 if SMALL else 0, "device": "cpu",
                   "precision": "fp32", "log_every": 10, "output_dir": str(out / "run")},

@@ -38,3 +38,29 @@ def tiny_encoder_factory():
 def tiny_encoder(tiny_encoder_factory):
     """One shared tiny encoder in eval mode (do not train it: use the factory for that)."""
     return tiny_encoder_factory().eval()
+
+
+@pytest.fixture(scope="session")
+def independent_metrics():
+    """Evaluate a model on a split without `uit_reid.evaluation`: one image and one caption at a time.
+
+    R1 is also computed by hand (arg-max gallery pid == query pid) and checked against
+    `uit_reid.retrieval.evaluate`, whose other figures are tested against the field's evaluator.
+    """
+    from uit_reid.augment import build_eval_transform
+    from uit_reid.data import load_image
+    from uit_reid.retrieval import evaluate
+
+    def run(model, split, interpolation: str = "bicubic") -> dict[str, float]:
+        transform = build_eval_transform(model.image_size, interpolation=interpolation)
+        with torch.no_grad():
+            g = torch.cat([model.encode_images(transform(load_image(r.image_path))[None]) for r in split.records])
+            q = torch.cat([model.encode_texts(model.encoder.tokenize([c])) for c in split.queries.captions])
+        q_pids, g_pids = torch.tensor(split.queries.pids), torch.tensor([r.pid for r in split.records])
+        similarity = q @ g.t()
+        metrics = evaluate(similarity, q_pids, g_pids)
+        r1 = (g_pids[similarity.argmax(dim=1)] == q_pids).double().mean().item() * 100
+        assert metrics["R1"] == pytest.approx(r1)
+        return metrics
+
+    return run

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from uit_reid import __version__
-from uit_reid.cli import main
+from uit_reid.cli import build_parser, main
+from uit_reid.data import load_dataset
+from uit_reid.factory import load_model
+from uit_reid.retrieval import GalleryIndex, metrics_table, render_results
 from uit_reid.train import TrainConfig
+
+THUMB = inspect.signature(render_results).parameters["thumb_size"].default  # (height, width)
 
 
 @pytest.fixture(scope="module")
@@ -49,29 +57,74 @@ def test_synth_and_train_outputs(trained) -> None:
 
 
 @pytest.mark.parametrize("checkpoint", ["best", "last.pt"])
-def test_evaluate(trained, capsys, checkpoint) -> None:
+def test_evaluate_matches_an_independent_evaluation(trained, capsys, checkpoint, independent_metrics) -> None:
     out = trained["base"] / f"eval_{checkpoint}.json"
     code = main(["evaluate", "--checkpoint", str(trained["run"] / checkpoint), "--dataset", str(trained["data"]),
                  "--i2t", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "test t2i" in printed and "test i2t" in printed
     rows = json.loads(out.read_text())
-    assert 0 <= rows["test t2i"]["R1"] <= 100
+    expected = independent_metrics(load_model(trained["run"] / checkpoint), load_dataset(trained["data"]).test)
+    assert {k: round(v, 4) for k, v in rows["test t2i"].items()} == {k: round(v, 4) for k, v in expected.items()}
+    assert set(rows) == {"test t2i", "test i2t"}
+    table = metrics_table(rows)  # the printed table is exactly the file's figures
+    assert printed.strip() == table
 
 
-def test_index_build_and_search(trained, capsys) -> None:
-    index = trained["base"] / "gallery.faiss"
+def test_evaluate_json_goes_to_stdout_alone(trained, capsys) -> None:
+    assert main(["evaluate", "--checkpoint", str(trained["run"] / "best"), "--dataset", str(trained["data"]),
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)  # nothing but the JSON object on stdout
+    assert list(rows) == ["test t2i"] and set(rows["test t2i"]) == {"R1", "R5", "R10", "mAP", "mINP"}
+
+
+def test_index_build_and_search_match_a_direct_index_search(trained, capsys) -> None:
+    index_path = trained["base"] / "gallery.faiss"
     images = trained["data"] / "imgs"
     (images / "broken.png").write_bytes(b"not a png")  # skipped and counted, not fatal
     assert main(["index", "build", "--checkpoint", str(trained["run"] / "best"), "--images", str(images),
-                 "--out", str(index)]) == 0
+                 "--out", str(index_path)]) == 0
     assert "indexed 40 images" in capsys.readouterr().out
+    query, k = "a man in a red jacket", 3
     grid = trained["base"] / "grid.png"
-    assert main(["search", "--index", str(index), "a man in a red jacket", "--k", "3", "--out", str(grid)]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
-    assert len(lines) == 3
-    assert Image.open(grid).size[0] > 0
+    assert main(["search", "--index", str(index_path), query, "--k", str(k), "--out", str(grid), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    # the same search done directly: encode the query with the model, search the saved index
+    model = load_model(trained["run"] / "best")
+    index = GalleryIndex.load(index_path)
+    with torch.no_grad():
+        feats = model.encode_texts(model.encoder.tokenize([query]), normalize=False)
+    scores, ids = index.search(torch.nn.functional.normalize(feats, dim=-1).numpy(), k=k)
+    assert found["query"] == query
+    assert [r["id"] for r in found["results"]] == list(ids[0])
+    assert [r["score"] for r in found["results"]] == pytest.approx(scores[0].tolist(), abs=1e-5)
+    assert [r["rank"] for r in found["results"]] == [1, 2, 3]
+    # the plain output lists the same hits, and the grid holds k tiles of the default thumbnail size
+    assert main(["search", "--index", str(index_path), query, "--k", str(k)]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert [line[2] for line in lines] == [r["path"] or str(r["id"]) for r in found["results"]]
+    (th, tw), border, pad, label_h, line_h = THUMB, 4, 6, 14, 12  # render_results' layout
+    with Image.open(grid) as im:
+        assert im.size == (k * (tw + 2 * border + pad) + pad, line_h + 2 * pad + th + 2 * border + label_h + 2 * pad)
+
+
+def test_index_without_an_action_names_the_index_command(capsys) -> None:
+    assert main(["index"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("usage: uit-reid index") and "choose an action" in err
+
+
+def test_every_option_has_help() -> None:
+    parser = build_parser()
+    stack = [parser]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif not isinstance(action, argparse._HelpAction | argparse._VersionAction):
+                assert action.help, f"{p.prog} {'/'.join(action.option_strings) or action.dest} has no help"
 
 
 def test_index_paths_work_from_any_directory(trained, capsys, tmp_path, monkeypatch) -> None:
@@ -156,7 +209,8 @@ def test_evaluate_names_a_decompression_bomb(trained, capsys, tmp_path) -> None:
 def test_demo_quick(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
-    assert "R1" in capsys.readouterr().out
-    assert set(json.loads((out / "metrics.json").read_text())) == {"R1", "R5", "R10", "mAP", "mINP"}
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert printed.strip() == metrics_table({"test (t2i)": metrics})
     assert Image.open(out / "results.png").size[1] > 200
     assert (out / "training_curve.png").is_file()

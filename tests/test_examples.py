@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
+
+import torch
+from PIL import Image
+
+from uit_reid.data import load_dataset
+from uit_reid.factory import load_model
+from uit_reid.retrieval import GalleryIndex, metrics_table, render_results
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
+THUMB = inspect.signature(render_results).parameters["thumb_size"].default  # (height, width)
 
 
 def run_example(name: str, out: Path, *args: str) -> str:
@@ -58,20 +68,34 @@ def test_02_train_synthetic(tmp_path: Path) -> None:
 def test_03_index_and_search(tmp_path: Path) -> None:
     stdout = run_example("03_index_and_search.py", tmp_path)
     assert (tmp_path / "gallery.faiss").is_file() and not (tmp_path / "gallery.faiss.json").exists()
-    grids = sorted(tmp_path.glob("results_*.png"))
-    assert len(grids) == 2
-    from PIL import Image
+    assert "indexed 48 images" in stdout
+    # the printed hits are what a direct search of the saved index with the same model gives
+    model = load_model(tmp_path / "run" / "best")
+    index = GalleryIndex.load(tmp_path / "gallery.faiss")
+    test = load_dataset(tmp_path / "data", progress=False).test.queries
+    queries = [test.captions[0], test.captions[len(test.captions) // 2]]
+    with torch.no_grad():
+        feats = torch.nn.functional.normalize(model.encode_texts(model.encoder.tokenize(queries)), dim=-1)
+    _, ids = index.search(feats.numpy(), k=5)
+    blocks = stdout.split("query ")[1:]
+    assert len(blocks) == 2
+    for i, (query, block) in enumerate(zip(queries, blocks)):
+        assert block.startswith(f"{i}: {query}")
+        printed = [line.split()[-1] for line in block.splitlines()[1:] if line.strip()[:1].isdigit()]
+        assert printed == [str(p) for p in ids[i]]
+        # the grid holds k=5 tiles of the default thumbnail size under the wrapped query
+        (th, tw), border, pad, label_h, line_h = THUMB, 4, 6, 14, 12  # render_results' layout
+        width = 5 * (tw + 2 * border + pad) + pad
+        text_lines = len(textwrap.wrap(query, width // 7))
+        with Image.open(tmp_path / f"results_{i}.png") as im:
+            assert im.size == (width, text_lines * line_h + 2 * pad + th + 2 * border + label_h + 2 * pad)
 
-    with Image.open(grids[0]) as im:
-        assert im.width > 100 and im.height > 100
-    assert "indexed 48 images" in stdout and "query 0:" in stdout
 
-
-def test_04_evaluate_checkpoint(tmp_path: Path) -> None:
+def test_04_evaluate_checkpoint(tmp_path: Path, independent_metrics) -> None:
     stdout = run_example("04_evaluate_checkpoint.py", tmp_path)
     rows = json.loads((tmp_path / "metrics.json").read_text())
     assert set(rows) == {"text-to-image", "image-to-text"}
-    for metrics in rows.values():
-        assert set(METRIC_KEYS) <= set(metrics)
-        assert all(0.0 <= metrics[k] <= 100.0 for k in METRIC_KEYS)
-    assert "text-to-image" in stdout and "last.pt" in stdout
+    expected = independent_metrics(load_model(tmp_path / "run" / "last.pt"), load_dataset(tmp_path / "data").test)
+    assert {k: round(v, 4) for k, v in rows["text-to-image"].items()} == {k: round(v, 4) for k, v in expected.items()}
+    assert set(METRIC_KEYS) == set(rows["image-to-text"])
+    assert metrics_table(rows, label="direction") in stdout and "last.pt" in stdout

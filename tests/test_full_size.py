@@ -65,7 +65,7 @@ def _check(history: list[dict[str, float]]) -> None:
 def test_full_size_uit_model_takes_two_bf16_training_steps(full_model) -> None:
     encoder = full_model.encoder
     assert (encoder.grid_size, encoder.patch_size, encoder.embed_dim) == ((24, 8), (16, 16), 512)
-    assert full_model.tir_head is not None and full_model.tir_head.config["width"] == 512
+    assert full_model.tir_head is not None and full_model.tir_head.config()["width"] == 512
     _check(_two_steps(full_model, full_model, _batch(encoder)))
 
 

@@ -81,9 +81,29 @@ def test_tiny_model_overfits_one_batch(tiny_encoder_factory) -> None:
 def test_inference_features_are_normalised_and_skip_tir(tiny_encoder_factory) -> None:
     enc = tiny_encoder_factory()
     model = UITModel(enc, num_classes=4, tir=_tiny_head(enc)).eval()
+    calls: list[str] = []
+    model.tir_head.register_forward_hook(lambda *_: calls.append("tir_head"))
+    masked_forward = enc.encode_masked_image
+    enc.encode_masked_image = lambda *a, **k: calls.append("masked") or masked_forward(*a, **k)
     batch = _batch(enc)
     v = model.encode_images(batch["images"])
     t = model.encode_texts(batch["text_ids"])
+    assert calls == []  # retrieval features never run the masked forward or the TIR decoder
     assert torch.allclose(v.norm(dim=-1), torch.ones(8), atol=1e-5)
     assert torch.allclose(t.norm(dim=-1), torch.ones(8), atol=1e-5)
+    assert torch.allclose(v, torch.nn.functional.normalize(enc.encode_image(batch["images"]), dim=-1), atol=1e-6)
     assert not v.requires_grad
+    model.train()(batch)  # the training forward does use both: the hooks see it
+    assert calls == ["masked", "tir_head"]
+
+
+def test_tir_weight_zero_skips_the_head(tiny_encoder_factory) -> None:
+    enc = tiny_encoder_factory()
+    model = UITModel(enc, num_classes=4, tir=_tiny_head(enc), loss_weights={"tir": 0.0})
+    calls: list[int] = []
+    model.tir_head.register_forward_hook(lambda *_: calls.append(1))
+    out = model(_batch(enc))
+    assert "tir" not in out and calls == []
+    out["loss"].backward()
+    assert all(p.grad is None for p in model.tir_head.parameters())
+    assert any(p.grad is not None for p in model.encoder.parameters())

@@ -4,17 +4,35 @@ A sentence in, the matching person images out of a gallery. The package composes
 encoder (`CLIPDualEncoder`), text-guided image restoration (`TIRHead`), pure loss
 functions (`uit_reid.losses`), data readers (`uit_reid.data`), retrieval metrics and a
 FAISS gallery index (`uit_reid.retrieval`) and a reference trainer (`uit_reid.train`).
+
+Names are imported on first use, so ``import uit_reid`` (and ``uit-reid --help``) does not load
+torch until something needs it.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from uit_reid import augment, data, losses, retrieval
-from uit_reid.convert import convert_checkpoint
-from uit_reid.encoders import CLIPDualEncoder
-from uit_reid.model import UITModel
-from uit_reid.tir import TIRHead
+_OBJECTS = {
+    "CLIPDualEncoder": "uit_reid.encoders",
+    "TIRHead": "uit_reid.tir",
+    "UITModel": "uit_reid.model",
+    "convert_checkpoint": "uit_reid.convert",
+    "build_model": "uit_reid.factory",
+    "load_model": "uit_reid.factory",
+}
+_MODULES = ("augment", "data", "losses", "retrieval")
+
+if TYPE_CHECKING:
+    from uit_reid import augment, data, losses, retrieval
+    from uit_reid.convert import convert_checkpoint
+    from uit_reid.encoders import CLIPDualEncoder
+    from uit_reid.factory import build_model, load_model
+    from uit_reid.model import UITModel
+    from uit_reid.tir import TIRHead
 
 __all__ = [
     "CLIPDualEncoder",
@@ -22,8 +40,25 @@ __all__ = [
     "UITModel",
     "__version__",
     "augment",
+    "build_model",
     "convert_checkpoint",
     "data",
+    "load_model",
     "losses",
     "retrieval",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _OBJECTS:
+        value = getattr(importlib.import_module(_OBJECTS[name]), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f"uit_reid.{name}")
+    else:
+        raise AttributeError(f"module 'uit_reid' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

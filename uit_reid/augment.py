@@ -127,22 +127,25 @@ def active_tagger() -> str:
     return "nltk-perceptron" if _nltk_tagger_available() else "lexicon"
 
 
-def _tags(words: list[str]) -> list[str]:
-    if _nltk_tagger_available():
+def _tags(words: list[str], tagger: str = "auto") -> list[str]:
+    if tagger not in ("auto", "lexicon", "nltk"):
+        raise ValueError(f"tagger must be 'auto', 'lexicon' or 'nltk', got {tagger!r}")
+    if tagger == "nltk" or (tagger == "auto" and _nltk_tagger_available()):
         import nltk
 
         return [tag for _, tag in nltk.pos_tag(words)]
     return [tag for _, tag in _lexicon_tagger().tag([w.lower() for w in words])]
 
 
-def keep_attribute_words(caption: str) -> str:
+def keep_attribute_words(caption: str, tagger: str = "auto") -> str:
     """Keep only the nouns, adjectives and pronouns of ``caption``, joined by spaces.
 
     ``"A man wearing a red shirt."`` becomes ``"man red shirt"``. A caption with no such word is
-    returned unchanged so a training sample never loses its text.
+    returned unchanged so a training sample never loses its text. ``tagger`` picks the part-of-speech
+    tagger: ``"auto"`` (`active_tagger`), ``"lexicon"`` (built in) or ``"nltk"`` (needs its data).
     """
     words = _WORDS.tokenize(caption)
-    kept = [w for w, tag in zip(words, _tags(words)) if tag.startswith(_KEEP_TAGS)]
+    kept = [w for w, tag in zip(words, _tags(words, tagger)) if tag.startswith(_KEEP_TAGS)]
     return " ".join(kept) if kept else caption
 
 

@@ -8,6 +8,7 @@ Every sub-command has ``--help``. Wrong arguments and unusable files end with a 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -19,37 +20,25 @@ from uit_reid import __version__
 
 logger = logging.getLogger("uit_reid.cli")
 
-METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
-
-
 class CLIError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
 
 
 # ---------------------------------------------------------------------------------------- helpers
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)  # stderr: stdout stays for results
     logging.getLogger("uit_reid").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def _metrics_table(rows: dict[str, dict[str, float]]) -> str:
-    header = "| split | " + " | ".join(METRIC_KEYS) + " |"
-    lines = [header, "|---" * (len(METRIC_KEYS) + 1) + "|"]
-    for name, metrics in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{metrics[k]:.2f}" for k in METRIC_KEYS) + " |")
-    return "\n".join(lines)
-
-
 def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
+    from uit_reid.device import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve_device(name))
 
 
 # ---------------------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
+    from uit_reid.retrieval import metrics_table
     from uit_reid.train import Trainer, load_config
 
     config = load_config(args.config)
@@ -60,33 +49,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = config.override(overrides)
     result = Trainer(config, resume=args.resume or False, overwrite=args.overwrite).fit()
     if "test" in result:
-        print(_metrics_table({"test (t2i)": result["test"]}))
+        print(metrics_table({"test (t2i)": result["test"]}))
     print(f"model: {result.get('model_dir')}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from uit_reid.data import load_dataset
+    from uit_reid.evaluation import encode_split
+    from uit_reid.factory import load_model
     from uit_reid.io import check_writable
-    from uit_reid.retrieval import evaluate
-    from uit_reid.train import encode_split, load_model
+    from uit_reid.retrieval import evaluate, metrics_table
 
     if args.out:
         check_writable(args.out)
     device = _device(args.device)
-    model, image_size = load_model(args.checkpoint, device=device)
+    model = load_model(args.checkpoint, device=device)
     dataset = load_dataset(args.dataset, format=args.format)
     split = getattr(dataset, args.split)
     if split is None:
         raise CLIError(f"{args.dataset} has no {args.split} split")
-    q, q_pids, g, g_pids = encode_split(
-        model, split, image_size, args.batch_size, device, args.num_workers, progress=True
-    )
+    q, q_pids, g, g_pids = encode_split(model, split, args.batch_size, device, args.num_workers, progress=True)
     similarity = q @ g.t()
     rows = {f"{args.split} t2i": evaluate(similarity, q_pids, g_pids)}
     if args.i2t:
         rows[f"{args.split} i2t"] = evaluate(similarity.t(), g_pids, q_pids)
-    print(_metrics_table(rows))
+    print(json.dumps(rows) if args.json else metrics_table(rows))
     if args.out:
         from uit_reid.io import atomic_write_text
 
@@ -128,22 +116,22 @@ def _non_negative_int(text: str) -> int:
 
 def cmd_index_build(args: argparse.Namespace) -> int:
     from uit_reid import augment
+    from uit_reid.factory import load_model
     from uit_reid.io import check_writable
     from uit_reid.retrieval import build_index_from_folder
-    from uit_reid.train import load_model
 
     out = check_writable(args.out)
     device = _device(args.device)
-    model, image_size = load_model(args.checkpoint, device=device)
+    model = load_model(args.checkpoint, device=device)
     index = build_index_from_folder(
         args.images,
         lambda x: model.encode_images(x, normalize=False),
-        augment.build_eval_transform(image_size),
+        augment.build_eval_transform(model.image_size),
         kind=args.kind,
         fingerprint=model.encoder.fingerprint(),
         batch_size=args.batch_size,
         device=device,
-        image_size=image_size,
+        image_size=model.image_size,
         num_workers=args.workers,
     )
     if len(index) == 0:
@@ -155,9 +143,9 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from uit_reid.factory import load_model
     from uit_reid.io import check_writable
     from uit_reid.retrieval import GalleryIndex, render_results, search_text
-    from uit_reid.train import load_model
 
     if args.k < 1:
         raise CLIError(f"--k must be at least 1, got {args.k}")
@@ -169,19 +157,23 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not isinstance(checkpoint, str):
         raise CLIError(f"{index_path}: no --checkpoint given and the index does not record its checkpoint")
     device = _device(args.device)
-    model, _ = load_model(checkpoint, device=device)
+    model = load_model(checkpoint, device=device)
     fingerprint = model.encoder.fingerprint()
 
     def encode_text(texts: list[str]):
         return model.encode_texts(model.encoder.tokenize(texts).to(device), normalize=False)
 
     hits = search_text(index, encode_text, [args.query], k=args.k, fingerprint=fingerprint)[0]
-    for rank, hit in enumerate(hits, start=1):
-        print(f"{rank:>3}  {hit.score:.4f}  {hit.path or hit.id}")
+    if args.json:
+        results = [{"rank": r, "score": h.score, "id": h.id, "path": h.path} for r, h in enumerate(hits, start=1)]
+        print(json.dumps({"query": args.query, "results": results}))
+    else:
+        for rank, hit in enumerate(hits, start=1):
+            print(f"{rank:>3}  {hit.score:.4f}  {hit.path or hit.id}")
     if args.out:
         out = Path(args.out)
         render_results(args.query, hits).save(out)
-        print(f"results grid -> {out}")
+        logger.info("results grid -> %s", out)
     return 0
 
 
@@ -203,14 +195,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from uit_reid.demo import run_demo
+    from uit_reid.retrieval import metrics_table
 
     metrics = run_demo(Path(args.out), quick=args.quick, device=_device(args.device))
-    print(_metrics_table({"test (t2i)": metrics}))
+    print(metrics_table({"test (t2i)": metrics}))
     return 0
 
 
 # ---------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; it imports nothing heavy, so ``--help`` answers at once."""
     parser = argparse.ArgumentParser(
         prog="uit-reid", description="Text-to-image person retrieval with the UIT framework."
     )
@@ -218,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    device_help = "cpu, cuda, cuda:N or auto (the GPU when there is one; default: %(default)s)"
 
     p = sub.add_parser("train", help="train a model from a TOML config")
     p.add_argument("--config", required=True, help="a TOML file or a bundled name (demo, cuhk_pedes, ...)")
@@ -227,28 +222,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="start a fresh run in a run folder that is not empty")
     p.add_argument("--output-dir", help="override train.output_dir")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="text-to-image metrics of a checkpoint on a dataset split")
     p.add_argument("--checkpoint", required=True,
                    help="a model directory (save_pretrained), a Hub id org/name or hf-hub:org/name, or last.pt")
     p.add_argument("--dataset", required=True, help="dataset root or annotation file")
-    p.add_argument("--format", default="auto", help="auto, cuhk-pedes, icfg-pedes, rstpreid or jsonl")
-    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--format", default="auto", help="auto, cuhk-pedes, icfg-pedes, rstpreid or jsonl (default: %(default)s)")
+    p.add_argument("--split", default="test", choices=["val", "test"], help="split to evaluate (default: %(default)s)")
     p.add_argument("--i2t", action="store_true", help="also report image-to-text metrics")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images or captions per batch (default: %(default)s)")
     p.add_argument("--workers", "--num-workers", dest="num_workers", type=_non_negative_int,
                    default=min(4, (os.cpu_count() or 1) - 1),
                    help="processes decoding gallery images while the model encodes (default: min(4, CPU cores - 1))")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--out", help="also write the metrics as JSON to this file")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object instead of a table")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("convert", help="convert an IRRA/SEN/OpenAI-CLIP/open_clip checkpoint to a model folder")
     p.add_argument("checkpoint", help="the checkpoint file (e.g. IRRA's best.pth)")
     p.add_argument("--out", required=True, help="model folder to write (save_pretrained format)")
-    p.add_argument("--format", default="auto", choices=["auto", "irra", "sen", "openai", "open_clip"])
+    p.add_argument("--format", default="auto", choices=["auto", "irra", "sen", "openai", "open_clip"],
+                   help="checkpoint layout (default: detected from its keys)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                    help="input size; default: configs.yaml beside the checkpoint (irra/sen) or the square grid")
     p.add_argument("--stride", type=int, help="IRRA's stride_size (default: configs.yaml, else the patch size)")
@@ -256,49 +253,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("index", help="gallery index commands")
-    index_sub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    index_parser = sub.add_parser("index", help="gallery index commands")
+    index_sub = index_parser.add_subparsers(dest="index_command", metavar="ACTION")
     b = index_sub.add_parser("build", help="encode a folder of images into a FAISS index")
-    b.add_argument("--checkpoint", required=True)
+    b.add_argument("--checkpoint", required=True, help="a model directory (save_pretrained) or last.pt")
     b.add_argument("--images", required=True, help="folder of images (searched recursively)")
     b.add_argument("--out", required=True, help="index file to write (one file; an existing one is replaced atomically)")
-    b.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"])
-    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"],
+                   help="flat: exact; ivf, hnsw: approximate, for large galleries (default: %(default)s)")
+    b.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
     b.add_argument("--workers", type=_non_negative_int, default=min(4, (os.cpu_count() or 1) - 1),
                    help="processes decoding images while the model encodes (default: min(4, CPU cores - 1); "
                    "0: decode in this process)")
-    b.add_argument("--device", default="auto")
+    b.add_argument("--device", default="auto", help=device_help)
     b.set_defaults(func=cmd_index_build)
-    p.set_defaults(func=lambda a, usage=p: _missing_action(usage))
+    index_parser.set_defaults(func=functools.partial(_missing_action, index_parser))
 
     p = sub.add_parser("search", help="search an index with a sentence")
     p.add_argument("query", help="the description, e.g. 'a woman in a red coat'")
-    p.add_argument("--index", required=True)
+    p.add_argument("--index", required=True, help="index file written by 'uit-reid index build'")
     p.add_argument("--checkpoint", help="defaults to the checkpoint the index was built with")
-    p.add_argument("--k", type=int, default=5, help="results to show (at most the number of indexed images)")
+    p.add_argument("--k", type=int, default=5, help="results to show (at most the number of indexed images; default: %(default)s)")
     p.add_argument("--out", help="write the results grid (PNG) here")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object instead of lines")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("synth", help="write the synthetic pedestrian dataset")
-    p.add_argument("--out", required=True)
-    p.add_argument("--num-ids", type=int, default=1000)
-    p.add_argument("--images-per-id", type=int, default=4)
-    p.add_argument("--num-val-ids", type=int, default=None)
-    p.add_argument("--num-test-ids", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder to write (annotations.jsonl and imgs/)")
+    p.add_argument("--num-ids", type=int, default=1000, help="identities in all splits (default: %(default)s)")
+    p.add_argument("--images-per-id", type=int, default=4, help="images of each identity (default: %(default)s)")
+    p.add_argument("--num-val-ids", type=int, default=None, help="identities in val (default: 10%% of them)")
+    p.add_argument("--num-test-ids", type=int, default=None, help="identities in test (default: 20%% of them)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="write into a folder that holds other files")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="synthetic data -> train the tiny model on CPU -> evaluate -> index -> search")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=device_help)
     p.set_defaults(func=cmd_demo)
     return parser
 
 
-def _missing_action(parser: argparse.ArgumentParser) -> int:
+def _missing_action(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     parser.print_usage(sys.stderr)
     raise CLIError("choose an action (e.g. 'build')")
 

@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from uit_reid.evaluation import encode_split
+from uit_reid.factory import load_model
 from uit_reid.io import atomic_write_text
 from uit_reid.retrieval import GalleryIndex, Hit, render_results
-from uit_reid.train import Trainer, encode_split, load_config, load_model
+from uit_reid.train import Trainer, load_config
 
 __all__ = ["run_demo", "plot_training_curve"]
 
@@ -61,11 +63,11 @@ def run_demo(out: Path, quick: bool = False, device: str = "cpu") -> dict[str, f
     result = trainer.fit()
     logger.info("trained in %.0f s", time.perf_counter() - start)
 
-    model, image_size = load_model(result["model_dir"], device=device)
+    model = load_model(result["model_dir"], device=device)
     test = trainer.dataset.test
     if test is None:
         raise ValueError(f"{config.data.root}: the demo dataset has no test split")
-    q, q_pids, g, g_pids = encode_split(model, test, image_size, device=device)
+    q, q_pids, g, g_pids = encode_split(model, test, device=device)
     paths = [str(r.image_path) for r in test.records]
     index = GalleryIndex(dim=g.shape[1], kind="flat", fingerprint=model.encoder.fingerprint())
     index.add(g.numpy(), paths)

@@ -13,12 +13,21 @@ over a rank's rows; with equal batches per rank DDP's average is again the globa
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_reduce_mean", "gather_no_grad", "gather_with_grad", "is_distributed", "rank", "world_size"]
+__all__ = [
+    "all_reduce_mean",
+    "gather_no_grad",
+    "gather_with_grad",
+    "init_from_torchrun",
+    "is_distributed",
+    "rank",
+    "world_size",
+]
 
 
 def is_distributed() -> bool:
@@ -34,6 +43,17 @@ def world_size() -> int:
 def rank() -> int:
     """This process's rank (0 outside a process group)."""
     return dist.get_rank() if is_distributed() else 0
+
+
+def init_from_torchrun(device: str = "auto") -> bool:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); True when this call created it.
+
+    NCCL when CUDA is available and ``device`` is not ``"cpu"``, else gloo.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
+    return True
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

@@ -122,15 +122,28 @@ def _looks_like_path(pretrained: str) -> bool:
 
 
 class _DropRandomInitWarning(logging.Filter):
+    """Drop open_clip's "initialized randomly" warning for one model name, and nothing else."""
+
+    def __init__(self, model_name: str) -> None:
+        super().__init__()
+        self.message = f"No pretrained weights loaded for model '{model_name}'"
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "No pretrained weights loaded" not in record.getMessage()
+        return not (record.name == "root" and record.getMessage().startswith(self.message))
 
 
 @contextlib.contextmanager
-def _quiet_random_init_warning() -> Iterator[None]:
-    """open_clip warns on every random init; here random init (or a later local load) is intended."""
-    root = logging.getLogger()
-    filt = _DropRandomInitWarning()
+def _quiet_random_init_warning(model_name: str, enabled: bool) -> Iterator[None]:
+    """Silence open_clip's random-init warning when random init (or a later local load) is intended.
+
+    open_clip 3.x logs through the root logger (``logging.warning``), so there is no open_clip logger
+    to filter at; the filter is attached to the root logger only around ``create_model`` and only
+    when no pretrained tag was asked for, and it drops only that one message for that one model.
+    """
+    if not enabled:
+        yield
+        return
+    root, filt = logging.getLogger(), _DropRandomInitWarning(model_name)
     root.addFilter(filt)
     try:
         yield
@@ -256,7 +269,7 @@ class CLIPDualEncoder(nn.Module):
                 if not quick_gelu:
                     raise ValueError(f"{name}: its config uses QuickGELU; quick_gelu=False cannot change it")
                 model_cfg["quick_gelu"] = True
-        with _quiet_random_init_warning():
+        with _quiet_random_init_warning(name, enabled=tag is None):
             clip = open_clip.create_model(
                 name,
                 pretrained=tag,

@@ -17,7 +17,8 @@ __all__ = ["cmt_loss", "cosine_similarity_matrix", "id_loss", "itc_loss", "sdm_l
 
 
 @contextlib.contextmanager
-def _float32(*tensors: torch.Tensor) -> Iterator[None]:
+def _without_autocast(*tensors: torch.Tensor) -> Iterator[None]:
+    """Turn autocast off on the tensors' device, so the loss runs in its inputs' own dtype."""
     device_type = tensors[0].device.type if tensors else "cpu"
     with torch.autocast(device_type=device_type, enabled=False):
         yield
@@ -62,7 +63,7 @@ def sdm_loss(
     ``logit_scale`` is :math:`\tau` (fixed at 50 in UIT, a temperature of 0.02).
     """
     _check_pairs(image_features, text_features, pids)
-    with _float32(image_features):
+    with _without_autocast(image_features):
         sim = cosine_similarity_matrix(image_features, text_features) * logit_scale
         labels = (pids.reshape(-1, 1) == pids.reshape(1, -1)).float()
         log_q = torch.log(labels / labels.sum(dim=1, keepdim=True) + eps)
@@ -80,7 +81,7 @@ def itc_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_sc
     :math:`S_{ij} = \cos(v_i, t_j)`: pair ``i`` is the only positive of row ``i``.
     """
     _check_pairs(image_features, text_features, None)
-    with _float32(image_features):
+    with _without_autocast(image_features):
         logits = cosine_similarity_matrix(image_features, text_features) * logit_scale
         target = torch.arange(logits.shape[0], device=logits.device)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
@@ -98,7 +99,7 @@ def id_loss(
         raise ValueError(
             f"logits must both be (B, K): image {tuple(image_logits.shape)}, text {tuple(text_logits.shape)}"
         )
-    with _float32(image_logits):
+    with _without_autocast(image_logits):
         ce_image = F.cross_entropy(image_logits.float(), pids, label_smoothing=label_smoothing)
         ce_text = F.cross_entropy(text_logits.float(), pids, label_smoothing=label_smoothing)
         return (ce_image + ce_text) / 2
@@ -145,7 +146,7 @@ def cmt_loss(
     is the least similar item of the same identity instead of the anchor's own pair.
     """
     _check_pairs(image_features, text_features, pids)
-    with _float32(image_features):
+    with _without_autocast(image_features):
         sim_t2v = cosine_similarity_matrix(text_features, image_features)
         same = pids.reshape(-1, 1) == pids.reshape(1, -1)
         t_anchor = _triplet_one_way(sim_t2v, same, margin, hardest_positive)

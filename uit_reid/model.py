@@ -109,9 +109,10 @@ class UITModel(nn.Module):
         self.model_card: ModelCardInfo | None = None
         """Training data, config, metrics or origin that `save_pretrained` writes into the model card."""
 
-    def enabled_losses(self) -> list[str]:
-        """Names of the losses with a non-zero weight, in a fixed order."""
-        return [name for name, weight in self.loss_weights.items() if weight != 0.0]
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """Input image size (height, width) the encoder expects."""
+        return self.encoder.image_size
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Losses of one batch ``{"images", "text_ids", "pids"}``: each enabled loss and ``loss``."""
@@ -137,12 +138,12 @@ class UITModel(nn.Module):
             out["id"] = losses.id_loss(self.classifier(image_feats), self.classifier(text_feats), pids)
         if need_tokens:
             assert self.tir_head is not None and text_tokens is not None
-            out["tir"] = self.tir_loss(images, ids, text_tokens)
+            out["tir"] = self.restoration_loss(images, ids, text_tokens)
         total = sum((w[name] * value for name, value in out.items()), start=images.new_zeros((), dtype=torch.float32))
         out["loss"] = total
         return out
 
-    def tir_loss(self, images: torch.Tensor, ids: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
+    def restoration_loss(self, images: torch.Tensor, ids: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
         """Restore the RGB pixels of masked patches of the grayscale image from the caption."""
         assert self.tir_head is not None
         if self.tir_grayscale == "normalised":
@@ -182,7 +183,7 @@ class UITModel(nn.Module):
                 **({"model_cfg": self.encoder.model_cfg} if self.encoder.model_cfg is not None else {}),
             },
             "num_classes": self.num_classes,
-            "tir": self.tir_head.config if self.tir_head is not None else None,
+            "tir": self.tir_head.config() if self.tir_head is not None else None,
             "loss_weights": dict(self.loss_weights),
             "logit_scale": self.logit_scale,
             "cmt_margin": self.cmt_margin,

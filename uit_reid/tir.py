@@ -12,6 +12,7 @@ Pieces, each usable alone: `to_grayscale`, `patchify` / `unpatchify`,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from open_clip.transformer import LayerNorm, QuickGELU, Transformer
@@ -200,7 +201,6 @@ class TIRHead(nn.Module):
         depth: decoder transformer blocks (UIT: 4).
         heads: decoder attention heads (UIT: 8).
         cross_heads: heads of the cross-attention (default: ``heads``).
-        in_chans: channels of the restored pixels.
         mlp_ratio: hidden width of the decoder MLPs relative to ``width``.
         layout: ``"sen"`` or ``"residual"`` (see `TIR_LAYOUTS`).
         residual: override the layout's residual connection around the cross-attention.
@@ -217,7 +217,6 @@ class TIRHead(nn.Module):
         depth: int = 4,
         heads: int = 8,
         cross_heads: int | None = None,
-        in_chans: int = 3,
         mlp_ratio: float = 4.0,
         layout: str = "sen",
         residual: bool | None = None,
@@ -228,7 +227,7 @@ class TIRHead(nn.Module):
             raise ValueError(f"unknown TIR layout {layout!r}; known: {sorted(TIR_LAYOUTS)}")
         self.residual = TIR_LAYOUTS[layout]["residual"] if residual is None else bool(residual)
         self.mask_padding = TIR_LAYOUTS[layout]["mask_padding"] if mask_padding is None else bool(mask_padding)
-        self.config = {
+        self._config = {
             "embed_dim": embed_dim,
             "grid_size": list(_pair(grid_size)),
             "patch_size": list(_pair(patch_size)),
@@ -237,7 +236,6 @@ class TIRHead(nn.Module):
             "depth": depth,
             "heads": heads,
             "cross_heads": cross_heads,
-            "in_chans": in_chans,
             "mlp_ratio": mlp_ratio,
             "layout": layout,
             "residual": self.residual,
@@ -245,7 +243,6 @@ class TIRHead(nn.Module):
         }
         self.grid_size = _pair(grid_size)
         self.patch_size = _pair(patch_size)
-        self.in_chans = in_chans
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         text_dim = embed_dim if text_dim is None else text_dim
         self.image_norm = LayerNorm(embed_dim)
@@ -262,8 +259,12 @@ class TIRHead(nn.Module):
         self.attn_norm = LayerNorm(width)
         self.decoder = Transformer(width, depth, heads, mlp_ratio=mlp_ratio, act_layer=QuickGELU, batch_first=True)
         self.norm = LayerNorm(width)
-        self.pred = nn.Linear(width, self.patch_size[0] * self.patch_size[1] * in_chans)
+        self.pred = nn.Linear(width, self.patch_size[0] * self.patch_size[1] * 3)  # RGB
         self._init_weights(width, depth)
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments (what ``TIRHead(**head.config())`` needs to rebuild this head)."""
+        return dict(self._config)
 
     def _init_weights(self, width: int, depth: int) -> None:
         """SEN's initialisation: CLIP's scaled normal for attention and MLP weights, PyTorch's

@@ -102,7 +102,7 @@ def test_pids_mark_hits_correct(folder):
 def test_render_results_borders_and_size(folder):
     red = Image.new("RGB", (10, 20), COLORS["red"])
     hits = [Hit("a", 0.9, correct=True), Hit("b", 0.5, correct=False), Hit("c", 0.1)]
-    img = render_results("a person in red", hits, images=[red, red, None], thumb_size=(40, 80), border=3)
+    img = render_results("a person in red", hits, images=[red, red, None], thumb_size=(80, 40), border=3)
     assert isinstance(img, Image.Image) and img.mode == "RGB"
     pad, cell_w = 6, 40 + 6
     assert img.width >= 3 * (cell_w + pad)

@@ -23,7 +23,7 @@ def tiny_config_dict(root: Path, out: Path, **train: object) -> dict:
         "model": {"name": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir": True,
                   "tir_width": 32, "tir_depth": 1, "tir_heads": 4},
         "loss": {"sdm": 1.0, "id": 1.0, "tir": 1.0, "cmt": 1.0, "itc": 1.0, "logit_scale": 20.0},
-        "data": {"root": str(root), "batch_size": 8, "num_workers": 0, "padding": 2, "text_aug_p": 0.5,
+        "data": {"root": str(root), "batch_size": 8, "num_workers": 0, "padding": 2, "text_augment_p": 0.5,
                  "eval_batch_size": 64},
         "optim": {"lr": 3e-4, "warmup_epochs": 0.5},
         "train": {"epochs": 2, "device": "cpu", "output_dir": str(out), "log_every": 1, "eval_every": 1,

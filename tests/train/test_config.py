@@ -55,3 +55,22 @@ def test_overrides_and_toml_round_trip(tmp_path) -> None:
         config.override(["optim.lrate=1"])
     with pytest.raises(ConfigError, match="section.key=value"):
         config.override(["lr=1"])
+
+
+def test_renamed_key_gives_the_new_name(tmp_path) -> None:
+    path = tmp_path / "old.toml"
+    path.write_text("[data]\ntext_aug_p = 0.3\n")
+    with pytest.raises(ConfigError, match=r"^.*old.toml: 'data.text_aug_p' is now called 'data.text_augment_p'$"):
+        TrainConfig.from_toml(path)
+    path.write_text("[data]\ntext_augment_p = 0.3\n")
+    assert TrainConfig.from_toml(path).data.text_augment_p == 0.3
+
+
+def test_report_to_accepts_known_reporters_only() -> None:
+    assert TrainConfig().train.report_to == ()  # nothing is reported anywhere unless asked
+    assert TrainConfig.from_dict({"train": {"report_to": ["tensorboard", "wandb"]}}).train.report_to == (
+        "tensorboard", "wandb")
+    with pytest.raises(ConfigError, match="train.report_to must be a list of strings, got 'wandb'"):
+        TrainConfig.from_dict({"train": {"report_to": "wandb"}})
+    with pytest.raises(ConfigError, match=r"train.report_to takes 'tensorboard' and/or 'wandb', got \['mlflow'\]"):
+        TrainConfig.from_dict({"train": {"report_to": ["mlflow"]}})

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from uit_reid.data import IdentityGroupSampler, build_batch_sampler
+from uit_reid.factory import build_model
 from uit_reid.tir import SEN_TIR_KEY_MAP
 from uit_reid.train import load_config, param_groups
-from uit_reid.train.trainer import build_model
 
 NUM_CLASSES = 11_003  # CUHK-PEDES training identities
 
@@ -19,7 +19,7 @@ def paper():
     config = load_config("cuhk_pedes")
     config.model.pretrained = None  # random weights: the structure is what is checked
     torch.manual_seed(0)
-    return config, build_model(config, NUM_CLASSES)
+    return config, build_model(config.model, config.loss, NUM_CLASSES)
 
 
 def _activations(module: torch.nn.Module) -> set[str]:

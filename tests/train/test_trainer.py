@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from uit_reid import UITModel
-from uit_reid.train import NonFiniteLossError, TrainConfig, Trainer, load_checkpoint, load_model
+from uit_reid.data import load_dataset
+from uit_reid.factory import load_model
+from uit_reid.train import NonFiniteLossError, TrainConfig, Trainer, load_checkpoint
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -84,8 +86,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ti
     assert (run_dir / "last.pt").read_bytes() == before
 
 
-def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config) -> None:
-    tiny_config.train.epochs = 1
+def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config, independent_metrics) -> None:
+    tiny_config.train.epochs = 3  # with this seed val R1 peaks at epoch 1: best/ is not the last model
     result = Trainer(tiny_config).fit()
     run_dir = Path(tiny_config.train.output_dir)
     assert result["model_dir"] == str(run_dir / "best")
@@ -95,12 +97,21 @@ def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config) -> Non
     train_records = [r for r in records if "split" not in r]
     assert [r["step"] for r in train_records] == list(range(1, result["steps"] + 1))
     assert {"loss", "sdm", "id", "cmt", "tir", "itc", "lr", "images_per_s"} <= set(train_records[0])
-    assert [r["split"] for r in records if "split" in r] == ["val", "test"]
-    # the exported model reproduces the trainer's own evaluation
-    model, _ = load_model(run_dir / "best")
-    again, _ = load_model(run_dir / "last.pt")
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, again.state_dict()[key])
+    assert [r["split"] for r in records if "split" in r] == ["val", "val", "val", "test"]
+    val = [r for r in records if r.get("split") == "val"]
+    best_val = max(val, key=lambda r: r["R1"])  # the first of equals: a later tie does not replace best/
+    assert result["val_best_R1"] == best_val["R1"]
+    assert best_val is not val[-1], "precondition: the best val epoch must not be the last one"
+    # the exported model reproduces the trainer's figures: an independent evaluation of best/
+    dataset = load_dataset(tiny_config.data.root, progress=False)
+    model = load_model(run_dir / "best")
+    for split, reported in (("test", metrics), ("val", best_val)):
+        again = independent_metrics(model, getattr(dataset, split), tiny_config.data.interpolation)
+        assert again["R1"] == pytest.approx(reported["R1"], abs=1e-9)
+        assert {k: round(v, 4) for k, v in again.items()} == {k: round(reported[k], 4) for k in again}
+    # and last.pt holds the final weights, which scored the last val figures
+    last = independent_metrics(load_model(run_dir / "last.pt"), dataset.val, tiny_config.data.interpolation)
+    assert {k: round(v, 4) for k, v in last.items()} == {k: round(val[-1][k], 4) for k in last}
 
 
 def test_select_on_test_records_both_figures_labelled(tiny_dataset, tmp_path, config_dict) -> None:
@@ -121,8 +132,6 @@ def test_select_on_test_records_both_figures_labelled(tiny_dataset, tmp_path, co
 
 
 def test_no_val_split_keeps_the_last_model(tiny_dataset, tmp_path, config_dict) -> None:
-    from uit_reid.data import load_dataset
-
     dataset = load_dataset(tiny_dataset, progress=False)
     dataset.val = None
     config = TrainConfig.from_dict(config_dict(tiny_dataset, tmp_path / "run", max_steps=2))
@@ -187,3 +196,27 @@ def test_two_process_torchrun_gloo_run_equals_one_process_with_the_global_batch(
     assert got.keys() == expected.keys()
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def test_report_to_tensorboard_and_wandb_offline(tiny_dataset, tmp_path, config_dict, monkeypatch) -> None:
+    """The reporters named in train.report_to get the same numbers as metrics.jsonl; none by default."""
+    tb = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run"
+    config = TrainConfig.from_dict(config_dict(tiny_dataset, run_dir, max_steps=2, report_to=["tensorboard", "wandb"]))
+    Trainer(config).fit()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    events = tb.EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    losses = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert losses == [(r["step"], pytest.approx(r["loss"])) for r in records if "split" not in r]
+    test = [r for r in records if r.get("split") == "test"][0]
+    assert events.Scalars("test/R1")[0].value == pytest.approx(test["R1"])
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
+
+    plain = tmp_path / "plain"
+    Trainer(TrainConfig.from_dict(config_dict(tiny_dataset, plain, max_steps=1))).fit()
+    assert not (plain / "tensorboard").exists() and not (plain / "wandb").exists()

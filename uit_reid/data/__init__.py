@@ -17,6 +17,7 @@ from uit_reid.data.datasets import (
     build_train_loader,
     load_image,
 )
+from uit_reid.data.epochs import EpochBatchSampler, SeededItems
 from uit_reid.data.readers import FORMATS, JSONL_NAME, load_dataset, safe_relative_path
 from uit_reid.data.records import (
     AnnotationError,
@@ -48,6 +49,7 @@ __all__ = [
     "AnnotationNotFoundError",
     "CorruptImageError",
     "DataError",
+    "EpochBatchSampler",
     "Gallery",
     "GalleryDataset",
     "IdentityGroupSampler",
@@ -59,6 +61,7 @@ __all__ = [
     "QueryCollate",
     "QueryDataset",
     "RandomBatchSampler",
+    "SeededItems",
     "Split",
     "TrainCollate",
     "TrainDataset",

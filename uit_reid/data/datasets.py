@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from uit_reid.data.epochs import EpochBatchSampler, SeededItems, mix_seed
 from uit_reid.data.records import CorruptImageError, Split
 from uit_reid.data.samplers import DEFAULT_NUM_INSTANCES, DEFAULT_SAMPLER, build_batch_sampler
 from uit_reid.images import load_image
@@ -200,6 +201,7 @@ def build_train_loader(
     world_size: int | None = None,
     on_corrupt: OnCorrupt = "error",
     pin_memory: bool | None = None,
+    batch_multiple: int = 1,
 ) -> DataLoader:
     """A training DataLoader with the UIT image and text augmentations and a DDP-aware batch sampler.
 
@@ -207,9 +209,13 @@ def build_train_loader(
     the authors' code) gives identity groups of random size ``1..num_instances``
     (`IdentityGroupSampler`); ``"identity"`` gives ``batch_size // num_instances`` identities x
     ``num_instances`` pairs per batch; ``"random"`` gives random pairs. Call
-    ``loader.batch_sampler.set_epoch(epoch)`` each epoch to reshuffle. ``token_augment`` edits each
-    batch's token ids, e.g. ``uit_reid.augment.TokenCorruption.for_tokenizer(tokenizer)`` (the
-    authors' caption corruption, on in the trainer's paper recipe).
+    ``loader.batch_sampler.set_epoch(epoch)`` before each epoch (``set_epoch(epoch, start=b)`` skips
+    the first ``b`` batches, to resume mid-epoch). Every sample's augmentation is drawn from its own
+    RNG stream seeded by ``(seed, epoch, index)`` (see `uit_reid.data.epochs`), so an epoch is the
+    same whatever the number of workers and whether or not the run was resumed. ``batch_multiple``
+    cuts each epoch to a multiple of that many batches (for gradient accumulation). ``token_augment``
+    edits each batch's token ids, e.g. ``uit_reid.augment.TokenCorruption.for_tokenizer(tokenizer)``
+    (the authors' caption corruption, on in the trainer's paper recipe).
     """
     from uit_reid import augment
 
@@ -218,16 +224,17 @@ def build_train_loader(
         transform = augment.build_train_transform(image_size)
     text_aug = augment.TextAugment(p=text_augment_p) if text_augment_p > 0 else None
     ds = TrainDataset(split, transform, text_aug, on_corrupt=on_corrupt, image_size=hint)
-    batch_sampler = build_batch_sampler(
-        sampler, ds.pids, batch_size, num_instances, seed=seed, rank=rank, world_size=world_size
-    )
+    plan = build_batch_sampler(sampler, ds.pids, batch_size, num_instances, seed=seed, rank=rank, world_size=world_size)
     return DataLoader(
-        ds,
-        batch_sampler=batch_sampler,
+        SeededItems(ds, seed),
+        batch_sampler=EpochBatchSampler(plan, batch_multiple),
         collate_fn=TrainCollate(tokenizer, token_augment),
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,
+        # a private generator: starting an epoch must not draw from the global RNG, or a resumed
+        # run (which starts one mid-epoch) would drift from an uninterrupted one
+        generator=torch.Generator().manual_seed(mix_seed(seed)),
     )
 
 

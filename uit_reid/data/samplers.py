@@ -13,7 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import torch.distributed as dist
+
+from uit_reid import distributed
 
 SAMPLERS: tuple[str, ...] = ("identity_groups", "identity", "random")
 """Names accepted by `build_batch_sampler` (and ``data.sampler`` in training configs)."""
@@ -26,9 +27,9 @@ DEFAULT_NUM_INSTANCES = 2
 def _dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """Rank and world size: the given ones, else the initialised process group's, else (0, 1)."""
     if world_size is None:
-        world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        world_size = distributed.world_size()
     if rank is None:
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        rank = distributed.rank()
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"invalid rank {rank} for world size {world_size}")
     return rank, world_size

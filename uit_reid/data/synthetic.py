@@ -12,6 +12,7 @@ byte-identical files whatever the number of worker processes.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from uit_reid.data.readers import JSONL_NAME
-from uit_reid.io import atomic_write_text
+from uit_reid.io import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -126,13 +127,14 @@ class _Job:
     size: tuple[int, int]
 
 
-def _sorted_colours() -> list[str]:
+def _palette_colours() -> list[str]:
+    """The clothing colour names, in `PALETTE`'s order."""
     return list(PALETTE)
 
 
 def sample_attributes(rng: random.Random) -> dict[str, Any]:
     """Draw one identity's attributes (``bag``/``bag_colour``/``hat_colour`` are ``None`` when absent)."""
-    colours = _sorted_colours()
+    colours = _palette_colours()
     bag = rng.choice(BAG_TYPES) if rng.random() < 0.45 else None
     hat = rng.choice(colours) if rng.random() < 0.3 else None
     attrs = {
@@ -161,7 +163,7 @@ def is_drawable(attrs: dict[str, Any]) -> bool:
 def _mutate(attrs: dict[str, Any], rng: random.Random, n_changes: int) -> dict[str, Any]:
     """A family member: ``attrs`` with ``n_changes`` distinct slots set to different values."""
     out = dict(attrs)
-    colours = _sorted_colours()
+    colours = _palette_colours()
     for slot in rng.sample(_MUTABLE, n_changes):
         if slot == "bag":
             options: list[tuple[str | None, str | None]] = [(None, None)] + [
@@ -383,7 +385,7 @@ def render_person(attrs: dict[str, Any], seed: Sequence[int], size: tuple[int, i
     if ltype == "skirt":
         d.polygon([(cx - hip_w / 2 - u, y(47)), (cx + hip_w / 2 + u, y(47)), (cx + hip_w / 2 + 4.5 * u, y(72)),
                    (cx - hip_w / 2 - 4.5 * u, y(72))], fill=lower)
-    elif ltype != "skirt":  # pelvis
+    else:  # pelvis
         d.rectangle([cx - hip_w / 2, y(47), cx + hip_w / 2, y(54)], fill=lower)
 
     # backpack seen from behind sits on the torso later; from the front it peeks out at one side
@@ -463,9 +465,9 @@ def render_person(attrs: dict[str, Any], seed: Sequence[int], size: tuple[int, i
 
 def _render_job(job: _Job) -> None:
     img = render_person(job.attributes, job.seed, job.size)
-    tmp = job.path + ".tmp"
-    img.save(tmp, format="PNG", compress_level=6, optimize=False)
-    os.replace(tmp, job.path)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", compress_level=6, optimize=False)
+    atomic_write_bytes(job.path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -565,11 +567,7 @@ def make_synthetic(
     bar.close()
 
     ann = root / JSONL_NAME
-    tmp = root / (JSONL_NAME + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as f:
-        for rec in records:
-            f.write(json.dumps(rec, sort_keys=True, ensure_ascii=False) + "\n")
-    os.replace(tmp, ann)
+    atomic_write_text(ann, "".join(json.dumps(rec, sort_keys=True, ensure_ascii=False) + "\n" for rec in records))
     logger.info(
         "make_synthetic: %d ids (%d train / %d val / %d test) x %d images -> %s",
         num_ids, n_train, n_val, n_test, images_per_id, ann,

@@ -8,7 +8,7 @@ cosine search, and the search helpers encode a folder of images and query it wit
 from __future__ import annotations
 
 from uit_reid.retrieval.index import FORMAT_VERSION, GalleryIndex, IndexFormatError, default_nlist
-from uit_reid.retrieval.metrics import evaluate, relevant_ranks
+from uit_reid.retrieval.metrics import METRIC_KEYS, evaluate, metrics_table, relevant_ranks
 from uit_reid.retrieval.search import (
     IMAGE_EXTENSIONS,
     Hit,
@@ -22,6 +22,7 @@ from uit_reid.retrieval.search import (
 __all__ = [
     "FORMAT_VERSION",
     "IMAGE_EXTENSIONS",
+    "METRIC_KEYS",
     "GalleryIndex",
     "Hit",
     "IndexFormatError",
@@ -30,6 +31,7 @@ __all__ = [
     "encode_image_folder",
     "evaluate",
     "list_images",
+    "metrics_table",
     "relevant_ranks",
     "render_results",
     "search_text",

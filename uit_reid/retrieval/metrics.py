@@ -22,7 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["evaluate", "relevant_ranks"]
+__all__ = ["METRIC_KEYS", "evaluate", "metrics_table", "relevant_ranks"]
+
+METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
+"""The metrics `evaluate` returns, in its order."""
 
 logger = logging.getLogger(__name__)
 
@@ -273,3 +276,10 @@ def evaluate(
     result["mAP"] = 100.0 * ap_sum / nq
     result["mINP"] = 100.0 * inp_sum / nq
     return result
+
+
+def metrics_table(rows: dict[str, dict[str, float]], label: str = "split") -> str:
+    """A Markdown table with one row per ``{name: evaluate(...) result}`` entry, figures to 2 decimals."""
+    lines = [f"| {label} | " + " | ".join(METRIC_KEYS) + " |", "|---" * (len(METRIC_KEYS) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{m[k]:.2f}" for k in METRIC_KEYS) + " |" for name, m in rows.items()]
+    return "\n".join(lines)

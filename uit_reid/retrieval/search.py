@@ -281,7 +281,7 @@ def render_results(
     hits: Sequence[Hit],
     *,
     columns: int | None = None,
-    thumb_size: tuple[int, int] = (96, 192),
+    thumb_size: tuple[int, int] = (192, 96),
     border: int = 4,
     images: Sequence[Image.Image | None] | None = None,
 ) -> Image.Image:
@@ -289,15 +289,15 @@ def render_results(
 
     Borders are green for correct hits, red for wrong ones and grey where correctness is unknown.
     Images come from ``images`` when given, otherwise from ``Hit.path``; missing ones are drawn as a
-    grey placeholder. ``thumb_size`` is (width, height), person-shaped by default.
+    grey placeholder. ``thumb_size`` is (height, width) like every size in the package, person-shaped by default.
     """
     if not hits:
         raise ValueError("hits is empty: nothing to render")
     if images is not None and len(images) != len(hits):
         raise ValueError(f"images has {len(images)} entries for {len(hits)} hits")
-    tw, th = thumb_size
+    th, tw = thumb_size
     if tw < 8 or th < 8 or border < 0:
-        raise ValueError(f"thumb_size must be at least 8x8 and border >= 0, got {thumb_size}, {border}")
+        raise ValueError(f"thumb_size (height, width) must be at least 8x8 and border >= 0, got {thumb_size}, {border}")
     cols = columns or min(len(hits), 10)
     if cols < 1:
         raise ValueError(f"columns must be positive, got {columns}")

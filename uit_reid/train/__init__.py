@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# moved to uit_reid.factory and uit_reid.evaluation; still importable from here
+from uit_reid.evaluation import encode_split as encode_split
+from uit_reid.evaluation import evaluate_model as evaluate_model
+from uit_reid.factory import build_model as build_model
+from uit_reid.factory import load_model as load_model
 from uit_reid.train.checkpoint import load_checkpoint, save_checkpoint
 from uit_reid.train.config import ConfigError, TrainConfig, bundled_config, load_config
 from uit_reid.train.optim import (
@@ -12,14 +17,7 @@ from uit_reid.train.optim import (
     param_role,
     warmup_cosine,
 )
-from uit_reid.train.trainer import (
-    NonFiniteLossError,
-    Trainer,
-    build_model,
-    encode_split,
-    evaluate_model,
-    load_model,
-)
+from uit_reid.train.trainer import NonFiniteLossError, Trainer
 
 __all__ = [
     "ConfigError",
@@ -27,14 +25,10 @@ __all__ = [
     "PARAM_ROLES",
     "TrainConfig",
     "Trainer",
-    "build_model",
     "build_optimizer",
     "bundled_config",
-    "encode_split",
-    "evaluate_model",
     "load_checkpoint",
     "load_config",
-    "load_model",
     "lr_factor",
     "param_groups",
     "param_role",

@@ -28,7 +28,7 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
-    "RunConfig",
+    "TrainLoopConfig",
     "SyntheticConfig",
     "TrainConfig",
     "ConfigError",
@@ -80,7 +80,7 @@ class DataConfig:
     sampler: str = DEFAULT_SAMPLER
     num_instances: int = DEFAULT_NUM_INSTANCES
     num_workers: int = 8
-    text_aug_p: float = 0.2
+    text_augment_p: float = 0.2
     token_corruption: bool = True
     padding: int = 10
     erasing_p: float = 0.5
@@ -106,7 +106,9 @@ class OptimConfig:
 
 
 @dataclass
-class RunConfig:
+class TrainLoopConfig:
+    """The ``[train]`` table: how long and how the loop runs, where it writes, how it logs."""
+
     epochs: int = 60
     precision: str = "auto"
     compile: bool = False
@@ -118,6 +120,8 @@ class RunConfig:
     device: str = "auto"
     max_steps: int = 0
     select_on_test: bool = False
+    report_to: tuple[str, ...] = ()
+    """Where metrics go besides ``metrics.jsonl``: any of ``"tensorboard"``, ``"wandb"`` (none by default)."""
 
 
 @dataclass
@@ -141,7 +145,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: RunConfig = field(default_factory=RunConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -160,7 +164,7 @@ class TrainConfig:
             (d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}"),
             (d.eval_batch_size > 0, f"data.eval_batch_size must be positive, got {d.eval_batch_size}"),
             (d.num_instances >= 1, f"data.num_instances must be >= 1, got {d.num_instances}"),
-            (0.0 <= d.text_aug_p <= 1.0, f"data.text_aug_p must be in [0, 1], got {d.text_aug_p}"),
+            (0.0 <= d.text_augment_p <= 1.0, f"data.text_augment_p must be in [0, 1], got {d.text_augment_p}"),
             (0.0 <= d.erasing_p <= 1.0, f"data.erasing_p must be in [0, 1], got {d.erasing_p}"),
             (d.padding >= 0, f"data.padding must be >= 0, got {d.padding}"),
             (o.lr > 0, f"optim.lr must be positive, got {o.lr}"),
@@ -187,6 +191,10 @@ class TrainConfig:
             (self.data.interpolation in ("bilinear", "bicubic"), "data.interpolation must be 'bilinear' or 'bicubic'"),
             (self.data.erasing_fill in ("zero", "clip_mean"), "data.erasing_fill must be 'zero' or 'clip_mean'"),
             (len(self.model.image_size) == 2, "model.image_size must be [height, width]"),
+            (
+                set(self.train.report_to) <= {"tensorboard", "wandb"},
+                f"train.report_to takes 'tensorboard' and/or 'wandb', got {list(self.train.report_to)}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -210,6 +218,8 @@ class TrainConfig:
             section_cls = _SECTION_TYPES[name]
             known = {f.name: f for f in dataclasses.fields(section_cls)}
             for key in value:
+                if (name, key) in _RENAMED:
+                    raise ConfigError(f"{source}: '{name}.{key}' is now called '{name}.{_RENAMED[name, key]}'")
                 if key not in known:
                     raise ConfigError(f"{source}: unknown key '{name}.{key}'; known: {sorted(known)}")
             hints = _hints(section_cls)
@@ -269,9 +279,13 @@ _SECTION_TYPES = {
     "loss": LossConfig,
     "data": DataConfig,
     "optim": OptimConfig,
-    "train": RunConfig,
+    "train": TrainLoopConfig,
     "synthetic": SyntheticConfig,
 }
+
+
+_RENAMED = {("data", "text_aug_p"): "text_augment_p"}
+"""Keys renamed since 0.1.0: using the old name is an error that gives the new one."""
 
 
 def _hints(section_cls: type) -> dict[str, Any]:

@@ -1,0 +1,98 @@
+"""Build a `UITModel` from its description, and load a trained one for inference.
+
+``build_model`` turns the ``[model]`` and ``[loss]`` sections of a training config (the dataclasses of
+`uit_reid.train.config`, or the same keys as plain dicts) into a model; ``load_model`` reads a model
+back from a ``save_pretrained`` folder or a trainer's ``last.pt``. Neither needs the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from uit_reid.checkpoint import CheckpointError, load_checkpoint
+from uit_reid.encoders import CLIPDualEncoder
+from uit_reid.model import UITModel
+from uit_reid.tir import TIRHead
+
+__all__ = ["build_model", "load_model"]
+
+_UNSET = object()
+
+
+def _as_dict(section: Any) -> Mapping[str, Any]:
+    return dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section
+
+
+def build_model(model: Any, loss: Any, num_classes: int, pretrained: Any = _UNSET) -> UITModel:
+    """The `UITModel` that a ``[model]`` and a ``[loss]`` config section describe.
+
+    Args:
+        model: ``ModelConfig`` or a dict with its keys (name, pretrained, image_size, context_length,
+            tir, tir_width, tir_depth, tir_heads, tir_layout, tir_grayscale, mask_ratio).
+        loss: ``LossConfig`` or a dict with its keys (the five loss weights, logit_scale, cmt_margin).
+        num_classes: training identities (the ID classifier's size; unused when the ID weight is 0).
+        pretrained: overrides ``model["pretrained"]`` (e.g. None when weights are loaded afterwards).
+    """
+    m, lw = _as_dict(model), _as_dict(loss)
+    encoder = CLIPDualEncoder.from_open_clip(
+        m["name"],
+        pretrained=m["pretrained"] if pretrained is _UNSET else pretrained,
+        image_size=tuple(m["image_size"]),
+        context_length=m["context_length"],
+    )
+    tir: bool | TIRHead = False
+    if m["tir"] and lw["tir"] > 0:
+        tir = TIRHead(
+            encoder.embed_dim,
+            encoder.grid_size,
+            encoder.patch_size,
+            width=m["tir_width"],
+            depth=m["tir_depth"],
+            heads=m["tir_heads"],
+            layout=m["tir_layout"],
+        )
+    return UITModel(
+        encoder,
+        num_classes=num_classes if lw["id"] > 0 else 0,
+        tir=tir,
+        loss_weights={name: lw[name] for name in ("sdm", "id", "tir", "cmt", "itc")},
+        logit_scale=lw["logit_scale"],
+        cmt_margin=lw["cmt_margin"],
+        mask_ratio=m["mask_ratio"],
+        tir_grayscale=m["tir_grayscale"],
+    )
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> UITModel:
+    """Load a trained model, in eval mode, from a ``save_pretrained`` folder or a trainer's ``last.pt``.
+
+    The model knows its input size: ``model.image_size`` (height, width). A Hub id (``org/name`` or
+    ``hf-hub:org/name``) that names no local folder is downloaded through ``huggingface_hub``.
+    """
+    from uit_reid.hub import hub_repo_id
+
+    if hub_repo_id(path) is not None:
+        return UITModel.from_pretrained(path, device=device).eval()
+    path = Path(path)
+    if path.is_dir():
+        model = UITModel.from_pretrained(path, device=device)
+    elif path.is_file():
+        state = load_checkpoint(path)
+        if not isinstance(state.get("config"), str) or not isinstance(state.get("model"), dict):
+            raise CheckpointError(f"{path} is a training checkpoint without a model and its config")
+        config = json.loads(state["config"])
+        classifier = state["model"].get("classifier.weight")
+        num_classes = int(classifier.shape[0]) if classifier is not None else 0
+        model = build_model(config["model"], config["loss"], num_classes, pretrained=None)
+        model.load_state_dict(state["model"])
+        model = model.to(device)
+    else:
+        raise FileNotFoundError(f"checkpoint not found: {path} (a model directory or a last.pt file)")
+    return model.eval()
