@@ -6,7 +6,9 @@ Two tables, each row the mean ± std over seeds of test R1 / R5 / mAP (text-to-i
    not leave chance level from random init): base, + CMT, + TIR, + text augmentation, all.
 2. Fine-tuning, the setting UIT was designed for: the tiny model is pre-trained contrastively once
    (on a disjoint synthetic dataset, so no test identity is seen), saved to a file, then fine-tuned
-   from it with the paper's own losses: SDM + ID, + CMT, + TIR (all four, weights 1/1/10/10).
+   from it with the paper's own losses and the authors' caption corruption: SDM + ID, + CMT, + TIR
+   (all four, weights 1/1/10/10) with the authors' decoder or the residual variant, and UIT without
+   the caption corruption.
 
 Every run in a table has the same step budget. Usage:
 
@@ -44,10 +46,15 @@ SCRATCH_VARIANTS: dict[str, list[str]] = {
                                          "data.text_aug_p=0.2"],
 }
 
+UIT_FINETUNE = ["loss.cmt=10.0", "model.tir=true", "loss.tir=10.0", *TINY_TIR]
+
 FINETUNE_VARIANTS: dict[str, list[str]] = {
     "SDM + ID": [],
     "+ CMT": ["loss.cmt=10.0"],
-    "+ TIR (UIT: SDM + ID + CMT + TIR)": ["loss.cmt=10.0", "model.tir=true", "loss.tir=10.0", *TINY_TIR],
+    "+ TIR, authors' decoder (UIT as released)": [*UIT_FINETUNE, 'model.tir_layout="sen"'],
+    "+ TIR, residual decoder": [*UIT_FINETUNE, 'model.tir_layout="residual"'],
+    "UIT as released, without token corruption": [*UIT_FINETUNE, 'model.tir_layout="sen"',
+                                                  "data.token_corruption=false"],
 }
 
 FINETUNE_BASE = [
@@ -56,6 +63,7 @@ FINETUNE_BASE = [
     "loss.id=1.0",
     "loss.logit_scale=50.0",
     "data.text_aug_p=0.2",
+    "data.token_corruption=true",  # the authors' caption corruption (off in the demo's recipe)
 ]
 
 

@@ -7,7 +7,7 @@ ranking is then close to random: the point is the mechanics); without ``--images
 synthetic images, and draws correct hits green and wrong ones red.
 
 Run: ``python examples/03_index_and_search.py --out runs/examples/03_search "a man in a red jacket"``.
-Writes ``gallery.faiss`` (+ ``gallery.faiss.json``) and ``results_<i>.png`` (one grid per query) under
+Writes ``gallery.faiss`` (one file) and ``results_<i>.png`` (one grid per query) under
 ``--out``.
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import nltk
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,18 +13,31 @@ from PIL import Image
 from uit_reid import augment
 
 
-def _nltk_data_installed() -> bool:
-    for resource in ("taggers/averaged_perceptron_tagger_eng", "taggers/averaged_perceptron_tagger"):
-        try:
-            nltk.data.find(resource)
-            return True
-        except LookupError:
-            pass
-    return False
+def _nltk_tagger_works() -> bool:
+    try:
+        nltk.pos_tag(["man"])
+        return True
+    except LookupError:
+        return False
 
 
 def test_active_tagger_reports_what_is_installed() -> None:
-    assert augment.active_tagger() == ("nltk-perceptron" if _nltk_data_installed() else "lexicon")
+    assert augment.active_tagger() == ("nltk-perceptron" if _nltk_tagger_works() else "lexicon")
+
+
+def test_tagger_data_under_an_old_name_falls_back_to_the_lexicon(tmp_path) -> None:
+    # nltk >= 3.9 loads averaged_perceptron_tagger_eng; data under the pre-3.9 name cannot tag
+    import subprocess
+    import sys
+
+    old = tmp_path / "taggers" / "averaged_perceptron_tagger"
+    old.mkdir(parents=True)
+    (old / "averaged_perceptron_tagger.pickle").write_bytes(b"not a tagger")
+    code = "from uit_reid import augment; print(augment.active_tagger(), augment.keep_attribute_words('A man in red.'))"
+    env = {**__import__("os").environ, "NLTK_DATA": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120)
+    want = "lexicon man red" if not _nltk_tagger_works() else out.stdout.strip()
+    assert out.stdout.strip() == want
 
 
 @pytest.mark.parametrize(
@@ -71,3 +85,95 @@ def test_transforms_give_person_shaped_normalised_tensors() -> None:
     assert train(image).shape == (3, 96, 32)
     with pytest.raises(ValueError, match="image_size"):
         augment.build_eval_transform((96,))
+
+
+# --------------------------------------------------------------------------- token corruption
+# SEN datasets/bases.py _build_random_masked_tokens_and_labels: noun/adjective tokens selected with
+# p 0.3, other word tokens 0.05; selected -> <|mask|> (id 49405) 80%, random id in 1..49404 10%,
+# unchanged 10%; nothing selected -> token 1 (the first word) masked.
+SEN_MASK_ID = 49405
+
+
+@pytest.fixture(scope="module")
+def clip_tokenizer():
+    import open_clip
+
+    return open_clip.get_tokenizer("ViT-B-16")
+
+
+def test_token_corruption_rates_over_10k_captions(clip_tokenizer) -> None:
+    import random as pyrandom
+
+    from uit_reid.augment import TokenCorruption, corrupt_tokens
+    from uit_reid.data.synthetic import make_caption, sample_identities
+
+    rng = pyrandom.Random(0)
+    people = sample_identities(200, rng)
+    captions = [make_caption(people[i % 200], rng) for i in range(10_000)]
+    ids = clip_tokenizer(captions)
+    corruption = TokenCorruption.for_tokenizer(clip_tokenizer)
+    assert corruption.mask_id == SEN_MASK_ID
+    attribute = corruption.attribute_mask(ids)
+    out, selected = corrupt_tokens(ids, attribute, SEN_MASK_ID, generator=torch.Generator().manual_seed(0))
+    word = (ids > 0) & (ids < SEN_MASK_ID)
+    later = word.clone()
+    later[:, :2] = False  # leave the first word out: the empty-row rule may select it
+    assert later[attribute].sum() > 50_000 and later[~attribute].sum() > 50_000
+    assert selected[later & attribute].float().mean().item() == pytest.approx(0.30, abs=0.01)
+    assert selected[later & ~attribute].float().mean().item() == pytest.approx(0.05, abs=0.01)
+    chosen = selected & later
+    masked = out[chosen] == SEN_MASK_ID
+    kept = out[chosen] == ids[chosen]
+    assert masked.float().mean().item() == pytest.approx(0.80, abs=0.01)
+    assert kept.float().mean().item() == pytest.approx(0.10, abs=0.01)
+    assert (~masked & ~kept).float().mean().item() == pytest.approx(0.10, abs=0.01)
+    assert torch.equal(out[~selected], ids[~selected])  # nothing else changes: SOT, EOT, padding
+    replaced = out[chosen][~masked & ~kept]
+    assert replaced.min() >= 1 and replaced.max() < SEN_MASK_ID
+    assert selected.any(dim=1).all()  # every caption is corrupted somewhere
+
+
+def test_token_corruption_masks_the_first_word_when_nothing_is_selected(clip_tokenizer) -> None:
+    from uit_reid.augment import corrupt_tokens
+
+    ids = clip_tokenizer(["a man in a red jacket", "shoes"])
+    out, selected = corrupt_tokens(ids, torch.zeros_like(ids, dtype=torch.bool), SEN_MASK_ID, attribute_p=0.0, other_p=0.0)
+    assert out[:, 1].tolist() == [SEN_MASK_ID, SEN_MASK_ID]
+    assert torch.equal(out[:, 2:], ids[:, 2:]) and selected.sum() == 2
+
+
+def test_token_corruption_tags_nouns_and_adjectives(clip_tokenizer) -> None:
+    from uit_reid.augment import TokenCorruption
+
+    corruption = TokenCorruption.for_tokenizer(clip_tokenizer)
+    ids = clip_tokenizer(["the woman wears a red jacket"])
+    words = ["the", "woman", "wears", "a", "red", "jacket"]
+    assert corruption.attribute_mask(ids)[0, 1:7].tolist() == [w in ("woman", "red", "jacket") for w in words]
+    with pytest.raises(TypeError, match="needs a CLIP BPE tokenizer"):
+        TokenCorruption.for_tokenizer(str.split)
+
+
+def test_paper_transforms_match_the_authors_pipeline() -> None:
+    from torchvision import transforms as T
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (200, 90, 3), dtype=np.uint8))
+    ours = augment.build_train_transform((64, 32), flip_p=0.0, padding=0, erasing_p=0.0, interpolation="bilinear")
+    # SEN datasets/build.py: T.Resize((h, w)) with torchvision's default (bilinear), ToTensor, Normalize
+    sen = T.Compose([T.Resize((64, 32)), T.ToTensor(), T.Normalize(augment.CLIP_MEAN, augment.CLIP_STD)])
+    assert torch.equal(ours(image), sen(image))
+    erase = augment.build_train_transform((64, 32), flip_p=0.0, padding=0, erasing_p=1.0, erasing_fill="clip_mean")
+    torch.manual_seed(0)
+    out = erase(Image.new("RGB", (32, 64), (0, 0, 0)))
+    black = (0 - torch.tensor(augment.CLIP_MEAN)) / torch.tensor(augment.CLIP_STD)
+    erased = (out != black.view(3, 1, 1)).all(dim=0)
+    assert erased.any()
+    # SEN: RandomErasing(value=mean) after Normalize -> the normalised tensor holds CLIP's mean values
+    values = out[:, erased]
+    assert torch.allclose(values, torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1).expand_as(values))
+    pixels = values[:, 0] * torch.tensor(augment.CLIP_STD) + torch.tensor(augment.CLIP_MEAN)
+    assert pixels.tolist() == pytest.approx([0.61, 0.58, 0.52], abs=0.01)  # a light grey
+    with pytest.raises(ValueError, match=r"erasing_fill must be one of \['clip_mean', 'zero'\], got 'grey'"):
+        augment.build_train_transform((64, 32), erasing_fill="grey")
+    with pytest.raises(ValueError, match=r"interpolation must be one of \['bicubic', 'bilinear'\], got 'area'"):
+        augment.build_eval_transform((64, 32), interpolation="area")

@@ -70,6 +70,51 @@ def test_index_build_and_search(trained, capsys) -> None:
     assert Image.open(grid).size[0] > 0
 
 
+def test_index_paths_work_from_any_directory(trained, capsys, tmp_path, monkeypatch) -> None:
+    from uit_reid.retrieval import GalleryIndex
+
+    monkeypatch.chdir(trained["data"])
+    index = tmp_path / "g.faiss"
+    assert main(["index", "build", "--checkpoint", str(trained["run"] / "best"), "--images", "imgs",
+                 "--out", str(index)]) == 0
+    ids = GalleryIndex.load(index).ids()
+    assert ids and all(Path(i).is_absolute() and Path(i).is_file() for i in ids)
+    monkeypatch.chdir(tmp_path)  # search from elsewhere: every hit is found, the grid has no placeholder
+    capsys.readouterr()
+    assert main(["search", "--index", "g.faiss", "a person", "--k", "100000000", "--out", "grid.png"]) == 0
+    lines = [line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(lines) == len(ids) and all(Path(p).is_file() for p in lines)  # k capped at the index size
+    assert main(["search", "--index", "g.faiss", "a person", "--k", "0"]) == 1
+    assert "--k must be at least 1, got 0" in capsys.readouterr().err
+    # an existing index is replaced by a build, and stays loadable: the old .model.json is no more
+    assert main(["index", "build", "--checkpoint", str(trained["run"] / "best"), "--images",
+                 str(trained["data"] / "imgs"), "--out", str(index), "--kind", "hnsw"]) == 0
+    assert GalleryIndex.load(index).kind == "hnsw" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "g.faiss", "grid.png"]
+
+
+def test_unwritable_outputs_fail_before_work(trained, capsys, tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = blocker / "sub" / "out.json"  # a folder that cannot exist: its parent is a file
+    missing_ckpt = str(tmp_path / "no-such-checkpoint")  # proves the output is checked first
+    assert main(["evaluate", "--checkpoint", missing_ckpt, "--dataset", str(trained["data"]), "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip().startswith(f"uit-reid: error: cannot write {out}:")
+    assert main(["index", "build", "--checkpoint", missing_ckpt, "--images", str(trained["data"]),
+                 "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip().startswith(f"uit-reid: error: cannot write {out}:")
+    assert main(["evaluate", "--checkpoint", missing_ckpt, "--dataset", str(trained["data"]),
+                 "--out", str(tmp_path)]) == 1
+    assert f"cannot write {tmp_path}: it is a folder" in capsys.readouterr().err
+
+
+def test_index_without_action_prints_index_usage(capsys) -> None:
+    assert main(["index"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("usage: uit-reid index [-h] ACTION") and "demo" not in err.splitlines()[0]
+    assert "choose an action" in err
+
+
 def test_bad_inputs_give_one_line_errors(trained, capsys, tmp_path) -> None:
     assert main(["evaluate", "--checkpoint", str(tmp_path / "nope"), "--dataset", str(trained["data"])]) == 1
     err = capsys.readouterr().err.strip()
@@ -89,6 +134,18 @@ def test_bad_inputs_give_one_line_errors(trained, capsys, tmp_path) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["train"])  # --config is required
     assert exc.value.code == 2
+
+
+def test_evaluate_names_a_decompression_bomb(trained, capsys, tmp_path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(trained["data"], data)
+    rec = next(r for r in map(json.loads, (data / "annotations.jsonl").read_text().splitlines()) if r["split"] == "test")
+    Image.new("1", (30000, 30000)).save(data / rec["image"])  # 110 KB, 900 M pixels
+    assert main(["evaluate", "--checkpoint", str(trained["run"] / "best"), "--dataset", str(data)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"uit-reid: error: refusing image {data / rec['image']}: too many pixels"), err
 
 
 @pytest.mark.slow

@@ -143,3 +143,28 @@ def test_own_checkpoint_round_trip(tmp_path, tiny_encoder_factory, suffix) -> No
 
 def test_logit_scale_is_frozen(tiny_encoder) -> None:
     assert not tiny_encoder.clip.logit_scale.requires_grad
+
+
+def test_activation_follows_the_weights_and_shows_in_the_name() -> None:
+    from uit_reid.encoders import resolve_activation
+
+    # OpenAI's ViT-B/16 was trained with QuickGELU (open_clip's registry records it for the tag)
+    assert resolve_activation("ViT-B-16", "openai") == "ViT-B-16-quickgelu"
+    assert resolve_activation("ViT-B-16-quickgelu", "openai") == "ViT-B-16-quickgelu"
+    assert resolve_activation("ViT-B-16", "laion2b_s34b_b88k") == "ViT-B-16"
+    # a local file has no record: the name (or an explicit choice) decides
+    assert resolve_activation("ViT-B-16") == "ViT-B-16"
+    assert resolve_activation("ViT-B-16", None, quick_gelu=True) == "ViT-B-16-quickgelu"
+    assert resolve_activation("ViT-B-16-quickgelu", None, quick_gelu=False) == "ViT-B-16"
+    with pytest.raises(ValueError, match=r"no QuickGELU variant of open_clip model 'uit-tiny' is registered"):
+        resolve_activation("uit-tiny", None, quick_gelu=True)
+
+
+@pytest.mark.slow
+def test_local_openai_style_file_loads_with_quick_gelu_when_asked(tmp_path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "clip_vit_b16.pt"
+    torch.save(open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).state_dict(), path)
+    enc = CLIPDualEncoder.from_open_clip("ViT-B-16", pretrained=str(path), quick_gelu=True)
+    assert enc.model_name == "ViT-B-16-quickgelu" and enc.quick_gelu
+    assert not CLIPDualEncoder.from_open_clip("ViT-B-16", pretrained=str(path)).quick_gelu

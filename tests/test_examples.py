@@ -57,7 +57,7 @@ def test_02_train_synthetic(tmp_path: Path) -> None:
 
 def test_03_index_and_search(tmp_path: Path) -> None:
     stdout = run_example("03_index_and_search.py", tmp_path)
-    assert (tmp_path / "gallery.faiss").is_file() and (tmp_path / "gallery.faiss.json").is_file()
+    assert (tmp_path / "gallery.faiss").is_file() and not (tmp_path / "gallery.faiss.json").exists()
     grids = sorted(tmp_path.glob("results_*.png"))
     assert len(grids) == 2
     from PIL import Image

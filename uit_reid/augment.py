@@ -27,10 +27,14 @@ from torchvision import transforms as T
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "ERASING_FILLS",
+    "INTERPOLATIONS",
     "TextAugment",
+    "TokenCorruption",
     "active_tagger",
     "build_eval_transform",
     "build_train_transform",
+    "corrupt_tokens",
     "keep_attribute_words",
 ]
 
@@ -100,15 +104,22 @@ def _lexicon_tagger() -> RegexpTagger:
 
 @functools.lru_cache(maxsize=1)
 def _nltk_tagger_available() -> bool:
+    """Whether nltk's perceptron tagger works here, found by tagging one word.
+
+    nltk >= 3.9 loads ``averaged_perceptron_tagger_eng`` and older ones
+    ``averaged_perceptron_tagger``; checking for a resource by name would accept data the installed
+    nltk cannot use and fail on the first caption instead.
+    """
     import nltk
 
-    for resource in ("taggers/averaged_perceptron_tagger_eng", "taggers/averaged_perceptron_tagger"):
-        try:
-            nltk.data.find(resource)
-            return True
-        except LookupError:
-            continue
-    return False
+    try:
+        nltk.pos_tag(["man"])
+    except LookupError:
+        return False
+    except Exception as exc:  # broken or foreign data files
+        logger.warning("nltk's tagger is installed but failed (%s); using the built-in lexicon", exc)
+        return False
+    return True
 
 
 def active_tagger() -> str:
@@ -158,6 +169,21 @@ def _check_size(image_size: Sequence[int]) -> tuple[int, int]:
     return int(image_size[0]), int(image_size[1])
 
 
+INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+"""Resize interpolations by name: the authors' code resizes bilinearly (torchvision's default)."""
+
+ERASING_FILLS = {"zero": 0.0, "clip_mean": CLIP_MEAN}
+"""Random-erasing fills by name, written into the *normalised* tensor: ``"zero"`` is the mean pixel
+(a mid grey); ``"clip_mean"`` writes CLIP's mean values after normalisation, as the authors' code
+does, which is a light grey of about (0.61, 0.58, 0.52) in pixels."""
+
+
+def _interpolation(name: str) -> T.InterpolationMode:
+    if name not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {name!r}")
+    return INTERPOLATIONS[name]
+
+
 def build_train_transform(
     image_size: Sequence[int],
     *,
@@ -165,38 +191,151 @@ def build_train_transform(
     padding: int = 10,
     erasing_p: float = 0.5,
     erasing_scale: tuple[float, float] = (0.02, 0.4),
+    erasing_fill: str = "zero",
+    interpolation: str = "bicubic",
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
 ) -> Callable[[Image.Image], torch.Tensor]:
     """Resize to ``image_size`` (height, width), flip, pad + random crop, normalise, random erasing.
 
-    Erased regions are filled with 0, the channel mean after normalisation.
+    ``erasing_fill`` names the value erased regions get (`ERASING_FILLS`); ``interpolation`` the
+    resize filter (`INTERPOLATIONS`). The paper configs use ``"clip_mean"`` and ``"bilinear"``
+    as the authors' code does.
     """
     size = _check_size(image_size)
+    if erasing_fill not in ERASING_FILLS:
+        raise ValueError(f"erasing_fill must be one of {sorted(ERASING_FILLS)}, got {erasing_fill!r}")
     steps: list[Callable] = [
-        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+        T.Resize(size, interpolation=_interpolation(interpolation)),
         T.RandomHorizontalFlip(flip_p),
     ]
     if padding > 0:
         steps += [T.Pad(padding), T.RandomCrop(size)]
     steps += [T.ToTensor(), T.Normalize(mean, std)]
     if erasing_p > 0:
-        steps.append(T.RandomErasing(p=erasing_p, scale=erasing_scale, value=0))
+        fill = ERASING_FILLS[erasing_fill]
+        steps.append(T.RandomErasing(p=erasing_p, scale=erasing_scale, value=list(fill) if isinstance(fill, tuple) else fill))
     return T.Compose([_to_rgb, *steps])
 
 
 def build_eval_transform(
     image_size: Sequence[int],
     *,
+    interpolation: str = "bicubic",
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
 ) -> Callable[[Image.Image], torch.Tensor]:
     """Resize to ``image_size`` (height, width) and normalise with CLIP's statistics."""
     size = _check_size(image_size)
-    return T.Compose(
-        [_to_rgb, T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(), T.Normalize(mean, std)]
-    )
+    return T.Compose([_to_rgb, T.Resize(size, interpolation=_interpolation(interpolation)), T.ToTensor(), T.Normalize(mean, std)])
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+# --------------------------------------------------------------------------- token corruption
+_ATTRIBUTE_TAGS = ("NN", "JJ")  # SEN: NN, NNS, NNP, NNPS, JJ, JJR, JJS
+
+
+def _is_attribute_token(token: str) -> bool:
+    word = token.removesuffix("</w>")
+    return bool(word) and word.isalpha() and _tags([word])[0].startswith(_ATTRIBUTE_TAGS)
+
+
+def corrupt_tokens(
+    ids: torch.Tensor,
+    attribute: torch.Tensor,
+    mask_id: int,
+    *,
+    attribute_p: float = 0.3,
+    other_p: float = 0.05,
+    mask_frac: float = 0.8,
+    random_frac: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT-style corruption of token ids ``(B, L)``: returns ``(corrupted ids, selected)``.
+
+    Each word token (``0 < id < mask_id``) is selected with probability ``attribute_p`` where
+    ``attribute`` (bool, same shape) is True, else ``other_p``; a selected token becomes
+    ``mask_id`` with probability ``mask_frac``, a uniform random word token ``1..mask_id-1`` with
+    probability ``random_frac``, and stays as it is otherwise. A row with nothing selected gets its
+    first word token masked.
+    """
+    word = (ids > 0) & (ids < mask_id)
+    probs = torch.where(attribute, attribute_p, other_p).to(torch.float32)
+    draw = torch.rand(ids.shape, generator=generator, device=ids.device)
+    selected = word & (draw < probs)
+    rel = draw / probs.clamp_min(1e-12)
+    random_ids = torch.randint(1, mask_id, ids.shape, generator=generator, device=ids.device)
+    out = torch.where(selected & (rel < mask_frac), torch.full_like(ids, mask_id), ids)
+    out = torch.where(selected & (rel >= mask_frac) & (rel < mask_frac + random_frac), random_ids, out)
+    empty = ~selected.any(dim=1) & word.any(dim=1)
+    if empty.any():
+        first = word.float().argmax(dim=1)
+        rows = empty.nonzero().squeeze(1)
+        out[rows, first[rows]] = mask_id
+        selected[rows, first[rows]] = True
+    return out, selected
+
+
+class TokenCorruption:
+    """The caption corruption the authors' code applies to every training caption (named augmentation
+    ``token_corruption``).
+
+    SEN and IRRA build masked-language-model inputs in their dataset, and the in-place numpy edit
+    also changes the caption ids that feed every loss. Per token: selected with probability 0.3 if
+    its part-of-speech tag (the token tagged on its own) is a noun or adjective, else 0.05; a
+    selected token becomes the mask token (80%), a random token (10%) or stays (10%); a caption
+    with nothing selected gets its first word masked. The mask token is id ``vocab_size - 3``
+    (49405 with CLIP's vocabulary: SEN puts ``<|mask|>`` there, in the row OpenAI's embedding
+    learnt for a rare word).
+
+    Args:
+        vocab: token id → token text (CLIP BPE, ``"</w>"`` ends a word), e.g. open_clip's
+            ``SimpleTokenizer.decoder``; see `for_tokenizer`.
+        attribute_p: selection probability of noun/adjective tokens.
+        other_p: selection probability of every other word token.
+    """
+
+    def __init__(self, vocab: dict[int, str], attribute_p: float = 0.3, other_p: float = 0.05) -> None:
+        if not vocab:
+            raise ValueError("TokenCorruption: vocab is empty")
+        for name, p in (("attribute_p", attribute_p), ("other_p", other_p)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"TokenCorruption: {name} must be in [0, 1], got {p}")
+        self.vocab = vocab
+        self.mask_id = max(vocab) - 2
+        self.attribute_p = attribute_p
+        self.other_p = other_p
+        self._attribute: dict[int, bool] = {}
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Callable, **kwargs: float) -> TokenCorruption:
+        """From an open_clip ``SimpleTokenizer`` (or a bound method of an object holding one as
+        ``.tokenizer``, such as ``CLIPDualEncoder.tokenize``)."""
+        owner = getattr(tokenizer, "__self__", None)
+        for candidate in (tokenizer, getattr(owner, "tokenizer", None)):
+            decoder = getattr(candidate, "decoder", None)
+            if isinstance(decoder, dict):
+                return cls(decoder, **kwargs)
+        raise TypeError(f"TokenCorruption needs a CLIP BPE tokenizer with a .decoder vocabulary, got {tokenizer!r}")
+
+    def attribute_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """Bool ``ids.shape``: True at noun/adjective tokens (tags are cached per token id)."""
+        for i in torch.unique(ids).tolist():
+            if i not in self._attribute:
+                self._attribute[i] = 0 < i < self.mask_id and _is_attribute_token(self.vocab.get(i, ""))
+        table = torch.tensor([self._attribute[i] for i in ids.flatten().tolist()], dtype=torch.bool)
+        return table.view(ids.shape)
+
+    def __call__(self, ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Corrupted copy of ``ids`` ``(B, L)``."""
+        out, _ = corrupt_tokens(
+            ids, self.attribute_mask(ids), self.mask_id,
+            attribute_p=self.attribute_p, other_p=self.other_p, generator=generator,
+        )
+        return out
+
+    def __repr__(self) -> str:
+        return f"TokenCorruption(attribute_p={self.attribute_p}, other_p={self.other_p}, mask_id={self.mask_id})"

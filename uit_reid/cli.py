@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.output_dir={json.dumps(str(args.output_dir))}")
     if overrides:
         config = config.override(overrides)
-    result = Trainer(config, resume=args.resume).fit()
+    result = Trainer(config, resume=args.resume or False, overwrite=args.overwrite).fit()
     if "test" in result:
         print(_metrics_table({"test (t2i)": result["test"]}))
     print(f"model: {result.get('model_dir')}")
@@ -67,16 +67,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from uit_reid.data import load_dataset
+    from uit_reid.io import check_writable
     from uit_reid.retrieval import evaluate
     from uit_reid.train import encode_split, load_model
 
+    if args.out:
+        check_writable(args.out)
     device = _device(args.device)
     model, image_size = load_model(args.checkpoint, device=device)
     dataset = load_dataset(args.dataset, format=args.format)
     split = getattr(dataset, args.split)
     if split is None:
         raise CLIError(f"{args.dataset} has no {args.split} split")
-    q, q_pids, g, g_pids = encode_split(model, split, image_size, args.batch_size, device, args.num_workers)
+    q, q_pids, g, g_pids = encode_split(
+        model, split, image_size, args.batch_size, device, args.num_workers, progress=True
+    )
     similarity = q @ g.t()
     rows = {f"{args.split} t2i": evaluate(similarity, q_pids, g_pids)}
     if args.i2t:
@@ -89,16 +94,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _index_meta_path(index_path: Path) -> Path:
-    return index_path.with_name(index_path.name + ".model.json")
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer of 0 or more (the message names the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
     from uit_reid import augment
-    from uit_reid.io import atomic_write_text
+    from uit_reid.io import check_writable
     from uit_reid.retrieval import build_index_from_folder
     from uit_reid.train import load_model
 
+    out = check_writable(args.out)
     device = _device(args.device)
     model, image_size = load_model(args.checkpoint, device=device)
     index = build_index_from_folder(
@@ -109,33 +122,33 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         fingerprint=model.encoder.fingerprint(),
         batch_size=args.batch_size,
         device=device,
+        image_size=image_size,
+        num_workers=args.workers,
     )
     if len(index) == 0:
         raise CLIError(f"no readable images under {args.images}")
-    out = Path(args.out)
-    index.save(out)
-    atomic_write_text(
-        _index_meta_path(out),
-        json.dumps({"checkpoint": str(Path(args.checkpoint).resolve()), "images": str(Path(args.images).resolve())}),
-    )
+    index.metadata = {"checkpoint": str(Path(args.checkpoint).resolve()), "images": str(Path(args.images).resolve())}
+    index.save(out)  # one file, replaced atomically: an existing index stays whole until the new one is in
     print(f"indexed {len(index)} images -> {out}")
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from uit_reid.io import check_writable
     from uit_reid.retrieval import GalleryIndex, render_results, search_text
     from uit_reid.train import load_model
 
+    if args.k < 1:
+        raise CLIError(f"--k must be at least 1, got {args.k}")
     index_path = Path(args.index)
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        meta = _index_meta_path(index_path)
-        if not meta.is_file():
-            raise CLIError(f"{index_path}: no --checkpoint given and no {meta.name} beside the index")
-        checkpoint = json.loads(meta.read_text())["checkpoint"]
+    if args.out:
+        check_writable(args.out)
+    index = GalleryIndex.load(index_path)
+    checkpoint = args.checkpoint or index.metadata.get("checkpoint")
+    if not isinstance(checkpoint, str):
+        raise CLIError(f"{index_path}: no --checkpoint given and the index does not record its checkpoint")
     device = _device(args.device)
     model, _ = load_model(checkpoint, device=device)
-    index = GalleryIndex.load(index_path)
     fingerprint = model.encoder.fingerprint()
 
     def encode_text(texts: list[str]):
@@ -146,7 +159,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"{rank:>3}  {hit.score:.4f}  {hit.path or hit.id}")
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         render_results(args.query, hits).save(out)
         print(f"results grid -> {out}")
     return 0
@@ -174,6 +186,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_val_ids=args.num_val_ids,
         num_test_ids=args.num_test_ids,
+        force=args.force,
     )
     print(f"wrote {path}")
     return 0
@@ -203,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from a TOML config")
     p.add_argument("--config", required=True, help="a TOML file or a bundled name (demo, cuhk_pedes, ...)")
-    p.add_argument("--resume", action="store_true", help="continue from <output_dir>/last.pt")
+    p.add_argument(
+        "--resume", nargs="?", const=True, metavar="CHECKPOINT",
+        help="continue from <output_dir>/last.pt (or from CHECKPOINT, e.g. last.prev.pt)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="start a fresh run in a run folder that is not empty")
     p.add_argument("--output-dir", help="override train.output_dir")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     p.set_defaults(func=cmd_train)
@@ -215,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--i2t", action="store_true", help="also report image-to-text metrics")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--workers", "--num-workers", dest="num_workers", type=_non_negative_int,
+                   default=min(4, (os.cpu_count() or 1) - 1),
+                   help="processes decoding gallery images while the model encodes (default: min(4, CPU cores - 1))")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="write the metrics as JSON here")
     p.set_defaults(func=cmd_evaluate)
@@ -225,18 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
     b = index_sub.add_parser("build", help="encode a folder of images into a FAISS index")
     b.add_argument("--checkpoint", required=True)
     b.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    b.add_argument("--out", required=True, help="index file to write (a .json sidecar is written beside it)")
+    b.add_argument("--out", required=True, help="index file to write (one file; an existing one is replaced atomically)")
     b.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"])
     b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--workers", type=_non_negative_int, default=min(4, (os.cpu_count() or 1) - 1),
+                   help="processes decoding images while the model encodes (default: min(4, CPU cores - 1); "
+                   "0: decode in this process)")
     b.add_argument("--device", default="auto")
     b.set_defaults(func=cmd_index_build)
-    p.set_defaults(func=lambda a: _missing_action(p))
+    p.set_defaults(func=lambda a, usage=p: _missing_action(usage))
 
     p = sub.add_parser("search", help="search an index with a sentence")
     p.add_argument("query", help="the description, e.g. 'a woman in a red coat'")
     p.add_argument("--index", required=True)
     p.add_argument("--checkpoint", help="defaults to the checkpoint the index was built with")
-    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--k", type=int, default=5, help="results to show (at most the number of indexed images)")
     p.add_argument("--out", help="write the results grid (PNG) here")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_search)
@@ -263,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-val-ids", type=int, default=None)
     p.add_argument("--num-test-ids", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="write into a folder that holds other files")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="synthetic data -> train the tiny model on CPU -> evaluate -> index -> search")
@@ -299,7 +322,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> Any:
-    text = str(exc).strip().replace("\n", " ") or type(exc).__name__
+    text = str(exc).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        # re-raised from a DataLoader worker: the original message is the traceback's last line
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith(f"{type(exc).__module__}.") and ": " in last else last
+    text = text.replace("\n", " ") or type(exc).__name__
     return text if isinstance(exc, CLIError | ValueError | OSError) else f"{type(exc).__name__}: {text}"
 
 

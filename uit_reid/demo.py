@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from uit_reid.io import atomic_write_text
 from uit_reid.retrieval import GalleryIndex, Hit, render_results
 from uit_reid.train import Trainer, encode_split, load_config, load_model
 
@@ -24,11 +25,20 @@ __all__ = ["run_demo", "plot_training_curve"]
 logger = logging.getLogger(__name__)
 
 NUM_QUERIES = 3
+DEMO_MARKER = ".uit_reid_demo"
+"""File the demo leaves in its output folder: running the demo again may replace that folder's run."""
 
 
 def run_demo(out: Path, quick: bool = False, device: str = "cpu") -> dict[str, float]:
-    """Run the whole demo into ``out`` and return the test metrics."""
+    """Run the whole demo into ``out`` and return the test metrics.
+
+    ``out`` must be empty, missing or an earlier demo's output; any other folder is refused, naming it.
+    """
     start = time.perf_counter()
+    out = Path(out)
+    previous = (out / DEMO_MARKER).is_file()
+    if out.is_dir() and not previous and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty and is not an earlier demo's output: choose an empty folder (--out)")
     config = load_config("demo")
     overrides = [
         f"data.root={json.dumps(str(out / 'data'))}",
@@ -47,7 +57,8 @@ def run_demo(out: Path, quick: bool = False, device: str = "cpu") -> dict[str, f
             "data.batch_size=16",
         ]
     config = config.override(overrides)
-    trainer = Trainer(config)
+    trainer = Trainer(config, overwrite=previous)
+    atomic_write_text(out / DEMO_MARKER, "written by uit-reid demo\n")
     result = trainer.fit()
     logger.info("trained in %.0f s", time.perf_counter() - start)
 

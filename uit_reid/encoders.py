@@ -29,7 +29,13 @@ from torch import nn
 
 from uit_reid.tir import random_masking
 
-__all__ = ["CLIPDualEncoder", "MaskedImageOutput", "load_state_dict_file", "resize_position_embedding"]
+__all__ = [
+    "CLIPDualEncoder",
+    "MaskedImageOutput",
+    "load_state_dict_file",
+    "resize_position_embedding",
+    "resolve_activation",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +136,33 @@ def _quiet_random_init_warning() -> Iterator[None]:
         root.removeFilter(filt)
 
 
+def resolve_activation(name: str, tag: str | None = None, quick_gelu: bool | None = None) -> str:
+    """The open_clip model name whose activation fits the weights, so the name always tells it.
+
+    OpenAI's CLIP weights (and every IRRA/SEN checkpoint built on them) were trained with QuickGELU;
+    open_clip's ``ViT-B-16`` uses ``nn.GELU`` and ``ViT-B-16-quickgelu`` QuickGELU (open_clip only
+    warns on a mismatch). ``quick_gelu=None`` follows the pretrained tag's record (the
+    architecture's own activation without a tag); ``True``/``False`` choose. The result is ``name``
+    or its ``-quickgelu`` sibling; a choice no registered model offers is an error.
+    """
+    has = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
+    if quick_gelu is None and tag is not None:
+        from open_clip.pretrained import get_pretrained_cfg
+
+        quick_gelu = bool(get_pretrained_cfg(name, tag).get("quick_gelu", has))
+    if quick_gelu is None or quick_gelu == has:
+        return name
+    other = f"{name}-quickgelu" if quick_gelu else name.removesuffix("-quickgelu")
+    if other == name or other not in open_clip.list_models():
+        act = "QuickGELU" if quick_gelu else "GELU"
+        raise ValueError(f"no {act} variant of open_clip model {name!r} is registered (quick_gelu={quick_gelu})")
+    logger.info(
+        "%s: using %r (%s)%s", name, other, "QuickGELU" if quick_gelu else "GELU",
+        f", the activation the {tag!r} weights were trained with" if tag else "",
+    )
+    return other
+
+
 def _describe_keys(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
@@ -170,15 +203,21 @@ class CLIPDualEncoder(nn.Module):
         image_size: tuple[int, int] = (384, 128),
         context_length: int = 77,
         device: str | torch.device = "cpu",
+        quick_gelu: bool | None = None,
     ) -> CLIPDualEncoder:
         """Create an encoder from an open_clip architecture name.
 
         Args:
-            name: an open_clip model name (``"ViT-B-16"``) or ``"uit-tiny"`` (tests, demo).
+            name: an open_clip model name (``"ViT-B-16"``) or ``"uit-tiny"`` (tests, demo). OpenAI
+                weights and IRRA/SEN checkpoints need QuickGELU: ``"ViT-B-16-quickgelu"``.
             pretrained: ``None`` (random init), an open_clip tag such as ``"openai"`` (downloads from
                 the hub), or a local checkpoint file (``.pt``/``.pth``/``.bin``/``.safetensors``).
             image_size: input (height, width); the position grid is resized to match.
             context_length: text length in tokens.
+            quick_gelu: activation choice, see `resolve_activation`. ``None`` follows a pretrained
+                tag's record (``"openai"`` → QuickGELU, so ``"ViT-B-16"`` becomes
+                ``"ViT-B-16-quickgelu"``); a local file carries no record, so pass ``True`` or a
+                ``-quickgelu`` name for OpenAI/IRRA/SEN files. ``model_name`` shows the result.
         """
         image_size = (int(image_size[0]), int(image_size[1]))
         tag = None
@@ -193,6 +232,7 @@ class CLIPDualEncoder(nn.Module):
                 tag = pretrained
         if name not in open_clip.list_models():
             raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+        name = resolve_activation(name, tag, quick_gelu)
         with _quiet_random_init_warning():
             clip = open_clip.create_model(
                 name,
@@ -271,6 +311,12 @@ class CLIPDualEncoder(nn.Module):
         """Patch grid (rows, columns), e.g. (24, 8) for 384x128 at patch 16."""
         grid = self.clip.visual.grid_size
         return int(grid[0]), int(grid[1])
+
+    @property
+    def quick_gelu(self) -> bool:
+        """True when every transformer MLP of both towers uses QuickGELU (``x * sigmoid(1.702 x)``)."""
+        acts = [m for m in self.clip.modules() if type(m).__name__ in ("QuickGELU", "GELU")]
+        return bool(acts) and all(type(m).__name__ == "QuickGELU" for m in acts)
 
     @property
     def context_length(self) -> int:

@@ -5,22 +5,37 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "check_writable"]
+
+_UMASK_LOCK = threading.Lock()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then ``os.replace`` it into place."""
+def _umask() -> int:
+    with _UMASK_LOCK:  # os.umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview, *more: bytes | memoryview) -> None:
+    """Write ``data`` (then each of ``more``) to a temporary file beside ``path``, fsync it, then
+    ``os.replace`` it into place. The file gets the permissions ``open()`` would give it (0666 minus
+    the umask), not the owner-only mode of temporary files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            for chunk in more:
+                fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -40,3 +55,23 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail now, naming ``path``, if a file cannot be written there later (checked by writing a probe).
+
+    Creates missing parent folders, as the writers above would. Commands call this before long work
+    so that an unwritable ``--out`` fails in a second, not after the work.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise PermissionError(f"cannot write {path}: {reason} in {path.parent}") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path

@@ -109,8 +109,6 @@ def _triplet_one_way(sim: torch.Tensor, same: torch.Tensor, margin: float, harde
     detached = sim.detach()
     different = ~same
     has_negative = different.any(dim=1)
-    if not bool(has_negative.any()):
-        return sim.sum() * 0.0  # keeps the graph connected (DDP) while contributing nothing
     neg_idx = detached.masked_fill(same, float("-inf")).argmax(dim=1)
     if hardest_positive:
         pos_idx = detached.masked_fill(different, float("inf")).argmin(dim=1)
@@ -120,7 +118,10 @@ def _triplet_one_way(sim: torch.Tensor, same: torch.Tensor, margin: float, harde
     d_pos = 1.0 - sim[rows, pos_idx]
     d_neg = 1.0 - sim[rows, neg_idx]
     hinge = F.relu(d_pos - d_neg + margin)
-    return hinge[has_negative].mean()
+    # a masked mean rather than ``hinge[has_negative]``: no data-dependent shape, so no host sync in
+    # the training step; with no negative at all it is 0 and the graph stays connected (DDP)
+    weights = has_negative.to(hinge.dtype)
+    return (hinge * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 def cmt_loss(

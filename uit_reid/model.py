@@ -51,6 +51,9 @@ class UITModel(nn.Module):
         mask_ratio: fraction of patches TIR drops (UIT: 0.7).
         image_mean: per-channel mean the input images were normalised with (to form grayscale inputs).
         image_std: per-channel standard deviation of that normalisation.
+        tir_grayscale: how TIR's grayscale input is formed. ``"normalised"`` (the authors' code):
+            the luma weights applied to the normalised tensor, one channel repeated three times;
+            ``"pixels"``: grayscale of the de-normalised pixels, normalised again.
     """
 
     def __init__(
@@ -64,8 +67,11 @@ class UITModel(nn.Module):
         mask_ratio: float = 0.7,
         image_mean: Sequence[float] = CLIP_MEAN,
         image_std: Sequence[float] = CLIP_STD,
+        tir_grayscale: str = "normalised",
     ) -> None:
         super().__init__()
+        if tir_grayscale not in ("normalised", "pixels"):
+            raise ValueError(f"tir_grayscale must be 'normalised' or 'pixels', got {tir_grayscale!r}")
         weights = dict(DEFAULT_LOSS_WEIGHTS)
         for name, value in (loss_weights or {}).items():
             if name not in weights:
@@ -97,6 +103,7 @@ class UITModel(nn.Module):
         self.mask_ratio = float(mask_ratio)
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
+        self.tir_grayscale = tir_grayscale
 
     def enabled_losses(self) -> list[str]:
         """Names of the losses with a non-zero weight, in a fixed order."""
@@ -134,7 +141,10 @@ class UITModel(nn.Module):
     def tir_loss(self, images: torch.Tensor, ids: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
         """Restore the RGB pixels of masked patches of the grayscale image from the caption."""
         assert self.tir_head is not None
-        gray = to_grayscale(images, self.image_mean, self.image_std)
+        if self.tir_grayscale == "normalised":
+            gray = to_grayscale(images)
+        else:
+            gray = to_grayscale(images, self.image_mean, self.image_std)
         masked = self.encoder.encode_masked_image(gray, self.mask_ratio)
         pred = self.tir_head(
             masked.tokens, masked.ids_restore, text_tokens, self.encoder.text_padding_mask(ids)
@@ -174,6 +184,7 @@ class UITModel(nn.Module):
             "mask_ratio": self.mask_ratio,
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),
+            "tir_grayscale": self.tir_grayscale,
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -215,6 +226,7 @@ class UITModel(nn.Module):
             mask_ratio=cfg["mask_ratio"],
             image_mean=cfg["image_mean"],
             image_std=cfg["image_std"],
+            tir_grayscale=cfg.get("tir_grayscale", "pixels"),  # files written before the option
         )
         state = load_state_dict_file(directory / WEIGHTS_NAME)
         result = model.load_state_dict(state, strict=False)

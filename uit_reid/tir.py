@@ -14,9 +14,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 from torch import nn
 
-__all__ = ["TIRHead", "patchify", "random_masking", "sincos_2d_position_embedding", "tir_loss", "to_grayscale", "unpatchify"]
+__all__ = [
+    "SEN_TIR_KEY_MAP",
+    "SEN_TIR_UNUSED_PREFIXES",
+    "TIR_LAYOUTS",
+    "TIRHead",
+    "patchify",
+    "random_masking",
+    "sincos_2d_position_embedding",
+    "tir_loss",
+    "to_grayscale",
+    "unpatchify",
+]
 
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
@@ -100,8 +112,12 @@ def random_masking(
 
 
 def sincos_2d_position_embedding(dim: int, grid_size: Sequence[int], cls_token: bool = True) -> torch.Tensor:
-    """Fixed 2-D sine-cosine positions ``(cls + gh*gw, dim)``: half the channels encode the row,
-    half the column; the CLS slot is zeros."""
+    """Fixed 2-D sine-cosine positions ``(cls + gh*gw, dim)`` in MAE's channel order: the first
+    half of the channels encodes the column, the second half the row; the CLS slot is zeros.
+
+    Each half is ``[sin(p * w_k), cos(p * w_k)]`` with ``w_k = 10000^(-k / (dim/4))``; rows are
+    patches in the ViT's row-major order. This is the table the authors' TIR decoder uses.
+    """
     gh, gw = _pair(grid_size)
     if dim % 4:
         raise ValueError(f"sin-cos position embedding needs dim divisible by 4, got {dim}")
@@ -113,31 +129,82 @@ def sincos_2d_position_embedding(dim: int, grid_size: Sequence[int], cls_token: 
         angles = pos.reshape(-1, 1) * omega.reshape(1, -1)
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
-    emb = torch.cat([encode(rows), encode(cols)], dim=1).float()
+    emb = torch.cat([encode(cols), encode(rows)], dim=1).float()
     if cls_token:
         emb = torch.cat([torch.zeros(1, dim), emb], dim=0)
     return emb
 
 
+TIR_LAYOUTS: dict[str, dict[str, bool]] = {
+    "sen": {"residual": False, "mask_padding": False},
+    "residual": {"residual": True, "mask_padding": True},
+}
+"""Decoder variants by name. ``"sen"`` is the authors' released decoder (the paper configs):
+restoration must pass through the caption. ``"residual"`` adds the image tokens back after the
+cross-attention and hides caption padding from it (this library's earlier variant)."""
+
+SEN_TIR_KEY_MAP: dict[str, str] = {
+    "norm_1.": "image_norm.",
+    "norm_2.": "text_norm.",
+    "decoder_embed.": "embed.",
+    "mask_token": "mask_token",
+    "norm_4.": "query_norm.",
+    "cross_attn_Text.": "cross_attn.",
+    "norm_6.": "attn_norm.",
+    "cross_modal_transformer_mae.": "decoder.",
+    "norm_7.": "norm.",
+    "decoder_pred.": "pred.",
+}
+"""Name prefixes of the TIR decoder in a SEN checkpoint (``model/build.py``) → `TIRHead` names.
+
+Loading a SEN decoder into ``TIRHead(512, (24, 8), 16, layout="sen")`` is a rename of these
+prefixes (the tensors keep their shapes; ``cross_attn`` and every ``decoder.resblocks.N.attn``
+are `torch.nn.MultiheadAttention` with the same ``in_proj_weight``/``in_proj_bias``/``out_proj``
+layout). In SEN's order of use: ``norm_1`` normalises the visible image tokens, ``norm_2`` the
+caption tokens, ``norm_4`` the cross-attention's queries, ``norm_6`` the attention output and
+``norm_7`` the decoder output."""
+
+SEN_TIR_UNUSED_PREFIXES: tuple[str, ...] = (
+    "decoder_pos_embed",
+    "cross_attn_TextImage.",
+    "cross_attn_Image.",
+    "norm_3.",
+    "norm_5.",
+)
+"""SEN decoder entries with no counterpart here: ``decoder_pos_embed`` is the fixed sin-cos table
+(rebuilt, not stored), the others are built in SEN's model but never called in its forward pass."""
+
+
 class TIRHead(nn.Module):
     """Decoder that restores masked RGB patches from visible grayscale tokens and the caption.
 
-    Pipeline: LayerNorm + Linear on the encoder's visible tokens, a learned mask token at dropped
-    positions, fixed 2-D sin-cos positions, one cross-attention layer (image tokens attend to the
-    caption's tokens; padding after EOT is masked out), ``depth`` pre-norm transformer layers,
-    LayerNorm and a linear map to ``ph*pw*3`` pixels per patch.
+    Pipeline (the authors' decoder, ``layout="sen"``): LayerNorm on the visible image tokens and
+    another on the caption tokens; Linear embedding of the image tokens; a zero-initialised mask
+    token at dropped positions; fixed 2-D sin-cos positions (zero for CLS); one cross-attention
+    (queries: LayerNorm of the image tokens; keys/values: every caption token); LayerNorm of the
+    attention output, with no residual, so the restoration has to pass through the caption;
+    ``depth`` pre-norm CLIP residual blocks with QuickGELU; LayerNorm; Linear to ``ph*pw*3``
+    pixels per patch; the CLS slot is dropped. `SEN_TIR_KEY_MAP` maps the authors' parameter
+    names to these.
+
+    ``layout="residual"`` adds the image tokens back before the attention-output LayerNorm and
+    hides caption padding from the cross-attention; ``residual`` / ``mask_padding`` set either
+    choice on its own.
 
     Args:
         embed_dim: dimension of the encoder's projected image tokens.
-        text_dim: dimension of the text tokens (defaults to ``embed_dim``).
         grid_size: patch grid (rows, cols), e.g. ``(24, 8)`` for 384x128 at patch 16.
         patch_size: patch (height, width) in pixels.
-        width: decoder transformer width (UIT: 512).
-        depth: decoder transformer layers (UIT: 4).
+        text_dim: dimension of the text tokens (defaults to ``embed_dim``).
+        width: decoder width (UIT: 512).
+        depth: decoder transformer blocks (UIT: 4).
         heads: decoder attention heads (UIT: 8).
-        cross_heads: heads of the cross-attention layer (default: ``heads``).
+        cross_heads: heads of the cross-attention (default: ``heads``).
         in_chans: channels of the restored pixels.
         mlp_ratio: hidden width of the decoder MLPs relative to ``width``.
+        layout: ``"sen"`` or ``"residual"`` (see `TIR_LAYOUTS`).
+        residual: override the layout's residual connection around the cross-attention.
+        mask_padding: override whether caption padding (after EOT) is hidden from the cross-attention.
     """
 
     def __init__(
@@ -152,8 +219,15 @@ class TIRHead(nn.Module):
         cross_heads: int | None = None,
         in_chans: int = 3,
         mlp_ratio: float = 4.0,
+        layout: str = "sen",
+        residual: bool | None = None,
+        mask_padding: bool | None = None,
     ) -> None:
         super().__init__()
+        if layout not in TIR_LAYOUTS:
+            raise ValueError(f"unknown TIR layout {layout!r}; known: {sorted(TIR_LAYOUTS)}")
+        self.residual = TIR_LAYOUTS[layout]["residual"] if residual is None else bool(residual)
+        self.mask_padding = TIR_LAYOUTS[layout]["mask_padding"] if mask_padding is None else bool(mask_padding)
         self.config = {
             "embed_dim": embed_dim,
             "grid_size": list(_pair(grid_size)),
@@ -165,41 +239,48 @@ class TIRHead(nn.Module):
             "cross_heads": cross_heads,
             "in_chans": in_chans,
             "mlp_ratio": mlp_ratio,
+            "layout": layout,
+            "residual": self.residual,
+            "mask_padding": self.mask_padding,
         }
         self.grid_size = _pair(grid_size)
         self.patch_size = _pair(patch_size)
         self.in_chans = in_chans
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
         text_dim = embed_dim if text_dim is None else text_dim
-        self.embed = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, width))
+        self.image_norm = LayerNorm(embed_dim)
+        self.text_norm = LayerNorm(text_dim)
+        self.embed = nn.Linear(embed_dim, width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-        num_patches = self.grid_size[0] * self.grid_size[1]
         self.register_buffer(
             "pos_embed", sincos_2d_position_embedding(width, self.grid_size).unsqueeze(0), persistent=False
         )
-        self.text_norm = nn.LayerNorm(text_dim)
-        self.query_norm = nn.LayerNorm(width)
+        self.query_norm = LayerNorm(width)
         self.cross_attn = nn.MultiheadAttention(
             width, cross_heads or heads, kdim=text_dim, vdim=text_dim, batch_first=True
         )
-        layer = nn.TransformerEncoderLayer(
-            width, heads, int(width * mlp_ratio), dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(width)
+        self.attn_norm = LayerNorm(width)
+        self.decoder = Transformer(width, depth, heads, mlp_ratio=mlp_ratio, act_layer=QuickGELU, batch_first=True)
+        self.norm = LayerNorm(width)
         self.pred = nn.Linear(width, self.patch_size[0] * self.patch_size[1] * in_chans)
-        self.num_patches = num_patches
-        self._init_weights()
+        self._init_weights(width, depth)
 
-    def _init_weights(self) -> None:
-        nn.init.normal_(self.mask_token, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+    def _init_weights(self, width: int, depth: int) -> None:
+        """SEN's initialisation: CLIP's scaled normal for attention and MLP weights, PyTorch's
+        defaults for the two Linear maps and LayerNorms, a zero mask token."""
+        attn_std = width**-0.5
+        proj_std = attn_std * (2 * depth) ** -0.5
+        fc_std = (2 * width) ** -0.5
+        attentions = [self.cross_attn] + [block.attn for block in self.decoder.resblocks]
+        for attn in attentions:
+            for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                weight = getattr(attn, name, None)
+                if weight is not None:
+                    nn.init.normal_(weight, std=attn_std)
+            nn.init.normal_(attn.out_proj.weight, std=proj_std)
+        for block in self.decoder.resblocks:
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
 
     def forward(
         self,
@@ -214,7 +295,7 @@ class TIRHead(nn.Module):
             visible_tokens: ``(B, 1 + n_keep, D)`` CLS plus visible patch tokens from the encoder.
             ids_restore: ``(B, N)`` from `random_masking`.
             text_tokens: ``(B, L, Dt)`` caption token features.
-            text_padding_mask: ``(B, L)`` bool, True at padding to ignore.
+            text_padding_mask: ``(B, L)`` bool, True at padding; used only when ``mask_padding``.
 
         Returns:
             ``(B, N, ph*pw*C)`` predicted (normalised) pixels in patch order.
@@ -222,17 +303,17 @@ class TIRHead(nn.Module):
         b, n = ids_restore.shape
         if n != self.num_patches:
             raise ValueError(f"ids_restore has {n} patches, the head expects {self.num_patches}")
-        x = self.embed(visible_tokens)
+        x = self.embed(self.image_norm(visible_tokens))
         cls, visible = x[:, :1], x[:, 1:]
         masks = self.mask_token.to(x.dtype).expand(b, n - visible.shape[1], -1)
         patches = torch.cat([visible, masks], dim=1)
         patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         x = torch.cat([cls, patches], dim=1) + self.pos_embed.to(x.dtype)
         text = self.text_norm(text_tokens)
-        attended, _ = self.cross_attn(
-            self.query_norm(x), text, text, key_padding_mask=text_padding_mask, need_weights=False
-        )
-        x = self.blocks(x + attended)
+        padding = text_padding_mask if self.mask_padding else None
+        attended, _ = self.cross_attn(self.query_norm(x), text, text, key_padding_mask=padding, need_weights=False)
+        x = self.attn_norm(x + attended if self.residual else attended)
+        x = self.decoder(x)
         return self.pred(self.norm(x))[:, 1:]
 
 

@@ -67,7 +67,8 @@ def test_train_collate(ds, tokenizer) -> None:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_build_train_loader_identity_batches(ds, tokenizer, workers: int) -> None:
-    loader = build_train_loader(ds.train, tokenizer, SIZE, batch_size=8, num_instances=4, num_workers=workers)
+    loader = build_train_loader(ds.train, tokenizer, SIZE, batch_size=8, num_instances=4, num_workers=workers,
+                                sampler="identity")
     batches = list(loader)
     assert len(batches) == len(loader) >= 1
     for b in batches:

@@ -53,8 +53,9 @@ def _write_benchmark(root: Path, name: str, records: list[dict], path_field: str
     return root
 
 
-def test_cuhk_counts_and_pid_map(tmp_path: Path) -> None:
-    root = _write_benchmark(tmp_path, "reid_raw.json", _cuhk_records())
+@pytest.mark.parametrize("name", ["reid_raw.json", "caption_all.json"])
+def test_cuhk_counts_and_pid_map(tmp_path: Path, name: str) -> None:
+    root = _write_benchmark(tmp_path, name, _cuhk_records())
     ds = load_dataset(root)
     assert ds.format == "cuhk-pedes"
     assert ds.num_classes == 3
@@ -148,7 +149,7 @@ def test_auto_detection_logs_format(tmp_path: Path, caplog: pytest.LogCaptureFix
 
 # ---------------------------------------------------------------------------------------------- errors
 def test_missing_annotation_names_files(tmp_path: Path) -> None:
-    with pytest.raises(AnnotationNotFoundError, match=r"reid_raw\.json.*ICFG-PEDES\.json.*ICFG_PEDES\.json.*"
+    with pytest.raises(AnnotationNotFoundError, match=r"reid_raw\.json.*caption_all\.json.*ICFG-PEDES\.json.*ICFG_PEDES\.json.*"
                        r"data_captions\.json.*annotations\.jsonl"):
         load_dataset(tmp_path)
     with pytest.raises(AnnotationNotFoundError, match=r"looked for data_captions\.json$"):

@@ -31,7 +31,7 @@ def test_deterministic_bytes_and_workers(tiny: Path, tmp_path: Path) -> None:
                            workers=2, progress=False)
     assert again == tmp_path / "a" / "annotations.jsonl"
     assert _tree(tiny) == _tree(tmp_path / "a")
-    assert len(_tree(tiny)) == 20 * 3 + 1  # images + annotations, no temporary files left
+    assert len(_tree(tiny)) == 20 * 3 + 2  # images + annotations + marker, no temporary files left
     other = make_synthetic(tmp_path / "b", num_ids=20, images_per_id=3, seed=8, num_val_ids=4, num_test_ids=6,
                            progress=False)
     assert other.read_bytes() != again.read_bytes()

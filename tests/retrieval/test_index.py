@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -90,7 +88,7 @@ def test_remove(kind, data):
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
-def test_save_load_round_trip(kind, data, tmp_path):
+def test_save_load_round_trip(kind, data, tmp_path, read_header):
     xb, xq = data
     index = GalleryIndex(DIM, kind, fingerprint="clip-b16@abc")
     index.add(xb, np.arange(xb.shape[0]) + 10**12)
@@ -102,9 +100,10 @@ def test_save_load_round_trip(kind, data, tmp_path):
     scores, ids = index.search(xq, 10)
     path = tmp_path / "sub" / "gallery.faiss"
     index.save(path)
-    meta = json.loads((tmp_path / "sub" / "gallery.faiss.json").read_text())
+    meta = read_header(path)
     assert meta["dim"] == DIM and meta["kind"] == kind and meta["fingerprint"] == "clip-b16@abc"
-    assert meta["normalization"] == "l2" and meta["format_version"] == 1
+    assert meta["normalization"] == "l2" and meta["format_version"] == 2
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["gallery.faiss"]  # one file
     loaded = GalleryIndex.load(path, expected_dim=DIM, expected_fingerprint="clip-b16@abc")
     assert len(loaded) == len(index) and loaded.parameters() == index.parameters()
     scores2, ids2 = loaded.search(xq, 10)
@@ -130,15 +129,24 @@ def test_string_ids_round_trip(data, tmp_path):
         loaded.add(xb[:1], [5])
 
 
-def test_fewer_items_than_k_are_padded(data):
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_k_is_capped_at_the_index_size(data, kind):
     xb, _ = data
-    index = GalleryIndex(DIM, "flat")
-    index.add(xb[:3], ["a", "b", "c"])
-    scores, ids = index.search(xb[:1], 5)
-    assert ids[0, 3:].tolist() == [None, None] and np.all(np.isneginf(scores[0, 3:]))
+    index = GalleryIndex(DIM, kind, nlist=2) if kind == "ivf" else GalleryIndex(DIM, kind)
+    index.add(xb[:200], np.arange(200))
+    index.remove([7])
+    scores, ids = index.search(xb[:2], 10**9)  # a huge k costs nothing: it is capped at len(index)
+    assert scores.shape == ids.shape == (2, 199)
+    exact = GalleryIndex(DIM, "flat")
+    exact.add(xb[:3], ["a", "b", "c"])
+    scores, ids = exact.search(xb[:1], 5)
+    assert ids.shape == (1, 3) and sorted(ids[0].tolist()) == ["a", "b", "c"]
     empty = GalleryIndex(DIM, "hnsw")
     s, i = empty.search(xb[:2], 3)
-    assert (i == -1).all() and np.isneginf(s).all()
+    assert s.shape == i.shape == (2, 0)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            exact.search(xb[:1], bad)
 
 
 def test_dimension_and_fingerprint_mismatches(data, tmp_path):
@@ -163,7 +171,7 @@ def test_dimension_and_fingerprint_mismatches(data, tmp_path):
         loaded.search(xb[:1], 1, fingerprint="enc-C")
 
 
-def test_truncated_or_corrupted_files_fail_clearly(data, tmp_path):
+def test_truncated_or_corrupted_files_fail_clearly(data, tmp_path, read_header, write_header):
     xb, _ = data
     index = GalleryIndex(DIM, "ivf")
     index.add(xb, np.arange(xb.shape[0]))
@@ -176,17 +184,17 @@ def test_truncated_or_corrupted_files_fail_clearly(data, tmp_path):
     path.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
     with pytest.raises(IndexFormatError, match="checksum"):
         GalleryIndex.load(path)
+    path.write_bytes(raw[:20])
+    with pytest.raises(IndexFormatError, match="truncated"):
+        GalleryIndex.load(path)
+    path.write_bytes(b"\x00" * 100)
+    with pytest.raises(IndexFormatError, match="not a GalleryIndex file"):
+        GalleryIndex.load(path)
     path.write_bytes(raw)
-    side = tmp_path / "g.faiss.json"
-    text = side.read_text()
-    side.write_text(text[: len(text) // 2])
-    with pytest.raises(IndexFormatError, match="not valid JSON"):
-        GalleryIndex.load(path)
-    side.write_text(text.replace('"format_version": 1', '"format_version": 99'))
+    meta = read_header(path)
+    meta["format_version"] = 99
+    write_header(path, meta)
     with pytest.raises(IndexFormatError, match="format_version 99"):
-        GalleryIndex.load(path)
-    side.unlink()
-    with pytest.raises(IndexFormatError, match="no sidecar"):
         GalleryIndex.load(path)
     with pytest.raises(FileNotFoundError, match="no index file"):
         GalleryIndex.load(tmp_path / "missing.faiss")

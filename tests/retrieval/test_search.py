@@ -68,6 +68,17 @@ def test_encode_folder_batches_and_skips_unreadable(folder, caplog):
     np.testing.assert_allclose(feats1, feats, atol=1e-6)
 
 
+def test_worker_processes_decode_the_same_images_in_the_same_order(folder):
+    """Decoding in 2 DataLoader workers changes nothing: features, order and skipped files agree."""
+    single = encode_image_folder(folder, image_encoder, transform, batch_size=2, progress=False)
+    workers = encode_image_folder(folder, image_encoder, transform, batch_size=2, progress=False, num_workers=2)
+    np.testing.assert_array_equal(workers[0], single[0])
+    assert workers[1] == single[1] == sorted(single[1])
+    assert workers[2] == single[2] == [str(folder / "broken.jpg")]
+    with pytest.raises(ValueError, match="num_workers must be 0 or more, got -1"):
+        encode_image_folder(folder, image_encoder, transform, num_workers=-1)
+
+
 def test_text_search_finds_matching_colour(folder):
     index = build_index_from_folder(folder, image_encoder, transform, fingerprint="toy", progress=False)
     assert len(index) == 9 and index.id_type == "str"

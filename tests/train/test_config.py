@@ -12,10 +12,12 @@ def test_bundled_configs_load(name: str) -> None:
     config = load_config(name)
     assert config == TrainConfig.from_toml(bundled_config(name))
     if name != "demo":  # the paper's recipe
-        assert config.model.name == "ViT-B-16" and tuple(config.model.image_size) == (384, 128)
+        assert config.model.name == "ViT-B-16-quickgelu" and tuple(config.model.image_size) == (384, 128)
         assert (config.loss.sdm, config.loss.id, config.loss.tir, config.loss.cmt) == (1.0, 1.0, 10.0, 10.0)
         assert config.optim.lr == 1e-5 and config.optim.eps == 1e-3 and config.optim.weight_decay == 4e-5
         assert config.data.batch_size == 128 and config.train.epochs == 60
+        assert (config.data.sampler, config.data.num_instances) == ("identity_groups", 2)
+        assert config.model.tir_layout == "sen" and config.data.token_corruption
     else:
         assert config.model.pretrained is None and config.synthetic.generate
 

@@ -10,25 +10,36 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from uit_reid import TIRHead, UITModel
-from uit_reid.train import build_optimizer, lr_factor, param_groups, warmup_cosine
+from uit_reid.train import build_optimizer, lr_factor, param_groups, param_role, warmup_cosine
 
 
 def test_groups_follow_the_uit_recipe(tiny_encoder_factory) -> None:
     enc = tiny_encoder_factory()
     model = UITModel(enc, num_classes=5, tir=TIRHead(enc.embed_dim, enc.grid_size, enc.patch_size, width=32, depth=1, heads=4))
     groups = {g["name"]: g for g in param_groups(model, lr=1e-5, weight_decay=4e-5)}
-    assert groups["backbone"]["lr"] == pytest.approx(1e-5) and groups["backbone"]["weight_decay"] == 4e-5
-    assert groups["backbone_bias"]["lr"] == pytest.approx(2e-5) and groups["backbone_bias"]["weight_decay"] == 0
-    assert groups["head"]["lr"] == pytest.approx(5e-5)
-    assert groups["head_bias"]["lr"] == pytest.approx(1e-4) and groups["head_bias"]["weight_decay"] == 0
+    want = {  # name: (lr, weight decay)
+        "encoder": (1e-5, 4e-5), "encoder_bias": (2e-5, 0.0),
+        "classifier": (5e-5, 4e-5), "classifier_bias": (5e-5, 0.0),
+        "tir_attention": (5e-5, 4e-5), "tir_attention_bias": (2e-5, 0.0),
+        "tir_io": (1e-5, 4e-5), "tir_io_bias": (2e-5, 0.0),
+    }
+    assert {n: (pytest.approx(g["lr"]), g["weight_decay"]) for n, g in groups.items()} == want
+    assert param_groups(model, 1e-5, 4e-5)[0]["name"] == "encoder"  # the trainer logs group 0's lr
     ids = {name: {id(p) for p in g["params"]} for name, g in groups.items()}
-    assert id(model.classifier.weight) in ids["head"]
-    assert id(model.tir_head.cross_attn.out_proj.weight) in ids["head"]
-    assert id(model.tir_head.pred.weight) in ids["backbone"]  # only the cross-attention is a "head"
+    assert id(model.classifier.weight) in ids["classifier"]
+    assert id(model.tir_head.cross_attn.in_proj_bias) in ids["tir_attention_bias"]
+    assert id(model.tir_head.decoder.resblocks[0].mlp.c_fc.weight) in ids["tir_attention"]
+    assert id(model.tir_head.pred.weight) in ids["tir_io"]
     grouped = set().union(*ids.values())
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert grouped == trainable and id(enc.clip.logit_scale) not in grouped
     assert sum(len(v) for v in ids.values()) == len(grouped)  # no parameter twice
+
+
+def test_param_role_names_a_stray_parameter() -> None:
+    assert param_role("tir_head.cross_attn.in_proj_bias") == "tir_attention"
+    with pytest.raises(ValueError, match=r"parameter 'projector.weight' has no role"):
+        param_role("projector.weight")
 
 
 @settings(max_examples=50, deadline=None)

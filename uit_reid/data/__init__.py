@@ -31,18 +31,26 @@ from uit_reid.data.records import (
     Split,
     UnsafePathError,
 )
-from uit_reid.data.samplers import IdentitySampler, RandomBatchSampler
+from uit_reid.data.samplers import (
+    SAMPLERS,
+    IdentityGroupSampler,
+    IdentitySampler,
+    RandomBatchSampler,
+    build_batch_sampler,
+)
 from uit_reid.data.synthetic import make_caption, make_synthetic, render_person, sample_identities
 
 __all__ = [
     "FORMATS",
     "JSONL_NAME",
+    "SAMPLERS",
     "AnnotationError",
     "AnnotationNotFoundError",
     "CorruptImageError",
     "DataError",
     "Gallery",
     "GalleryDataset",
+    "IdentityGroupSampler",
     "IdentitySampler",
     "MissingImagesError",
     "PedesDataset",
@@ -55,6 +63,7 @@ __all__ = [
     "TrainCollate",
     "TrainDataset",
     "UnsafePathError",
+    "build_batch_sampler",
     "build_eval_loaders",
     "build_train_loader",
     "load_dataset",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -18,25 +17,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from uit_reid.data.records import CorruptImageError, Split
-from uit_reid.data.samplers import IdentitySampler, RandomBatchSampler
+from uit_reid.data.samplers import DEFAULT_NUM_INSTANCES, DEFAULT_SAMPLER, build_batch_sampler
+from uit_reid.images import load_image
 
 logger = logging.getLogger(__name__)
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 ImageTransform = Callable[[Image.Image], torch.Tensor]
 OnCorrupt = Literal["error", "skip"]
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image as RGB; raise `CorruptImageError` naming the path."""
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", im.size)  # no-op except for JPEG, where it skips colour conversion work
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise
-    except (OSError, SyntaxError, ValueError) as e:
-        raise CorruptImageError(f"cannot decode image {path}: {e}") from e
 
 
 class TrainDataset(Dataset):
@@ -46,6 +34,8 @@ class TrainDataset(Dataset):
     ``text_augment`` (e.g. `uit_reid.augment.TextAugment`) is applied to the caption.
     ``on_corrupt="skip"`` replaces an undecodable image by another image of the same person (or the
     next one) and logs a warning once per path; ``"error"`` raises `CorruptImageError`.
+    ``image_size`` (height, width), when given, lets `uit_reid.images.load_image` decode large files
+    at a reduced size no smaller than twice it.
     """
 
     def __init__(
@@ -54,6 +44,7 @@ class TrainDataset(Dataset):
         transform: ImageTransform,
         text_augment: Callable[[str], str] | None = None,
         on_corrupt: OnCorrupt = "error",
+        image_size: Sequence[int] | None = None,
     ) -> None:
         if on_corrupt not in ("error", "skip"):
             raise ValueError(f"on_corrupt must be 'error' or 'skip', got {on_corrupt!r}")
@@ -61,6 +52,7 @@ class TrainDataset(Dataset):
         self.transform = transform
         self.text_augment = text_augment
         self.on_corrupt = on_corrupt
+        self.image_size = tuple(image_size) if image_size is not None else None
         self.pairs: list[tuple[int, int]] = [
             (r.image_id, j) for r in split.records for j in range(len(r.captions))
         ]
@@ -74,7 +66,7 @@ class TrainDataset(Dataset):
         records = self.split.records
         if image_id not in self._bad:
             try:
-                return load_image(records[image_id].image_path)
+                return load_image(records[image_id].image_path, self.image_size)
             except CorruptImageError:
                 if self.on_corrupt == "error":
                     raise
@@ -87,7 +79,7 @@ class TrainDataset(Dataset):
             if cand in self._bad:
                 continue
             try:
-                return load_image(records[cand].image_path)
+                return load_image(records[cand].image_path, self.image_size)
             except CorruptImageError:
                 self._bad.add(cand)
                 logger.warning("skipping corrupt image %s", records[cand].image_path)
@@ -104,19 +96,33 @@ class TrainDataset(Dataset):
             "caption": caption,
             "pid": rec.pid,
             "image_id": rec.image_id,
+            # drawn from the item's RNG stream so batch-level augmentation (token corruption in
+            # `TrainCollate`) is as reproducible as the per-item transforms
+            "aug_seed": int(torch.randint(0, 2**62, (1,)).item()),
         }
 
 
 class TrainCollate:
-    """Stack images and tokenise captions into the batch dict ``UITModel.forward`` takes."""
+    """Stack images and tokenise captions into the batch dict ``UITModel.forward`` takes.
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    ``token_augment(ids, generator)`` (e.g. `uit_reid.augment.TokenCorruption`) edits the token ids
+    of the batch; its generator is seeded from the items' ``aug_seed`` when they carry one.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, token_augment: Callable[..., torch.Tensor] | None = None) -> None:
         self.tokenizer = tokenizer
+        self.token_augment = token_augment
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids = self.tokenizer([it["caption"] for it in items]).long()
+        if self.token_augment is not None:
+            generator = None
+            if all("aug_seed" in it for it in items):
+                generator = torch.Generator().manual_seed(hash(tuple(it["aug_seed"] for it in items)) % 2**62)
+            ids = self.token_augment(ids, generator)
         return {
             "images": torch.stack([it["image"] for it in items]),
-            "text_ids": self.tokenizer([it["caption"] for it in items]).long(),
+            "text_ids": ids,
             "pids": torch.tensor([it["pid"] for it in items], dtype=torch.long),
             "image_ids": torch.tensor([it["image_id"] for it in items], dtype=torch.long),
         }
@@ -128,18 +134,21 @@ class GalleryDataset(Dataset):
     The default collate turns a list of items into a batch dict with the same keys. A corrupt gallery
     image always raises (dropping it would shift every column of the similarity matrix); use
     ``load_dataset(..., verify_images=True, on_missing="skip")`` to drop such images up front.
+    ``image_size`` is the decode hint described in `TrainDataset`.
     """
 
-    def __init__(self, split: Split, transform: ImageTransform) -> None:
+    def __init__(self, split: Split, transform: ImageTransform, image_size: Sequence[int] | None = None) -> None:
         self.split = split
         self.transform = transform
+        self.image_size = tuple(image_size) if image_size is not None else None
 
     def __len__(self) -> int:
         return len(self.split.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.split.records[index]
-        return {"images": self.transform(load_image(rec.image_path)), "pids": rec.pid, "image_ids": rec.image_id}
+        image = load_image(rec.image_path, self.image_size)
+        return {"images": self.transform(image), "pids": rec.pid, "image_ids": rec.image_id}
 
 
 class QueryDataset(Dataset):
@@ -176,10 +185,11 @@ def build_train_loader(
     image_size: tuple[int, int] = (384, 128),
     batch_size: int = 128,
     *,
-    sampler: Literal["identity", "random"] = "identity",
-    num_instances: int = 4,
+    sampler: str = DEFAULT_SAMPLER,
+    num_instances: int = DEFAULT_NUM_INSTANCES,
     num_workers: int = 4,
     text_augment_p: float = 0.2,
+    token_augment: Callable[..., torch.Tensor] | None = None,
     transform: ImageTransform | None = None,
     seed: int = 0,
     rank: int | None = None,
@@ -189,28 +199,28 @@ def build_train_loader(
 ) -> DataLoader:
     """A training DataLoader with the UIT image and text augmentations and a DDP-aware batch sampler.
 
-    ``batch_size`` is per process. ``sampler="identity"`` gives ``batch_size // num_instances``
-    identities x ``num_instances`` pairs per batch; ``"random"`` gives random pairs. Call
-    ``loader.batch_sampler.set_epoch(epoch)`` each epoch to reshuffle.
+    ``batch_size`` is per process. ``sampler="identity_groups"`` (the default, as in the trainer and
+    the authors' code) gives identity groups of random size ``1..num_instances``
+    (`IdentityGroupSampler`); ``"identity"`` gives ``batch_size // num_instances`` identities x
+    ``num_instances`` pairs per batch; ``"random"`` gives random pairs. Call
+    ``loader.batch_sampler.set_epoch(epoch)`` each epoch to reshuffle. ``token_augment`` edits each
+    batch's token ids, e.g. ``uit_reid.augment.TokenCorruption.for_tokenizer(tokenizer)`` (the
+    authors' caption corruption, on in the trainer's paper recipe).
     """
     from uit_reid import augment
 
+    hint = image_size if transform is None else None  # a caller's transform may want more pixels
     if transform is None:
         transform = augment.build_train_transform(image_size)
     text_aug = augment.TextAugment(p=text_augment_p) if text_augment_p > 0 else None
-    ds = TrainDataset(split, transform, text_aug, on_corrupt=on_corrupt)
-    if sampler == "identity":
-        batch_sampler: IdentitySampler | RandomBatchSampler = IdentitySampler(
-            ds.pids, batch_size, num_instances, seed=seed, rank=rank, world_size=world_size
-        )
-    elif sampler == "random":
-        batch_sampler = RandomBatchSampler(len(ds), batch_size, seed=seed, rank=rank, world_size=world_size)
-    else:
-        raise ValueError(f"sampler must be 'identity' or 'random', got {sampler!r}")
+    ds = TrainDataset(split, transform, text_aug, on_corrupt=on_corrupt, image_size=hint)
+    batch_sampler = build_batch_sampler(
+        sampler, ds.pids, batch_size, num_instances, seed=seed, rank=rank, world_size=world_size
+    )
     return DataLoader(
         ds,
         batch_sampler=batch_sampler,
-        collate_fn=TrainCollate(tokenizer),
+        collate_fn=TrainCollate(tokenizer, token_augment),
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,
@@ -227,11 +237,13 @@ def build_eval_loaders(
     transform: ImageTransform | None = None,
 ) -> tuple[DataLoader, DataLoader]:
     """(gallery loader, query loader) for one evaluation split, in record order (no shuffling)."""
+    hint = image_size if transform is None else None  # a caller's transform may want more pixels
     if transform is None:
         from uit_reid import augment
 
         transform = augment.build_eval_transform(image_size)
-    gallery = DataLoader(GalleryDataset(split, transform), batch_size=batch_size, num_workers=num_workers)
+    gallery = DataLoader(GalleryDataset(split, transform, hint), batch_size=batch_size, num_workers=num_workers,
+                         pin_memory=torch.cuda.is_available())
     queries = DataLoader(
         QueryDataset(split), batch_size=batch_size, num_workers=0, collate_fn=QueryCollate(tokenizer)
     )

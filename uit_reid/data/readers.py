@@ -53,7 +53,13 @@ class FormatSpec:
 
 FORMATS: dict[str, FormatSpec] = {
     "cuhk-pedes": FormatSpec(
-        "cuhk-pedes", "CUHK-PEDES", ("reid_raw.json",), "file_path", "id", ("train", "val", "test"), "imgs"
+        "cuhk-pedes",
+        "CUHK-PEDES",
+        ("reid_raw.json", "caption_all.json"),  # some copies ship the same list under the second name
+        "file_path",
+        "id",
+        ("train", "val", "test"),
+        "imgs",
     ),
     "icfg-pedes": FormatSpec(
         "icfg-pedes",
@@ -131,9 +137,21 @@ def _format_for_file(path: Path) -> str:
     return "jsonl"  # any other .json/.jsonl file holds generic records
 
 
+def _decode(path: Path, raw: bytes, line: int | None = None) -> str:
+    """UTF-8 text (a BOM allowed), or an `AnnotationError` naming the file, line and byte."""
+    try:
+        return raw.decode("utf-8-sig" if line in (None, 1) else "utf-8")
+    except UnicodeDecodeError as e:
+        at = f"line {line}, " if line is not None else ""
+        bad = raw[e.start : e.start + 1]
+        raise AnnotationError(
+            f"{path} is not UTF-8 text ({at}byte {e.start}: {bad!r}); save the annotation file as UTF-8"
+        ) from None
+
+
 def _read_json_list(path: Path) -> list[Any]:
     """Read a JSON array (benchmark files, or generic records in a .json file)."""
-    text = path.read_text(encoding="utf-8")
+    text = _decode(path, path.read_bytes())
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -149,8 +167,9 @@ def _read_jsonl(path: Path) -> tuple[list[Any], list[int]]:
     """Read JSON Lines; returns the records and their 1-based line numbers (blank lines skipped)."""
     records: list[Any] = []
     lines: list[int] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = _decode(path, raw, lineno)
             if not line.strip():
                 continue
             try:
@@ -250,16 +269,15 @@ def _describe(paths: Sequence[Path]) -> str:
 
 
 def check_images_decode(paths: Iterable[Path], progress: bool = True) -> list[Path]:
-    """Fully decode each image; return the ones PIL cannot read (slow: reads every pixel)."""
-    from PIL import Image
+    """Fully decode each image with `uit_reid.images.load_image`; return the ones it refuses (slow)."""
+    from uit_reid.images import load_image
 
     paths = list(paths)
     bad: list[Path] = []
     for p in tqdm(paths, desc="verify images", disable=not progress or len(paths) < 1000):
         try:
-            with Image.open(p) as im:
-                im.load()
-        except (OSError, SyntaxError, ValueError):
+            load_image(p)
+        except (CorruptImageError, FileNotFoundError):
             bad.append(p)
     return bad
 

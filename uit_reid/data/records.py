@@ -8,9 +8,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from uit_reid.errors import CorruptImageError, DataError
 
-class DataError(Exception):
-    """Base class of every error raised by `uit_reid.data` for bad input."""
+__all__ = [
+    "AnnotationError",
+    "AnnotationNotFoundError",
+    "CorruptImageError",
+    "DataError",
+    "Gallery",
+    "MissingImagesError",
+    "PedesDataset",
+    "PersonRecord",
+    "Queries",
+    "Split",
+    "UnsafePathError",
+]
 
 
 class AnnotationNotFoundError(DataError, FileNotFoundError):
@@ -27,10 +39,6 @@ class UnsafePathError(AnnotationError):
 
 class MissingImagesError(DataError, FileNotFoundError):
     """Image files named by the annotations do not exist (the first few and the count are named)."""
-
-
-class CorruptImageError(DataError, OSError):
-    """An image file exists but cannot be decoded (its path is named)."""
 
 
 @dataclass(frozen=True)

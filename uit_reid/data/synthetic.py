@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from uit_reid.data.readers import JSONL_NAME
+from uit_reid.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -481,6 +482,25 @@ def _split_sizes(num_ids: int, num_val_ids: int | None, num_test_ids: int | None
     return n_train, n_val, n_test
 
 
+SYNTHETIC_MARKER = ".uit_reid_synthetic"
+"""File ``make_synthetic`` leaves in its folder: such a folder may be written again."""
+
+
+def check_synthetic_target(root: Path, force: bool = False) -> None:
+    """Refuse a folder that holds files ``make_synthetic`` did not write (see `make_synthetic`)."""
+    if force or not root.exists() or (root / SYNTHETIC_MARKER).is_file():
+        return
+    if not root.is_dir():
+        raise FileExistsError(f"{root} exists and is not a folder")
+    others = sorted(p.name for p in root.iterdir())
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise FileExistsError(
+            f"{root} holds files that make_synthetic did not write ({shown}); write the synthetic dataset "
+            "into an empty folder, or pass --force (force=True) to write into this one anyway"
+        )
+
+
 def make_synthetic(
     root: str | os.PathLike[str],
     num_ids: int = 1000,
@@ -494,6 +514,7 @@ def make_synthetic(
     family_size: tuple[int, int] = (1, 4),
     workers: int = 1,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """Write a synthetic pedestrian dataset to ``root``; return the path of its JSONL annotations.
 
@@ -503,13 +524,19 @@ def make_synthetic(
     ``num_test_ids`` (default 20%) go to test, the next ``num_val_ids`` (default 10%) to val, the rest to
     train; families stay together except at the two boundaries. Same arguments -> byte-identical files
     for any ``workers``. The annotation file is written last, to a temporary name, then renamed.
+
+    ``root`` must be empty, missing, or a folder an earlier ``make_synthetic`` wrote (it leaves a
+    ``SYNTHETIC_MARKER`` file); anything else raises ``FileExistsError`` naming the folder, unless
+    ``force=True``, so a user's dataset is never overwritten or mixed with synthetic pedestrians.
     """
     if num_ids < 1 or images_per_id < 1 or captions_per_image < 1:
         raise ValueError("num_ids, images_per_id and captions_per_image must be >= 1")
     n_train, n_val, n_test = _split_sizes(num_ids, num_val_ids, num_test_ids)
     root = Path(root)
+    check_synthetic_target(root, force)
     img_dir = root / "imgs"
     img_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / SYNTHETIC_MARKER, "written by uit_reid.data.make_synthetic\n")
 
     identities = sample_identities(num_ids, random.Random(f"uit-synthetic-ids-{seed}"), family_size)
     split_of = ["test"] * n_test + ["val"] * n_val + ["train"] * n_train

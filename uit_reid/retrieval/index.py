@@ -13,11 +13,20 @@ encoders can hand over raw pooled features. Three kinds:
 Ids are int64 numbers or strings (image paths, say); the two cannot be mixed in one index. Internally
 every vector gets a sequential int64 *slot* as its FAISS label; the index keeps the slot -> id map.
 
-Saved form: ``save(path)`` writes the FAISS index bytes (``faiss.serialize_index``, never pickle) to
-``path`` and a JSON sidecar to ``path + ".json"`` with the format version, dim, kind, parameters,
-normalisation, encoder fingerprint, the slot -> id map and the byte length and SHA-256 of the index
-file. Each file is written to a temporary name and moved into place with ``os.replace``; the index
-file goes first, so a crash leaves either the old pair or a pair whose checksum tells them apart.
+Saved form: ``save(path)`` writes ONE file, replaced with one ``os.replace``, so a crash or a kill
+at any instant leaves either the complete old index or the complete new one under ``path``. The file
+is an 8-byte magic, a little-endian uint64 header length, a JSON header (format version, dim, kind,
+parameters, normalisation, encoder fingerprint, user metadata, the slot -> id map, the byte length
+and SHA-256 of the FAISS bytes, and a SHA-256 of the header itself) and the FAISS index bytes
+(``faiss.serialize_index``, never pickle).
+
+Loading checks, in this order and before FAISS sees a byte: the magic and sizes, the header
+checksum, the fields and the id map (unique ids, the right type), the FAISS bytes' checksum, and
+then the FAISS bytes' structure (`uit_reid.retrieval.faiss_check`: one of the three layouts this
+class writes, the header's dimension, every declared size within the file, graph links in range, the
+stored labels exactly the live slots). The checksums catch accidents; the structural checks keep a
+hand-crafted file from making FAISS allocate or read out of bounds. Neither makes the *contents*
+trustworthy: someone who ships you an index decides what it returns.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import json
 import logging
 import math
 import os
+import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -36,14 +46,17 @@ import numpy as np
 import torch
 
 from uit_reid.io import atomic_write_bytes
+from uit_reid.retrieval.faiss_check import FaissBytesError, check_index_bytes
 
 __all__ = ["FORMAT_VERSION", "GalleryIndex", "IndexFormatError", "default_nlist"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-"""Version of the saved index format (sidecar ``format_version``)."""
+FORMAT_VERSION = 2
+"""Version of the saved index format (header ``format_version``); 2 is the single-file format."""
 _FORMAT_NAME = "uit_reid.GalleryIndex"
+_MAGIC = b"UITGIDX\n"
+_LEN = struct.Struct("<Q")
 _KINDS = ("flat", "ivf", "hnsw")
 _FLAT_GALLERY_BLOCK = 16384
 _FLAT_LOCK = threading.Lock()
@@ -78,6 +91,9 @@ class GalleryIndex:
         train_size: IVF training sample size (default ``min(n, 40 * nlist)``).
         hnsw_m: HNSW neighbours per node. ``ef_construction`` / ``ef_search``: HNSW beam widths.
         use_gpu: ``None`` = use faiss-gpu when installed and a GPU is present (flat and ivf only).
+
+    ``metadata`` is a dict of JSON values saved with the index (``uit-reid index build`` records
+    the checkpoint and image folder there).
     """
 
     def __init__(
@@ -130,6 +146,7 @@ class GalleryIndex:
         self._gpu_index: Any = None  # search-only GPU copy
         self._table: np.ndarray | None = None  # cached slot -> id array for mapping search results
         self._removed = 0  # slots emptied by remove (HNSW keeps their vectors, masked at search)
+        self.metadata: dict[str, Any] = {}
 
     # -- construction -------------------------------------------------------------------------
     def _build(self, sample: np.ndarray) -> None:
@@ -271,7 +288,16 @@ class GalleryIndex:
         return arr
 
     def _check_fingerprint(self, fingerprint: str | None, where: str) -> None:
-        if fingerprint is not None and self.fingerprint is not None and fingerprint != self.fingerprint:
+        if fingerprint is None or fingerprint == self.fingerprint:
+            return
+        if self.fingerprint is None and where == "add" and not self._slot_ids:
+            return  # a fresh index takes the fingerprint of its first add
+        if self.fingerprint is None:
+            raise ValueError(
+                f"encoder fingerprint mismatch in {where}: the index records no encoder fingerprint, so "
+                f"features of {fingerprint!r} cannot be checked against it; rebuild the index with one"
+            )
+        if fingerprint != self.fingerprint:
             raise ValueError(
                 f"encoder fingerprint mismatch in {where}: index was built with {self.fingerprint!r}, "
                 f"got {fingerprint!r}"
@@ -281,6 +307,8 @@ class GalleryIndex:
         if self._id_type == "int":
             if isinstance(id_, (str, bytes)):
                 raise TypeError(f"this index has integer ids, got string id {id_!r}")
+            if isinstance(id_, (bool, np.bool_)) or not isinstance(id_, (int, np.integer)):
+                raise TypeError(f"ids must be integers, got {type(id_).__name__} id {id_!r}")
             return int(id_)
         if not isinstance(id_, str):
             raise TypeError(f"this index has string ids, got {type(id_).__name__} id {id_!r}")
@@ -364,7 +392,11 @@ class GalleryIndex:
         """Remove ``ids`` from the index; unknown ids raise ``KeyError``. Returns the number removed."""
         if isinstance(ids, torch.Tensor):
             ids = ids.detach().cpu().numpy()
-        if isinstance(ids, (str, int, np.integer)):
+        if isinstance(ids, np.ndarray):
+            if ids.dtype.kind not in "iuUO":
+                raise TypeError(f"ids must be integers or strings, got dtype {ids.dtype}")
+            ids = ids.reshape(-1).tolist()
+        if isinstance(ids, (str, int, np.integer, float, np.floating)):
             ids = [ids]
         keys = [self._key(i) for i in ids] if self._id_type else list(ids)
         missing = [k for k in keys if k not in self._id_to_slot]
@@ -390,18 +422,21 @@ class GalleryIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` cosine matches of each query.
 
-        Returns ``(scores, ids)``, both (n, k): scores float32 descending, ids int64 (``-1`` where
-        fewer than k items exist) or, for string ids, an object array (``None`` there).
+        ``k`` is capped at the number of items in the index, so results have ``min(k, len(index))``
+        columns (0 for an empty index) and memory never grows with ``k`` alone.
+        Returns ``(scores, ids)``, both (n, min(k, len)): scores float32 descending, ids int64 or, for
+        string ids, an object array; an approximate index that finds fewer matches fills the rest
+        with ``-1`` (``None``) and ``-inf``.
         """
         self._check_fingerprint(fingerprint, "search")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         q = self._features(queries, "queries")
         n = q.shape[0]
-        if self._index is None or len(self) == 0:
+        k = min(int(k), len(self))
+        if self._index is None or k == 0:
             scores, slots = np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
         else:
-            kk = int(k)
             params = None
             refs: tuple[Any, ...] = ()
             if self.kind == "hnsw":
@@ -414,13 +449,8 @@ class GalleryIndex:
                     not_dead = faiss.IDSelectorNot(batch)
                     params.sel = not_dead
                     refs = (batch, not_dead)
-                    kk = min(kk, len(self))
-            scores, slots = self._search_batched(q, kk, params)
+            scores, slots = self._search_batched(q, k, params)
             del refs
-            if kk < k:
-                pad = ((0, 0), (0, k - kk))
-                scores = np.pad(scores, pad, constant_values=-np.inf)
-                slots = np.pad(slots, pad, constant_values=-1)
         return self._map_results(scores, slots)
 
     def _search_batched(self, q: np.ndarray, k: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -466,11 +496,11 @@ class GalleryIndex:
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the FAISS index to ``path`` and the JSON sidecar to ``path + ".json"`` (atomically)."""
+        """Write the index to the single file ``path``, atomically (see the module docstring)."""
         path = Path(path)
         if self._index is None:
             raise ValueError("cannot save an empty, untrained index: add features first")
-        data = faiss.serialize_index(self._index).tobytes()
+        data = faiss.serialize_index(self._index)
         meta = {
             "format": _FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -480,14 +510,16 @@ class GalleryIndex:
             "normalization": "l2",
             "parameters": self.parameters(),
             "fingerprint": self.fingerprint,
+            "metadata": self.metadata,
             "id_type": self._id_type,
             "slot_ids": self._slot_ids,
-            "index_bytes": len(data),
+            "index_bytes": int(data.nbytes),
             "index_sha256": hashlib.sha256(data).hexdigest(),
             "faiss_version": faiss.__version__,
         }
-        atomic_write_bytes(path, data)
-        atomic_write_bytes(_sidecar(path), json.dumps(meta).encode("utf-8"))
+        meta["header_sha256"] = _header_digest(meta)
+        header = json.dumps(meta).encode("utf-8")
+        atomic_write_bytes(path, _MAGIC + _LEN.pack(len(header)) + header, memoryview(data))
         logger.info("saved %s index with %d items to %s", self.kind, len(self), path)
 
     @classmethod
@@ -499,62 +531,38 @@ class GalleryIndex:
         expected_fingerprint: str | None = None,
         use_gpu: bool | None = None,
     ) -> GalleryIndex:
-        """Load an index written by `save`, checking format, checksum, dim and fingerprint."""
+        """Load an index written by `save`, checking it fully before FAISS reads it (module docstring).
+
+        Raises ``FileNotFoundError`` (no file), `IndexFormatError` (not a GalleryIndex file, truncated,
+        edited, corrupted or hand-crafted) or ``ValueError`` (dimension or fingerprint mismatch).
+        """
         path = Path(path)
-        side = _sidecar(path)
         if not path.is_file():
             raise FileNotFoundError(f"no index file at {path}")
-        if not side.is_file():
-            raise IndexFormatError(f"no sidecar {side} next to {path}: not a GalleryIndex save")
-        try:
-            meta = json.loads(side.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise IndexFormatError(f"sidecar {side} is not valid JSON (truncated?): {err}") from err
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT_NAME:
-            raise IndexFormatError(f"{side} is not a GalleryIndex sidecar")
-        version = meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise IndexFormatError(
-                f"{side} has format_version {version!r}; this library reads {FORMAT_VERSION}"
-            )
-        missing = [
-            k
-            for k in (
-                "dim",
-                "kind",
-                "parameters",
-                "slot_ids",
-                "id_type",
-                "index_bytes",
-                "index_sha256",
-                "normalization",
-            )
-            if k not in meta
-        ]
-        if missing:
-            raise IndexFormatError(f"sidecar {side} lacks fields {missing}")
-        if meta["normalization"] != "l2":
-            raise IndexFormatError(f"unsupported normalization {meta['normalization']!r} in {side}")
+        meta, data = _read_file(path)
         if expected_dim is not None and meta["dim"] != expected_dim:
             raise ValueError(
                 f"dimension mismatch: index at {path} has dim {meta['dim']}, expected {expected_dim}"
             )
-        fp = meta.get("fingerprint")
+        fp = meta["fingerprint"]
         if expected_fingerprint is not None and fp != expected_fingerprint:
             raise ValueError(
                 f"encoder fingerprint mismatch: index at {path} was built with {fp!r}, "
                 f"expected {expected_fingerprint!r}"
             )
-        data = path.read_bytes()
-        if len(data) != meta["index_bytes"]:
+        slot_ids = meta["slot_ids"]
+        live = [s for s, v in enumerate(slot_ids) if v is not None]
+        try:
+            labels = check_index_bytes(data, meta["kind"], meta["dim"])
+        except FaissBytesError as err:
+            raise IndexFormatError(f"index file {path} is not a {meta['kind']} index as saved: {err}") from None
+        expected = np.arange(len(slot_ids)) if meta["kind"] == "hnsw" else np.array(live, dtype=np.int64)
+        if labels.size != expected.size or not np.array_equal(np.sort(labels), expected):
             raise IndexFormatError(
-                f"index file {path} is truncated or replaced: {len(data)} bytes, sidecar says {meta['index_bytes']}"
+                f"index file {path}: its {labels.size} stored vectors do not match the id map's "
+                f"{expected.size} slots (edited or corrupted)"
             )
-        if hashlib.sha256(data).hexdigest() != meta["index_sha256"]:
-            raise IndexFormatError(f"index file {path} does not match its sidecar checksum (corrupted?)")
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-        if index.d != meta["dim"]:
-            raise IndexFormatError(f"index file {path} has dim {index.d}, sidecar says {meta['dim']}")
         params = dict(meta["parameters"])
         kwargs: dict[str, Any] = {}
         if meta["kind"] == "ivf":
@@ -566,23 +574,93 @@ class GalleryIndex:
                 "ef_construction": params["ef_construction"],
                 "ef_search": params["ef_search"],
             }
-        obj = cls(meta["dim"], meta["kind"], fingerprint=fp, use_gpu=use_gpu, **kwargs)
-        slot_ids = list(meta["slot_ids"])
-        live = sum(i is not None for i in slot_ids)
-        expected_total = len(slot_ids) if obj.kind == "hnsw" else live
-        if index.ntotal != expected_total:
-            raise IndexFormatError(
-                f"index file {path} holds {index.ntotal} vectors, sidecar says {expected_total}"
-            )
+        try:
+            obj = cls(meta["dim"], meta["kind"], fingerprint=fp, use_gpu=use_gpu, **kwargs)
+        except (TypeError, ValueError) as err:
+            raise IndexFormatError(f"index file {path} has invalid parameters: {err}") from None
         obj._id_type = meta["id_type"]
-        obj._slot_ids = slot_ids
-        obj._id_to_slot = {v: s for s, v in enumerate(slot_ids) if v is not None}
-        obj._removed = len(slot_ids) - live
+        obj._slot_ids = list(slot_ids)
+        obj._id_to_slot = {slot_ids[s]: s for s in live}
+        obj._removed = len(slot_ids) - len(live)
+        obj.metadata = meta["metadata"]
         obj._index = index
         if obj.kind == "ivf":
             obj._index.nprobe = obj._nprobe
         return obj
 
 
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
+_REQUIRED = {
+    "dim": int,
+    "kind": str,
+    "parameters": dict,
+    "fingerprint": (str, type(None)),
+    "metadata": dict,
+    "id_type": (str, type(None)),
+    "slot_ids": list,
+    "index_bytes": int,
+    "index_sha256": str,
+    "normalization": str,
+    "header_sha256": str,
+}
+
+
+def _header_digest(meta: dict[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != "header_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], memoryview]:
+    """Header and FAISS bytes of a saved index, every field and checksum verified."""
+    raw = path.read_bytes()
+    if raw[: len(_MAGIC)] != _MAGIC:
+        raise IndexFormatError(
+            f"{path} is not a GalleryIndex file (or was saved by an older version: rebuild it)"
+        )
+    start = len(_MAGIC) + _LEN.size
+    if len(raw) < start:
+        raise IndexFormatError(f"index file {path} is truncated")
+    (header_len,) = _LEN.unpack_from(raw, len(_MAGIC))
+    if header_len > len(raw) - start:
+        raise IndexFormatError(f"index file {path} is truncated: its header claims {header_len} bytes")
+    try:
+        meta = json.loads(raw[start : start + header_len].decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise IndexFormatError(f"index file {path} has a header that is not valid JSON: {err}") from None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT_NAME:
+        raise IndexFormatError(f"{path} is not a GalleryIndex file")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(f"{path} has format_version {version!r}; this library reads {FORMAT_VERSION}")
+    for key, types in _REQUIRED.items():
+        if key not in meta:
+            raise IndexFormatError(f"index file {path}: header lacks field {key!r}")
+        if not isinstance(meta[key], types) or isinstance(meta[key], bool):
+            raise IndexFormatError(f"index file {path}: header field {key!r} has the wrong type")
+    if meta["header_sha256"] != _header_digest(meta):
+        raise IndexFormatError(f"index file {path}: its header does not match its checksum (edited or corrupted)")
+    if meta["kind"] not in _KINDS or meta["dim"] < 1 or meta["normalization"] != "l2":
+        raise IndexFormatError(f"index file {path}: unsupported kind, dim or normalization in its header")
+    _check_slot_ids(path, meta["slot_ids"], meta["id_type"])
+    data = memoryview(raw)[start + header_len :]
+    if len(data) != meta["index_bytes"]:
+        raise IndexFormatError(
+            f"index file {path} is truncated or replaced: {len(data)} index bytes, header says {meta['index_bytes']}"
+        )
+    if hashlib.sha256(data).hexdigest() != meta["index_sha256"]:
+        raise IndexFormatError(f"index file {path} does not match its checksum (corrupted?)")
+    return meta, data
+
+
+def _check_slot_ids(path: Path, slot_ids: list[Any], id_type: str | None) -> None:
+    """The id map: all ids of the declared type, no id twice."""
+    live = [v for v in slot_ids if v is not None]
+    if id_type not in ("int", "str", None) or (id_type is None and live):
+        raise IndexFormatError(f"index file {path}: unknown id_type {id_type!r}")
+    if id_type == "int":
+        ok = all(isinstance(v, int) and not isinstance(v, bool) and v != -1 and -(2**63) <= v < 2**63 for v in live)
+    else:
+        ok = all(isinstance(v, str) for v in live)
+    if not ok:
+        raise IndexFormatError(f"index file {path}: the id map holds ids that are not {id_type} ids")
+    if len(set(live)) != len(live):
+        raise IndexFormatError(f"index file {path}: the id map names the same id twice (edited or corrupted)")

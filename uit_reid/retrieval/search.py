@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
+from uit_reid.images import CorruptImageError, load_image
 from uit_reid.retrieval.index import GalleryIndex
 
 __all__ = [
@@ -51,21 +52,67 @@ class Hit:
 
 
 def list_images(folder: str | os.PathLike[str], extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files under ``folder`` (recursively), by extension (case-insensitive), sorted."""
-    root = Path(folder)
+    """Image files under ``folder`` (recursively), by extension (case-insensitive), sorted.
+
+    Paths are absolute (symlinks kept as named), so an index whose ids are these paths finds its
+    images from any working directory.
+    """
+    root = Path(folder).absolute()
     if not root.is_dir():
         raise FileNotFoundError(f"folder {root} does not exist or is not a directory")
     exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
 
 
-def _load(path: Path) -> Image.Image | None:
+def _load(path: Path, image_size: Sequence[int] | None = None) -> Image.Image | None:
+    """`load_image`, or None (logged) for a missing or undecodable file."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        return load_image(path, image_size)
+    except (CorruptImageError, OSError) as err:
         logger.warning("skipping unreadable image %s: %s", path, err)
         return None
+
+
+class _FolderImages(torch.utils.data.Dataset):
+    """Decoded, transformed images of a file list; ``None`` in place of an unreadable file.
+
+    A map-style dataset so a `DataLoader` can decode in worker processes while the model encodes.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        transform: Callable[[Image.Image], torch.Tensor],
+        image_size: Sequence[int] | None,
+    ) -> None:
+        self.files = list(files)
+        self.transform = transform
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None]:
+        img = _load(self.files[index], self.image_size)
+        if img is None:
+            return index, None
+        t = self.transform(img)
+        if not isinstance(t, torch.Tensor) or t.ndim != 3:
+            raise ValueError(f"transform must return a (3, H, W) tensor, got {getattr(t, 'shape', type(t))}")
+        return index, t
+
+
+def _collate_readable(items: list[tuple[int, torch.Tensor | None]]) -> tuple[list[int], torch.Tensor | None, list[int]]:
+    """(indices of the readable images, their stacked tensors or None, indices of unreadable ones)."""
+    readable = [(i, t) for i, t in items if t is not None]
+    skipped = [i for i, t in items if t is None]
+    if not readable:
+        return [], None, skipped
+    try:
+        batch = torch.stack([t for _, t in readable])
+    except RuntimeError as err:
+        raise ValueError(f"transform returned tensors of different shapes in one batch: {err}") from err
+    return [i for i, _ in readable], batch, skipped
 
 
 @torch.no_grad()
@@ -77,53 +124,51 @@ def encode_image_folder(
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
     device: str | torch.device | None = None,
     progress: bool = True,
+    image_size: Sequence[int] | None = None,
+    num_workers: int = 0,
 ) -> tuple[np.ndarray, list[str], list[str]]:
     """Encode every image under ``folder`` in batches.
 
-    Returns ``(features, paths, skipped)``: float32 (N, D) features of the readable images, their
-    paths (as strings, sorted) and the paths that could not be read (skipped, and logged).
+    Images are decoded and transformed by a `DataLoader` with ``num_workers`` worker processes
+    (``0``: in this process), so decoding overlaps encoding; batches go to ``device`` from pinned
+    memory with non-blocking copies when it is a GPU. ``image_size`` (height, width), when given, is
+    the smallest size ``transform`` needs: large files are then decoded at a reduced size (see
+    `uit_reid.images.load_image`). Returns ``(features, paths, skipped)``: float32 (N, D) features
+    of the readable images, their paths (as strings, sorted) and the paths that could not be read
+    (skipped, and logged).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
     files = list_images(folder, extensions)
     if not files:
         raise ValueError(f"no images with extensions {tuple(extensions)} under {folder}")
+    target = torch.device(device) if device is not None else None
+    loader = torch.utils.data.DataLoader(
+        _FolderImages(files, transform, image_size),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate_readable,
+        pin_memory=target is not None and target.type == "cuda",
+    )
     feats: list[np.ndarray] = []
     paths: list[str] = []
     skipped: list[str] = []
-    batch: list[torch.Tensor] = []
-    batch_paths: list[str] = []
-
-    def flush() -> None:
-        try:
-            x = torch.stack(batch)
-        except RuntimeError as err:
-            raise ValueError(f"transform returned tensors of different shapes in one batch: {err}") from err
-        if device is not None:
-            x = x.to(device)
-        out = image_encoder(x)
-        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"image_encoder must return a ({x.shape[0]}, D) tensor, got {shape}")
-        feats.append(out.detach().float().cpu().numpy())
-        paths.extend(batch_paths)
-        batch.clear()
-        batch_paths.clear()
-
-    for path in tqdm(files, desc="encoding images", unit="img", disable=not progress):
-        img = _load(path)
-        if img is None:
-            skipped.append(str(path))
-            continue
-        t = transform(img)
-        if not isinstance(t, torch.Tensor) or t.ndim != 3:
-            raise ValueError(f"transform must return a (3, H, W) tensor, got {getattr(t, 'shape', type(t))}")
-        batch.append(t)
-        batch_paths.append(str(path))
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
+    with tqdm(total=len(files), desc="encoding images", unit="img", disable=not progress) as bar:
+        for indices, x, unreadable in loader:
+            skipped.extend(str(files[i]) for i in unreadable)
+            bar.update(len(indices) + len(unreadable))
+            if x is None:
+                continue
+            if target is not None:
+                x = x.to(target, non_blocking=True)
+            out = image_encoder(x)
+            if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"image_encoder must return a ({x.shape[0]}, D) tensor, got {shape}")
+            feats.append(out.detach().float().cpu().numpy())
+            paths.extend(str(files[i]) for i in indices)
     if skipped:
         logger.warning("skipped %d unreadable image(s) of %d under %s", len(skipped), len(files), folder)
     if not feats:
@@ -142,11 +187,14 @@ def build_index_from_folder(
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
     device: str | torch.device | None = None,
     progress: bool = True,
+    image_size: Sequence[int] | None = None,
+    num_workers: int = 0,
     **index_kwargs: Any,
 ) -> GalleryIndex:
     """Encode a folder of images into a new `GalleryIndex` whose ids are the image paths.
 
-    Unreadable files are skipped and counted in the log; ``index_kwargs`` go to ``GalleryIndex``.
+    Unreadable files are skipped and counted in the log; ``num_workers`` decode in parallel (see
+    `encode_image_folder`); ``index_kwargs`` go to ``GalleryIndex``.
     """
     feats, paths, skipped = encode_image_folder(
         folder,
@@ -156,6 +204,8 @@ def build_index_from_folder(
         extensions=extensions,
         device=device,
         progress=progress,
+        image_size=image_size,
+        num_workers=num_workers,
     )
     index = GalleryIndex(feats.shape[1], kind, fingerprint=fingerprint, **index_kwargs)
     index.add(feats, paths)
@@ -266,7 +316,7 @@ def render_results(
     for i, hit in enumerate(hits):
         r, c = divmod(i, cols)
         x0, y0 = pad + c * (cell_w + pad), header + r * (cell_h + pad)
-        img = images[i] if images is not None else (_load(Path(hit.path)) if hit.path else None)
+        img = images[i] if images is not None else (_load(Path(hit.path), (th, tw)) if hit.path else None)
         color = GREY if hit.correct is None else (GREEN if hit.correct else RED)
         draw.rectangle([x0, y0, x0 + cell_w - 1, y0 + cell_h - label_h - 1], fill=color)
         if img is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from uit_reid.train.checkpoint import load_checkpoint, save_checkpoint
 from uit_reid.train.config import ConfigError, TrainConfig, bundled_config, load_config
-from uit_reid.train.optim import build_optimizer, lr_factor, param_groups, warmup_cosine
+from uit_reid.train.optim import build_optimizer, lr_factor, param_groups, param_role, warmup_cosine
 from uit_reid.train.trainer import (
     NonFiniteLossError,
     Trainer,
@@ -29,6 +29,7 @@ __all__ = [
     "load_model",
     "lr_factor",
     "param_groups",
+    "param_role",
     "save_checkpoint",
     "warmup_cosine",
 ]

@@ -3,6 +3,11 @@
 A checkpoint holds model, optimiser, scheduler and grad-scaler state, the RNG states of torch
 (CPU and CUDA), Python and NumPy, the position in the epoch and the global step. It is read back
 with ``torch.load(weights_only=True)``: only tensors and plain containers, never code.
+
+Integrity: torch writes checkpoints as zip archives with a CRC-32 of every record; `load_checkpoint`
+verifies all of them before unpickling, so a flipped byte is reported (naming the file) instead of
+resuming from silently wrong weights. `save_checkpoint` keeps the checkpoint it replaces as
+``<name>.prev<suffix>`` (a hard link: no copy, no extra time) so there is a good one to go back to.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +24,49 @@ import torch
 
 from uit_reid.io import atomic_torch_save
 
-__all__ = ["CHECKPOINT_VERSION", "capture_rng_state", "load_checkpoint", "restore_rng_state", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "CheckpointError",
+    "capture_rng_state",
+    "check_run_dir",
+    "load_checkpoint",
+    "previous_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
+
+_EXPECTED = "a last.pt written by uit-reid train (or a model folder written by save_pretrained)"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is corrupted or not a uit_reid checkpoint (the file is named)."""
+
+
+def previous_checkpoint(path: str | os.PathLike) -> Path:
+    """Where `save_checkpoint` keeps the checkpoint it replaced: ``last.pt`` -> ``last.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def check_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a fresh run in a folder that already holds files, unless told to.
+
+    A fresh run would replace ``last.pt``, ``best/`` and ``metrics.json`` and restart the log.
+    """
+    run_dir = Path(run_dir)
+    if resume or overwrite or not run_dir.is_dir():
+        return
+    used = sorted(p.name for p in run_dir.iterdir())
+    if used:
+        shown = ", ".join(used[:4]) + (", ..." if len(used) > 4 else "")
+        raise FileExistsError(
+            f"run folder {run_dir} is not empty ({shown}); pass --resume to continue that run or "
+            "--overwrite to replace it (Trainer(resume=True) / Trainer(overwrite=True))"
+        )
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -48,22 +92,58 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, **state: Any) -> Path:
-    """Write ``state`` (plus the format version) to ``path`` via a temp file and rename."""
+    """Write ``state`` (plus the format version) to ``path`` via a temp file and rename.
+
+    A checkpoint already at ``path`` stays available as `previous_checkpoint` (hard link, where the
+    file system has them).
+    """
     path = Path(path)
+    if path.is_file():
+        prev = previous_checkpoint(path)
+        link = prev.with_name(f".{prev.name}.link")
+        try:
+            link.unlink(missing_ok=True)
+            os.link(path, link)
+            os.replace(link, prev)
+        except OSError as err:  # no hard links here: keep going without a previous checkpoint
+            logger.debug("could not keep the previous checkpoint %s: %s", prev, err)
     atomic_torch_save({"version": CHECKPOINT_VERSION, **state}, path)
     logger.debug("checkpoint written to %s", path)
     return path
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`, without unpickling code."""
+    """Read a checkpoint written by `save_checkpoint`, checksums first, without unpickling code.
+
+    Raises `CheckpointError` naming the file: corrupted (a record fails its CRC-32; the message
+    names the previous checkpoint when one exists) or not a uit_reid checkpoint at all.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        if zipfile.is_zipfile(path):
+            bad = "the archive structure"
+        else:
+            raise CheckpointError(f"{path} is not a uit_reid checkpoint (not a torch zip file); expected {_EXPECTED}") from None
+    if bad is not None:
+        prev = previous_checkpoint(path)
+        hint = (
+            f"; the previous checkpoint {prev} is intact if it loads: resume from it with --resume {prev}"
+            if prev.is_file() and prev != path
+            else "; restore it from a backup or start a fresh run with --overwrite"
+        )
+        raise CheckpointError(f"checkpoint {path} is corrupted ({bad} fails its checksum){hint}")
+    try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
+    except Exception as exc:  # torch's message suggests weights_only=False: never pass that on
+        kind = "holds Python objects that safe loading refuses" if "weights_only" in str(exc) else "cannot be read"
+        raise CheckpointError(f"{path} is not a uit_reid checkpoint: it {kind}; expected {_EXPECTED}") from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is not a uit_reid training checkpoint (version {CHECKPOINT_VERSION})")
+        raise CheckpointError(
+            f"{path} is not a uit_reid training checkpoint (no version {CHECKPOINT_VERSION} state); expected {_EXPECTED}"
+        )
     return state

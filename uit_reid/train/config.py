@@ -8,10 +8,15 @@ CUHK-PEDES. A misspelt key is an error naming the key and the file, never silent
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from uit_reid.data.samplers import DEFAULT_NUM_INSTANCES, DEFAULT_SAMPLER, SAMPLERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,7 +43,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "ViT-B-16"
+    name: str = "ViT-B-16-quickgelu"
     pretrained: str | None = "openai"
     image_size: tuple[int, int] = (384, 128)
     context_length: int = 77
@@ -46,7 +51,9 @@ class ModelConfig:
     tir_width: int = 512
     tir_depth: int = 4
     tir_heads: int = 8
+    tir_layout: str = "sen"
     mask_ratio: float = 0.7
+    tir_grayscale: str = "normalised"
 
     def __post_init__(self) -> None:
         # TOML has no null: "none" (or "") means random initialisation.
@@ -70,12 +77,15 @@ class DataConfig:
     root: str = "data/CUHK-PEDES"
     format: str = "auto"
     batch_size: int = 128
-    sampler: str = "random"
-    num_instances: int = 4
+    sampler: str = DEFAULT_SAMPLER
+    num_instances: int = DEFAULT_NUM_INSTANCES
     num_workers: int = 8
     text_aug_p: float = 0.2
+    token_corruption: bool = True
     padding: int = 10
     erasing_p: float = 0.5
+    erasing_fill: str = "clip_mean"
+    interpolation: str = "bilinear"
     on_missing: str = "error"
     eval_batch_size: int = 512
 
@@ -107,6 +117,7 @@ class RunConfig:
     output_dir: str = "runs/uit"
     device: str = "auto"
     max_steps: int = 0
+    select_on_test: bool = False
 
 
 @dataclass
@@ -137,15 +148,44 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Check values that would otherwise fail deep inside training."""
+        """Check every key's type (from the dataclass annotations) and the ranges training relies on."""
+        for section in _SECTION_TYPES:
+            _check_types(section, getattr(self, section))
+        r, d, o = self.train, self.data, self.optim
         checks = [
+            (r.eval_every >= 1, f"train.eval_every must be >= 1, got {r.eval_every}"),
+            (r.log_every >= 1, f"train.log_every must be >= 1, got {r.log_every}"),
+            (r.max_steps >= 0, f"train.max_steps must be >= 0 (0 = no limit), got {r.max_steps}"),
+            (r.checkpoint_every_steps >= 0, f"train.checkpoint_every_steps must be >= 0, got {r.checkpoint_every_steps}"),
+            (d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}"),
+            (d.eval_batch_size > 0, f"data.eval_batch_size must be positive, got {d.eval_batch_size}"),
+            (d.num_instances >= 1, f"data.num_instances must be >= 1, got {d.num_instances}"),
+            (0.0 <= d.text_aug_p <= 1.0, f"data.text_aug_p must be in [0, 1], got {d.text_aug_p}"),
+            (0.0 <= d.erasing_p <= 1.0, f"data.erasing_p must be in [0, 1], got {d.erasing_p}"),
+            (d.padding >= 0, f"data.padding must be >= 0, got {d.padding}"),
+            (o.lr > 0, f"optim.lr must be positive, got {o.lr}"),
+            (o.eps > 0, f"optim.eps must be positive, got {o.eps}"),
+            (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}"),
+            (all(0.0 <= b < 1.0 for b in o.betas), f"optim.betas must be in [0, 1), got {list(o.betas)}"),
+            (o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}"),
+            (o.grad_clip >= 0, f"optim.grad_clip must be >= 0, got {o.grad_clip}"),
+            (all(v > 0 for v in self.model.image_size), f"model.image_size must be positive, got {list(self.model.image_size)}"),
+            (self.model.context_length >= 1, f"model.context_length must be >= 1, got {self.model.context_length}"),
+            (self.synthetic.num_ids >= 1 and self.synthetic.images_per_id >= 1,
+             "synthetic.num_ids and synthetic.images_per_id must be >= 1"),
+        ]
+        checks += [
             (self.train.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision must be auto|fp32|bf16|fp16"),
-            (self.data.sampler in ("random", "identity"), "data.sampler must be 'random' or 'identity'"),
+            (self.data.sampler in SAMPLERS, f"data.sampler must be one of {list(SAMPLERS)}"),
             (self.data.on_missing in ("error", "skip"), "data.on_missing must be 'error' or 'skip'"),
             (self.data.batch_size > 0, "data.batch_size must be positive"),
             (self.optim.accum_steps >= 1, "optim.accum_steps must be >= 1"),
             (self.train.epochs >= 1, "train.epochs must be >= 1"),
             (0.0 <= self.model.mask_ratio < 1.0, "model.mask_ratio must be in [0, 1)"),
+            (self.model.tir_layout in ("sen", "residual"), "model.tir_layout must be 'sen' or 'residual'"),
+            (self.model.tir_grayscale in ("normalised", "pixels"), "model.tir_grayscale must be 'normalised' or 'pixels'"),
+            (self.data.interpolation in ("bilinear", "bicubic"), "data.interpolation must be 'bilinear' or 'bicubic'"),
+            (self.data.erasing_fill in ("zero", "clip_mean"), "data.erasing_fill must be 'zero' or 'clip_mean'"),
             (len(self.model.image_size) == 2, "model.image_size must be [height, width]"),
         ]
         for ok, message in checks:
@@ -161,6 +201,7 @@ class TrainConfig:
         """Build from nested dicts; unknown tables or keys raise `ConfigError` naming them."""
         sections = {f.name: f.type for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
+        source_for = data.pop("__sources__", {}) if isinstance(data.get("__sources__"), dict) else {}
         for name, value in data.items():
             if name not in sections:
                 raise ConfigError(f"{source}: unknown section [{name}]; known: {sorted(sections)}")
@@ -171,8 +212,16 @@ class TrainConfig:
             for key in value:
                 if key not in known:
                     raise ConfigError(f"{source}: unknown key '{name}.{key}'; known: {sorted(known)}")
-            kwargs[name] = section_cls(**{k: _coerce(known[k], v) for k, v in value.items()})
-        return cls(**kwargs)
+            hints = _hints(section_cls)
+            for key, v in value.items():
+                where = source_for.get(f"{name}.{key}", source)
+                _check_value(f"{name}.{key}", v, hints[key], where)
+            kwargs[name] = section_cls(**{k: _coerce(hints[k], v) for k, v in value.items()})
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            key = str(exc).split(" ", 1)[0]  # "section.key must ..." : blame the override that set it
+            raise ConfigError(f"{source_for.get(key, source)}: {exc}") from None
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TrainConfig:
@@ -188,7 +237,8 @@ class TrainConfig:
 
     def override(self, assignments: list[str]) -> TrainConfig:
         """Apply ``section.key=value`` overrides (values parsed as TOML, else taken as strings)."""
-        data = self.to_dict()
+        data: dict[str, Any] = self.to_dict()
+        sources: dict[str, str] = {}
         for item in assignments:
             if "=" not in item or "." not in item.split("=", 1)[0]:
                 raise ConfigError(f"override {item!r} must look like section.key=value")
@@ -199,7 +249,9 @@ class TrainConfig:
             except tomllib.TOMLDecodeError:
                 value = raw
             data.setdefault(section, {})[key] = value
-        return TrainConfig.from_dict(data, source="overrides")
+            sources[f"{section}.{key}"] = f"--set {item}"
+        data["__sources__"] = sources
+        return TrainConfig.from_dict(data, source="--set " + " ".join(assignments))
 
     def to_toml(self) -> str:
         """Render as TOML (TOML has no null: ``None`` is written as ``"none"``)."""
@@ -222,10 +274,74 @@ _SECTION_TYPES = {
 }
 
 
-def _coerce(spec: dataclasses.Field, value: Any) -> Any:
+def _hints(section_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def _describe(tp: Any) -> str:
+    """Words for a type annotation: ``int`` -> "an integer", ``tuple[int, int]`` -> "a list of 2 integers"."""
+    names = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string", type(None): "none"}
+    if tp in names:
+        return names[tp]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin in (tuple, list):
+        if len(args) == 2 and args[1] is Ellipsis or origin is list:
+            return f"a list of {_describe(args[0]).split(' ', 1)[1]}s"
+        kinds = {_describe(a).split(" ", 1)[1] for a in args}
+        return f"a list of {len(args)} {kinds.pop() + 's' if len(kinds) == 1 else 'values'}"
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in args)
+    return getattr(tp, "__name__", str(tp))
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    if tp is Any:
+        return True
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is type(None):
+        return value is None
+    if tp is str:
+        return isinstance(value, str)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            return False
+        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True  # an annotation this checker does not know: leave it to the code that uses it
+
+
+def _check_value(key: str, value: Any, tp: Any, source: str) -> None:
+    if not _matches(value, tp):
+        raise ConfigError(f"{source}: {key} must be {_describe(tp)}, got {value!r}")
+
+
+def _check_types(section: str, obj: Any) -> None:
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if not _matches(value, hints[f.name]):
+            raise ConfigError(f"{section}.{f.name} must be {_describe(hints[f.name])}, got {value!r}")
+
+
+def _coerce(tp: Any, value: Any) -> Any:
     if isinstance(value, list):
         return tuple(value)
-    if spec.type == "float" and isinstance(value, int) and not isinstance(value, bool):
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
 

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_HEAD_PREFIXES", "build_optimizer", "lr_factor", "param_groups", "warmup_cosine"]
+__all__ = ["PARAM_ROLES", "build_optimizer", "lr_factor", "param_groups", "param_role", "warmup_cosine"]
 
-DEFAULT_HEAD_PREFIXES: tuple[str, ...] = ("classifier.", "tir_head.cross_attn.")
-"""Modules trained at ``head_lr_mult`` x the base learning rate: freshly initialised heads."""
+PARAM_ROLES: dict[str, str] = {
+    "encoder.": "encoder",
+    "classifier.": "classifier",
+    "tir_head.cross_attn.": "tir_attention",
+    "tir_head.decoder.": "tir_attention",
+    "tir_head.": "tir_io",
+}
+"""Module prefix → role, first match wins. ``encoder``: the pre-trained CLIP towers;
+``classifier``: the identity classifier; ``tir_attention``: the TIR decoder's cross-attention and
+transformer blocks (freshly initialised, trained fast); ``tir_io``: the TIR decoder's input and
+output layers (LayerNorms, embedding, mask token, pixel prediction)."""
+
+_FAST_ROLES = ("classifier", "tir_attention")
+
+
+def param_role(name: str) -> str:
+    """Role of the parameter called ``name`` in a `UITModel` (see `PARAM_ROLES`)."""
+    for prefix, role in PARAM_ROLES.items():
+        if name.startswith(prefix):
+            return role
+    raise ValueError(f"parameter {name!r} has no role; known prefixes: {list(PARAM_ROLES)}")
 
 
 def param_groups(
@@ -20,26 +38,33 @@ def param_groups(
     weight_decay: float,
     head_lr_mult: float = 5.0,
     bias_lr_mult: float = 2.0,
-    head_prefixes: Sequence[str] = DEFAULT_HEAD_PREFIXES,
 ) -> list[dict]:
-    """One group per trainable parameter kind: heads get ``lr * head_lr_mult``; biases get
-    ``lr * bias_lr_mult`` (x ``head_lr_mult`` inside heads) and no weight decay.
+    """Optimiser groups by role (the authors' recipe): the classifier and the TIR decoder's
+    attention layers train at ``lr * head_lr_mult``, the rest at ``lr``; every bias (including
+    attention ``in_proj_bias``) has no weight decay and trains at ``lr * bias_lr_mult``, except the
+    classifier's, which keeps ``lr * head_lr_mult``.
 
     Frozen parameters (``requires_grad=False``, e.g. CLIP's fixed logit scale) are left out.
-    Each group carries a ``name`` so logs and tests can tell them apart.
+    Each group carries a ``name`` (``"<role>"`` or ``"<role>_bias"``) so logs and tests can tell
+    them apart; the encoder's weights come first.
     """
-    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        is_head = name.startswith(tuple(head_prefixes))
-        buckets.setdefault((is_head, name.endswith(".bias")), []).append(param)
+        is_bias = name.rsplit(".", 1)[-1].endswith("bias")
+        buckets.setdefault((param_role(name), is_bias), []).append(param)
+    order = list(dict.fromkeys(PARAM_ROLES.values()))
     groups = []
-    for (is_head, is_bias), params in sorted(buckets.items()):
-        group_lr = lr * (head_lr_mult if is_head else 1.0) * (bias_lr_mult if is_bias else 1.0)
+    for (role, is_bias), params in sorted(buckets.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        fast = role in _FAST_ROLES
+        if is_bias and role != "classifier":
+            group_lr = lr * bias_lr_mult
+        else:
+            group_lr = lr * (head_lr_mult if fast else 1.0)
         groups.append(
             {
-                "name": ("head" if is_head else "backbone") + ("_bias" if is_bias else ""),
+                "name": role + ("_bias" if is_bias else ""),
                 "params": params,
                 "lr": group_lr,
                 "initial_lr": group_lr,

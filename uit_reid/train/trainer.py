@@ -39,22 +39,34 @@ from uit_reid.data import (
     Split,
     TrainCollate,
     TrainDataset,
+    build_batch_sampler,
     build_eval_loaders,
     load_dataset,
     make_synthetic,
 )
-from uit_reid.distributed import is_distributed, rank, world_size
+from uit_reid.distributed import all_reduce_mean, is_distributed, rank, world_size
 from uit_reid.encoders import CLIPDualEncoder
 from uit_reid.io import atomic_write_text
 from uit_reid.model import UITModel
 from uit_reid.tir import TIRHead
-from uit_reid.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from uit_reid.train.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    check_run_dir,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from uit_reid.train.config import TrainConfig
 from uit_reid.train.optim import build_optimizer, warmup_cosine
 
 __all__ = ["NonFiniteLossError", "Trainer", "build_model", "encode_split", "evaluate_model", "load_model"]
 
 logger = logging.getLogger(__name__)
+
+
+SELECT_ON_TEST_KEY = "selected_on_test"
+SELECT_ON_TEST_LABEL = "authors' protocol: best test R1 over epochs (optimistic; not a held-out figure)"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -76,6 +88,7 @@ def build_model(config: TrainConfig, num_classes: int) -> UITModel:
             width=m.tir_width,
             depth=m.tir_depth,
             heads=m.tir_heads,
+            layout=m.tir_layout,
         )
     weights = {"sdm": lw.sdm, "id": lw.id, "tir": lw.tir, "cmt": lw.cmt, "itc": lw.itc}
     return UITModel(
@@ -86,6 +99,7 @@ def build_model(config: TrainConfig, num_classes: int) -> UITModel:
         logit_scale=lw.logit_scale,
         cmt_margin=lw.cmt_margin,
         mask_ratio=m.mask_ratio,
+        tir_grayscale=m.tir_grayscale,
     )
 
 
@@ -99,6 +113,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         model = UITModel.from_pretrained(path, device=device)
     elif path.is_file():
         state = load_checkpoint(path)
+        if not isinstance(state.get("config"), str) or not isinstance(state.get("model"), dict):
+            raise CheckpointError(f"{path} is a training checkpoint without a model and its config")
         config = TrainConfig.from_dict(json.loads(state["config"]), source=str(path))
         config.model.pretrained = None
         classifier = state["model"].get("classifier.weight")
@@ -119,11 +135,18 @@ def encode_split(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
+    interpolation: str = "bicubic",
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised (query features, query pids, gallery features, gallery pids) of an eval split."""
+    """Normalised (query features, query pids, gallery features, gallery pids) of an eval split.
+
+    Gallery images are decoded by ``num_workers`` loader processes while the model encodes;
+    ``progress`` shows a bar over the gallery batches (on a terminal).
+    """
     tokenizer = model.encoder.tokenize
     gallery_loader, query_loader = build_eval_loaders(
-        split, tokenizer, tuple(image_size), batch_size=batch_size, num_workers=num_workers
+        split, tokenizer, tuple(image_size), batch_size=batch_size, num_workers=num_workers,
+        transform=augment.build_eval_transform(image_size, interpolation=interpolation),
     )
     device = torch.device(device)
     autocast = (
@@ -133,7 +156,7 @@ def encode_split(
     model.eval()
     g_feats, g_pids, q_feats, q_pids = [], [], [], []
     with autocast:
-        for batch in gallery_loader:
+        for batch in tqdm(gallery_loader, desc="encoding gallery", unit="batch", disable=None if progress else True):
             g_feats.append(model.encode_images(batch["images"].to(device, non_blocking=True)).float().cpu())
             g_pids.append(batch["pids"])
         for batch in query_loader:
@@ -151,9 +174,12 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
+    interpolation: str = "bicubic",
 ) -> dict[str, float]:
     """Text-to-image R1/R5/R10/mAP/mINP (percent) of ``model`` on an evaluation split."""
-    q, q_pids, g, g_pids = encode_split(model, split, image_size, batch_size, device, num_workers, amp_dtype)
+    q, q_pids, g, g_pids = encode_split(
+        model, split, image_size, batch_size, device, num_workers, amp_dtype, interpolation
+    )
     return retrieval.evaluate(q @ g.t(), q_pids, g_pids)
 
 
@@ -230,13 +256,20 @@ class Trainer:
         config: the recipe.
         resume: continue from ``<output_dir>/last.pt`` (``True``) or from a given checkpoint path.
         dataset: an already loaded dataset (otherwise ``config.data.root`` is read).
+        overwrite: start a fresh run in an output folder that is not empty (otherwise refused).
     """
 
     def __init__(
-        self, config: TrainConfig, resume: bool | str | os.PathLike = False, dataset: PedesDataset | None = None
+        self,
+        config: TrainConfig,
+        resume: bool | str | os.PathLike = False,
+        dataset: PedesDataset | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.config = config
         self.run_dir = Path(config.train.output_dir)
+        check_run_dir(self.run_dir, bool(resume), overwrite)  # before any rank writes anything
+        self._saved_step: int | None = None  # step of the last checkpoint written or resumed from
         self._owns_process_group = False
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and config.train.device != "cpu" else "gloo"
@@ -273,16 +306,17 @@ class Trainer:
 
         d, o = config.data, config.optim
         transform = augment.build_train_transform(
-            tuple(config.model.image_size), padding=d.padding, erasing_p=d.erasing_p
+            tuple(config.model.image_size), padding=d.padding, erasing_p=d.erasing_p,
+            erasing_fill=d.erasing_fill, interpolation=d.interpolation,
         )
         text_aug = augment.TextAugment(p=d.text_aug_p) if d.text_aug_p > 0 else None
+        self.token_augment = (
+            augment.TokenCorruption.for_tokenizer(self.model.encoder.tokenizer) if d.token_corruption else None
+        )
         self.train_items = _SeededItems(TrainDataset(self.dataset.train, transform, text_aug), config.train.seed)
-        if d.sampler == "identity":
-            self.sampler: IdentitySampler | RandomBatchSampler = IdentitySampler(
-                self.train_items.dataset.pids, d.batch_size, d.num_instances, seed=config.train.seed
-            )
-        else:
-            self.sampler = RandomBatchSampler(len(self.train_items), d.batch_size, seed=config.train.seed)
+        self.sampler = build_batch_sampler(
+            d.sampler, self.train_items.dataset.pids, d.batch_size, d.num_instances, seed=config.train.seed
+        )
         self.batches_per_epoch = len(self.sampler)
         if self.batches_per_epoch < o.accum_steps:
             raise ValueError(
@@ -308,6 +342,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.best_r1 = -math.inf
+        self.best_test: dict[str, Any] | None = None  # train.select_on_test: best test epoch so far
         self.history: list[dict[str, Any]] = []
         self._tb = None
         if resume:
@@ -361,6 +396,7 @@ class Trainer:
             gathered: list[Any] = [None] * self.world_size
             dist.all_gather_object(gathered, rng_states[0])
             rng_states = gathered
+        self._saved_step = self.step
         if not self.is_main:
             return
         save_checkpoint(
@@ -374,6 +410,7 @@ class Trainer:
             epoch=self.epoch,
             batch_in_epoch=self.batch_in_epoch,
             best_r1=self.best_r1,
+            best_test=json.dumps(self.best_test),
             world_size=self.world_size,
             config=json.dumps(self.config.to_dict()),
         )
@@ -390,7 +427,9 @@ class Trainer:
         rng["torch"] = rng["torch"].cpu()
         restore_rng_state(rng)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self._saved_step = self.step
         self.best_r1 = state["best_r1"]
+        self.best_test = json.loads(state.get("best_test", "null"))
         if self.is_main:
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
 
@@ -399,7 +438,7 @@ class Trainer:
         return DataLoader(
             self.train_items,
             batch_sampler=_EpochBatches(self.sampler, epoch, start, self.steps_per_epoch * self.config.optim.accum_steps),
-            collate_fn=TrainCollate(self.tokenizer),
+            collate_fn=TrainCollate(self.tokenizer, self.token_augment),
             num_workers=d.num_workers,
             pin_memory=self.device.type == "cuda",
             # a private generator: creating the iterator must not draw from the global RNG, or a
@@ -413,10 +452,15 @@ class Trainer:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if finite.item() < 1:
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in out.items())
+            last = self.run_dir / "last.pt"
+            kept = (
+                f"{last} holds the state at step {self._saved_step} (--resume continues from there)"
+                if self._saved_step is not None
+                else f"no checkpoint of this run was written yet (nothing in {last} to resume from)"
+            )
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}): {parts}. "
-                f"Training stopped before the optimiser step; {self.run_dir / 'last.pt'} still holds the last "
-                "good state (lower optim.lr or enable optim.grad_clip)"
+                f"Training stopped before the optimiser step; {kept}. Lower optim.lr or enable optim.grad_clip"
             )
 
     # ------------------------------------------------------------------ public
@@ -430,6 +474,7 @@ class Trainer:
             self.device,
             num_workers=min(self.config.data.num_workers, 4),
             amp_dtype=self.amp_dtype,
+            interpolation=self.config.data.interpolation,
         )
 
     def fit(self) -> dict[str, Any]:
@@ -466,8 +511,10 @@ class Trainer:
                     )
                     with autocast:
                         out = self.forward_model(batch)
-                    self._check_finite(out)
                     self.scaler.scale(out["loss"] / accum).backward()
+                # the step's one host sync, after the backward is queued (a GPU keeps working while
+                # the CPU waits) and before anything reaches the optimiser
+                self._check_finite(out)
                 self.batch_in_epoch += 1
                 window_images += batch_images
                 for k, v in out.items():
@@ -486,12 +533,14 @@ class Trainer:
                 progress.update(1)
                 if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - window_start
+                    # ID and TIR are means over this rank's rows: average them over ranks (one collective)
+                    means = all_reduce_mean({k: v / window_count for k, v in window_losses.items()})
                     record = {
                         "step": self.step,
                         "epoch": self.epoch,
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "images_per_s": window_images / max(elapsed, 1e-9),
-                        **{k: float(v) / window_count for k, v in window_losses.items()},
+                        **{k: float(v) for k, v in means.items()},
                     }
                     self._log(record)
                     progress.set_postfix(
@@ -515,7 +564,11 @@ class Trainer:
         return self._finish()
 
     def _validate(self, epoch: int) -> None:
+        if self.config.train.select_on_test and self.dataset.test is not None and self.is_main:
+            self._select_on_test(epoch)
         if self.dataset.val is None:
+            if is_distributed():
+                dist.barrier()
             return
         if self.is_main:
             metrics = self.evaluate(self.dataset.val)
@@ -526,6 +579,14 @@ class Trainer:
                 self.model.save_pretrained(self.run_dir / "best")
         if is_distributed():
             dist.barrier()
+
+    def _select_on_test(self, epoch: int) -> None:
+        """The authors' protocol (``train.select_on_test``): evaluate test every epoch, keep the best."""
+        metrics = self.evaluate(self.dataset.test)
+        self._log({"step": self.step, "epoch": epoch, "split": "test_per_epoch", **metrics})
+        if self.best_test is None or metrics["R1"] > self.best_test["R1"]:
+            self.best_test = {"epoch": epoch, **metrics}
+            self.model.save_pretrained(self.run_dir / "best_test")
 
     def _finish(self) -> dict[str, Any]:
         result: dict[str, Any] = {"steps": self.step}
@@ -548,7 +609,12 @@ class Trainer:
                     self.model = trainer_model
                 result["test"] = test
                 self._log({"step": self.step, "epoch": self.epoch, "split": "test", **test})
-                atomic_write_text(self.run_dir / "metrics.json", json.dumps(test, indent=2) + "\n")
+                summary: dict[str, Any] = dict(test)
+                if self.best_test is not None:
+                    result["test_selected_on_test"] = self.best_test
+                    summary[SELECT_ON_TEST_KEY] = {"protocol": SELECT_ON_TEST_LABEL, **self.best_test}
+                    logger.info("test, best epoch on test (%s): %s", SELECT_ON_TEST_LABEL, _format_metrics(self.best_test))
+                atomic_write_text(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
                 logger.info("test (%s): %s", model_dir.name, _format_metrics(test))
         if self._tb is not None:
             self._tb.close()

@@ -1,0 +1,15 @@
+"""Error types shared across subpackages without importing them (no torch, no PIL).
+
+`uit_reid.data.records` re-exports both; they live here so that `uit_reid.images` (used by
+`uit_reid.retrieval` as well as `uit_reid.data`) can raise them without importing the data package.
+"""
+
+from __future__ import annotations
+
+
+class DataError(Exception):
+    """Base class of every error raised by `uit_reid.data` for bad input."""
+
+
+class CorruptImageError(DataError, OSError):
+    """An image file exists but cannot be decoded, or is too large to decode safely (its path is named)."""
