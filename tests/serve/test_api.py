@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -168,7 +169,7 @@ def test_rate_limit_per_client(gallery) -> None:
 def test_binds_loopback_by_default(server) -> None:
     port = int(server.url.rsplit(":", 1)[1])
     listening = []
-    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         local, state = line.split()[1], line.split()[3]
         if state == "0A" and int(local.split(":")[1], 16) == port:
             listening.append(local.split(":")[0])
