@@ -7,7 +7,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: setup test lint docs demo gpu-check clean
+.PHONY: setup browser test lint docs demo gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,17 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
-test: setup
+# The page's browser test needs Chromium and its driver (Debian packages). Installed only when missing
+# and when we are root with apt-get; otherwise the browser test skips and says why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver (apt-get) for the browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+			|| echo "could not install chromium: the browser test will skip"; \
+	else echo "chromium not found and not root: the browser test will skip"; fi
+
+test: setup browser
 	$(BIN)/ruff check uit_reid tests benchmarks examples
 	$(BIN)/mkdocs build --strict --quiet -d $(VENV)/site
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,4 @@
-"""The ``uit-reid`` command: train, evaluate, convert, index, search, synth and the demo.
+"""The ``uit-reid`` command: train, evaluate, convert, index, search, serve, synth and the demo.
 
 Every sub-command has ``--help``. Wrong arguments and unusable files end with a one-line
 ``uit-reid: error: ...`` message and exit status 2 (usage) or 1 (anything else), not a traceback;
@@ -177,6 +177,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from uit_reid.serve import ServeLimits, serve
+
+    limits = ServeLimits(
+        max_query_chars=args.max_query_chars, max_k=args.max_k, max_body_bytes=args.max_body_bytes,
+        rate=args.rate_limit, burst=args.burst,
+    )
+    serve(args.index, args.checkpoint, host=args.host, port=args.port, device=_device(args.device),
+          limits=limits, max_batch=args.max_batch, max_wait=args.batch_wait_ms / 1000.0)
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from uit_reid.data import make_synthetic
 
@@ -197,8 +209,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from uit_reid.demo import run_demo
     from uit_reid.retrieval import metrics_table
 
-    metrics = run_demo(Path(args.out), quick=args.quick, device=_device(args.device))
+    out = Path(args.out)
+    metrics = run_demo(out, quick=args.quick, device=_device(args.device))
     print(metrics_table({"test (t2i)": metrics}))
+    model_dir = next(p for p in (out / "best", out / "last") if p.is_dir())
+    print(f"search the test gallery in a browser (pip install 'uit_reid[serve]'):\n"
+          f"  uit-reid serve --index {out / 'gallery.faiss'} --checkpoint {model_dir}")
     return 0
 
 
@@ -278,6 +294,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help=device_help)
     p.add_argument("--json", action="store_true", help="print the results as one JSON object instead of lines")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="a search service and web page over an index (needs uit_reid[serve])")
+    p.add_argument("--index", required=True, help="index file written by 'uit-reid index build' or the demo")
+    p.add_argument("--checkpoint", required=True, help="the model the index was built with")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--max-query-chars", type=int, default=512, help="longest query accepted (default: %(default)s)")
+    p.add_argument("--max-k", type=int, default=100, help="most results per query (the index size caps it too)")
+    p.add_argument("--max-body-bytes", type=int, default=65536, help="largest POST body accepted (default: %(default)s)")
+    p.add_argument("--rate-limit", type=float, default=20.0, help="requests per second per client (0: off)")
+    p.add_argument("--burst", type=int, default=60, help="requests a client may save up")
+    p.add_argument("--max-batch", type=int, default=64, help="most queries encoded together")
+    p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a batch waits for more queries")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("synth", help="write the synthetic pedestrian dataset")
     p.add_argument("--out", required=True, help="folder to write (annotations.jsonl and imgs/)")

@@ -1,8 +1,9 @@
 """The demo: synthetic pedestrians → train the tiny model on CPU → evaluate → FAISS index → search.
 
 Writes into the output folder: ``data/`` (the synthetic dataset), the trainer's run files,
-``metrics.json`` (test R1/R5/R10/mAP/mINP), ``results.png`` (three queries with their top-5) and
-``training_curve.png``.
+``metrics.json`` (test R1/R5/R10/mAP/mINP), ``results.png`` (three queries with their top-5),
+``training_curve.png`` and ``gallery.faiss`` (the test gallery's index, which ``uit-reid serve`` can
+serve: the demo ends by printing that command).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def run_demo(out: Path, quick: bool = False, device: str = "cpu") -> dict[str, f
     if test is None:
         raise ValueError(f"{config.data.root}: the demo dataset has no test split")
     q, q_pids, g, g_pids = encode_split(model, test, device=device)
-    paths = [str(r.image_path) for r in test.records]
+    paths = [str(Path(r.image_path).resolve()) for r in test.records]
     index = GalleryIndex(dim=g.shape[1], kind="flat", fingerprint=model.encoder.fingerprint())
     index.add(g.numpy(), paths)
     pid_of = dict(zip(paths, g_pids.tolist()))
@@ -88,6 +89,7 @@ def run_demo(out: Path, quick: bool = False, device: str = "cpu") -> dict[str, f
         panels.append(render_results(text, hits))
     _stack_vertically(panels).save(out / "results.png")
     plot_training_curve(out / "metrics.jsonl", out / "training_curve.png")
+    index.save(out / "gallery.faiss")
     logger.info("demo finished in %.0f s; results in %s", time.perf_counter() - start, out)
     return result["test"]
 

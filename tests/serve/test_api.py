@@ -1,0 +1,196 @@
+"""The search API through a real HTTP client against a real `uit-reid serve` process on loopback."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.serve.conftest import serve_command, serve_env, start_server
+
+QUERY = "a man in a red jacket and blue jeans"
+TIMEOUT = 30
+
+
+def get(server, path: str, **kw) -> httpx.Response:
+    return httpx.get(server.url + path, timeout=TIMEOUT, **kw)
+
+
+def expected_top(gallery, query: str, k: int) -> tuple[list[str], np.ndarray]:
+    """Top-k by brute force in this process: the model's image and text features, cosine, sort."""
+    from uit_reid import augment
+    from uit_reid.retrieval import list_images
+    from uit_reid.train import load_model
+
+    model, size = load_model(gallery["checkpoint"])
+    paths = list_images(gallery["images"])
+    transform = augment.build_eval_transform(size)
+    with torch.no_grad():
+        images = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+        v = torch.nn.functional.normalize(model.encode_images(images, normalize=False).float(), dim=-1)
+        t = torch.nn.functional.normalize(
+            model.encode_texts(model.encoder.tokenize([query]), normalize=False).float(), dim=-1
+        )
+    scores = (t @ v.t())[0].numpy()
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [str(paths[i]) for i in order], scores[order]
+
+
+def test_search_matches_brute_force(server, gallery) -> None:
+    r = get(server, "/search", params={"q": QUERY, "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["k"] == 5 and body["results"][0]["query"] == QUERY
+    hits = body["results"][0]["results"]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    ids, scores = expected_top(gallery, QUERY, 5)
+    np.testing.assert_allclose([h["score"] for h in hits], scores, atol=1e-4)
+    # ties aside, the same images in the same order
+    assert [h["id"] for h in hits][:1] == ids[:1]
+    assert sorted(h["id"] for h in hits) == sorted(ids)
+
+
+def test_post_many_queries_equals_single_gets(server) -> None:
+    queries = [QUERY, "a woman with a black backpack", "someone in white shoes"]
+    r = httpx.post(server.url + "/search", json={"queries": queries, "k": 4}, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    many = r.json()["results"]
+    assert [m["query"] for m in many] == queries
+    for q, m in zip(queries, many):
+        single = get(server, "/search", params={"q": q, "k": 4}).json()["results"][0]["results"]
+        assert [h["id"] for h in single] == [h["id"] for h in m["results"]]
+        np.testing.assert_allclose([h["score"] for h in single], [h["score"] for h in m["results"]], atol=1e-5)
+
+
+def test_concurrent_queries_are_answered_each_with_its_own_results(server) -> None:
+    queries = [f"a person wearing a {c} shirt" for c in ("red", "blue", "green", "black", "white", "yellow")] * 4
+    sequential = {q: get(server, "/search", params={"q": q, "k": 3}).json() for q in set(queries)}
+    before = get(server, "/stats").json()["queries_served"]
+    with ThreadPoolExecutor(max_workers=len(queries)) as pool:
+        answers = list(pool.map(lambda q: get(server, "/search", params={"q": q, "k": 3}).json(), queries))
+    for q, a in zip(queries, answers):
+        assert a["results"][0]["query"] == q
+        assert [h["id"] for h in a["results"][0]["results"]] == [h["id"] for h in sequential[q]["results"][0]["results"]]
+    stats = get(server, "/stats").json()
+    assert stats["queries_served"] == before + len(queries)
+    assert stats["batches"] <= stats["search_requests"]
+
+
+def test_images_thumbnails_and_stats(server, gallery) -> None:
+    hit = get(server, "/search", params={"q": QUERY, "k": 1}).json()["results"][0]["results"][0]
+    before = get(server, "/stats").json()["thumbnail_cache"]
+    r = get(server, hit["image_url"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    thumb = Image.open(io.BytesIO(r.content))
+    original = Image.open(hit["id"]).convert("RGB")
+    assert thumb.size[0] <= 128 and thumb.size[1] <= 256
+    assert abs(thumb.size[0] / thumb.size[1] - original.size[0] / original.size[1]) < 0.1
+    assert get(server, hit["image_url"]).content == r.content
+    after = get(server, "/stats").json()["thumbnail_cache"]
+    assert after["hits"] >= before["hits"] + 1
+    full = get(server, hit["image_url"], params={"full": "true"})
+    assert full.headers["content-type"] == "image/png"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(full.content))), np.asarray(original))
+
+    stats = get(server, "/stats").json()
+    assert stats["index_size"] == 32 and stats["model_fingerprint"].startswith("uit-tiny-")
+    assert stats["queries_served"] >= 1
+    lat = stats["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert get(server, "/healthz").json() == {"status": "ok", "index_size": 32}
+
+
+LONG = "a" * 600
+BAD_REQUESTS = [
+    ("GET", "/search?q=&k=3", None, 422, "q: the query is empty"),
+    ("GET", "/search?q=%20%20&k=3", None, 422, "q: the query is empty"),
+    ("GET", "/search?k=3", None, 422, "q: Field required"),
+    ("GET", f"/search?q={LONG}", None, 422, "q: the query has 600 characters, at most 512 are allowed"),
+    ("GET", "/search?q=%FF%FEman", None, 400, "q: the query is not valid UTF-8"),
+    ("GET", "/search?q=man%00", None, 422, "q: the query contains control characters"),
+    ("GET", "/search?q=man&k=0", None, 422, "k: must be between 1 and 32 (index size 32), got 0"),
+    ("GET", "/search?q=man&k=1000000000", None, 422, "k: must be between 1 and 32 (index size 32), got 1000000000"),
+    ("GET", "/search?q=man&k=ten", None, 422, "k: Input should be a valid integer"),
+    ("GET", "/image/99999", None, 404, "unknown image id '99999'"),
+    ("GET", "/image/-1", None, 404, "unknown image id '-1'"),
+    ("GET", "/image/...", None, 404, "unknown image id '...'"),
+    ("GET", "/image/..%2F..%2Fetc%2Fpasswd", None, 404, "Not Found"),
+    ("GET", "/image/%2Fetc%2Fpasswd", None, 404, "Not Found"),
+    ("GET", "/image/C:%5Cwindows", None, 404, "unknown image id 'C:\\\\windows'"),
+    ("GET", "/image/1e3", None, 404, "unknown image id '1e3'"),
+    ("POST", "/search", b'{"queries": ["' + b"x" * 100_000 + b'"]}', 413, "request body too large: at most 65536 bytes"),
+    ("POST", "/search", b'{"queries": ', 422, "JSON decode error"),
+    ("POST", "/search", b'{"queries": ["\xff\xfe"]}', 400, "error parsing the body"),
+    ("POST", "/search", b'{"queries": []}', 422, "queries: give at least one query"),
+    ("POST", "/search", b'{"queries": "man"}', 422, "body.queries: Input should be a valid list"),
+    ("POST", "/search", b'{"queries": ["man", ""]}', 422, "queries[1]: the query is empty"),
+    ("POST", "/search", ('{"queries": [' + ", ".join(['"a"'] * 33) + "]}").encode(), 422,
+     "queries: at most 32 per request, got 33"),
+    ("POST", "/search", b'{"queries": ["man"], "k": 0}', 422, "k: must be between 1 and 32"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "message"), BAD_REQUESTS,
+                         ids=[f"{m} {p[:40]}" for m, p, *_ in BAD_REQUESTS])
+def test_bad_inputs_get_a_clear_4xx_and_the_server_keeps_serving(server, method, path, body, status, message) -> None:
+    with httpx.Client(timeout=TIMEOUT) as client:
+        request = client.build_request(method, server.url, content=body,
+                                       headers={"content-type": "application/json"} if body else None)
+        request.url = request.url.copy_with(raw_path=path.encode())  # sent as written, not normalised
+        r = client.send(request)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"], r.json()
+    assert "\n" not in r.json()["error"]
+    assert server.alive()
+    assert get(server, "/search", params={"q": QUERY, "k": 2}).status_code == 200
+
+
+def test_rate_limit_per_client(gallery) -> None:
+    srv = start_server(gallery, "limited", "--rate-limit", "0.5", "--burst", "3")
+    try:
+        codes = [get(srv, "/stats").status_code for _ in range(5)]
+        assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
+        r = get(srv, "/search", params={"q": QUERY})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"] == "too many requests: at most 0.5 per second per client (burst 3)"
+        assert get(srv, "/healthz").status_code == 200  # the health check is never limited
+    finally:
+        srv.stop()
+
+
+def test_binds_loopback_by_default(server) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    listening = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            listening.append(local.split(":")[0])
+    assert listening == ["0100007F"]  # 127.0.0.1, not 0.0.0.0
+
+
+def test_refuses_an_index_of_another_model(gallery, tmp_path) -> None:
+    from uit_reid.retrieval import GalleryIndex
+
+    other = GalleryIndex(dim=128, fingerprint="uit-tiny-0123456789abcdef")
+    other.add(np.random.default_rng(0).normal(size=(4, 128)).astype(np.float32), ["a.png", "b.png", "c.png", "d.png"])
+    other.save(tmp_path / "other.faiss")
+    command = serve_command({**gallery, "index": tmp_path / "other.faiss"}, 9)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env=serve_env())
+    assert proc.returncode == 1
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith(f"uit-reid: error: refusing to serve {tmp_path / 'other.faiss'}: it was not built with")
+    assert "uit-tiny-0123456789abcdef" in err
+
+
+def test_serve_help_does_not_import_the_web_stack() -> None:
+    code = "import sys; from uit_reid.cli import main; main(['serve', '--help'])"
+    proc = subprocess.run([sys.executable, "-c", code + "\n"], capture_output=True, text=True, timeout=60, env=serve_env())
+    assert "--index" in proc.stdout

@@ -1,0 +1,35 @@
+"""``uit-reid serve``: a search service and a web page over a gallery index (``pip install 'uit_reid[serve]'``).
+
+`build_service` loads a checkpoint and an index (refusing a pair whose fingerprints differ) and
+returns a FastAPI app; `serve` runs it with uvicorn. The parts: `MicroBatcher` (concurrent queries
+share one encoder call), `SearchEngine` (encoding, index search and the ``/stats`` figures),
+`GalleryImages` (numbered images and cached thumbnails), the limits middleware and `create_app`.
+"""
+
+from __future__ import annotations
+
+try:
+    import fastapi  # noqa: F401
+    import uvicorn  # noqa: F401
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "uit_reid.serve needs the serve extra: pip install 'uit_reid[serve]' (FastAPI and uvicorn)"
+    ) from err
+
+from uit_reid.serve.app import ServeLimits, create_app
+from uit_reid.serve.batcher import MicroBatcher
+from uit_reid.serve.engine import RankedHit, SearchEngine
+from uit_reid.serve.gallery import GalleryImages, UnknownImage
+from uit_reid.serve.server import build_service, serve
+
+__all__ = [
+    "GalleryImages",
+    "MicroBatcher",
+    "RankedHit",
+    "SearchEngine",
+    "ServeLimits",
+    "UnknownImage",
+    "build_service",
+    "create_app",
+    "serve",
+]

@@ -1,0 +1,222 @@
+"""The HTTP API and the page: a FastAPI app over a `SearchEngine` and the gallery's images.
+
+Routes: ``GET /`` (the page), ``GET /search``, ``POST /search``, ``GET /image/{id}``,
+``GET /healthz``, ``GET /stats``. Every refusal is JSON ``{"error": "<one line>"}`` with a 4xx
+status; see `ServeLimits` for the limits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import resources
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+
+from uit_reid import __version__
+from uit_reid.serve.engine import RankedHit, SearchEngine
+from uit_reid.serve.gallery import GalleryImages, UnknownImage
+from uit_reid.serve.limits import BodySizeLimit, RateLimit
+
+__all__ = ["ServeLimits", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+_PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
+               "/static/page.css": ("page.css", "text/css; charset=utf-8"),
+               "/static/page.js": ("page.js", "text/javascript; charset=utf-8")}
+_SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "content-security-policy": "default-src 'self'; img-src 'self'; frame-ancestors 'none'",
+}
+
+
+@dataclass
+class ServeLimits:
+    """What one request may ask for; anything beyond gets a 4xx with a one-line reason.
+
+    Attributes:
+        max_query_chars: longest query, in characters.
+        max_queries: most queries in one ``POST /search``.
+        max_k: most results per query (the index size caps it too).
+        max_body_bytes: largest request body.
+        rate: requests per second per client address (0 turns the limit off); ``burst`` saved up.
+    """
+
+    max_query_chars: int = 512
+    max_queries: int = 32
+    max_k: int = 100
+    max_body_bytes: int = 64 * 1024
+    rate: float = 20.0
+    burst: int = 60
+
+
+# --------------------------------------------------------------------------------- schema models
+class Hit(BaseModel):
+    rank: int = Field(description="1-based rank")
+    id: str | int = Field(description="the gallery item's id in the index (an image path or a number)")
+    score: float = Field(description="cosine similarity between the query and the image")
+    image_url: str = Field(description="where the image's thumbnail is served (`?full=true` for the image)")
+
+
+class QueryResult(BaseModel):
+    query: str
+    results: list[Hit]
+
+
+class SearchRequest(BaseModel):
+    queries: list[str] = Field(description="one or more descriptions", examples=[["a man in a red jacket"]])
+    k: int = Field(10, description="results per query, 1..min(max_k, index size)")
+
+
+class SearchResponse(BaseModel):
+    k: int
+    results: list[QueryResult]
+
+
+class Health(BaseModel):
+    status: str
+    index_size: int
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=_SECURITY_HEADERS)
+
+
+def create_app(
+    engine: SearchEngine,
+    images: GalleryImages,
+    limits: ServeLimits | None = None,
+) -> FastAPI:
+    """The service's ASGI app (run it with uvicorn; `uit_reid.serve.server.serve` does)."""
+    limits = limits or ServeLimits()
+    k_cap = max(1, min(limits.max_k, len(engine)))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await engine.batcher.start()
+        try:
+            yield
+        finally:
+            await engine.batcher.stop()
+
+    app = FastAPI(
+        title="uit-reid search",
+        version=__version__,
+        description="Text-to-person search over one gallery index.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path"))
+        return _error(422, f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg")))
+
+    def check_queries(queries: list[str]) -> list[str]:
+        if not queries:
+            raise HTTPException(422, "queries: give at least one query")
+        if len(queries) > limits.max_queries:
+            raise HTTPException(422, f"queries: at most {limits.max_queries} per request, got {len(queries)}")
+        out = []
+        for i, q in enumerate(queries):
+            q = q.strip()
+            name = "q" if len(queries) == 1 else f"queries[{i}]"
+            if not q:
+                raise HTTPException(422, f"{name}: the query is empty")
+            if len(q) > limits.max_query_chars:
+                raise HTTPException(
+                    422, f"{name}: the query has {len(q)} characters, at most {limits.max_query_chars} are allowed"
+                )
+            if any(ord(c) < 32 and c not in "\t\n\r" for c in q):
+                raise HTTPException(422, f"{name}: the query contains control characters")
+            out.append(q)
+        return out
+
+    def check_k(k: int) -> int:
+        if not 1 <= k <= k_cap:
+            raise HTTPException(422, f"k: must be between 1 and {k_cap} (index size {len(engine)}), got {k}")
+        return k
+
+    def hits_json(hits: list[RankedHit]) -> list[dict[str, Any]]:
+        return [{"rank": h.rank, "id": h.id, "score": h.score, "image_url": f"/image/{h.number}"} for h in hits]
+
+    @app.get("/search", response_model=SearchResponse, summary="Search with one query")
+    async def search_get(
+        request: Request,
+        q: Annotated[str, Query(description="the description to search for")],
+        k: Annotated[int, Query(description="number of results")] = 10,
+    ) -> dict[str, Any]:
+        # Starlette decodes the query string leniently (bad bytes become U+FFFD): re-read it strictly.
+        raw = request.scope.get("query_string", b"").decode("latin-1")
+        try:
+            strict = [v for key, v in parse_qsl(raw, keep_blank_values=True, errors="strict") if key == "q"]
+        except UnicodeDecodeError as err:
+            raise HTTPException(400, "q: the query is not valid UTF-8") from err
+        queries = check_queries(strict[-1:] or [q])
+        k = check_k(k)
+        results = await engine.search(queries, k)
+        return {"k": k, "results": [{"query": queries[0], "results": hits_json(results[0])}]}
+
+    @app.post("/search", response_model=SearchResponse, summary="Search with several queries at once")
+    async def search_post(body: SearchRequest) -> dict[str, Any]:
+        queries = check_queries(body.queries)
+        k = check_k(body.k)
+        results = await engine.search(queries, k)
+        return {"k": k, "results": [{"query": q, "results": hits_json(r)} for q, r in zip(queries, results)]}
+
+    @app.get(
+        "/image/{image_id}",
+        summary="A gallery image (a cached JPEG thumbnail, or the whole image as PNG with full=true)",
+        responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, 404: {"description": "unknown id"}},
+        response_class=Response,
+    )
+    def image(image_id: str, full: bool = False) -> Response:
+        # a plain def: FastAPI runs it in its thread pool, so decoding never blocks the event loop
+        try:
+            data = images.full(image_id) if full else images.thumbnail(image_id)
+        except UnknownImage as err:
+            raise HTTPException(404, str(err)) from err
+        headers = {**_SECURITY_HEADERS, "cache-control": "public, max-age=3600"}
+        return Response(data, media_type="image/png" if full else "image/jpeg", headers=headers)
+
+    @app.get("/healthz", response_model=Health, summary="Liveness and the index size")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "index_size": len(engine)}
+
+    @app.get("/stats", summary="Index size, model fingerprint, queries served, latency percentiles (ms)")
+    async def stats() -> dict[str, Any]:
+        return {
+            **engine.stats(),
+            "thumbnail_cache": {"hits": images.hits, "misses": images.misses},
+            "limits": {**limits.__dict__, "k_cap": k_cap},
+        }
+
+    def page_route(path: str, name: str, media_type: str) -> None:
+        content = resources.files("uit_reid.serve").joinpath("static", name).read_bytes()
+
+        async def send_file() -> Response:
+            return Response(content, media_type=media_type, headers=_SECURITY_HEADERS)
+
+        app.add_api_route(path, send_file, methods=["GET"], include_in_schema=False, name=f"page:{name}")
+
+    for path, (name, media_type) in _PAGE_FILES.items():
+        page_route(path, name, media_type)
+
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    if limits.rate > 0:
+        app.add_middleware(RateLimit, rate=limits.rate, burst=limits.burst)
+    return app

@@ -1,0 +1,123 @@
+"""Micro-batching: concurrent requests share one call of a batch function.
+
+Each request hands its items to `MicroBatcher.submit` and awaits the answer. A background task
+waits for the first request, then gathers more for at most ``max_wait`` seconds (or until
+``max_batch`` items are queued), and runs the batch function once, in a worker thread so the event
+loop keeps accepting requests meanwhile. Under load the queue fills while the worker is busy, so
+batches grow with concurrency; a lone request waits ``max_wait`` at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
+
+__all__ = ["MicroBatcher"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class MicroBatcher(Generic[T, R]):
+    """Run ``fn(items) -> results`` (one result per item, same order) over batched requests.
+
+    Args:
+        fn: the batch function; called in one worker thread, never concurrently with itself.
+        max_batch: most items per call (a larger single request still goes through as one call).
+        max_wait: seconds to wait for more requests once the first has arrived.
+    """
+
+    def __init__(self, fn: Callable[[list[T]], Sequence[R]], *, max_batch: int = 64, max_wait: float = 0.002) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be positive, got {max_batch}")
+        if max_wait < 0:
+            raise ValueError(f"max_wait must be >= 0, got {max_wait}")
+        self.fn = fn
+        self.max_batch = int(max_batch)
+        self.max_wait = float(max_wait)
+        self.batches = 0
+        self.items = 0
+        self._queue: asyncio.Queue[tuple[list[T], asyncio.Future[list[R]]]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        """Start the background task on the running loop (idempotent)."""
+        if self._task is None:
+            self._queue = asyncio.Queue()
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uit-reid-batch")
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Cancel the background task and fail the requests still queued."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._queue is not None:
+            while not self._queue.empty():
+                _, fut = self._queue.get_nowait()
+                if not fut.done():
+                    fut.set_exception(RuntimeError("the batcher was stopped"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def submit(self, items: list[T]) -> list[R]:
+        """Queue ``items`` for the next batch and return their results."""
+        if not items:
+            return []
+        await self.start()
+        assert self._queue is not None
+        fut: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
+        await self._queue.put((list(items), fut))
+        return await fut
+
+    @property
+    def mean_batch(self) -> float:
+        """Mean items per call so far (0 before the first call)."""
+        return self.items / self.batches if self.batches else 0.0
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            pending = [await self._queue.get()]
+            size = len(pending[0][0])
+            deadline = loop.time() + self.max_wait
+            while size < self.max_batch:
+                timeout = deadline - loop.time()
+                try:
+                    nxt = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout)
+                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+                pending.append(nxt)
+                size += len(nxt[0])
+            await self._execute(loop, pending)
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, pending: list[tuple[list[T], Any]]) -> None:
+        flat = [item for items, _ in pending for item in items]
+        try:
+            results = await loop.run_in_executor(self._executor, self.fn, flat)
+            if len(results) != len(flat):
+                raise RuntimeError(f"batch function returned {len(results)} results for {len(flat)} items")
+        except Exception as err:  # every waiting request gets the failure, the loop goes on
+            logger.exception("batch of %d items failed", len(flat))
+            for _, fut in pending:
+                if not fut.done():
+                    fut.set_exception(err)
+            return
+        self.batches += 1
+        self.items += len(flat)
+        start = 0
+        for items, fut in pending:
+            if not fut.done():  # a client that went away leaves a cancelled future
+                fut.set_result(list(results[start : start + len(items)]))
+            start += len(items)

@@ -1,0 +1,106 @@
+"""The gallery's images as the service sees them: numbered items, cached thumbnails.
+
+Clients name an image by its number (its position in the index), never by a path: the number is
+checked against the index and mapped to the path stored there, so nothing from a request reaches the
+file system. Thumbnails are JPEG bytes kept in a bounded LRU cache.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from uit_reid.errors import CorruptImageError
+from uit_reid.images import load_image
+
+__all__ = ["GalleryImages", "UnknownImage"]
+
+_NUMBER = re.compile(r"[0-9]{1,12}")
+
+
+class UnknownImage(LookupError):
+    """The requested image is not in the gallery (or has no file)."""
+
+
+class GalleryImages:
+    """Numbered gallery items with their files and a thumbnail cache.
+
+    Args:
+        ids: the index's ids, in index order (the position is the item's number).
+        base: folder that relative path ids are taken from (the index file's folder).
+        thumb_size: the thumbnail's bounding box, (height, width); the aspect ratio is kept.
+        cache_size: most thumbnails kept in memory.
+    """
+
+    def __init__(
+        self,
+        ids: list[Any],
+        base: str | os.PathLike[str],
+        *,
+        thumb_size: tuple[int, int] = (256, 128),
+        cache_size: int = 4096,
+    ) -> None:
+        if thumb_size[0] < 8 or thumb_size[1] < 8:
+            raise ValueError(f"thumb_size must be at least 8x8 (height, width), got {thumb_size}")
+        self.ids = list(ids)
+        self.base = Path(base)
+        self.thumb_size = (int(thumb_size[0]), int(thumb_size[1]))
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def path(self, key: str) -> Path:
+        """The file of item ``key`` (its number as text); `UnknownImage` if there is none."""
+        if not _NUMBER.fullmatch(key) or int(key) >= len(self.ids):
+            raise UnknownImage(f"unknown image id {key!r}: ids are the numbers 0..{len(self.ids) - 1} of this gallery")
+        id_ = self.ids[int(key)]
+        if not isinstance(id_, str):
+            raise UnknownImage(f"image {key} has no file: this index stores numeric ids, not image paths")
+        path = Path(id_)
+        return path if path.is_absolute() else self.base / path
+
+    def _open(self, key: str) -> Image.Image:
+        path = self.path(key)
+        try:
+            return load_image(path)
+        except (OSError, ValueError, CorruptImageError) as err:
+            raise UnknownImage(f"image {key} cannot be read from the gallery: {type(err).__name__}") from err
+
+    def thumbnail(self, key: str) -> bytes:
+        """JPEG thumbnail of item ``key``, from the cache when it is there."""
+        n = int(key) if _NUMBER.fullmatch(key) else -1
+        with self._lock:
+            data = self._cache.get(n)
+            if data is not None:
+                self._cache.move_to_end(n)
+                self.hits += 1
+                return data
+        img = self._open(key)
+        img.thumbnail((self.thumb_size[1], self.thumb_size[0]))
+        buffer = io.BytesIO()
+        img.save(buffer, format="JPEG", quality=85)
+        data = buffer.getvalue()
+        with self._lock:
+            self.misses += 1
+            self._cache[n] = data
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return data
+
+    def full(self, key: str) -> bytes:
+        """The whole image of item ``key``, re-encoded as PNG (only image data ever leaves the server)."""
+        buffer = io.BytesIO()
+        self._open(key).save(buffer, format="PNG")
+        return buffer.getvalue()
