@@ -211,6 +211,9 @@ def test_demo_quick(tmp_path, capsys) -> None:
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert printed.strip() == metrics_table({"test (t2i)": metrics})
+    table, hint, command = printed.strip().rsplit("\n", 2)
+    assert table == metrics_table({"test (t2i)": metrics})
+    assert hint.startswith("search the test gallery in a browser")
+    assert command.split() == ["uit-reid", "serve", "--index", str(out / "gallery.faiss"), "--checkpoint", str(out / "best")]
     assert Image.open(out / "results.png").size[1] > 200
     assert (out / "training_curve.png").is_file()

@@ -252,7 +252,7 @@ def test_sen_checkpoint_encoder_classifier_and_log(tmp_path, caplog) -> None:
     assert ("ignored modules SEN builds but never uses: cross_attn_TextImage, cross_attn_Image, norm_3, norm_5"
             in caplog.text)
     assert "differs from the 2-D sin-cos table" not in caplog.text
-    assert model.tir_head is not None and model.tir_head.config["layout"] == "sen"
+    assert model.tir_head is not None and model.tir_head.config()["layout"] == "sen"
 
 
 def test_sen_tir_head_predicts_sens_pixels(tmp_path) -> None:

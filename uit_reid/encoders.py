@@ -299,7 +299,7 @@ class CLIPDualEncoder(nn.Module):
         vision_cfg, text_cfg = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
         if cfg.pop("custom_text", False) or "hf_model_name" in text_cfg or "timm_model_name" in vision_cfg:
             raise TypeError(f"{name}: CLIPDualEncoder needs a ViT image tower and the built-in text tower")
-        with _quiet_random_init_warning():
+        with _quiet_random_init_warning(name, enabled=True):
             clip = open_clip.CLIP(**cfg)
         context_length = int(text_cfg.get("context_length", 77))
         tokenizer_kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))

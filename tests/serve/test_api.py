@@ -27,10 +27,11 @@ def get(server, path: str, **kw) -> httpx.Response:
 def expected_top(gallery, query: str, k: int) -> tuple[list[str], np.ndarray]:
     """Top-k by brute force in this process: the model's image and text features, cosine, sort."""
     from uit_reid import augment
+    from uit_reid.factory import load_model
     from uit_reid.retrieval import list_images
-    from uit_reid.train import load_model
 
-    model, size = load_model(gallery["checkpoint"])
+    model = load_model(gallery["checkpoint"])
+    size = model.image_size
     paths = list_images(gallery["images"])
     transform = augment.build_eval_transform(size)
     with torch.no_grad():

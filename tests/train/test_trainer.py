@@ -87,7 +87,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ti
 
 
 def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config, independent_metrics) -> None:
-    tiny_config.train.epochs = 3  # with this seed val R1 peaks at epoch 1: best/ is not the last model
+    tiny_config.train.epochs = 3
+    tiny_config.train.seed = 2  # with this seed val R1 peaks at epoch 1 (31.25, 43.75, 31.25): best/ is not the last
     result = Trainer(tiny_config).fit()
     run_dir = Path(tiny_config.train.output_dir)
     assert result["model_dir"] == str(run_dir / "best")

@@ -67,9 +67,8 @@ class Trainer:
         if self.dataset.train is None:
             raise ValueError(f"{self.dataset.root}: the dataset has no train split")
         if self.is_main:
-            logger.info("%s", self.dataset.summary())
-            if self.dataset.val is None:
-                logger.info("no val split: keeping the last checkpoint only (never choosing on test)")
+            no_val = "\nno val split: keeping the last checkpoint only (never choosing on test)"
+            logger.info("%s%s", self.dataset.summary(), no_val if self.dataset.val is None else "")
         self._setup_model()
         self.loader = self._build_loader()
         self._setup_optimizer()
