@@ -64,7 +64,9 @@ def test_evaluate_matches_an_independent_evaluation(trained, capsys, checkpoint,
     assert code == 0
     printed = capsys.readouterr().out
     rows = json.loads(out.read_text())
-    expected = independent_metrics(load_model(trained["run"] / checkpoint), load_dataset(trained["data"]).test)
+    model = load_model(trained["run"] / checkpoint)
+    assert model.interpolation == "bilinear"  # the training config's resize (the default), recorded with the model
+    expected = independent_metrics(model, load_dataset(trained["data"]).test, "bilinear")
     assert {k: round(v, 4) for k, v in rows["test t2i"].items()} == {k: round(v, 4) for k, v in expected.items()}
     assert set(rows) == {"test t2i", "test i2t"}
     table = metrics_table(rows)  # the printed table is exactly the file's figures

@@ -84,6 +84,7 @@ def test_irra_checkpoint_features_equal_reference(tmp_path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="uit_reid"):
         model = convert_checkpoint(path)
     assert not model.training and model.encoder.image_size == SIZE and model.encoder.grid_size == GRID
+    assert model.interpolation == "bilinear"  # IRRA resizes with torchvision's default
     assert model.encoder.clip.visual.transformer.resblocks[0].mlp.gelu.__class__.__name__ == "QuickGELU"
     assert_features_match(model, clip_part(state))
     # the ID classifier carries over: logits = W f + b

@@ -95,7 +95,9 @@ def test_04_evaluate_checkpoint(tmp_path: Path, independent_metrics) -> None:
     stdout = run_example("04_evaluate_checkpoint.py", tmp_path)
     rows = json.loads((tmp_path / "metrics.json").read_text())
     assert set(rows) == {"text-to-image", "image-to-text"}
-    expected = independent_metrics(load_model(tmp_path / "run" / "last.pt"), load_dataset(tmp_path / "data").test)
+    model = load_model(tmp_path / "run" / "last.pt")
+    assert model.interpolation == "bilinear"  # the training config's resize (the default), recorded in last.pt
+    expected = independent_metrics(model, load_dataset(tmp_path / "data").test, "bilinear")
     assert {k: round(v, 4) for k, v in rows["text-to-image"].items()} == {k: round(v, 4) for k, v in expected.items()}
     assert set(METRIC_KEYS) == set(rows["image-to-text"])
     assert metrics_table(rows, label="direction") in stdout and "last.pt" in stdout

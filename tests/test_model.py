@@ -107,3 +107,14 @@ def test_tir_weight_zero_skips_the_head(tiny_encoder_factory) -> None:
     out["loss"].backward()
     assert all(p.grad is None for p in model.tir_head.parameters())
     assert any(p.grad is not None for p in model.encoder.parameters())
+
+
+def test_training_resize_travels_with_the_model(tiny_encoder, tmp_path) -> None:
+    """A model records the resize it was trained with; a saved and reloaded model keeps it, and
+    evaluation resizes with it unless told otherwise."""
+    model = UITModel(tiny_encoder, num_classes=0, tir=False, interpolation="bilinear")
+    assert model.config()["interpolation"] == "bilinear"
+    again = UITModel.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    assert again.interpolation == "bilinear"
+    with pytest.raises(ValueError, match="interpolation must be 'bicubic' or 'bilinear', got 'nearest'"):
+        UITModel(tiny_encoder, num_classes=0, tir=False, interpolation="nearest")

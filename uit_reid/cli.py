@@ -126,7 +126,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     index = build_index_from_folder(
         args.images,
         lambda x: model.encode_images(x, normalize=False),
-        augment.build_eval_transform(model.image_size),
+        augment.build_eval_transform(model.image_size, interpolation=model.interpolation),
         kind=args.kind,
         fingerprint=model.encoder.fingerprint(),
         batch_size=args.batch_size,

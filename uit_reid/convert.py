@@ -386,7 +386,9 @@ def convert_checkpoint(
             raise ValueError(f"{path}: classifier.weight {tuple(weight.shape)} does not take {encoder.embed_dim}-d features")
         num_classes = int(weight.shape[0])
     tir_head = _sen_tir_head(rest, encoder, str(path)) if format == "sen" else None
-    model = UITModel(encoder, num_classes=num_classes, tir=tir_head if tir_head is not None else False)
+    # IRRA/SEN resize with torchvision's default (bilinear): evaluation and indexing must do the same
+    tir = tir_head if tir_head is not None else False
+    model = UITModel(encoder, num_classes=num_classes, tir=tir, interpolation="bilinear")
     if model.classifier is not None:
         model.classifier.load_state_dict({"weight": rest["classifier.weight"].float(), "bias": rest["classifier.bias"].float()})
     if "mlm" in heads:

@@ -26,18 +26,19 @@ def encode_split(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
-    interpolation: str = "bicubic",
+    interpolation: str | None = None,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised (query features, query pids, gallery features, gallery pids) of an eval split.
 
-    Images are resized to the model's own input size (``model.image_size``). Gallery images are
+    Images are resized to the model's own input size (``model.image_size``) with its training
+    resize (``model.interpolation``) unless ``interpolation`` names another. Gallery images are
     decoded by ``num_workers`` loader processes while the model encodes; ``progress`` shows a bar
     over the gallery batches (on a terminal).
     """
     gallery_loader, query_loader = build_eval_loaders(
         split, model.encoder.tokenize, model.image_size, batch_size=batch_size, num_workers=num_workers,
-        transform=augment.build_eval_transform(model.image_size, interpolation=interpolation),
+        transform=augment.build_eval_transform(model.image_size, interpolation=interpolation or model.interpolation),
     )
     device = torch.device(device)
     was_training = model.training
@@ -61,7 +62,7 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
-    interpolation: str = "bicubic",
+    interpolation: str | None = None,
 ) -> dict[str, float]:
     """Text-to-image R1/R5/R10/mAP/mINP (percent) of ``model`` on an evaluation split."""
     q, q_pids, g, g_pids = encode_split(model, split, batch_size, device, num_workers, amp_dtype, interpolation)

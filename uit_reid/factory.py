@@ -30,7 +30,9 @@ def _as_dict(section: Any) -> Mapping[str, Any]:
     return dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section
 
 
-def build_model(model: Any, loss: Any, num_classes: int, pretrained: Any = _UNSET) -> UITModel:
+def build_model(
+    model: Any, loss: Any, num_classes: int, pretrained: Any = _UNSET, interpolation: str = "bicubic"
+) -> UITModel:
     """The `UITModel` that a ``[model]`` and a ``[loss]`` config section describe.
 
     Args:
@@ -39,6 +41,7 @@ def build_model(model: Any, loss: Any, num_classes: int, pretrained: Any = _UNSE
         loss: ``LossConfig`` or a dict with its keys (the five loss weights, logit_scale, cmt_margin).
         num_classes: training identities (the ID classifier's size; unused when the ID weight is 0).
         pretrained: overrides ``model["pretrained"]`` (e.g. None when weights are loaded afterwards).
+        interpolation: the training resize (``[data] interpolation``), recorded in the model.
     """
     m, lw = _as_dict(model), _as_dict(loss)
     encoder = CLIPDualEncoder.from_open_clip(
@@ -67,6 +70,7 @@ def build_model(model: Any, loss: Any, num_classes: int, pretrained: Any = _UNSE
         cmt_margin=lw["cmt_margin"],
         mask_ratio=m["mask_ratio"],
         tir_grayscale=m["tir_grayscale"],
+        interpolation=interpolation,
     )
 
 
@@ -90,7 +94,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
         config = json.loads(state["config"])
         classifier = state["model"].get("classifier.weight")
         num_classes = int(classifier.shape[0]) if classifier is not None else 0
-        model = build_model(config["model"], config["loss"], num_classes, pretrained=None)
+        interpolation = config.get("data", {}).get("interpolation", "bicubic")
+        model = build_model(config["model"], config["loss"], num_classes, pretrained=None, interpolation=interpolation)
         model.load_state_dict(state["model"])
         model = model.to(device)
     else:

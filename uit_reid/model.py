@@ -56,6 +56,8 @@ class UITModel(nn.Module):
         tir_grayscale: how TIR's grayscale input is formed. ``"normalised"`` (the authors' code):
             the luma weights applied to the normalised tensor, one channel repeated three times;
             ``"pixels"``: grayscale of the de-normalised pixels, normalised again.
+        interpolation: the resize the model's images were trained with (``"bicubic"`` or
+            ``"bilinear"``); saved with the model so evaluation and indexing resize the same way.
     """
 
     def __init__(
@@ -70,10 +72,13 @@ class UITModel(nn.Module):
         image_mean: Sequence[float] = CLIP_MEAN,
         image_std: Sequence[float] = CLIP_STD,
         tir_grayscale: str = "normalised",
+        interpolation: str = "bicubic",
     ) -> None:
         super().__init__()
         if tir_grayscale not in ("normalised", "pixels"):
             raise ValueError(f"tir_grayscale must be 'normalised' or 'pixels', got {tir_grayscale!r}")
+        if interpolation not in ("bicubic", "bilinear"):
+            raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
         weights = dict(DEFAULT_LOSS_WEIGHTS)
         for name, value in (loss_weights or {}).items():
             if name not in weights:
@@ -106,6 +111,7 @@ class UITModel(nn.Module):
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
         self.tir_grayscale = tir_grayscale
+        self.interpolation = interpolation
         self.model_card: ModelCardInfo | None = None
         """Training data, config, metrics or origin that `save_pretrained` writes into the model card."""
 
@@ -191,6 +197,7 @@ class UITModel(nn.Module):
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),
             "tir_grayscale": self.tir_grayscale,
+            "interpolation": self.interpolation,
         }
 
     def save_pretrained(self, directory: str | os.PathLike, card: ModelCardInfo | None = None) -> Path:
@@ -280,6 +287,7 @@ class UITModel(nn.Module):
             image_mean=cfg["image_mean"],
             image_std=cfg["image_std"],
             tir_grayscale=cfg.get("tir_grayscale", "pixels"),  # files written before the option
+            interpolation=cfg.get("interpolation", "bicubic"),  # likewise
         )
         state = load_state_dict_file(directory / WEIGHTS_NAME)
         result = model.load_state_dict(state, strict=False)

@@ -33,7 +33,7 @@ def expected_top(gallery, query: str, k: int) -> tuple[list[str], np.ndarray]:
     model = load_model(gallery["checkpoint"])
     size = model.image_size
     paths = list_images(gallery["images"])
-    transform = augment.build_eval_transform(size)
+    transform = augment.build_eval_transform(size, interpolation="bilinear")  # the training default, as indexed
     with torch.no_grad():
         images = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
         v = torch.nn.functional.normalize(model.encode_images(images, normalize=False).float(), dim=-1)

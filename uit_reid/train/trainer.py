@@ -91,7 +91,8 @@ class Trainer:
 
     def _setup_model(self) -> None:
         """The model, its DDP wrapper and (optionally) the compiled forward."""
-        self.model = build_model(self.config.model, self.config.loss, self.dataset.num_classes).to(self.device)
+        c = self.config  # the model records its training resize, so evaluation and indexing resize alike
+        self.model = build_model(c.model, c.loss, self.dataset.num_classes, interpolation=c.data.interpolation).to(self.device)
         self.ddp_model: torch.nn.Module = self.model
         if is_distributed():
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -244,8 +245,7 @@ class Trainer:
     def evaluate(self, split: Split, model: UITModel | None = None) -> dict[str, float]:
         """Text-to-image metrics of ``model`` (default: the model being trained) on ``split``."""
         d, model = self.config.data, self.model if model is None else model
-        workers = min(d.num_workers, 4)
-        return evaluate_model(model, split, d.eval_batch_size, self.device, workers, self.amp_dtype, d.interpolation)
+        return evaluate_model(model, split, d.eval_batch_size, self.device, min(d.num_workers, 4), self.amp_dtype)
 
     def _validate(self, epoch: int) -> None:
         if self.config.train.select_on_test and self.dataset.test is not None and self.is_main:
