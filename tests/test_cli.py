@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tiny_run import train_tiny_run
 
 from uit_reid import __version__
 from uit_reid.cli import build_parser, main
 from uit_reid.data import load_dataset
 from uit_reid.factory import load_model
 from uit_reid.retrieval import GalleryIndex, metrics_table, render_results
-from uit_reid.train import TrainConfig
 
 THUMB = inspect.signature(render_results).parameters["thumb_size"].default  # (height, width)
 
@@ -24,20 +24,7 @@ THUMB = inspect.signature(render_results).parameters["thumb_size"].default  # (h
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
     """A dataset written by `uit-reid synth` and a model trained by `uit-reid train` (2 steps)."""
-    base = tmp_path_factory.mktemp("cli")
-    data = base / "data"
-    assert main(["synth", "--out", str(data), "--num-ids", "20", "--images-per-id", "2",
-                 "--num-val-ids", "4", "--num-test-ids", "4"]) == 0
-    config = TrainConfig.from_dict({
-        "model": {"name": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir": False},
-        "loss": {"tir": 0.0, "itc": 1.0, "logit_scale": 20.0},
-        "data": {"root": str(data), "batch_size": 8, "num_workers": 0},
-        "train": {"epochs": 1, "max_steps": 2, "device": "cpu", "output_dir": str(base / "run")},
-    })
-    config_path = base / "tiny.toml"
-    config_path.write_text(config.to_toml())
-    assert main(["train", "--config", str(config_path)]) == 0
-    return {"data": data, "run": base / "run", "config": config_path, "base": base}
+    return train_tiny_run(tmp_path_factory.mktemp("cli"), num_ids=20)
 
 
 def test_version(capsys) -> None:

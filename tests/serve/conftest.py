@@ -15,8 +15,9 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'uit_reid[serve]')")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install 'uit_reid[dev]')")
 
+from tiny_run import train_tiny_run  # noqa: E402
+
 from uit_reid.cli import main  # noqa: E402
-from uit_reid.train import TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,18 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def gallery(tmp_path_factory) -> dict[str, Path]:
     """`uit-reid synth` + `uit-reid train` (2 steps) + `uit-reid index build` over the test images."""
     base = tmp_path_factory.mktemp("serve")
-    data = base / "data"
-    assert main(["synth", "--out", str(data), "--num-ids", "16", "--images-per-id", "2",
-                 "--num-val-ids", "4", "--num-test-ids", "4"]) == 0
-    config = TrainConfig.from_dict({
-        "model": {"name": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir": False},
-        "loss": {"tir": 0.0, "itc": 1.0, "logit_scale": 20.0},
-        "data": {"root": str(data), "batch_size": 8, "num_workers": 0},
-        "train": {"epochs": 1, "max_steps": 2, "device": "cpu", "output_dir": str(base / "run")},
-    })
-    config_path = base / "tiny.toml"
-    config_path.write_text(config.to_toml())
-    assert main(["train", "--config", str(config_path)]) == 0
+    data = train_tiny_run(base, num_ids=16)["data"]
     index = base / "gallery.faiss"
     assert main(["index", "build", "--checkpoint", str(base / "run" / "best"), "--images", str(data / "imgs"),
                  "--out", str(index), "--device", "cpu"]) == 0
