@@ -7,7 +7,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: setup browser test lint docs demo gpu-check clean
+.PHONY: setup browser test lint docs api-doc demo gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ lint: setup
 
 docs: setup
 	$(BIN)/mkdocs build --strict -d site
+
+# The service's API reference page, regenerated from the app's OpenAPI schema (a test checks it is current).
+api-doc: setup
+	$(BIN)/python -m uit_reid.serve.api_doc --write docs/serve_api.md
 
 demo: setup
 	$(BIN)/uit-reid demo

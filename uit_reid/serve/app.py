@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -61,6 +61,12 @@ class ServeLimits:
 
 
 # --------------------------------------------------------------------------------- schema models
+class ErrorResponse(BaseModel):
+    """Every refusal (4xx): one line naming the argument at fault."""
+
+    error: str = Field(description="what was wrong, naming the parameter or limit", examples=["q: the query is empty"])
+
+
 class Hit(BaseModel):
     rank: int = Field(description="1-based rank")
     id: str | int = Field(description="the gallery item's id in the index (an image path or a number)")
@@ -69,23 +75,68 @@ class Hit(BaseModel):
 
 
 class QueryResult(BaseModel):
-    query: str
-    results: list[Hit]
+    query: str = Field(description="the query as searched (surrounding white space removed)")
+    results: list[Hit] = Field(description="the hits, best first (at most k)")
 
 
 class SearchRequest(BaseModel):
-    queries: list[str] = Field(description="one or more descriptions", examples=[["a man in a red jacket"]])
-    k: int = Field(10, description="results per query, 1..min(max_k, index size)")
+    queries: list[str] = Field(
+        description="one or more descriptions (at most `max_queries` of them, each checked like `q` of `GET /search`)",
+        examples=[["a man in a red jacket"]],
+    )
+    k: int = Field(10, description="results per query, 1 to min(`max_k`, index size)")
 
 
 class SearchResponse(BaseModel):
-    k: int
-    results: list[QueryResult]
+    k: int = Field(description="results per query that were asked for")
+    results: list[QueryResult] = Field(description="one entry per query, in the order of the request")
 
 
 class Health(BaseModel):
-    status: str
-    index_size: int
+    status: str = Field(description='always "ok" when the service answers')
+    index_size: int = Field(description="number of images in the gallery index")
+
+
+class LatencyStats(BaseModel):
+    p50: float | None = Field(description="median request latency in ms (null before the first search)")
+    p90: float | None = Field(description="90th percentile in ms")
+    p99: float | None = Field(description="99th percentile in ms")
+    window: int = Field(description="how many recent search requests the percentiles are taken over")
+
+
+class Stats(BaseModel):
+    """The figures of `GET /stats` (it documents the route's answer; the route does not filter through it)."""
+
+    index_size: int = Field(description="number of images in the gallery index")
+    index_kind: str = Field(description="the FAISS index type")
+    model_fingerprint: str | None = Field(description="fingerprint of the text encoder the index was built with")
+    queries_served: int = Field(description="queries answered since start")
+    search_requests: int = Field(description="search requests answered since start (one may hold several queries)")
+    batches: int = Field(description="calls of the text encoder (micro-batches)")
+    mean_batch_size: float = Field(description="mean queries per micro-batch")
+    latency_ms: LatencyStats
+    thumbnail_cache: dict[str, int] = Field(description="thumbnail cache `hits` and `misses`")
+    limits: dict[str, float] = Field(description="the limits in force (`ServeLimits` fields) and `k_cap`")
+
+
+_ERROR_TEXT = {
+    400: "the query string or the body is not valid UTF-8, or the body cannot be parsed",
+    404: "no gallery image with this id",
+    413: "the request body is larger than `max_body_bytes`",
+    422: "a parameter is missing, malformed or outside its limits",
+    429: "too many requests from this client address (the rate limit and its burst are used up)",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the refusals a route can give (all `ErrorResponse`)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        out[status] = {"model": ErrorResponse, "description": _ERROR_TEXT[status]}
+        if status == 429:
+            out[status]["headers"] = {"Retry-After": {"description": "whole seconds to wait before trying again",
+                                                 "schema": {"type": "integer"}}}
+    return out
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -154,12 +205,18 @@ def create_app(
     def hits_json(hits: list[RankedHit]) -> list[dict[str, Any]]:
         return [{"rank": h.rank, "id": h.id, "score": h.score, "image_url": f"/image/{h.number}"} for h in hits]
 
-    @app.get("/search", response_model=SearchResponse, summary="Search with one query")
+    q_text = (f"the description to search for: 1 to {limits.max_query_chars} characters once surrounding "
+              "white space is removed, UTF-8, no control characters")
+    k_text = f"results to return, 1 to min({limits.max_k}, index size)"
+
+    @app.get("/search", response_model=SearchResponse, summary="Search with one query",
+             responses=_errors(400, 413, 422, 429))
     async def search_get(
         request: Request,
-        q: Annotated[str, Query(description="the description to search for")],
-        k: Annotated[int, Query(description="number of results")] = 10,
+        q: str = Query(description=q_text),  # a default, not Annotated: the text is built from the limits
+        k: int = Query(10, description=k_text),
     ) -> dict[str, Any]:
+        """The gallery images that best match the description `q`, best first, with cosine scores."""
         # Starlette decodes the query string leniently (bad bytes become U+FFFD): re-read it strictly.
         raw = request.scope.get("query_string", b"").decode("latin-1")
         try:
@@ -171,7 +228,9 @@ def create_app(
         results = await engine.search(queries, k)
         return {"k": k, "results": [{"query": queries[0], "results": hits_json(results[0])}]}
 
-    @app.post("/search", response_model=SearchResponse, summary="Search with several queries at once")
+    @app.post("/search", response_model=SearchResponse, summary="Search with several queries at once",
+              description=f"The top `k` images for each of 1 to {limits.max_queries} queries, in one answer.",
+              responses=_errors(400, 413, 422, 429))
     async def search_post(body: SearchRequest) -> dict[str, Any]:
         queries = check_queries(body.queries)
         k = check_k(body.k)
@@ -181,10 +240,17 @@ def create_app(
     @app.get(
         "/image/{image_id}",
         summary="A gallery image (a cached JPEG thumbnail, or the whole image as PNG with full=true)",
-        responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, 404: {"description": "unknown id"}},
+        responses={200: {"content": {"image/jpeg": {}, "image/png": {}},
+                         "description": "JPEG thumbnail bytes, or PNG bytes with `full=true`"},
+                   **_errors(404, 413, 422, 429)},
         response_class=Response,
     )
-    def image(image_id: str, full: bool = False) -> Response:
+    def image(
+        image_id: Annotated[str, Path(description="the item's number in the index, 0 to index size - 1, "
+                                                  "as in a hit's `image_url`; never a file path")],
+        full: Annotated[bool, Query(description="the whole image as PNG instead of the cached JPEG thumbnail")] = False,
+    ) -> Response:
+        """Only images that are in the index are served: the id is a number, mapped to the path stored there."""
         # a plain def: FastAPI runs it in its thread pool, so decoding never blocks the event loop
         try:
             data = images.full(image_id) if full else images.thumbnail(image_id)
@@ -195,10 +261,14 @@ def create_app(
 
     @app.get("/healthz", response_model=Health, summary="Liveness and the index size")
     async def healthz() -> dict[str, Any]:
+        """Answers as soon as the service is up; never rate-limited."""
         return {"status": "ok", "index_size": len(engine)}
 
-    @app.get("/stats", summary="Index size, model fingerprint, queries served, latency percentiles (ms)")
+    @app.get("/stats", summary="Index size, model fingerprint, queries served, latency percentiles (ms)",
+             responses={200: {"model": Stats, "description": "the service's figures"}, **_errors(413, 429)},
+             response_model=None)
     async def stats() -> dict[str, Any]:
+        """Counters since the service started and the limits in force."""
         return {
             **engine.stats(),
             "thumbnail_cache": {"hits": images.hits, "misses": images.misses},
