@@ -44,6 +44,7 @@ class MicroBatcher(Generic[T, R]):
         self.batches = 0
         self.items = 0
         self._queue: asyncio.Queue[tuple[list[T], asyncio.Future[list[R]]]] | None = None
+        self._held: list[tuple[list[T], asyncio.Future[list[R]]]] = []  # taken off the queue, not answered yet
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -55,17 +56,19 @@ class MicroBatcher(Generic[T, R]):
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Cancel the background task and fail the requests still queued."""
+        """Cancel the background task and fail the requests still queued or in a batch not yet answered."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        leftover, self._held = self._held, []
         if self._queue is not None:
             while not self._queue.empty():
-                _, fut = self._queue.get_nowait()
-                if not fut.done():
-                    fut.set_exception(RuntimeError("the batcher was stopped"))
+                leftover.append(self._queue.get_nowait())
+        for _, fut in leftover:
+            if not fut.done():
+                fut.set_exception(RuntimeError("the batcher was stopped"))
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -89,8 +92,9 @@ class MicroBatcher(Generic[T, R]):
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
-            pending = [await self._queue.get()]
-            size = len(pending[0][0])
+            if not self._held:  # else the request that did not fit the last batch opens this one
+                self._held.append(await self._queue.get())
+            count, size = 1, len(self._held[0][0])
             deadline = loop.time() + self.max_wait
             while size < self.max_batch:
                 timeout = deadline - loop.time()
@@ -98,9 +102,13 @@ class MicroBatcher(Generic[T, R]):
                     nxt = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout)
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
-                pending.append(nxt)
+                self._held.append(nxt)
+                if size + len(nxt[0]) > self.max_batch:  # it waits for the next batch: no call over max_batch
+                    break
+                count += 1
                 size += len(nxt[0])
-            await self._execute(loop, pending)
+            await self._execute(loop, self._held[:count])
+            del self._held[:count]
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, pending: list[tuple[list[T], Any]]) -> None:
         flat = [item for items, _ in pending for item in items]
