@@ -74,12 +74,15 @@ class TokenBuckets:
 class RateLimit:
     """ASGI middleware: 429 with ``Retry-After`` once a client (by IP address) exceeds its bucket.
 
-    Paths in ``exempt`` (the health check, say) are never limited.
+    Paths in ``exempt`` (the health check, say) are never limited. ``clock`` is the buckets' time source.
     """
 
-    def __init__(self, app: ASGIApp, *, rate: float, burst: int, exempt: tuple[str, ...] = ("/healthz",)) -> None:
+    def __init__(
+        self, app: ASGIApp, *, rate: float, burst: int, exempt: tuple[str, ...] = ("/healthz",),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.app = app
-        self.buckets = TokenBuckets(rate, burst)
+        self.buckets = TokenBuckets(rate, burst, clock=clock)
         self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
