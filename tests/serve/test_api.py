@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.serve.conftest import serve_command, serve_env, start_server
+from tests.serve.conftest import ROOT, free_port, serve_command, serve_env, start_server
 
 QUERY = "a man in a red jacket and blue jeans"
 TIMEOUT = 30
@@ -178,17 +179,43 @@ def test_binds_loopback_by_default(server) -> None:
 
 
 def test_refuses_an_index_of_another_model(gallery, tmp_path) -> None:
+    """The process exits 1 with one line naming the index and the checkpoint, and never answers a request."""
     from uit_reid.retrieval import GalleryIndex
 
+    other_path = tmp_path / "other.faiss"
     other = GalleryIndex(dim=128, fingerprint="uit-tiny-0123456789abcdef")
     other.add(np.random.default_rng(0).normal(size=(4, 128)).astype(np.float32), ["a.png", "b.png", "c.png", "d.png"])
-    other.save(tmp_path / "other.faiss")
-    command = serve_command({**gallery, "index": tmp_path / "other.faiss"}, 9)
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env=serve_env())
+    other.save(other_path)
+    model_fp = GalleryIndex.load(gallery["index"]).fingerprint  # the checkpoint's encoder built the gallery's index
+    port = free_port()
+    out_log, err_log = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    with out_log.open("wb") as out, err_log.open("wb") as err:
+        proc = subprocess.Popen(serve_command({**gallery, "index": other_path}, port), stdout=out, stderr=err,
+                                env=serve_env(), cwd=ROOT)
+        answered = []
+        try:
+            guard = time.monotonic() + 90  # against a hang only: a refusing server exits on its own
+            while proc.poll() is None and time.monotonic() < guard:
+                try:  # a server that started anyway would answer here, and the test fails at once
+                    answered.append(httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code)
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+        finally:
+            running = proc.poll() is None
+            if running:
+                proc.kill()
+            proc.wait(timeout=30)
+    stderr = err_log.read_text()
+    assert answered == [] and not running, f"serve started on an index of another model:\n{stderr}"
     assert proc.returncode == 1
-    err = proc.stderr.strip().splitlines()[-1]
-    assert err.startswith(f"uit-reid: error: refusing to serve {tmp_path / 'other.faiss'}: it was not built with")
-    assert "uit-tiny-0123456789abcdef" in err
+    assert "Traceback" not in stderr and "Uvicorn running" not in stderr
+    errors = [line for line in stderr.splitlines() if "error" in line.lower()]
+    assert errors == [
+        f"uit-reid: error: refusing to serve {other_path}: it was not built with the checkpoint {gallery['checkpoint']} "
+        f"(encoder fingerprint mismatch: index at {other_path} was built with 'uit-tiny-0123456789abcdef', "
+        f"expected {model_fp!r})"
+    ], stderr
 
 
 def test_serve_help_does_not_import_the_web_stack() -> None:
