@@ -5,6 +5,8 @@ from __future__ import annotations
 import open_clip
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from uit_reid import CLIPDualEncoder
 from uit_reid.encoders import resize_position_embedding
@@ -24,6 +26,23 @@ def test_pooled_outputs_equal_open_clip(tiny_encoder) -> None:
     eot = ids.argmax(dim=-1)
     assert torch.equal(t, t_tokens[torch.arange(3), eot])
     assert torch.equal(v, v_tokens[:, 0])
+
+
+_WORDS = ["a", "man", "woman", "in", "red", "blue", "jacket", "jeans", "with", "black", "bag", "walking", "street"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(_WORDS), min_size=0, max_size=40).map(" ".join), min_size=1, max_size=6))
+def test_trimmed_padding_gives_the_full_length_features(tiny_encoder, captions) -> None:
+    """Retrieval drops the padding after the batch's last EOT: the features must not change."""
+    ids = tiny_encoder.tokenize(captions)
+    trimmed = tiny_encoder.trim_padding(ids)
+    longest = int(ids.argmax(dim=-1).max()) + 1  # the EOT of the longest caption, counted independently
+    assert trimmed.shape == (len(captions), longest)
+    assert torch.equal(trimmed, ids[:, :longest])
+    with torch.no_grad():
+        full = tiny_encoder.clip.encode_text(ids)  # open_clip itself, all 77 positions
+        assert torch.allclose(tiny_encoder.encode_text(trimmed), full, atol=1e-5)
 
 
 def test_tokenize_marks_padding_after_eot(tiny_encoder) -> None:

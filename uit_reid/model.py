@@ -170,8 +170,8 @@ class UITModel(nn.Module):
 
     @torch.no_grad()
     def encode_texts(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Query features for retrieval; L2-normalised by default."""
-        feats = self.encoder.encode_text(ids)
+        """Query features for retrieval; L2-normalised by default (padding trimmed: `trim_padding`)."""
+        feats = self.encoder.encode_text(self.encoder.trim_padding(ids))
         return F.normalize(feats.float(), dim=-1) if normalize else feats
 
     # ------------------------------------------------------------------ persistence

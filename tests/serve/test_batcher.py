@@ -76,21 +76,20 @@ def test_requests_share_a_batch_up_to_max_batch() -> None:
     assert fn.batches == [[0, 1, 2, 3], [4, 5, 6], [7, 8], [9, 10, 11, 12, 13, 14]]
 
 
-def test_a_lone_request_is_answered_after_max_wait() -> None:
+def test_a_lone_request_is_answered() -> None:
+    """Alone after a batch of one it goes at once; alone after a larger batch it waits max_wait at most."""
     fn = Doubler()
     batcher = MicroBatcher(fn, max_batch=64, max_wait=0.01)
 
     async def scenario() -> list[list[int]]:
         try:
-            first = await asyncio.wait_for(batcher.submit([5]), GUARD)
-            second = await asyncio.wait_for(batcher.submit([6, 7]), GUARD)
-            empty = await batcher.submit([])
-            return [first, second, empty]
+            out = [await asyncio.wait_for(batcher.submit(r), GUARD) for r in ([5], [6], [7, 8], [9])]
+            return [*out, await batcher.submit([])]
         finally:
             await batcher.stop()
 
-    assert asyncio.run(scenario()) == [[11], [13, 15], []]
-    assert fn.batches == [[5], [6, 7]] and batcher.mean_batch == 1.5
+    assert asyncio.run(scenario()) == [[11], [13], [15, 17], [19], []]
+    assert fn.batches == [[5], [6], [7, 8], [9]] and batcher.mean_batch == 1.25
 
 
 def test_a_failing_batch_fails_exactly_its_requests_and_the_batcher_goes_on() -> None:

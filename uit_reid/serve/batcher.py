@@ -4,7 +4,9 @@ Each request hands its items to `MicroBatcher.submit` and awaits the answer. A b
 waits for the first request, then gathers more for at most ``max_wait`` seconds (or until
 ``max_batch`` items are queued), and runs the batch function once, in a worker thread so the event
 loop keeps accepting requests meanwhile. Under load the queue fills while the worker is busy, so
-batches grow with concurrency; a lone request waits ``max_wait`` at most.
+batches grow with concurrency. The wait applies only while requests arrive together (the previous
+batch held more than one item, or more are already queued): a lone request after a batch of one
+runs at once, so a single client pays no batching delay.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class MicroBatcher(Generic[T, R]):
     Args:
         fn: the batch function; called in one worker thread, never concurrently with itself.
         max_batch: most items per call (a larger single request still goes through as one call).
-        max_wait: seconds to wait for more requests once the first has arrived.
+        max_wait: seconds to wait for more requests once the first has arrived (while requests come together).
     """
 
     def __init__(self, fn: Callable[[list[T]], Sequence[R]], *, max_batch: int = 64, max_wait: float = 0.002) -> None:
@@ -90,23 +92,33 @@ class MicroBatcher(Generic[T, R]):
 
     async def _run(self) -> None:
         assert self._queue is not None
-        loop = asyncio.get_running_loop()
+        queue, loop = self._queue, asyncio.get_running_loop()
+        last_size = 0
         while True:
             if not self._held:  # else the request that did not fit the last batch opens this one
-                self._held.append(await self._queue.get())
+                self._held.append(await queue.get())
             count, size = 1, len(self._held[0][0])
-            deadline = loop.time() + self.max_wait
+            # Waiting pays only while requests arrive together: a lone request after a batch of one
+            # (a single client, a quiet service) goes at once instead of paying max_wait.
+            together = last_size > 1 or not queue.empty()
+            deadline = loop.time() + (self.max_wait if together else 0.0)
             while size < self.max_batch:
-                timeout = deadline - loop.time()
-                try:
-                    nxt = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout)
-                except (asyncio.QueueEmpty, asyncio.TimeoutError):
-                    break
+                if queue.empty():
+                    timeout = deadline - loop.time()
+                    if timeout <= 0:
+                        break
+                    try:
+                        nxt = await asyncio.wait_for(queue.get(), timeout)
+                    except asyncio.TimeoutError:
+                        break
+                else:
+                    nxt = queue.get_nowait()
                 self._held.append(nxt)
                 if size + len(nxt[0]) > self.max_batch:  # it waits for the next batch: no call over max_batch
                     break
                 count += 1
                 size += len(nxt[0])
+            last_size = size
             await self._execute(loop, self._held[:count])
             del self._held[:count]
 
