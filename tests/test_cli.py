@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,24 @@ def test_demo_quick(tmp_path, capsys) -> None:
     assert command.split() == ["uit-reid", "serve", "--index", str(out / "gallery.faiss"), "--checkpoint", str(out / "best")]
     assert Image.open(out / "results.png").size[1] > 200
     assert (out / "training_curve.png").is_file()
+
+    # the printed command serves the demo's gallery: searches, images and the page
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from live_server import Server, free_port
+
+    port = free_port()
+    server = Server([sys.executable, "-m", "uit_reid.cli", *command.split()[1:], "--port", str(port)], port,
+                    tmp_path / "serve.log")
+    try:
+        found = httpx.get(server.url + "/search", params={"q": "a man in a red jacket", "k": 5}, timeout=30)
+        assert found.status_code == 200, found.text
+        hits = found.json()["results"][0]["results"]
+        assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+        assert {h["id"] for h in hits} <= set(GalleryIndex.load(out / "gallery.faiss").ids())
+        image = httpx.get(server.url + hits[0]["image_url"], timeout=30)
+        assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+        page = httpx.get(server.url + "/", timeout=30)
+        assert page.status_code == 200 and "<input" in page.text
+    finally:
+        server.stop()

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT, serve_env
+from live_server import ROOT, serve_env
 
 SCRIPT = ROOT / "benchmarks" / "serve.py"
 
