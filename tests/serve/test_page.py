@@ -98,7 +98,7 @@ def test_type_a_query_and_see_the_grid(server, browser) -> None:
     png = browser.get_screenshot_as_png()
     box_px = (int(grid["x"]), int(grid["y"]), int(grid["x"] + grid["width"]), int(grid["y"] + grid["height"]))
     assert count_tiles(png, box_px) == K
-    if os.environ.get("UIT_REID_SCREENSHOT"):  # how docs/img/serve_page.png is made
+    if os.environ.get("UIT_REID_SCREENSHOT"):  # keep the screenshot to look at
         Path(os.environ["UIT_REID_SCREENSHOT"]).write_bytes(png)
 
     # keyboard: "/" returns to the query box, Tab walks into the results
