@@ -92,6 +92,28 @@ def test_a_lone_request_is_answered() -> None:
     assert fn.batches == [[5], [6], [7, 8], [9]] and batcher.mean_batch == 1.25
 
 
+def test_the_wait_is_paid_only_while_requests_come_together() -> None:
+    """max_wait is 30 s here: a lone request after a batch of one must not wait it, and requests that
+    trickle in after a full batch must be gathered into one batch rather than go one by one."""
+    fn = Doubler()
+    batcher = MicroBatcher(fn, max_batch=4, max_wait=GUARD)
+
+    async def scenario() -> None:
+        try:
+            await asyncio.wait_for(batcher.submit([0]), GUARD / 2)  # alone on a quiet batcher: at once
+            await asyncio.wait_for(batcher.submit([1]), GUARD / 2)  # alone after a batch of one: at once
+            await asyncio.wait_for(asyncio.gather(*(batcher.submit([x]) for x in (2, 3, 4, 5))), GUARD / 2)
+            # after a full batch: the first of these waits for company, the others arrive a little later
+            first = asyncio.ensure_future(batcher.submit([6]))
+            await asyncio.sleep(0.05)
+            await asyncio.wait_for(asyncio.gather(first, *(batcher.submit([x]) for x in (7, 8, 9))), GUARD / 2)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    assert fn.batches == [[0], [1], [2, 3, 4, 5], [6, 7, 8, 9]]
+
+
 def test_a_failing_batch_fails_exactly_its_requests_and_the_batcher_goes_on() -> None:
     gate = threading.Event()
     fn = Doubler(gate)
