@@ -25,12 +25,9 @@ import itertools
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -39,6 +36,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from uit_reid.serve.process import ServeProcess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,59 +88,12 @@ def build_gallery(work: Path, num_ids: int) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------------------------- server
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (loopback only)
-        return json.loads(resp.read())
-
-
-class Service:
-    """A `uit-reid serve` process with the rate limit off; stopped on exit."""
-
-    def __init__(self, gallery: dict[str, Path], log: Path, extra: list[str], env: dict[str, str]) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        cmd = [sys.executable, "-m", "uit_reid.cli", "serve", "--index", str(gallery["index"]),
-               "--checkpoint", str(gallery["checkpoint"]), "--port", str(self.port), "--device", "cpu",
-               "--rate-limit", "0", "--max-k", "100", *extra]
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: see {log}")
-            try:
-                _get_json(self.url + "/healthz")
-                return
-            except OSError:
-                time.sleep(0.2)
-        self.close()
-        raise RuntimeError(f"server did not answer within 120 s: see {log}")
-
-    def stats(self) -> dict[str, Any]:
-        return _get_json(self.url + "/stats")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-    def __enter__(self) -> Service:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def start_service(gallery: dict[str, Path], log: Path, extra: list[str], env: dict[str, str]) -> ServeProcess:
+    """A `uit-reid serve` process over ``gallery`` with the rate limit off."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    args = ["--index", str(gallery["index"]), "--checkpoint", str(gallery["checkpoint"]), "--device", "cpu",
+            "--rate-limit", "0", "--max-k", "100", *extra]
+    return ServeProcess(args, log=log, env={**os.environ, **env, "PYTHONPATH": path})
 
 
 # ---------------------------------------------------------------------------------------- client
@@ -183,11 +135,11 @@ async def _load(port: int, texts: list[str], clients: int, requests: int, k: int
             writer.close()
 
 
-def run_row(service: Service, texts: list[str], clients: int, requests: int, k: int) -> dict[str, Any]:
+def run_row(service: ServeProcess, texts: list[str], clients: int, requests: int, k: int) -> dict[str, Any]:
     """Send ``requests`` searches over ``clients`` connections; throughput, latency and batching."""
-    before = service.stats()
+    before = service.get_json("/stats")
     wall, lat = asyncio.run(_load(service.port, texts, clients, requests, k))
-    after = service.stats()
+    after = service.get_json("/stats")
     batches = after["batches"] - before["batches"]
     served = after["queries_served"] - before["queries_served"]
     ms = np.array(lat) * 1000.0
@@ -212,8 +164,8 @@ def measure(gallery: dict[str, Path], log: Path, extra: list[str], env: dict[str
     """One service; for each concurrency level the repetition with the median throughput."""
     texts = queries(500)
     rows = []
-    with Service(gallery, log, extra, env) as service:
-        size = service.stats()["index_size"]
+    with start_service(gallery, log, extra, env) as service:
+        size = service.get_json("/stats")["index_size"]
         run_row(service, texts, max(levels), warmup, k)
         for clients in levels:
             runs = sorted((run_row(service, texts, clients, requests, k) for _ in range(repeats)),

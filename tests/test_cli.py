@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -211,11 +210,9 @@ def test_demo_quick(tmp_path, capsys) -> None:
     # the printed command serves the demo's gallery: searches, images and the page
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
-    from live_server import Server, free_port
+    from live_server import ServeProcess, serve_env
 
-    port = free_port()
-    server = Server([sys.executable, "-m", "uit_reid.cli", *command.split()[1:], "--port", str(port)], port,
-                    tmp_path / "serve.log")
+    server = ServeProcess(command.split()[2:], log=tmp_path / "serve.log", env=serve_env())
     try:
         found = httpx.get(server.url + "/search", params={"q": "a man in a red jacket", "k": 5}, timeout=30)
         assert found.status_code == 200, found.text

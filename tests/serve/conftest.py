@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'uit_reid[serve]')")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed (pip install 'uit_reid[dev]')")
 
-from live_server import ROOT, Server, free_port, serve_command, serve_env  # noqa: E402,F401
+from live_server import ROOT, ServeProcess, free_port, gallery_args, serve_command, serve_env  # noqa: E402,F401
 from tiny_run import train_tiny_run  # noqa: E402
 
 from uit_reid.cli import main  # noqa: E402
@@ -27,13 +27,12 @@ def gallery(tmp_path_factory) -> dict[str, Path]:
     return {"base": base, "index": index, "checkpoint": base / "run" / "best", "images": data / "imgs"}
 
 
-def start_server(gallery: dict[str, Path], name: str, *extra: str) -> Server:
-    port = free_port()
-    return Server(serve_command(gallery, port, *extra), port, gallery["base"] / f"{name}.log")
+def start_server(gallery: dict[str, Path], name: str, *extra: str) -> ServeProcess:
+    return ServeProcess(gallery_args(gallery, *extra), log=gallery["base"] / f"{name}.log", env=serve_env(), cwd=ROOT)
 
 
 @pytest.fixture(scope="session")
-def server(gallery) -> Iterator[Server]:
+def server(gallery) -> Iterator[ServeProcess]:
     """One service for the API and page tests (rate limit high enough for them)."""
     srv = start_server(gallery, "server", "--rate-limit", "500", "--burst", "500", "--max-k", "50")
     yield srv

@@ -222,3 +222,17 @@ def test_serve_help_does_not_import_the_web_stack() -> None:
     code = "import sys; from uit_reid.cli import main; main(['serve', '--help'])"
     proc = subprocess.run([sys.executable, "-c", code + "\n"], capture_output=True, text=True, timeout=60, env=serve_env())
     assert "--index" in proc.stdout
+
+
+def test_serve_process_reports_a_start_that_fails(gallery, tmp_path) -> None:
+    """`ServeProcess` raises with the end of the log when the command exits instead of serving."""
+    from uit_reid.serve import ServeProcess
+
+    missing = tmp_path / "missing.faiss"
+    with pytest.raises(RuntimeError) as exc:
+        ServeProcess(["--index", str(missing), "--checkpoint", str(gallery["checkpoint"]), "--device", "cpu"],
+                     log=tmp_path / "serve.log", env=serve_env(), startup_timeout=90)
+    message = str(exc.value)
+    assert message.startswith("uit-reid serve exited with 1:\n"), message
+    assert str(missing) in message and "uit-reid: error:" in message
+    assert message.endswith((tmp_path / "serve.log").read_text()[-200:])

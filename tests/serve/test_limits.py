@@ -7,7 +7,7 @@ import math
 
 import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from uit_reid.serve.limits import RateLimit, TokenBuckets
@@ -46,6 +46,7 @@ def test_clients_have_their_own_buckets_and_the_oldest_are_dropped() -> None:
 
 
 @settings(max_examples=60, deadline=None)
+@example(rate=0.5, burst=1, gaps=[0.1, 1.0, 5.0, 5.0, 5.0])  # float time sums once left a token 1e-13 short
 @given(rate=st.sampled_from([0.5, 1.0, 3.0, 10.0]), burst=st.integers(1, 6),
        gaps=st.lists(st.sampled_from([0.0, 0.0, 0.01, 0.1, 0.25, 1.0, 5.0]), min_size=1, max_size=40))
 def test_a_client_never_gets_more_than_burst_plus_rate_times_time(rate, burst, gaps) -> None:

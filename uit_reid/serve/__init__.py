@@ -4,6 +4,7 @@
 returns a FastAPI app; `serve` runs it with uvicorn. The parts: `MicroBatcher` (concurrent queries
 share one encoder call), `SearchEngine` (encoding, index search and the ``/stats`` figures),
 `GalleryImages` (numbered images and cached thumbnails), the limits middleware and `create_app`.
+`ServeProcess` runs the command in a child process (notebooks, scripts, load tests).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from uit_reid.serve.app import ServeLimits, create_app
 from uit_reid.serve.batcher import MicroBatcher
 from uit_reid.serve.engine import RankedHit, SearchEngine
 from uit_reid.serve.gallery import GalleryImages, UnknownImage
+from uit_reid.serve.process import ServeProcess, free_port
 from uit_reid.serve.server import build_service, serve
 
 __all__ = [
@@ -28,8 +30,10 @@ __all__ = [
     "RankedHit",
     "SearchEngine",
     "ServeLimits",
+    "ServeProcess",
     "UnknownImage",
     "build_service",
     "create_app",
+    "free_port",
     "serve",
 ]

@@ -61,8 +61,8 @@ class TokenBuckets:
             tokens, last = self._buckets.pop(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
             wait = 0.0
-            if tokens >= 1.0:
-                tokens -= 1.0
+            if tokens >= 1.0 - 1e-9:  # elapsed times summed in floats can land a hair under a whole token
+                tokens = max(tokens - 1.0, 0.0)
             else:
                 wait = (1.0 - tokens) / self.rate
             self._buckets[key] = (tokens, now)
