@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
+from uit_reid.serve import process
 from uit_reid.serve.process import ServeProcess, free_port
 
 __all__ = ["ROOT", "ServeProcess", "free_port", "gallery_args", "serve_command", "serve_env"]
@@ -20,7 +20,7 @@ def gallery_args(gallery: dict[str, Path], *extra: str) -> list[str]:
 
 def serve_command(gallery: dict[str, Path], port: int, *extra: str) -> list[str]:
     """The whole command line, for tests that run the process themselves."""
-    return [sys.executable, "-m", "uit_reid.cli", "serve", *gallery_args(gallery, *extra), "--port", str(port)]
+    return process.serve_command(gallery_args(gallery, *extra), port)
 
 
 def serve_env() -> dict[str, str]:

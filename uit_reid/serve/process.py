@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServeProcess", "free_port"]
+__all__ = ["ServeProcess", "free_port", "serve_command"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -27,6 +27,11 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def serve_command(serve_args: Sequence[str], port: int) -> list[str]:
+    """The command line of `uit-reid serve SERVE_ARGS --port PORT`, run with this Python."""
+    return [sys.executable, "-m", "uit_reid.cli", "serve", *serve_args, "--port", str(port)]
 
 
 class ServeProcess:
@@ -56,7 +61,7 @@ class ServeProcess:
         self.port = port if port is not None else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(log)
-        self.command = [sys.executable, "-m", "uit_reid.cli", "serve", *serve_args, "--port", str(self.port)]
+        self.command = serve_command(serve_args, self.port)
         self._log_file = self.log.open("wb")
         self.proc = subprocess.Popen(self.command, stdout=self._log_file, stderr=subprocess.STDOUT,
                                      env=dict(env) if env is not None else None, cwd=cwd)
