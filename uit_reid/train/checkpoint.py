@@ -3,30 +3,7 @@ because loading a trained model for inference (`uit_reid.factory.load_model`) re
 
 from __future__ import annotations
 
-from uit_reid.checkpoint import (
-    CHECKPOINT_VERSION,
-    CheckpointError,
-    capture_rng_state,
-    capture_rng_states_of_all_ranks,
-    check_run_dir,
-    load_checkpoint,
-    previous_checkpoint,
-    restore_rng_state,
-    restore_training_state,
-    save_checkpoint,
-    seed_everything,
-)
+from uit_reid import checkpoint as _checkpoint
+from uit_reid.checkpoint import *  # noqa: F403 (the names of its __all__)
 
-__all__ = [
-    "CHECKPOINT_VERSION",
-    "CheckpointError",
-    "capture_rng_state",
-    "capture_rng_states_of_all_ranks",
-    "check_run_dir",
-    "load_checkpoint",
-    "previous_checkpoint",
-    "restore_rng_state",
-    "restore_training_state",
-    "save_checkpoint",
-    "seed_everything",
-]
+__all__ = list(_checkpoint.__all__)
