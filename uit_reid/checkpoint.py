@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from uit_reid.distributed import is_distributed, world_size
-from uit_reid.io import atomic_torch_save
+from uit_reid.io import atomic_torch_save, folder_contents
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -65,9 +65,8 @@ def check_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -> 
     run_dir = Path(run_dir)
     if resume or overwrite or not run_dir.is_dir():
         return
-    used = sorted(p.name for p in run_dir.iterdir())
-    if used:
-        shown = ", ".join(used[:4]) + (", ..." if len(used) > 4 else "")
+    shown = folder_contents(run_dir, 4)
+    if shown:
         raise FileExistsError(
             f"run folder {run_dir} is not empty ({shown}); pass --resume to continue that run or "
             "--overwrite to replace it (Trainer(resume=True) / Trainer(overwrite=True))"

@@ -57,6 +57,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def folder_contents(folder: str | os.PathLike, shown: int) -> str:
+    """The first ``shown`` names in ``folder`` (sorted), ", ..." after them if there are more; "" if empty.
+
+    For refusals that name what a folder already holds.
+    """
+    names = sorted(p.name for p in Path(folder).iterdir())
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 def check_writable(path: str | os.PathLike) -> Path:
     """Fail now, naming ``path``, if a file cannot be written there later (checked by writing a probe).
 

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from uit_reid.data.readers import JSONL_NAME
-from uit_reid.io import atomic_write_bytes, atomic_write_text
+from uit_reid.io import atomic_write_bytes, atomic_write_text, folder_contents
 
 logger = logging.getLogger(__name__)
 
@@ -494,9 +494,8 @@ def check_synthetic_target(root: Path, force: bool = False) -> None:
         return
     if not root.is_dir():
         raise FileExistsError(f"{root} exists and is not a folder")
-    others = sorted(p.name for p in root.iterdir())
-    if others:
-        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+    shown = folder_contents(root, 3)
+    if shown:
         raise FileExistsError(
             f"{root} holds files that make_synthetic did not write ({shown}); write the synthetic dataset "
             "into an empty folder, or pass --force (force=True) to write into this one anyway"
