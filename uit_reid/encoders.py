@@ -12,12 +12,10 @@ and exposes what text-based person retrieval needs beyond open_clip's own API:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,34 +119,19 @@ def _looks_like_path(pretrained: str) -> bool:
     )
 
 
-class _DropRandomInitWarning(logging.Filter):
-    """Drop open_clip's "initialized randomly" warning for one model name, and nothing else."""
+def _clip_from_config(model_cfg: dict[str, Any], name: str) -> open_clip.CLIP:
+    """A randomly initialised open_clip ``CLIP`` from a full model config (not modified).
 
-    def __init__(self, model_name: str) -> None:
-        super().__init__()
-        self.message = f"No pretrained weights loaded for model '{model_name}'"
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name == "root" and record.getMessage().startswith(self.message))
-
-
-@contextlib.contextmanager
-def _quiet_random_init_warning(model_name: str, enabled: bool) -> Iterator[None]:
-    """Silence open_clip's random-init warning when random init (or a later local load) is intended.
-
-    open_clip 3.x logs through the root logger (``logging.warning``), so there is no open_clip logger
-    to filter at; the filter is attached to the root logger only around ``create_model`` and only
-    when no pretrained tag was asked for, and it drops only that one message for that one model.
+    ``open_clip.create_model`` logs an "initialized randomly" warning whenever it loads no weights
+    (through the root logger in open_clip 3.3, through its module logger on its main branch); building
+    ``open_clip.CLIP`` from the config gives the same module, draws the same random numbers, and never
+    reaches that warning, so nothing needs filtering. Refuses towers `CLIPDualEncoder` cannot drive.
     """
-    if not enabled:
-        yield
-        return
-    root, filt = logging.getLogger(), _DropRandomInitWarning(model_name)
-    root.addFilter(filt)
-    try:
-        yield
-    finally:
-        root.removeFilter(filt)
+    cfg = copy.deepcopy(dict(model_cfg))
+    vision_cfg, text_cfg = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    if cfg.pop("custom_text", False) or "hf_model_name" in text_cfg or "timm_model_name" in vision_cfg:
+        raise TypeError(f"{name}: CLIPDualEncoder needs a ViT image tower and the built-in text tower")
+    return open_clip.CLIP(**cfg)
 
 
 def resolve_activation(name: str, tag: str | None = None, quick_gelu: bool | None = None) -> str:
@@ -269,7 +252,12 @@ class CLIPDualEncoder(nn.Module):
                 if not quick_gelu:
                     raise ValueError(f"{name}: its config uses QuickGELU; quick_gelu=False cannot change it")
                 model_cfg["quick_gelu"] = True
-        with _quiet_random_init_warning(name, enabled=tag is None):
+        if schema is None and tag is None:  # random init (a local file is loaded below)
+            cfg = open_clip.get_model_config(name)  # with create_model's overrides, as it would build it
+            cfg["vision_cfg"]["image_size"] = image_size
+            cfg["text_cfg"]["context_length"] = context_length
+            clip = _clip_from_config(cfg, name)
+        else:  # a pretrained tag or an hf-hub: name loads weights, so open_clip has nothing to warn about
             clip = open_clip.create_model(
                 name,
                 pretrained=tag,
@@ -295,12 +283,8 @@ class CLIPDualEncoder(nn.Module):
         ``quick_gelu``); it is how converted checkpoints and hub models are rebuilt offline. ``name``
         is recorded as the architecture's label.
         """
-        cfg = copy.deepcopy(dict(model_cfg))
-        vision_cfg, text_cfg = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
-        if cfg.pop("custom_text", False) or "hf_model_name" in text_cfg or "timm_model_name" in vision_cfg:
-            raise TypeError(f"{name}: CLIPDualEncoder needs a ViT image tower and the built-in text tower")
-        with _quiet_random_init_warning(name, enabled=True):
-            clip = open_clip.CLIP(**cfg)
+        clip = _clip_from_config(model_cfg, name)
+        text_cfg = model_cfg.get("text_cfg", {})
         context_length = int(text_cfg.get("context_length", 77))
         tokenizer_kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
         if text_cfg.get("hf_tokenizer_name"):

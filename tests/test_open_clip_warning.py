@@ -1,0 +1,82 @@
+"""open_clip's "initialized randomly" warning never reaches users for a model built on purpose.
+
+open_clip 3.3 logs it through the root logger inside ``create_model``; its main branch logs it through
+its module logger, which a filter on the root logger does not see. The tests cover both: the library
+must not depend on where open_clip logs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import open_clip
+import pytest
+import torch
+
+from uit_reid import CLIPDualEncoder
+
+WARNING_TEXTS = ("No pretrained weights loaded", "initialized randomly")
+
+
+def _random_init_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if any(t in r.getMessage() for t in WARNING_TEXTS)]
+
+
+def _build_both(tmp_path) -> None:
+    enc = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=(64, 32), context_length=52)
+    CLIPDualEncoder.from_model_config(open_clip.get_model_config("uit-tiny"), name="uit-tiny")
+    path = tmp_path / "w.pt"
+    torch.save(enc.clip.state_dict(), path)
+    CLIPDualEncoder.from_open_clip("uit-tiny", pretrained=str(path), image_size=(64, 32), context_length=52)
+
+
+def test_open_clip_logs_the_warning_where_we_think() -> None:
+    """The premise: open_clip's own ``create_model`` does warn for a model without weights."""
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler, root = Keep(level=logging.WARNING), logging.getLogger()
+    root.addHandler(handler)
+    try:
+        open_clip.create_model("uit-tiny", force_image_size=(64, 32))
+    finally:
+        root.removeHandler(handler)
+    assert any(WARNING_TEXTS[0] in r.getMessage() for r in seen)
+
+
+def test_no_warning_with_open_clips_current_logging(tmp_path, caplog) -> None:
+    with caplog.at_level(logging.DEBUG):
+        _build_both(tmp_path)
+    assert _random_init_warnings(caplog) == []
+
+
+def test_no_warning_when_open_clip_logs_through_its_module_logger(tmp_path, caplog, monkeypatch) -> None:
+    """The next open_clip release: ``create_model`` warns through ``logging.getLogger("open_clip.factory")``."""
+    real = open_clip.create_model
+
+    def module_logger_variant(model_name, pretrained=None, *args, **kwargs):
+        model = real(model_name, pretrained, *args, **kwargs)
+        if not pretrained:
+            logging.getLogger("open_clip.factory").warning(
+                f"No pretrained weights loaded for model '{model_name}'. Model initialized randomly."
+            )
+        return model
+
+    monkeypatch.setattr(open_clip, "create_model", module_logger_variant)
+    monkeypatch.setattr(open_clip.factory, "create_model", module_logger_variant)
+    with caplog.at_level(logging.DEBUG):
+        _build_both(tmp_path)
+    assert _random_init_warnings(caplog) == []
+
+
+def test_random_init_equals_open_clips_create_model() -> None:
+    """Same seed, same weights as ``open_clip.create_model``: building from the config changes nothing."""
+    torch.manual_seed(7)
+    ours = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=(64, 32), context_length=52).clip.state_dict()
+    torch.manual_seed(7)
+    theirs = open_clip.create_model("uit-tiny", force_image_size=(64, 32), force_context_length=52).state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
