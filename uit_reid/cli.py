@@ -200,6 +200,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         num_val_ids=args.num_val_ids,
         num_test_ids=args.num_test_ids,
         force=args.force,
+        world=args.world,
     )
     print(f"wrote {path}")
     return 0
@@ -318,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-test-ids", type=int, default=None, help="identities in test (default: 20%% of them)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="write into a folder that holds other files")
+    p.add_argument("--world", default="pedestrians",
+                   help="pedestrians (the demo's full descriptions) or web (the pre-training world's short "
+                        "captions) (default: %(default)s)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="synthetic data -> train the tiny model on CPU -> evaluate -> index -> search")
