@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["METRIC_KEYS", "evaluate", "metrics_table", "relevant_ranks"]
+__all__ = ["METRIC_KEYS", "binding_accuracy", "evaluate", "metrics_table", "relevant_ranks"]
 
 METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 """The metrics `evaluate` returns, in its order."""
@@ -276,6 +276,26 @@ def evaluate(
     result["mAP"] = 100.0 * ap_sum / nq
     result["mINP"] = 100.0 * inp_sum / nq
     return result
+
+
+def binding_accuracy(true_scores: Any, contrast_scores: Any) -> float:
+    """Percent of pairs whose true caption scores above its contrast caption (attribute binding).
+
+    Item ``i`` compares one image's score with its true caption, ``true_scores[i]``, against its score
+    with a contrast caption, ``contrast_scores[i]`` (e.g. the garment colours swapped). An exact tie
+    counts half, so a model that cannot tell the two captions apart scores exactly 50 (chance).
+    """
+    true, contrast = _as_1d(true_scores, "true_scores"), _as_1d(contrast_scores, "contrast_scores")
+    if true.shape != contrast.shape:
+        raise ValueError(
+            f"true_scores and contrast_scores must have the same length, got {true.size} and {contrast.size}"
+        )
+    if true.size == 0:
+        raise ValueError("binding_accuracy needs at least one pair of scores")
+    if not (np.isfinite(true).all() and np.isfinite(contrast).all()):
+        raise ValueError("binding scores contain NaN or infinite values")
+    wins = (true > contrast).sum() + 0.5 * (true == contrast).sum()
+    return float(100.0 * wins / true.size)
 
 
 def metrics_table(rows: dict[str, dict[str, float]], label: str = "split") -> str:
