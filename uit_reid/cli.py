@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from uit_reid.data import load_dataset
-    from uit_reid.evaluation import encode_split
+    from uit_reid.evaluation import binding_table, encode_split, evaluate_binding
     from uit_reid.factory import load_model
     from uit_reid.io import check_writable
     from uit_reid.retrieval import evaluate, metrics_table
@@ -74,7 +74,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rows = {f"{args.split} t2i": evaluate(similarity, q_pids, g_pids)}
     if args.i2t:
         rows[f"{args.split} i2t"] = evaluate(similarity.t(), g_pids, q_pids)
-    print(json.dumps(rows) if args.json else metrics_table(rows))
+    table = metrics_table(rows)
+    binding = evaluate_binding(model, split, args.batch_size, device, image_features=g)
+    if binding:  # the split's records carry attributes
+        rows[f"{args.split} binding"] = binding
+        table += "\n\n" + binding_table(binding)
+    print(json.dumps(rows) if args.json else table)
     if args.out:
         from uit_reid.io import atomic_write_text
 
@@ -242,7 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="text-to-image metrics of a checkpoint on a dataset split")
+    p = sub.add_parser(
+        "evaluate", help="text-to-image metrics of a checkpoint on a dataset split (and attribute binding where "
+        "its records carry attributes)"
+    )
     p.add_argument("--checkpoint", required=True,
                    help="a model directory (save_pretrained), a Hub id org/name or hf-hub:org/name, or last.pt")
     p.add_argument("--dataset", required=True, help="dataset root or annotation file")

@@ -16,7 +16,7 @@ from uit_reid.data.probes import PROBE_KINDS, binding_probes
 from uit_reid.device import autocast
 from uit_reid.model import UITModel
 
-__all__ = ["BINDING_KEYS", "encode_split", "evaluate_binding", "evaluate_model"]
+__all__ = ["BINDING_KEYS", "binding_table", "encode_split", "evaluate_binding", "evaluate_model"]
 
 BINDING_KEYS = tuple(k for kind in PROBE_KINDS for k in (kind, f"{kind}_n"))
 """What `evaluate_binding` can return: each probe's accuracy (percent) and its number of images."""
@@ -133,3 +133,21 @@ def evaluate_binding(
         out[kind] = retrieval.binding_accuracy(true, contrast)
         out[f"{kind}_n"] = len(p)
     return out
+
+
+_PROBE_LABELS = {
+    "binding": "upper vs lower colours swapped",
+    "presence": "a garment colour not worn (control)",
+    "binding_shoe_upper": "upper vs shoe colours swapped",
+    "binding_bag_hat": "hat vs bag colours swapped",
+}
+
+
+def binding_table(metrics: dict[str, float]) -> str:
+    """A Markdown table of the probes in an `evaluate_binding` result: accuracy (percent) and images."""
+    lines = ["| probe | contrast caption | accuracy | images |", "|---|---|---|---|"]
+    lines += [
+        f"| {kind} | {_PROBE_LABELS[kind]} | {metrics[kind]:.2f} | {int(metrics[f'{kind}_n'])} |"
+        for kind in PROBE_KINDS if kind in metrics
+    ]
+    return "\n".join(lines)
