@@ -30,13 +30,11 @@ from uit_reid.encoders import CLIPDualEncoder  # noqa: E402
 from uit_reid.evaluation import evaluate_model  # noqa: E402
 from uit_reid.factory import build_model, load_model  # noqa: E402
 from uit_reid.io import atomic_write_bytes, atomic_write_text, file_sha256  # noqa: E402
-from uit_reid.pretrained import SHIPPED, SHIPPED_DIR  # noqa: E402
+from uit_reid.pretrained import CHECK_SPLIT, SHIPPED, SHIPPED_DIR  # noqa: E402
 from uit_reid.train import Trainer, load_config  # noqa: E402
 
 logger = logging.getLogger("pretrain_tiny")
 
-# The small fixed split the shipped-weights test evaluates (tests/test_pretrained.py uses the same).
-CHECK_SPLIT = {"num_ids": 60, "images_per_id": 2, "seed": 5, "num_val_ids": 0, "num_test_ids": 60}
 
 
 def export_weights(model_dir: Path, out: Path) -> str:

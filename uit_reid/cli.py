@@ -212,12 +212,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from uit_reid.demo import run_demo
+    from uit_reid.demo import DEMO_COLUMNS, run_demo
     from uit_reid.retrieval import metrics_table
 
     out = Path(args.out)
     metrics = run_demo(out, quick=args.quick, device=_device(args.device))
-    print(metrics_table({"test (t2i)": metrics}))
+    rows = {"zero-shot (shipped uit-tiny)": metrics["zero_shot"], "fine-tuned (UIT)": metrics["fine_tuned"]}
+    print(metrics_table(rows, label="test (t2i)", keys=DEMO_COLUMNS))
     model_dir = next(p for p in (out / "best", out / "last") if p.is_dir())
     print(f"search the test gallery in a browser (pip install 'uit_reid[serve]'):\n"
           f"  uit-reid serve --index {out / 'gallery.faiss'} --checkpoint {model_dir}")

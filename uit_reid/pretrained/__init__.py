@@ -13,7 +13,7 @@ from pathlib import Path
 
 from uit_reid.io import file_sha256
 
-__all__ = ["SHIPPED", "SHIPPED_DIR", "ShippedWeights", "shipped_tags", "shipped_weights"]
+__all__ = ["CHECK_SPLIT", "SHIPPED", "SHIPPED_DIR", "ShippedWeights", "shipped_tags", "shipped_weights"]
 
 SHIPPED_DIR = Path(__file__).resolve().parent
 """The folder the shipped files live in."""
@@ -29,10 +29,15 @@ class ShippedWeights:
 
 SHIPPED: dict[tuple[str, str], ShippedWeights] = {
     ("uit-tiny", "synthetic"): ShippedWeights(
-        "uit-tiny-synthetic.safetensors", "0000000000000000000000000000000000000000000000000000000000000000"
+        "uit-tiny-synthetic.safetensors", "e9219a6f4cdabe42dfff1d3f66b83a7b54cc2723e60ab707c7b239b027b38516"
     ),
 }
 """(architecture, tag) -> the shipped weights (see ``uit-tiny-synthetic.md`` for the card)."""
+
+
+CHECK_SPLIT = {"num_ids": 60, "images_per_id": 2, "seed": 5, "num_val_ids": 0, "num_test_ids": 60}
+"""``make_synthetic`` arguments of the small fixed split whose zero-shot figures each model card
+records and ``tests/test_pretrained.py`` checks (evaluated at the demo config's input size)."""
 
 
 def shipped_tags(name: str) -> list[str]:
