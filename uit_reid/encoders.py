@@ -29,7 +29,7 @@ from open_clip.factory import parse_model_name
 from open_clip.transformer import VisionTransformer, text_global_pool
 from torch import nn
 
-from uit_reid.pretrained import shipped_tags, shipped_weights
+from uit_reid.pretrained import SHIPPED, shipped_tags, shipped_weights
 from uit_reid.tir import random_masking
 
 __all__ = [
@@ -248,6 +248,7 @@ class CLIPDualEncoder(nn.Module):
         image_size = (int(image_size[0]), int(image_size[1]))
         tag = None
         path: Path | None = None
+        grid: tuple[int, int] | None = None  # the file's position grid, when it cannot be inferred
         if pretrained is not None:
             pretrained = os.fspath(pretrained)
             if shipped_tags(name) and not _looks_like_path(pretrained):  # weights inside the package
@@ -255,7 +256,7 @@ class CLIPDualEncoder(nn.Module):
                     raise ValueError(
                         f"unknown pretrained tag {pretrained!r} for {name}; shipped tags: {shipped_tags(name)}"
                     )
-                path = shipped_weights(name, pretrained)
+                path, grid = shipped_weights(name, pretrained), SHIPPED[(name, pretrained)].grid
             elif _looks_like_path(pretrained):
                 path = Path(pretrained).expanduser()
                 if not path.is_file():
@@ -291,7 +292,7 @@ class CLIPDualEncoder(nn.Module):
             clip, open_clip.get_tokenizer(name, context_length=context_length), model_name=name, model_cfg=model_cfg
         )
         if path is not None:
-            encoder.load_clip_weights(path)
+            encoder.load_clip_weights(path, grid=grid)
         return encoder.to(device)
 
     @classmethod
@@ -320,8 +321,10 @@ class CLIPDualEncoder(nn.Module):
             tokenizer = open_clip.SimpleTokenizer(context_length=context_length, **tokenizer_kwargs)
         return cls(clip, tokenizer, model_name=name, model_cfg=model_cfg).to(device)
 
-    def load_clip_weights(self, path: str | os.PathLike) -> None:
+    def load_clip_weights(self, path: str | os.PathLike, grid: tuple[int, int] | None = None) -> None:
         """Load open_clip CLIP weights from ``path``, resizing the image position grid if needed.
+
+        ``grid`` is the checkpoint's (rows, columns) patch grid; by default it is read as square.
 
         Raises ``ValueError`` naming the file and the missing, unexpected or mis-shaped keys when
         the checkpoint belongs to another architecture.
@@ -333,7 +336,7 @@ class CLIPDualEncoder(nn.Module):
         own = self.clip.state_dict()
         if key in state and key in own and state[key].shape != own[key].shape:
             try:
-                state[key] = resize_position_embedding(state[key], self.grid_size)
+                state[key] = resize_position_embedding(state[key], self.grid_size, grid)
             except ValueError as exc:
                 raise ValueError(f"checkpoint {path}: {exc}") from exc
             logger.info("resized %s from %s to grid %s", key, tuple(state[key].shape), self.grid_size)

@@ -21,15 +21,17 @@ SHIPPED_DIR = Path(__file__).resolve().parent
 
 @dataclass(frozen=True)
 class ShippedWeights:
-    """One shipped checkpoint: its file name in `SHIPPED_DIR` and the SHA-256 it must have."""
+    """One shipped checkpoint: its file name in `SHIPPED_DIR`, the SHA-256 it must have, and the
+    (rows, columns) patch grid it was trained at (a non-square grid cannot be read from the tensor)."""
 
     file: str
     sha256: str
+    grid: tuple[int, int]
 
 
 SHIPPED: dict[tuple[str, str], ShippedWeights] = {
     ("uit-tiny", "synthetic"): ShippedWeights(
-        "uit-tiny-synthetic.safetensors", "cbb58f23aeb81029754c7309cc8241ebd91f64f910a73fd9f734aacc8b40cbe2"
+        "uit-tiny-synthetic.safetensors", "cbb58f23aeb81029754c7309cc8241ebd91f64f910a73fd9f734aacc8b40cbe2", (8, 4)
     ),
 }
 """(architecture, tag) -> the shipped weights (see ``uit-tiny-synthetic.md`` for the card)."""
