@@ -11,8 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from uit_reid import augment, retrieval
-from uit_reid.data import Split, build_eval_loaders
-from uit_reid.data.probes import PROBE_KINDS, binding_probes
+from uit_reid.data import PROBE_KINDS, Split, binding_probes, build_eval_loaders
 from uit_reid.device import autocast
 from uit_reid.model import UITModel
 
