@@ -206,7 +206,10 @@ def test_demo_quick(tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     table, hint, command = printed.strip().rsplit("\n", 2)
-    assert table == metrics_table({"test (t2i)": metrics})
+    zero_shot = metrics.pop("zero_shot")  # the shipped checkpoint before fine-tuning, then the fine-tuned row
+    rows = {"zero-shot (shipped uit-tiny)": zero_shot, "fine-tuned (UIT)": metrics}
+    assert table == metrics_table(rows, label="test (t2i)", keys=("R1", "R5", "mAP", "binding", "presence"))
+    assert zero_shot != metrics and {"R1", "binding"} <= zero_shot.keys() & metrics.keys()
     assert hint.startswith("search the test gallery in a browser")
     assert command.split() == ["uit-reid", "serve", "--index", str(out / "gallery.faiss"), "--checkpoint", str(out / "best")]
     assert Image.open(out / "results.png").size[1] > 200

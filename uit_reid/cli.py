@@ -205,18 +205,20 @@ def cmd_synth(args: argparse.Namespace) -> int:
         num_val_ids=args.num_val_ids,
         num_test_ids=args.num_test_ids,
         force=args.force,
+        world=args.world,
     )
     print(f"wrote {path}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from uit_reid.demo import run_demo
+    from uit_reid.demo import DEMO_COLUMNS, run_demo
     from uit_reid.retrieval import metrics_table
 
     out = Path(args.out)
     metrics = run_demo(out, quick=args.quick, device=_device(args.device))
-    print(metrics_table({"test (t2i)": metrics}))
+    rows = {"zero-shot (shipped uit-tiny)": metrics["zero_shot"], "fine-tuned (UIT)": metrics["fine_tuned"]}
+    print(metrics_table(rows, label="test (t2i)", keys=DEMO_COLUMNS))
     model_dir = next(p for p in (out / "best", out / "last") if p.is_dir())
     print(f"search the test gallery in a browser (pip install 'uit_reid[serve]'):\n"
           f"  uit-reid serve --index {out / 'gallery.faiss'} --checkpoint {model_dir}")
@@ -326,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-test-ids", type=int, default=None, help="identities in test (default: 20%% of them)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="write into a folder that holds other files")
+    p.add_argument("--world", default="pedestrians",
+                   help="pedestrians (the demo's full descriptions) or web (the pre-training world's short "
+                        "captions) (default: %(default)s)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="synthetic data -> train the tiny model on CPU -> evaluate -> index -> search")

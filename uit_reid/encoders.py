@@ -29,6 +29,7 @@ from open_clip.factory import parse_model_name
 from open_clip.transformer import VisionTransformer, text_global_pool
 from torch import nn
 
+from uit_reid.pretrained import shipped_tags, shipped_weights
 from uit_reid.tir import random_masking
 
 __all__ = [
@@ -233,7 +234,9 @@ class CLIPDualEncoder(nn.Module):
                 Face Hub) or ``"local-dir:/path"`` (a folder with ``open_clip_config.json``). OpenAI
                 weights and IRRA/SEN checkpoints need QuickGELU: ``"ViT-B-16-quickgelu"``.
             pretrained: ``None`` (random init), an open_clip tag such as ``"openai"`` (downloads from
-                the hub), or a local checkpoint file (``.pt``/``.pth``/``.bin``/``.safetensors``).
+                the hub), a tag of weights shipped in the package (``"uit-tiny"`` with
+                ``"synthetic"``, see `uit_reid.pretrained`: offline, checksum-verified), or a local
+                checkpoint file (``.pt``/``.pth``/``.bin``/``.safetensors``).
                 Must be ``None`` with a schema name, which brings its own weights.
             image_size: input (height, width); the position grid is resized to match.
             context_length: text length in tokens.
@@ -247,7 +250,13 @@ class CLIPDualEncoder(nn.Module):
         path: Path | None = None
         if pretrained is not None:
             pretrained = os.fspath(pretrained)
-            if _looks_like_path(pretrained):
+            if shipped_tags(name) and not _looks_like_path(pretrained):  # weights inside the package
+                if pretrained not in shipped_tags(name):
+                    raise ValueError(
+                        f"unknown pretrained tag {pretrained!r} for {name}; shipped tags: {shipped_tags(name)}"
+                    )
+                path = shipped_weights(name, pretrained)
+            elif _looks_like_path(pretrained):
                 path = Path(pretrained).expanduser()
                 if not path.is_file():
                     raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
@@ -328,6 +337,10 @@ class CLIPDualEncoder(nn.Module):
             except ValueError as exc:
                 raise ValueError(f"checkpoint {path}: {exc}") from exc
             logger.info("resized %s from %s to grid %s", key, tuple(state[key].shape), self.grid_size)
+        key = "positional_embedding"  # text positions: a shorter context keeps the first rows (causal mask)
+        if key in state and key in own and state[key].shape[0] > own[key].shape[0] and state[key].shape[1:] == own[key].shape[1:]:
+            logger.info("kept the first %d of %d text positions", own[key].shape[0], state[key].shape[0])
+            state[key] = state[key][: own[key].shape[0]]
         # logit_scale is stored as a scalar in some checkpoints and a 1-element tensor in others.
         for name in ("logit_scale", "logit_bias"):
             if name in state and name in own and state[name].shape != own[name].shape:

@@ -298,8 +298,15 @@ def binding_accuracy(true_scores: Any, contrast_scores: Any) -> float:
     return float(100.0 * wins / true.size)
 
 
-def metrics_table(rows: dict[str, dict[str, float]], label: str = "split") -> str:
-    """A Markdown table with one row per ``{name: evaluate(...) result}`` entry, figures to 2 decimals."""
-    lines = [f"| {label} | " + " | ".join(METRIC_KEYS) + " |", "|---" * (len(METRIC_KEYS) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{m[k]:.2f}" for k in METRIC_KEYS) + " |" for name, m in rows.items()]
+def metrics_table(
+    rows: dict[str, dict[str, float]], label: str = "split", keys: Sequence[str] = METRIC_KEYS
+) -> str:
+    """A Markdown table with one row per ``{name: evaluate(...) result}`` entry, figures to 2 decimals.
+
+    ``keys`` picks the columns (e.g. ``("R1", "R5", "mAP", "binding")``); a row without one shows ``-``.
+    """
+    lines = [f"| {label} | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [
+        f"| {name} | " + " | ".join(f"{m[k]:.2f}" if k in m else "-" for k in keys) + " |" for name, m in rows.items()
+    ]
     return "\n".join(lines)
