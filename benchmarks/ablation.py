@@ -11,7 +11,7 @@ optimiser, decoder size) for the same number of steps; only the losses and augme
     + TIR                          ... plus text-guided image restoration
     + text augmentation            ... plus attribute-word captions (p 0.2)
     full UIT                       ... plus the authors' caption corruption (the demo's recipe)
-    full UIT - X                   full UIT without one component (X = ID, CMT, TIR, text augmentation,
+    full UIT - X                   full UIT without one component (X = CMT, TIR, text augmentation,
                                    caption corruption; the last is the "+ text augmentation" row)
 
 The loss weights are the demo's where it sets them (else the paper's: SDM 1, ID 1, CMT 10, TIR 10).
@@ -56,7 +56,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from uit_reid.augment import build_eval_transform  # noqa: E402
-from uit_reid.data import PedesDataset, binding_probes, load_dataset, load_image, make_synthetic  # noqa: E402
+from uit_reid.data import (  # noqa: E402
+    PedesDataset,
+    binding_probes,
+    build_batch_sampler,
+    load_dataset,
+    load_image,
+    make_synthetic,
+)
 from uit_reid.evaluation import evaluate_model  # noqa: E402
 from uit_reid.factory import build_model, load_model  # noqa: E402
 from uit_reid.model import UITModel  # noqa: E402
@@ -105,7 +112,6 @@ ROWS: dict[str, set[str] | None] = {
     "+ TIR": {"sdm", "id", "cmt", "tir"},
     "+ text augmentation": {"sdm", "id", "cmt", "tir", "aug"},
     "full UIT": FULL,
-    "full UIT - ID": FULL - {"id"},
     "full UIT - CMT": FULL - {"cmt"},
     "full UIT - TIR": FULL - {"tir"},
     "full UIT - text augmentation": FULL - {"aug"},
@@ -123,6 +129,22 @@ def base_config(pretrained: str | None) -> tuple[TrainConfig, dict[str, float]]:
     if pretrained is not None:
         config = config.override([f"model.pretrained={json.dumps(pretrained)}"])
     return config, full
+
+
+def steps_per_epoch(config: TrainConfig, dataset: PedesDataset, batch_size: int) -> int:
+    """Batches in one epoch of the config's sampler over the training pairs (one per caption)."""
+    assert dataset.train is not None
+    pids = [r.pid for r in dataset.train.records for _ in r.captions]
+    return len(build_batch_sampler(config.data.sampler, pids, batch_size, config.data.num_instances))
+
+
+def scaled_schedule(config: TrainConfig, dataset: PedesDataset, steps: int, batch_size: int) -> list[str]:
+    """Overrides for ``steps`` steps of ``batch_size`` whose warm-up is the same share of the run as the demo's."""
+    demo_epoch = steps_per_epoch(config, dataset, config.data.batch_size)
+    demo_total = min(config.train.epochs * demo_epoch, config.train.max_steps or math.inf)
+    share = round(config.optim.warmup_epochs * demo_epoch) / demo_total
+    epoch = steps_per_epoch(config, dataset, batch_size)
+    return _overrides({"data.batch_size": batch_size, "optim.warmup_epochs": share * steps / epoch})
 
 
 def _overrides(values: dict[str, Any]) -> list[str]:
@@ -232,14 +254,16 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     syn = config.synthetic
     if args.quick:
         syn.num_ids, syn.images_per_id, syn.num_val_ids, syn.num_test_ids = 40, 2, 0, 12
-        config = config.override(["data.batch_size=8", "data.eval_batch_size=64"])
+        args.batch_size = 8
+        config = config.override(["data.batch_size=8"])  # the warm-up share is taken at this batch too
     data_root = out / "data"
     if not (data_root / "annotations.jsonl").is_file():
         make_synthetic(data_root, num_ids=syn.num_ids, images_per_id=syn.images_per_id, seed=syn.seed,
                        num_val_ids=syn.num_val_ids, num_test_ids=syn.num_test_ids, workers=syn.workers,
                        progress=False)
     dataset = dataclasses.replace(load_dataset(data_root, progress=False), val=None)
-    batch = config.data.batch_size
+    batch = args.batch_size or config.data.batch_size
+    config = config.override(scaled_schedule(config, dataset, args.steps, batch))
     rows = {name: ROWS[name] for name in (args.rows.split(",") if args.rows else ROWS)}
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; test split {dataset.test.num_ids} ids, "
         f"{dataset.test.num_images} images; {args.steps} steps of batch {batch}; {args.seeds} seeds; "
@@ -277,7 +301,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     log(f"diagnostics: {json.dumps(diagnostics)}")
     table = markdown(summary, args.steps, batch, args.seeds)
     report = {
-        "settings": {"threads": torch.get_num_threads(), "steps": args.steps, "batch_size": batch, "seeds": args.seeds, "full_weights": full,
+        "settings": {"threads": torch.get_num_threads(), "steps": args.steps, "batch_size": batch,
+                     "lr": config.optim.lr, "warmup_epochs": config.optim.warmup_epochs, "seeds": args.seeds, "full_weights": full,
                      "pretrained": config.model.pretrained, "recipes": {n: sorted(p) if p else None for n, p in rows.items()},
                      "test": {"ids": dataset.test.num_ids, "images": dataset.test.num_images}},
         "runs": runs, "seconds": seconds,
@@ -296,7 +321,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/ablation", help="folder for the data, the runs and the results")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per training row (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=150, help="fine-tuning steps per run (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=24, help="fine-tuning steps per run (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="fine-tuning batch (default: %(default)s; 0: the demo's)")
     parser.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
     parser.add_argument("--pretrained", default=None,
                         help="starting weights instead of the demo config's model.pretrained (e.g. a file, 'none')")
