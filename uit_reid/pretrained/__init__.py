@@ -29,7 +29,7 @@ class ShippedWeights:
 
 SHIPPED: dict[tuple[str, str], ShippedWeights] = {
     ("uit-tiny", "synthetic"): ShippedWeights(
-        "uit-tiny-synthetic.safetensors", "e9219a6f4cdabe42dfff1d3f66b83a7b54cc2723e60ab707c7b239b027b38516"
+        "uit-tiny-synthetic.safetensors", "cbb58f23aeb81029754c7309cc8241ebd91f64f910a73fd9f734aacc8b40cbe2"
     ),
 }
 """(architecture, tag) -> the shipped weights (see ``uit-tiny-synthetic.md`` for the card)."""
