@@ -77,7 +77,10 @@ def evaluate_model(
     amp_dtype: torch.dtype | None = None,
     interpolation: str | None = None,
 ) -> dict[str, float]:
-    """Text-to-image R1/R5/R10/mAP/mINP (percent) of ``model`` on an evaluation split."""
+    """Text-to-image R1/R5/R10/mAP/mINP (percent) of ``model`` on an evaluation split.
+
+    Where the split's records carry attributes, also `evaluate_binding`'s keys (``binding``, ...).
+    """
     q, q_pids, g, g_pids = encode_split(model, split, batch_size, device, num_workers, amp_dtype, interpolation)
     metrics = retrieval.evaluate(q @ g.t(), q_pids, g_pids)
     metrics.update(evaluate_binding(model, split, batch_size, device, amp_dtype=amp_dtype, image_features=g))
