@@ -11,8 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from uit_reid import augment, retrieval
-from uit_reid.data import Split, build_eval_loaders
-from uit_reid.data.probes import PROBE_KINDS, binding_probes
+from uit_reid.data import PROBE_KINDS, Split, binding_probes, build_eval_loaders
 from uit_reid.device import autocast
 from uit_reid.model import UITModel
 
@@ -78,7 +77,10 @@ def evaluate_model(
     amp_dtype: torch.dtype | None = None,
     interpolation: str | None = None,
 ) -> dict[str, float]:
-    """Text-to-image R1/R5/R10/mAP/mINP (percent) of ``model`` on an evaluation split."""
+    """Text-to-image R1/R5/R10/mAP/mINP (percent) of ``model`` on an evaluation split.
+
+    Where the split's records carry attributes, also `evaluate_binding`'s keys (``binding``, ...).
+    """
     q, q_pids, g, g_pids = encode_split(model, split, batch_size, device, num_workers, amp_dtype, interpolation)
     metrics = retrieval.evaluate(q @ g.t(), q_pids, g_pids)
     metrics.update(evaluate_binding(model, split, batch_size, device, amp_dtype=amp_dtype, image_features=g))

@@ -589,7 +589,7 @@ def make_synthetic(
 
     ``root/imgs/`` gets ``num_ids * images_per_id`` PNGs of ``image_size`` (height, width) and
     ``root/annotations.jsonl`` one record per image (``image``, ``pid``, ``captions``, ``split`` and an
-    ``attributes`` object that readers ignore). Identities are split disjointly: the first
+    ``attributes`` object, read into `PersonRecord.attributes`). Identities are split disjointly: the first
     ``num_test_ids`` (default 20%) go to test, the next ``num_val_ids`` (default 10%) to val, the rest to
     train; families stay together except at the two boundaries. Same arguments -> byte-identical files
     for any ``workers``. The annotation file is written last, to a temporary name, then renamed.
