@@ -1,187 +1,342 @@
-"""Synthetic ablation: what each UIT component does for the tiny model on the built-in dataset.
+"""Ablation: rank UIT's components by fine-tuning the shipped `uit-tiny` checkpoint on the demo's data.
 
-Two tables, each row the mean ± std over seeds of test R1 / R5 / mAP (text-to-image, percent):
+Every training row starts from the same pre-trained weights (``model.pretrained``, the demo's:
+``"synthetic"``, the shipped checkpoint) and fine-tunes with the demo's recipe (data, batch, sampler,
+optimiser, decoder size) for the same number of steps; only the losses and augmentations differ:
 
-1. From random init with the demo's recipe as the base (symmetric InfoNCE, since SDM alone does
-   not leave chance level from random init): base, + CMT, + TIR, + text augmentation, all.
-2. Fine-tuning, the setting UIT was designed for: the tiny model is pre-trained contrastively once
-   (on a disjoint synthetic dataset, so no test identity is seen), saved to a file, then fine-tuned
-   from it with the paper's own losses and the authors' caption corruption: SDM + ID, + CMT, + TIR
-   (all four, weights 1/1/10/10) with the authors' decoder or the residual variant, and UIT without
-   the caption corruption.
+    zero-shot                      the checkpoint, no fine-tuning
+    ITC fine-tuning                symmetric InfoNCE
+    SDM + ID                       IRRA's losses without MLM
+    + CMT                          ... plus the cross-modal triplet loss
+    + TIR                          ... plus text-guided image restoration
+    + text augmentation            ... plus attribute-word captions (p 0.2)
+    full UIT                       ... plus the authors' caption corruption (the demo's recipe)
+    full UIT - X                   full UIT without one component (X = CMT, TIR, text augmentation,
+                                   caption corruption; the last is the "+ text augmentation" row)
 
-Every run in a table has the same step budget. Usage:
+The loss weights are the demo's where it sets them (else the paper's: SDM 1, ID 1, CMT 10, TIR 10).
+Each row runs ``--seeds`` seeds (0, 1, ...; the seed draws batches, augmentations, masks and the
+heads' init); the table gives the mean and the 95% confidence interval of the mean (Student's t,
+n - 1 degrees of freedom) of test R1, mAP and attribute-binding accuracy, plus presence.
 
-    python benchmarks/ablation.py                       # the recorded tables (about 40 min on 2 cores)
-    python benchmarks/ablation.py --quick               # a smoke run
-    python benchmarks/ablation.py --seeds 3 --steps 300 --finetune-steps 200
-    python benchmarks/ablation.py --skip-scratch --finetune-rows 3,4,5   # decoder layout, token corruption
+Diagnostics, printed and saved with the table:
+- does the TIR decoder use the text? On the same grayscale masked test images (one fixed mask), the
+  restoration error of the full-UIT model (seed 0) with the true garment caption and with the same
+  caption with the garment colours swapped, and the share of images where the true caption restores
+  better;
+- does the grayscale input reach the encoder? A hook on the patch embedding during one training step
+  records both image passes: the retrieval pass must be colour, the TIR pass grey (R = G = B).
+
+Usage:
+
+    python benchmarks/ablation.py                     # the recorded table
+    python benchmarks/ablation.py --quick             # a smoke run (seconds)
+    python benchmarks/ablation.py --steps 150 --seeds 5 --rows "SDM + ID,full UIT"
+
+Writes ``<out>/ablation.json`` (every run's metrics, the summaries, the diagnostics, the settings)
+and ``<out>/ablation.md`` (the table).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import math
 import os
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from uit_reid.data import load_dataset, make_synthetic  # noqa: E402
+from uit_reid.augment import build_eval_transform  # noqa: E402
+from uit_reid.data import (  # noqa: E402
+    PedesDataset,
+    binding_probes,
+    build_batch_sampler,
+    load_dataset,
+    load_image,
+    make_synthetic,
+)
+from uit_reid.evaluation import evaluate_model  # noqa: E402
+from uit_reid.factory import build_model, load_model  # noqa: E402
+from uit_reid.model import UITModel  # noqa: E402
+from uit_reid.tir import patchify, tir_loss, to_grayscale  # noqa: E402
 from uit_reid.train import TrainConfig, Trainer, load_config  # noqa: E402
 
-# A decoder sized for the tiny encoder (UIT's 512-wide, 4-layer one is for ViT-B/16).
-TINY_TIR = ["model.tir_width=64", "model.tir_depth=1", "model.tir_heads=4"]
+PAPER_WEIGHTS = {"sdm": 1.0, "id": 1.0, "cmt": 10.0, "tir": 10.0}
+TEXT_AUGMENT_P = 0.2  # the paper's attribute-word augmentation probability
+# A decoder sized for the tiny encoder, used when the base config has TIR off.
+TINY_TIR = {"tir_width": 64, "tir_depth": 1, "tir_heads": 4}
+METRICS = ("R1", "mAP", "binding", "presence")
 
-SCRATCH_VARIANTS: dict[str, list[str]] = {
-    "base (ITC)": [],
-    "+ CMT": ["loss.cmt=10.0"],
-    "+ TIR": ["model.tir=true", "loss.tir=10.0", *TINY_TIR],
-    "+ text aug": ["data.text_augment_p=0.2"],
-    "all (ITC + CMT + TIR + text aug)": ["loss.cmt=10.0", "model.tir=true", "loss.tir=10.0", *TINY_TIR,
-                                         "data.text_augment_p=0.2"],
+# t quantiles (0.975) for 1..30 degrees of freedom: the 95% interval of a mean of n = df + 1 runs
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+
+
+def confidence_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t confidence interval of the mean (half-width nan for n < 2)."""
+    mean = statistics.fmean(values)
+    n = len(values)
+    if n < 2:
+        return mean, math.nan
+    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
+    return mean, t * statistics.stdev(values) / math.sqrt(n)
+
+
+def recipe(parts: set[str], full: dict[str, float]) -> dict[str, Any]:
+    """Loss weights and augmentations of a row made of ``parts`` (itc, sdm, id, cmt, tir, aug, corrupt)."""
+    return {
+        "loss.itc": 1.0 if "itc" in parts else 0.0,
+        **{f"loss.{k}": (full[k] if k in parts else 0.0) for k in ("sdm", "id", "cmt", "tir")},
+        "model.tir": "tir" in parts,
+        "data.text_augment_p": TEXT_AUGMENT_P if "aug" in parts else 0.0,
+        "data.token_corruption": "corrupt" in parts,
+    }
+
+
+FULL = {"sdm", "id", "cmt", "tir", "aug", "corrupt"}
+ROWS: dict[str, set[str] | None] = {
+    "zero-shot": None,
+    "ITC fine-tuning": {"itc"},
+    "SDM + ID": {"sdm", "id"},
+    "+ CMT": {"sdm", "id", "cmt"},
+    "+ TIR": {"sdm", "id", "cmt", "tir"},
+    "+ text augmentation": {"sdm", "id", "cmt", "tir", "aug"},
+    "full UIT": FULL,
+    "full UIT - CMT": FULL - {"cmt"},
+    "full UIT - TIR": FULL - {"tir"},
+    "full UIT - text augmentation": FULL - {"aug"},
+    "full UIT - caption corruption": FULL - {"corrupt"},
 }
-
-UIT_FINETUNE = ["loss.cmt=10.0", "model.tir=true", "loss.tir=10.0", *TINY_TIR]
-
-FINETUNE_VARIANTS: dict[str, list[str]] = {
-    "SDM + ID": [],
-    "+ CMT": ["loss.cmt=10.0"],
-    "+ TIR, authors' decoder (UIT as released)": [*UIT_FINETUNE, 'model.tir_layout="sen"'],
-    "+ TIR, residual decoder": [*UIT_FINETUNE, 'model.tir_layout="residual"'],
-    "UIT as released, without token corruption": [*UIT_FINETUNE, 'model.tir_layout="sen"',
-                                                  "data.token_corruption=false"],
-}
-
-FINETUNE_BASE = [
-    "loss.itc=0.0",
-    "loss.sdm=1.0",
-    "loss.id=1.0",
-    "loss.logit_scale=50.0",
-    "data.text_augment_p=0.2",
-    "data.token_corruption=true",  # the authors' caption corruption (off in the demo's recipe)
-]
+"""The table's rows: the parts each one trains with (``None``: no training)."""
 
 
-def _run(config: TrainConfig, dataset, out: Path) -> dict[str, float]:
-    config = config.override([f"train.output_dir={json.dumps(str(out))}", "train.eval_every=1000000"])
-    result = Trainer(config, dataset=dataset).fit()
-    return result["test"]
+def base_config(pretrained: str | None) -> tuple[TrainConfig, dict[str, float]]:
+    """The demo's config (the decoder sized for the tiny model) and the full-UIT loss weights."""
+    config = load_config("demo")
+    full = {k: getattr(config.loss, k) or w for k, w in PAPER_WEIGHTS.items()}
+    if not config.model.tir:
+        config = config.override([f"model.{k}={v}" for k, v in TINY_TIR.items()])
+    if pretrained is not None:
+        config = config.override([f"model.pretrained={json.dumps(pretrained)}"])
+    return config, full
 
 
-def _summary(runs: list[dict[str, float]]) -> str:
-    cells = []
-    for key in ("R1", "R5", "mAP"):
-        values = [r[key] for r in runs]
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        cells.append(f"{statistics.mean(values):.1f} ± {std:.1f}")
-    return " | ".join(cells)
+def steps_per_epoch(config: TrainConfig, dataset: PedesDataset, batch_size: int) -> int:
+    """Batches in one epoch of the config's sampler over the training pairs (one per caption)."""
+    assert dataset.train is not None
+    pids = [r.pid for r in dataset.train.records for _ in r.captions]
+    return len(build_batch_sampler(config.data.sampler, pids, batch_size, config.data.num_instances))
 
 
-def _table(title: str, rows: dict[str, list[dict[str, float]]]) -> str:
-    lines = [f"### {title}", "", "| variant | R1 | R5 | mAP |", "|---|---|---|---|"]
-    lines += [f"| {name} | {_summary(runs)} |" for name, runs in rows.items()]
+def scaled_schedule(config: TrainConfig, dataset: PedesDataset, steps: int, batch_size: int) -> list[str]:
+    """Overrides for ``steps`` steps of ``batch_size`` whose warm-up is the same share of the run as the demo's."""
+    demo_epoch = steps_per_epoch(config, dataset, config.data.batch_size)
+    demo_total = min(config.train.epochs * demo_epoch, config.train.max_steps or math.inf)
+    share = round(config.optim.warmup_epochs * demo_epoch) / demo_total
+    epoch = steps_per_epoch(config, dataset, batch_size)
+    return _overrides({"data.batch_size": batch_size, "optim.warmup_epochs": share * steps / epoch})
+
+
+def _overrides(values: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in values.items()]
+
+
+def train_row(config: TrainConfig, dataset: PedesDataset, out: Path, steps: int, seed: int) -> dict[str, Any]:
+    """Fine-tune for ``steps`` steps; the trainer's result (test metrics of the last weights, model folder).
+
+    ``dataset`` has no val split: no model selection, every run is scored after the same steps.
+    """
+    run = config.override(_overrides({
+        "train.output_dir": str(out), "train.max_steps": steps, "train.epochs": 10**6, "train.seed": seed,
+        "train.eval_every": 10**6, "train.log_every": 10**6,
+    }))
+    return Trainer(run, dataset=dataset, overwrite=True).fit()
+
+
+def zero_shot(config: TrainConfig, dataset: PedesDataset) -> dict[str, float]:
+    model = build_model(config.model, config.loss, num_classes=0, interpolation=config.data.interpolation)
+    return evaluate_model(model, dataset.test, config.data.eval_batch_size)
+
+
+@torch.no_grad()
+def tir_text_use(model: UITModel, dataset: PedesDataset, limit: int = 256, seed: int = 0) -> dict[str, float]:
+    """Restoration error (MSE on the masked patches) with the true vs the colour-swapped garment caption.
+
+    The same images, the same grayscale input and the same mask for both captions; only the caption
+    differs. A decoder that ignores the text gives equal errors.
+    """
+    assert model.tir_head is not None
+    model.eval()
+    probes = binding_probes(dataset.test.records)["binding"]
+    ids = probes.image_ids[:limit]
+    transform = build_eval_transform(model.image_size, interpolation=model.interpolation)
+    images = torch.stack([transform(load_image(dataset.test.records[i].image_path)) for i in ids])
+    if model.tir_grayscale == "normalised":
+        gray = to_grayscale(images)
+    else:
+        gray = to_grayscale(images, model.image_mean, model.image_std)
+    masked = model.encoder.encode_masked_image(gray, model.mask_ratio, generator=torch.Generator().manual_seed(seed))
+    target = patchify(images, model.encoder.patch_size)
+
+    def errors(captions: list[str]) -> torch.Tensor:
+        text_ids = model.encoder.tokenize(captions)
+        _, tokens = model.encoder.encode_text(text_ids, return_tokens=True)
+        pred = model.tir_head(masked.tokens, masked.ids_restore, tokens, model.encoder.text_padding_mask(text_ids))
+        return torch.stack([tir_loss(pred[i : i + 1], target[i : i + 1], masked.mask[i : i + 1])
+                            for i in range(len(captions))])
+
+    true, swapped = errors(probes.true[: len(ids)]), errors(probes.contrast[: len(ids)])
+    return {
+        "images": len(ids),
+        "mse_true_caption": float(true.mean()),
+        "mse_swapped_caption": float(swapped.mean()),
+        "true_restores_better_percent": float(100.0 * ((true < swapped).float().mean() + 0.5 * (true == swapped).float().mean())),
+    }
+
+
+def grayscale_check(config: TrainConfig, dataset: PedesDataset) -> dict[str, float]:
+    """Channel spread of the two inputs of the patch embedding during one training step with TIR.
+
+    Measured in the space the TIR input is grey in (normalised pixels for ``tir_grayscale =
+    "normalised"``, as the authors' code; pixel values otherwise): 0 means R = G = B.
+    """
+    from uit_reid.data import build_train_loader
+
+    model = build_model(config.model, config.loss, dataset.num_classes, interpolation=config.data.interpolation)
+    loader = build_train_loader(dataset.train, model.encoder.tokenize, model.image_size,
+                                batch_size=config.data.batch_size, num_workers=0)
+    batch = next(iter(loader))
+    seen: list[torch.Tensor] = []
+    hook = model.encoder.clip.visual.conv1.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        model.train()
+        model(batch)
+    finally:
+        hook.remove()
+    mean = torch.tensor(model.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.image_std).view(1, 3, 1, 1)
+
+    def spread(x: torch.Tensor) -> float:
+        if model.tir_grayscale != "normalised":
+            x = x * std + mean
+        return float((x.amax(dim=1) - x.amin(dim=1)).abs().max())
+
+    return {"patch_embedding_calls": len(seen), "retrieval_pass_channel_spread": spread(seen[0]),
+            "tir_pass_channel_spread": spread(seen[-1]) if len(seen) > 1 else math.nan}
+
+
+def markdown(summary: dict[str, dict[str, Any]], steps: int, batch: int, seeds: int) -> str:
+    lines = [f"Fine-tuning the shipped `uit-tiny` for {steps} steps of batch {batch}, {seeds} seeds per row; "
+             "mean ± 95% CI half-width (t), test split.", "",
+             "| row | R1 | mAP | binding | presence |", "|---|---|---|---|---|"]
+    for name, s in summary.items():
+        cells = []
+        for key in METRICS:
+            mean, half = s[key]
+            cells.append(f"{mean:.1f}" if math.isnan(half) else f"{mean:.1f} ± {half:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/ablation")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=None, help="step budget per scratch run (default: the demo's)")
-    parser.add_argument("--pretrain-steps", type=int, default=None)
-    parser.add_argument("--finetune-steps", type=int, default=None)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--skip-scratch", action="store_true")
-    parser.add_argument("--skip-finetune", action="store_true")
-    parser.add_argument("--reuse-pretrain", action="store_true",
-                        help="use <out>/pretrain/clip_pretrained.pt from an earlier run when it exists")
-    parser.add_argument("--finetune-rows", default="", help="comma-separated 1-based rows of the fine-tuning "
-                        "table to run (default: all)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
     out = Path(args.out)
-    base = load_config("demo")
-    syn = base.synthetic
+    config, full = base_config(args.pretrained)
+    syn = config.synthetic
     if args.quick:
-        syn.num_ids, syn.images_per_id, syn.num_val_ids, syn.num_test_ids = 64, 2, 8, 16
-        args.seeds = min(args.seeds, 2)
-    demo_steps = base.train.max_steps or 10**9
-    steps = args.steps or (6 if args.quick else demo_steps)
-    pretrain_steps = args.pretrain_steps or (6 if args.quick else steps)
-    finetune_steps = args.finetune_steps or (6 if args.quick else max(1, steps // 2))
-    common = [f"train.max_steps={steps}", "train.epochs=1000", "train.log_every=1000000"]
-
+        syn.num_ids, syn.images_per_id, syn.num_val_ids, syn.num_test_ids = 40, 2, 0, 12
+        args.batch_size = 8
+        config = config.override(["data.batch_size=8"])  # the warm-up share is taken at this batch too
     data_root = out / "data"
     if not (data_root / "annotations.jsonl").is_file():
         make_synthetic(data_root, num_ids=syn.num_ids, images_per_id=syn.images_per_id, seed=syn.seed,
-                       num_val_ids=syn.num_val_ids, num_test_ids=syn.num_test_ids)
-    dataset = load_dataset(data_root, progress=False)
+                       num_val_ids=syn.num_val_ids, num_test_ids=syn.num_test_ids, workers=syn.workers,
+                       progress=False)
+    dataset = dataclasses.replace(load_dataset(data_root, progress=False), val=None)
+    batch = args.batch_size or config.data.batch_size
+    config = config.override(scaled_schedule(config, dataset, args.steps, batch))
+    rows = {name: ROWS[name] for name in (args.rows.split(",") if args.rows else ROWS)}
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; test split {dataset.test.num_ids} ids, "
+        f"{dataset.test.num_images} images; {args.steps} steps of batch {batch}; {args.seeds} seeds; "
+        f"pretrained {config.model.pretrained!r}; full-UIT weights {full}")
     start = time.perf_counter()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; test split: {dataset.test.num_ids} ids, "
-          f"{dataset.test.num_images} images, {dataset.test.num_captions} captions")
-
-    report: dict[str, dict[str, list[dict[str, float]]]] = {}
-    if not args.skip_scratch:
-        rows: dict[str, list[dict[str, float]]] = {}
-        for name, extra in SCRATCH_VARIANTS.items():
-            rows[name] = []
-            for seed in range(args.seeds):
-                cfg = base.override([*common, *extra, f"train.seed={seed}"])
-                rows[name].append(_run(cfg, dataset, out / "scratch" / f"{len(rows)}_{seed}"))
-            print(f"  {name}: {_summary(rows[name])}", flush=True)
-        report["scratch"] = rows
-        print(_table(f"From random init, {steps} steps of batch {base.data.batch_size}", rows), flush=True)
-
-    if not args.skip_finetune:
-        # Pre-train on a disjoint synthetic set (other seed, other identities) with the demo recipe.
-        pre_root = out / "pretrain_data"
-        if not (pre_root / "annotations.jsonl").is_file():
-            make_synthetic(pre_root, num_ids=syn.num_ids, images_per_id=syn.images_per_id, seed=syn.seed + 1000,
-                           num_val_ids=syn.num_val_ids, num_test_ids=syn.num_test_ids)
-        pre_cfg = base.override([f"train.max_steps={pretrain_steps}", "train.epochs=1000", "train.log_every=1000000"])
-        pre_dir = out / "pretrain"
-        checkpoint = pre_dir / "clip_pretrained.pt"
-        if args.reuse_pretrain and checkpoint.is_file():
-            print(f"reusing the pre-trained encoder {checkpoint}", flush=True)
+    runs: dict[str, list[dict[str, float]]] = {}
+    seconds: dict[str, list[float]] = {}
+    done: dict[frozenset[str], str] = {}
+    tir_model_dir: str | None = None  # full UIT, seed 0: the model the TIR diagnostic inspects
+    for name, parts in rows.items():
+        if parts is None:
+            runs[name], seconds[name] = [zero_shot(config, dataset)], [0.0]
+        elif frozenset(parts) in done:  # the same recipe under another name: the same runs
+            runs[name], seconds[name] = runs[done[frozenset(parts)]], seconds[done[frozenset(parts)]]
         else:
-            pre_dataset = load_dataset(pre_root, progress=False)
-            pre_trainer = Trainer(pre_cfg.override([f"train.output_dir={json.dumps(str(pre_dir))}"]),
-                                  dataset=pre_dataset)
-            pre_trainer.fit()
-            torch.save(pre_trainer.model.encoder.clip.state_dict(), checkpoint)
-        ft_common = [
-            *FINETUNE_BASE,
-            f"model.pretrained={json.dumps(str(checkpoint))}",
-            f"train.max_steps={finetune_steps}",
-            "train.epochs=1000",
-            "train.log_every=1000000",
-            "optim.lr=1e-4",
-            "optim.warmup_epochs=0.1",
-        ]
-        rows = {"pre-trained, no fine-tuning": []}
-        zero_cfg = base.override([f"model.pretrained={json.dumps(str(checkpoint))}", "train.max_steps=1", "optim.lr=0.0"])
-        rows["pre-trained, no fine-tuning"].append(_run(zero_cfg, dataset, out / "finetune" / "zero"))
-        picked = {int(r) for r in args.finetune_rows.split(",") if r.strip()}
-        for number, (name, extra) in enumerate(FINETUNE_VARIANTS.items(), start=1):
-            if picked and number not in picked:
-                continue
-            rows[name] = []
+            done[frozenset(parts)] = name
+            row_config = config.override(_overrides(recipe(parts, full)))
+            runs[name], seconds[name] = [], []
             for seed in range(args.seeds):
-                cfg = base.override([*ft_common, *extra, f"train.seed={seed}"])
-                rows[name].append(_run(cfg, dataset, out / "finetune" / f"{len(rows)}_{seed}"))
-            print(f"  {name}: {_summary(rows[name])}", flush=True)
-        report["finetune"] = rows
-        print(_table(f"Fine-tuning a contrastively pre-trained tiny model, {finetune_steps} steps", rows), flush=True)
+                t0 = time.perf_counter()
+                result = train_row(row_config, dataset, out / "runs" / f"{len(done)}_{seed}", args.steps, seed)
+                seconds[name].append(time.perf_counter() - t0)
+                runs[name].append(result["test"])
+                if parts == FULL and seed == 0:
+                    tir_model_dir = result["model_dir"]
+        s = {k: confidence_interval([r[k] for r in runs[name]]) for k in METRICS}
+        log(f"  {name}: " + "  ".join(f"{k} {m:.2f}±{h:.2f}" for k, (m, h) in s.items())
+            + f"  ({statistics.fmean(seconds[name]):.0f} s/run)")
+    summary = {name: {k: confidence_interval([r[k] for r in rs]) for k in METRICS} for name, rs in runs.items()}
 
+    diagnostics: dict[str, Any] = {}
+    if tir_model_dir is not None:
+        diagnostics["tir_text_use"] = tir_text_use(load_model(tir_model_dir), dataset)
+    diagnostics["grayscale_input"] = grayscale_check(config.override(_overrides(recipe(FULL, full))), dataset)
+    log(f"diagnostics: {json.dumps(diagnostics)}")
+    table = markdown(summary, args.steps, batch, args.seeds)
+    report = {
+        "settings": {"threads": torch.get_num_threads(), "steps": args.steps, "batch_size": batch,
+                     "lr": config.optim.lr, "warmup_epochs": config.optim.warmup_epochs, "seeds": args.seeds, "full_weights": full,
+                     "pretrained": config.model.pretrained, "recipes": {n: sorted(p) if p else None for n, p in rows.items()},
+                     "test": {"ids": dataset.test.num_ids, "images": dataset.test.num_images}},
+        "runs": runs, "seconds": seconds,
+        "summary": {n: {k: {"mean": m, "ci95": h} for k, (m, h) in s.items()} for n, s in summary.items()},
+        "diagnostics": diagnostics, "total_seconds": time.perf_counter() - start,
+    }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(report, indent=2))
-    print(f"total {time.perf_counter() - start:.0f} s")
+    (out / "ablation.json").write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+    (out / "ablation.md").write_text(table + "\n")
+    log(table)
+    log(f"total {report['total_seconds']:.0f} s")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/ablation", help="folder for the data, the runs and the results")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per training row (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=24, help="fine-tuning steps per run (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="fine-tuning batch (default: %(default)s; 0: the demo's)")
+    parser.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
+    parser.add_argument("--pretrained", default=None,
+                        help="starting weights instead of the demo config's model.pretrained (e.g. a file, 'none')")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default: %(default)s; on the shared 2-core machine two threads ran "
+                        "~10x slower than one under contention)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny data and batch, 2 seeds, 2 steps")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.seeds, args.steps = min(args.seeds, 2), 2
+    logging.basicConfig(level=logging.WARNING)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from tiny_run import train_tiny_run
 from uit_reid import __version__
 from uit_reid.cli import build_parser, main
 from uit_reid.data import load_dataset
+from uit_reid.evaluation import BINDING_KEYS, binding_table, evaluate_binding
 from uit_reid.factory import load_model
 from uit_reid.retrieval import GalleryIndex, metrics_table, render_results
 
@@ -37,7 +38,8 @@ def test_synth_and_train_outputs(trained) -> None:
     assert (trained["data"] / "annotations.jsonl").is_file()
     assert (trained["run"] / "best" / "model.safetensors").is_file()
     metrics = json.loads((trained["run"] / "metrics.json").read_text())
-    assert set(metrics) == {"R1", "R5", "R10", "mAP", "mINP"}
+    assert {"R1", "R5", "R10", "mAP", "mINP", "binding", "presence"} <= set(metrics)  # synthetic: attributes
+    assert set(metrics) <= {"R1", "R5", "R10", "mAP", "mINP", *BINDING_KEYS}
     card = (trained["run"] / "best" / "README.md").read_text()  # the model card carries the run's figures
     assert "| test | " + " | ".join(f"{metrics[k]:.2f}" for k in ("R1", "R5", "R10", "mAP", "mINP")) + " |" in card
     assert "| val (best) | " in card and f"- Training data: {trained['data']} (format auto), train split" in card
@@ -55,8 +57,10 @@ def test_evaluate_matches_an_independent_evaluation(trained, capsys, checkpoint,
     assert model.interpolation == "bilinear"  # the training config's resize (the default), recorded with the model
     expected = independent_metrics(model, load_dataset(trained["data"]).test, "bilinear")
     assert {k: round(v, 4) for k, v in rows["test t2i"].items()} == {k: round(v, 4) for k, v in expected.items()}
-    assert set(rows) == {"test t2i", "test i2t"}
-    table = metrics_table(rows)  # the printed table is exactly the file's figures
+    assert list(rows) == ["test t2i", "test i2t", "test binding"]
+    assert rows["test binding"] == pytest.approx(evaluate_binding(model, load_dataset(trained["data"]).test), abs=1e-6)
+    # the printed tables are exactly the file's figures
+    table = metrics_table({k: rows[k] for k in ("test t2i", "test i2t")}) + "\n\n" + binding_table(rows["test binding"])
     assert printed.strip() == table
 
 
@@ -65,7 +69,8 @@ def test_evaluate_json_goes_to_stdout_alone(trained, capsys) -> None:
                  "--json"]) == 0
     captured = capsys.readouterr()
     rows = json.loads(captured.out)  # nothing but the JSON object on stdout
-    assert list(rows) == ["test t2i"] and set(rows["test t2i"]) == {"R1", "R5", "R10", "mAP", "mINP"}
+    assert list(rows) == ["test t2i", "test binding"] and set(rows["test t2i"]) == {"R1", "R5", "R10", "mAP", "mINP"}
+    assert {"binding", "binding_n", "presence", "presence_n"} <= set(rows["test binding"]) <= set(BINDING_KEYS)
 
 
 def test_index_build_and_search_match_a_direct_index_search(trained, capsys) -> None:
@@ -201,7 +206,10 @@ def test_demo_quick(tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     table, hint, command = printed.strip().rsplit("\n", 2)
-    assert table == metrics_table({"test (t2i)": metrics})
+    zero_shot = metrics.pop("zero_shot")  # the shipped checkpoint before fine-tuning, then the fine-tuned row
+    rows = {"zero-shot (shipped uit-tiny)": zero_shot, "fine-tuned (UIT)": metrics}
+    assert table == metrics_table(rows, label="test (t2i)", keys=("R1", "R5", "mAP", "binding", "presence"))
+    assert zero_shot != metrics and {"R1", "binding"} <= zero_shot.keys() & metrics.keys()
     assert hint.startswith("search the test gallery in a browser")
     assert command.split() == ["uit-reid", "serve", "--index", str(out / "gallery.faiss"), "--checkpoint", str(out / "best")]
     assert Image.open(out / "results.png").size[1] > 200

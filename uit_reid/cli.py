@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from uit_reid.data import load_dataset
-    from uit_reid.evaluation import encode_split
+    from uit_reid.evaluation import binding_table, encode_split, evaluate_binding
     from uit_reid.factory import load_model
     from uit_reid.io import check_writable
     from uit_reid.retrieval import evaluate, metrics_table
@@ -74,7 +74,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rows = {f"{args.split} t2i": evaluate(similarity, q_pids, g_pids)}
     if args.i2t:
         rows[f"{args.split} i2t"] = evaluate(similarity.t(), g_pids, q_pids)
-    print(json.dumps(rows) if args.json else metrics_table(rows))
+    table = metrics_table(rows)
+    binding = evaluate_binding(model, split, args.batch_size, device, image_features=g)
+    if binding:  # the split's records carry attributes
+        rows[f"{args.split} binding"] = binding
+        table += "\n\n" + binding_table(binding)
+    print(json.dumps(rows) if args.json else table)
     if args.out:
         from uit_reid.io import atomic_write_text
 
@@ -200,18 +205,20 @@ def cmd_synth(args: argparse.Namespace) -> int:
         num_val_ids=args.num_val_ids,
         num_test_ids=args.num_test_ids,
         force=args.force,
+        world=args.world,
     )
     print(f"wrote {path}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from uit_reid.demo import run_demo
+    from uit_reid.demo import DEMO_COLUMNS, run_demo
     from uit_reid.retrieval import metrics_table
 
     out = Path(args.out)
     metrics = run_demo(out, quick=args.quick, device=_device(args.device))
-    print(metrics_table({"test (t2i)": metrics}))
+    rows = {"zero-shot (shipped uit-tiny)": metrics["zero_shot"], "fine-tuned (UIT)": metrics["fine_tuned"]}
+    print(metrics_table(rows, label="test (t2i)", keys=DEMO_COLUMNS))
     model_dir = next(p for p in (out / "best", out / "last") if p.is_dir())
     print(f"search the test gallery in a browser (pip install 'uit_reid[serve]'):\n"
           f"  uit-reid serve --index {out / 'gallery.faiss'} --checkpoint {model_dir}")
@@ -241,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="text-to-image metrics of a checkpoint on a dataset split")
+    p = sub.add_parser(
+        "evaluate", help="text-to-image metrics of a checkpoint on a dataset split (and attribute binding where "
+        "its records carry attributes)"
+    )
     p.add_argument("--checkpoint", required=True,
                    help="a model directory (save_pretrained), a Hub id org/name or hf-hub:org/name, or last.pt")
     p.add_argument("--dataset", required=True, help="dataset root or annotation file")
@@ -318,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-test-ids", type=int, default=None, help="identities in test (default: 20%% of them)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="write into a folder that holds other files")
+    p.add_argument("--world", default="pedestrians",
+                   help="pedestrians (the demo's full descriptions) or web (the pre-training world's short "
+                        "captions) (default: %(default)s)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="synthetic data -> train the tiny model on CPU -> evaluate -> index -> search")

@@ -18,7 +18,6 @@ beside their checkpoints (``img_size``, ``stride_size``); OpenAI weights use the
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 
 from uit_reid.encoders import CLIPDualEncoder, load_state_dict_file, resize_position_embedding
+from uit_reid.io import file_sha256
 from uit_reid.model import UITModel
 from uit_reid.model_card import ModelCardInfo
 from uit_reid.tir import SEN_TIR_KEY_MAP, SEN_TIR_UNUSED_PREFIXES, TIRHead
@@ -412,8 +412,4 @@ def convert_checkpoint(
 
 
 def _describe_source(path: Path, layout: str) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"`{path.name}` ({layout} layout, sha256 {digest.hexdigest()}) by `uit_reid.convert_checkpoint`"
+    return f"`{path.name}` ({layout} layout, sha256 {file_sha256(path)}) by `uit_reid.convert_checkpoint`"

@@ -27,6 +27,7 @@ from open_clip.factory import parse_model_name
 from open_clip.transformer import VisionTransformer, text_global_pool
 from torch import nn
 
+from uit_reid.pretrained import SHIPPED, shipped_tags, shipped_weights
 from uit_reid.tir import random_masking
 
 __all__ = [
@@ -216,7 +217,9 @@ class CLIPDualEncoder(nn.Module):
                 Face Hub) or ``"local-dir:/path"`` (a folder with ``open_clip_config.json``). OpenAI
                 weights and IRRA/SEN checkpoints need QuickGELU: ``"ViT-B-16-quickgelu"``.
             pretrained: ``None`` (random init), an open_clip tag such as ``"openai"`` (downloads from
-                the hub), or a local checkpoint file (``.pt``/``.pth``/``.bin``/``.safetensors``).
+                the hub), a tag of weights shipped in the package (``"uit-tiny"`` with
+                ``"synthetic"``, see `uit_reid.pretrained`: offline, checksum-verified), or a local
+                checkpoint file (``.pt``/``.pth``/``.bin``/``.safetensors``).
                 Must be ``None`` with a schema name, which brings its own weights.
             image_size: input (height, width); the position grid is resized to match.
             context_length: text length in tokens.
@@ -228,9 +231,16 @@ class CLIPDualEncoder(nn.Module):
         image_size = (int(image_size[0]), int(image_size[1]))
         tag = None
         path: Path | None = None
+        grid: tuple[int, int] | None = None  # the file's position grid, when it cannot be inferred
         if pretrained is not None:
             pretrained = os.fspath(pretrained)
-            if _looks_like_path(pretrained):
+            if shipped_tags(name) and not _looks_like_path(pretrained):  # weights inside the package
+                if pretrained not in shipped_tags(name):
+                    raise ValueError(
+                        f"unknown pretrained tag {pretrained!r} for {name}; shipped tags: {shipped_tags(name)}"
+                    )
+                path, grid = shipped_weights(name, pretrained), SHIPPED[(name, pretrained)].grid
+            elif _looks_like_path(pretrained):
                 path = Path(pretrained).expanduser()
                 if not path.is_file():
                     raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
@@ -270,7 +280,7 @@ class CLIPDualEncoder(nn.Module):
             clip, open_clip.get_tokenizer(name, context_length=context_length), model_name=name, model_cfg=model_cfg
         )
         if path is not None:
-            encoder.load_clip_weights(path)
+            encoder.load_clip_weights(path, grid=grid)
         return encoder.to(device)
 
     @classmethod
@@ -295,8 +305,10 @@ class CLIPDualEncoder(nn.Module):
             tokenizer = open_clip.SimpleTokenizer(context_length=context_length, **tokenizer_kwargs)
         return cls(clip, tokenizer, model_name=name, model_cfg=model_cfg).to(device)
 
-    def load_clip_weights(self, path: str | os.PathLike) -> None:
+    def load_clip_weights(self, path: str | os.PathLike, grid: tuple[int, int] | None = None) -> None:
         """Load open_clip CLIP weights from ``path``, resizing the image position grid if needed.
+
+        ``grid`` is the checkpoint's (rows, columns) patch grid; by default it is read as square.
 
         Raises ``ValueError`` naming the file and the missing, unexpected or mis-shaped keys when
         the checkpoint belongs to another architecture.
@@ -308,10 +320,14 @@ class CLIPDualEncoder(nn.Module):
         own = self.clip.state_dict()
         if key in state and key in own and state[key].shape != own[key].shape:
             try:
-                state[key] = resize_position_embedding(state[key], self.grid_size)
+                state[key] = resize_position_embedding(state[key], self.grid_size, grid)
             except ValueError as exc:
                 raise ValueError(f"checkpoint {path}: {exc}") from exc
             logger.info("resized %s from %s to grid %s", key, tuple(state[key].shape), self.grid_size)
+        key = "positional_embedding"  # text positions: a shorter context keeps the first rows (causal mask)
+        if key in state and key in own and state[key].shape[0] > own[key].shape[0] and state[key].shape[1:] == own[key].shape[1:]:
+            logger.info("kept the first %d of %d text positions", own[key].shape[0], state[key].shape[0])
+            state[key] = state[key][: own[key].shape[0]]
         # logit_scale is stored as a scalar in some checkpoints and a 1-element tensor in others.
         for name in ("logit_scale", "logit_bias"):
             if name in state and name in own and state[name].shape != own[name].shape:

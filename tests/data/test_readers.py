@@ -140,6 +140,36 @@ def test_jsonl_any_single_name_and_json_array(tmp_path: Path) -> None:
     assert load_dataset(arr).test.num_images == 3
 
 
+def test_jsonl_attributes_reach_the_records_and_benchmarks_leave_them_none(tmp_path: Path) -> None:
+    recs = _generic()
+    recs[4]["attributes"] = {"upper_type": "jacket", "upper_colour": " red ", "bag": None}
+    _jsonl(tmp_path / "j", recs)
+    test = load_dataset(tmp_path / "j").test
+    assert test.records[0].attributes == {"upper_type": "jacket", "upper_colour": "red", "bag": None}
+    assert test.records[1].attributes is None and load_dataset(tmp_path / "j").train.records[0].attributes is None
+    cuhk = _cuhk_records()
+    cuhk[0]["attributes"] = {"upper_colour": "red"}  # a benchmark file's extra field is not read
+    ds = load_dataset(_write_benchmark(tmp_path / "c", "reid_raw.json", cuhk))
+    assert all(r.attributes is None for s in ds.splits().values() for r in s.records)
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        (["red"], "field 'attributes' must be an object, got list"),
+        ({"upper_colour": 3}, "attribute 'upper_colour' must be a non-empty string or null, got 3"),
+        ({"hat_colour": " "}, "attribute 'hat_colour' must be a non-empty string or null, got ' '"),
+    ],
+)
+def test_malformed_attributes_are_named(tmp_path: Path, attributes: object, message: str) -> None:
+    recs = _generic()
+    recs[5]["attributes"] = attributes
+    path = _jsonl(tmp_path, recs)
+    with pytest.raises(AnnotationError) as exc:
+        load_dataset(tmp_path)
+    assert str(exc.value) == f"{path}: record 5 (line 6), id 51: {message}"
+
+
 def test_auto_detection_logs_format(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = _write_benchmark(tmp_path, "reid_raw.json", _cuhk_records())
     with caplog.at_level(logging.INFO, logger="uit_reid.data.readers"):

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uit_reid.retrieval import evaluate, relevant_ranks
+from uit_reid.retrieval import binding_accuracy, evaluate, relevant_ranks
 
 
 def brute_force(sim: np.ndarray, qp: np.ndarray, gp: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
@@ -156,3 +156,36 @@ def test_bad_inputs_name_the_argument(args, match):
 def test_bad_ks():
     with pytest.raises(ValueError, match="ks must be"):
         evaluate(np.zeros((1, 1)), [1], [1], ks=(0,))
+
+
+# ---------------------------------------------------------------------------------------- binding accuracy
+def test_binding_accuracy_counts_wins_and_half_ties() -> None:
+    true = np.array([0.9, 0.2, 0.5, 0.1])
+    contrast = torch.tensor([0.1, 0.3, 0.5, 0.0])  # win, loss, tie, win
+    assert binding_accuracy(true, contrast) == 100 * 2.5 / 4
+    assert binding_accuracy([0.3, 0.3], [0.3, 0.3]) == 50.0
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.floats(-1, 1), st.floats(-1, 1)), min_size=1, max_size=30))
+def test_binding_accuracy_is_a_share_and_exchanging_the_captions_mirrors_it(pairs) -> None:
+    true, contrast = (np.array(x, dtype=np.float64) for x in zip(*pairs, strict=True))
+    acc = binding_accuracy(true, contrast)
+    wins = sum(1.0 if t > c else 0.5 if t == c else 0.0 for t, c in pairs)
+    assert acc == pytest.approx(100 * wins / len(pairs))
+    assert acc + binding_accuracy(contrast, true) == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize(
+    ("true", "contrast", "message"),
+    [
+        ([0.1, 0.2], [0.1], "true_scores and contrast_scores must have the same length, got 2 and 1"),
+        ([], [], "binding_accuracy needs at least one pair of scores"),
+        ([0.1, float("nan")], [0.1, 0.2], "binding scores contain NaN or infinite values"),
+        ([[0.1]], [[0.2]], "true_scores must be 1-D, got shape (1, 1)"),
+    ],
+)
+def test_binding_accuracy_bad_input(true, contrast, message) -> None:
+    with pytest.raises(ValueError) as exc:
+        binding_accuracy(true, contrast)
+    assert str(exc.value) == message

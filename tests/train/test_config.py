@@ -19,7 +19,29 @@ def test_bundled_configs_load(name: str) -> None:
         assert (config.data.sampler, config.data.num_instances) == ("identity_groups", 2)
         assert config.model.tir_layout == "sen" and config.data.token_corruption
     else:
-        assert config.model.pretrained is None and config.synthetic.generate
+        assert config.model.pretrained == "synthetic" and config.synthetic.generate
+
+
+def test_demo_config_fine_tunes_with_all_four_uit_losses(tiny_dataset, tmp_path) -> None:
+    """The demo is UIT: SDM, ID, CMT and TIR all weighted and all trained, with the recipe's data side."""
+    import json
+
+    from uit_reid.train import Trainer
+
+    config = load_config("demo")
+    weights = {k: getattr(config.loss, k) for k in ("sdm", "id", "cmt", "tir")}
+    assert all(v > 0 for v in weights.values()), weights
+    assert config.loss.itc == 0 and config.model.tir and config.model.tir_layout == "sen"
+    assert config.data.sampler == "identity_groups" and config.data.token_corruption and config.data.text_augment_p > 0
+    run = config.override([
+        f"data.root={json.dumps(str(tiny_dataset))}", f"train.output_dir={json.dumps(str(tmp_path / 'run'))}",
+        "train.max_steps=2", "data.batch_size=8", "train.log_every=1", "synthetic.generate=false",
+    ])
+    Trainer(run).fit()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in logged if "split" not in r]
+    assert steps and all(r[k] > 0 for r in steps for k in weights)  # each loss computed and non-zero
+    assert all(r["loss"] == pytest.approx(sum(weights[k] * r[k] for k in weights), rel=1e-4) for r in steps)
 
 
 def test_unknown_key_names_the_key_and_file(tmp_path) -> None:

@@ -18,10 +18,12 @@ from uit_reid.data.datasets import (
     load_image,
 )
 from uit_reid.data.epochs import EpochBatchSampler, SeededItems
+from uit_reid.data.probes import PROBE_KINDS, Probes, binding_probes
 from uit_reid.data.readers import FORMATS, JSONL_NAME, load_dataset, safe_relative_path
 from uit_reid.data.records import (
     AnnotationError,
     AnnotationNotFoundError,
+    Attributes,
     CorruptImageError,
     DataError,
     Gallery,
@@ -44,9 +46,11 @@ from uit_reid.data.synthetic import make_caption, make_synthetic, render_person,
 __all__ = [
     "FORMATS",
     "JSONL_NAME",
+    "PROBE_KINDS",
     "SAMPLERS",
     "AnnotationError",
     "AnnotationNotFoundError",
+    "Attributes",
     "CorruptImageError",
     "DataError",
     "EpochBatchSampler",
@@ -57,6 +61,7 @@ __all__ = [
     "MissingImagesError",
     "PedesDataset",
     "PersonRecord",
+    "Probes",
     "Queries",
     "QueryCollate",
     "QueryDataset",
@@ -66,6 +71,7 @@ __all__ = [
     "TrainCollate",
     "TrainDataset",
     "UnsafePathError",
+    "binding_probes",
     "build_batch_sampler",
     "build_eval_loaders",
     "build_train_loader",

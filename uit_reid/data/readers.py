@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from uit_reid.data.records import (
     AnnotationError,
     AnnotationNotFoundError,
+    Attributes,
     CorruptImageError,
     DataError,
     MissingImagesError,
@@ -203,11 +204,35 @@ def _where(path: Path, index: int, rec: Any, spec: FormatSpec, line: int | None)
     return f"{path}: record {index}{at}, id {rid!r}"
 
 
+def _parse_attributes(rec: dict[str, Any], where: str) -> Attributes | None:
+    """A JSONL record's optional ``attributes`` object: names to strings or nulls, else an error naming the key."""
+    attrs = rec.get("attributes")
+    if attrs is None:
+        return None
+    if not isinstance(attrs, dict):
+        raise AnnotationError(f"{where}: field 'attributes' must be an object, got {type(attrs).__name__}")
+    for key, value in attrs.items():
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            raise AnnotationError(
+                f"{where}: attribute {key!r} must be a non-empty string or null, got {value!r}"
+            )
+    return {key: value.strip() if isinstance(value, str) else None for key, value in attrs.items()}
+
+
+_SplitRow = tuple[int | str, Path, list[str], Attributes | None]
+"""One record of a split: (raw id, image path, captions, attributes)."""
+_Row = tuple[str, int | str, Path, list[str], Attributes | None]
+"""One parsed record: (split, raw id, image path, captions, attributes)."""
+
+
 def _parse_records(
     raw_records: Sequence[Any], spec: FormatSpec, path: Path, base: Path, lines: Sequence[int] | None
-) -> list[tuple[str, int | str, Path, list[str]]]:
-    """Validate every record; return (split, raw id, image path, captions) tuples in file order."""
-    out: list[tuple[str, int | str, Path, list[str]]] = []
+) -> list[_Row]:
+    """Validate every record; return (split, raw id, image path, captions, attributes) in file order.
+
+    Only the JSONL format reads ``attributes``; the benchmark formats leave them ``None``.
+    """
+    out: list[_Row] = []
     for i, rec in enumerate(raw_records):
         line = lines[i] if lines is not None else None
         where = _where(path, i, rec, spec, line)
@@ -240,7 +265,8 @@ def _parse_records(
             rel = safe_relative_path(img)
         except ValueError as e:
             raise UnsafePathError(f"{where}: image path {img!r} refused: {e}") from None
-        out.append((split, rid, base / rel, [c.strip() for c in captions]))
+        attrs = _parse_attributes(rec, where) if spec.key == "jsonl" else None
+        out.append((split, rid, base / rel, [c.strip() for c in captions], attrs))
     return out
 
 
@@ -248,16 +274,18 @@ def _sort_key(x: int | str) -> tuple[int, int | str]:
     return (1, x) if isinstance(x, str) else (0, x)
 
 
-def _build_split(name: str, rows: list[tuple[int | str, Path, list[str]]], contiguous: bool) -> Split:
+def _build_split(
+    name: str, rows: list[_SplitRow], contiguous: bool
+) -> Split:
     """Assign pids (contiguous for training, kept for evaluation) and image ids (record positions)."""
-    raw_ids = sorted({rid for rid, _, _ in rows}, key=_sort_key)
+    raw_ids = sorted({rid for rid, *_ in rows}, key=_sort_key)
     if contiguous or not all(_is_int(r) for r in raw_ids):
         pid_map: dict[int | str, int] = {rid: k for k, rid in enumerate(raw_ids)}
     else:
         pid_map = {rid: int(rid) for rid in raw_ids}
     records = [
-        PersonRecord(image_path=p, pid=pid_map[rid], captions=caps, image_id=k)
-        for k, (rid, p, caps) in enumerate(rows)
+        PersonRecord(image_path=p, pid=pid_map[rid], captions=caps, image_id=k, attributes=attrs)
+        for k, (rid, p, caps, attrs) in enumerate(rows)
     ]
     return Split(name=name, records=records, pid_map=pid_map)
 
@@ -335,13 +363,13 @@ def load_dataset(
         bad_set = set(bad)
         parsed = [row for row in parsed if row[2] not in bad_set]
 
-    drop([p for _, _, p, _ in parsed if not p.is_file()], "missing", MissingImagesError)
+    drop([row[2] for row in parsed if not row[2].is_file()], "missing", MissingImagesError)
     if verify_images:
-        drop(check_images_decode([p for _, _, p, _ in parsed], progress), "corrupt", CorruptImageError)
+        drop(check_images_decode([row[2] for row in parsed], progress), "corrupt", CorruptImageError)
 
-    by_split: dict[str, list[tuple[int | str, Path, list[str]]]] = {s: [] for s in spec.splits}
-    for split, rid, p, caps in parsed:
-        by_split[split].append((rid, p, caps))
+    by_split: dict[str, list[_SplitRow]] = {s: [] for s in spec.splits}
+    for split, rid, p, caps, attrs in parsed:
+        by_split[split].append((rid, p, caps, attrs))
     splits = {
         name: (_build_split(name, rows, contiguous=(name == "train")) if rows else None)
         for name, rows in by_split.items()

@@ -5,6 +5,7 @@ These types know nothing about torch or file formats: readers build them, torch 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from uit_reid.errors import CorruptImageError, DataError
 
 __all__ = [
     "AnnotationError",
+    "Attributes",
     "AnnotationNotFoundError",
     "CorruptImageError",
     "DataError",
@@ -23,6 +25,10 @@ __all__ = [
     "Split",
     "UnsafePathError",
 ]
+
+
+Attributes = Mapping[str, str | None]
+"""What a record says the person wears: attribute name -> value, ``None`` for "absent" (no bag, no hat)."""
 
 
 class AnnotationNotFoundError(DataError, FileNotFoundError):
@@ -46,13 +52,17 @@ class PersonRecord:
     """One image of one person with its captions.
 
     ``image_id`` is the record's position in its split, so ``split.records[r.image_id] is r`` and gallery
-    column ``j`` is image ``j``.
+    column ``j`` is image ``j``. ``attributes`` (JSONL only, optional) names what the person wears,
+    e.g. ``{"upper_type": "jacket", "upper_colour": "red", ...}`` (values are strings or ``None`` for
+    "absent"); `uit_reid.evaluation.evaluate_binding` builds its probe captions from it. Readers of the
+    benchmark formats leave it ``None``.
     """
 
     image_path: Path
     pid: int
     captions: list[str]
     image_id: int
+    attributes: Attributes | None = None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,13 +118,27 @@ _MUTABLE = (
 
 
 @dataclass(frozen=True)
+class RenderStyle:
+    """How a world stages its people: person height (fraction of the image), back views, background."""
+
+    person_height: tuple[float, float] = (0.80, 0.95)
+    back_view_p: float = 0.35
+    background: str = "street"  # "street" (walls, blocks, pavement) or "park" (foliage blobs, grass)
+
+
+STREET = RenderStyle()
+"""The demo's pedestrians: tall in the frame, on a street."""
+
+
+@dataclass(frozen=True)
 class _Job:
     """Everything a worker needs to draw one image (picklable)."""
 
     path: str
     attributes: dict[str, Any]
-    seed: tuple[int, int, int]
+    seed: tuple[int, ...]
     size: tuple[int, int]
+    style: RenderStyle = STREET
 
 
 def _palette_colours() -> list[str]:
@@ -309,6 +323,24 @@ def _jitter(rgb: tuple[int, int, int], rng: np.random.Generator, amount: int = 1
     return tuple(int(v) for v in np.clip(np.array(rgb) + d, 0, 255))  # type: ignore[return-value]
 
 
+def _park_background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A muted park-like background: olive/earth gradient, soft round foliage blobs, a grass band."""
+    base = np.array([rng.uniform(80, 150), rng.uniform(95, 165), rng.uniform(70, 130)], dtype=np.float32)
+    t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+    img = np.broadcast_to(base * (1.05 - 0.3 * t), (h, w, 3)).copy()
+    yy, xx = np.mgrid[0:h, 0:w]
+    for _ in range(int(rng.integers(2, 6))):  # trees and bushes: muted, low-saturation ellipses
+        cy, cx = rng.uniform(0, h * 0.75), rng.uniform(-0.2 * w, 1.2 * w)
+        ry, rx = rng.uniform(h / 10, h / 4), rng.uniform(w / 5, w / 2)
+        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+        img[inside] = np.clip(base * rng.uniform(0.6, 0.9) + rng.uniform(-10, 10, size=3), 0, 255)
+    gy = int(h * rng.uniform(0.65, 0.85))
+    img[gy:] = img[gy:] * 0.5 + np.array([95, 125, 70], dtype=np.float32) * rng.uniform(0.8, 1.1) * 0.5
+    small = rng.normal(0, 7, size=(max(h // 16, 2), max(w // 16, 2))).astype(np.float32)
+    blot = np.asarray(Image.fromarray(small, mode="F").resize((w, h), Image.BILINEAR))
+    return img + blot[:, :, None]
+
+
 def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """A muted street-like background: sky/wall gradient, a few blocks, a ground band, blotchy light."""
     grey = rng.uniform(70, 200)
@@ -331,23 +363,25 @@ def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return img + blot[:, :, None]
 
 
-def render_person(attrs: dict[str, Any], seed: Sequence[int], size: tuple[int, int] = (192, 64)) -> Image.Image:
+def render_person(
+    attrs: dict[str, Any], seed: Sequence[int], size: tuple[int, int] = (192, 64), style: RenderStyle = STREET
+) -> Image.Image:
     """Draw one image of the person ``attrs`` (pose, scale, background and lighting from ``seed``).
 
-    ``size`` is (height, width). Parts are at least ~4 px thick at 192x64 so they survive downscaling
-    to 96x32.
+    ``size`` is (height, width); ``style`` sets the person's height range, back views and background.
+    Parts are at least ~4 px thick at 192x64 so they survive downscaling to 96x32.
     """
     h, w = size
     rng = np.random.default_rng(list(seed))
-    bg = _background(h, w, rng)
+    bg = _park_background(h, w, rng) if style.background == "park" else _background(h, w, rng)
     im = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), mode="RGB")
     d = ImageDraw.Draw(im)
 
-    ph = h * rng.uniform(0.80, 0.95)  # person height in pixels
+    ph = h * rng.uniform(*style.person_height)  # person height in pixels
     u = ph / 100.0  # one body unit
     top = (h - ph) * rng.uniform(0.2, 0.8)
     cx = w / 2 + rng.uniform(-0.07, 0.07) * w
-    view = "back" if rng.random() < 0.35 else "front"
+    view = "back" if rng.random() < style.back_view_p else "front"
     side = 1 if rng.random() < 0.5 else -1  # which side the bag hangs on
     stride = rng.uniform(0, 9) * u
     swing = rng.uniform(-4, 4) * u
@@ -463,8 +497,41 @@ def render_person(attrs: dict[str, Any], seed: Sequence[int], size: tuple[int, i
     return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 
+@dataclass(frozen=True)
+class World:
+    """A synthetic world: how people are captioned and staged, and the seed streams it draws from.
+
+    Two worlds given the same ``seed`` still draw different identities, captions and renderings,
+    because every generator is keyed by the world's ``key`` as well.
+    """
+
+    name: str
+    caption: Callable[[dict[str, Any], random.Random], str]
+    style: RenderStyle
+    family_size: tuple[int, int]
+    key: str
+
+
+PEDESTRIANS = World("pedestrians", make_caption, STREET, (1, 4), "uit-synthetic")
+"""The demo's world: full descriptions (both garments with their colours), street scenes, families of look-alikes."""
+
+WORLD_NAMES = ("pedestrians", "web")
+"""The synthetic worlds ``make_synthetic`` can write (``world=``)."""
+
+
+def synthetic_world(name: str) -> World:
+    """The `World` called ``name`` (one of `WORLD_NAMES`)."""
+    if name == "pedestrians":
+        return PEDESTRIANS
+    if name == "web":
+        from uit_reid.data.web_world import WEB
+
+        return WEB
+    raise ValueError(f"unknown synthetic world {name!r}; choose one of {list(WORLD_NAMES)}")
+
+
 def _render_job(job: _Job) -> None:
-    img = render_person(job.attributes, job.seed, job.size)
+    img = render_person(job.attributes, job.seed, job.size, job.style)
     buffer = io.BytesIO()
     img.save(buffer, format="PNG", compress_level=6, optimize=False)
     atomic_write_bytes(job.path, buffer.getvalue())
@@ -512,16 +579,17 @@ def make_synthetic(
     num_test_ids: int | None = None,
     captions_per_image: int = 2,
     image_size: tuple[int, int] = (192, 64),
-    family_size: tuple[int, int] = (1, 4),
+    family_size: tuple[int, int] | None = None,
     workers: int = 1,
     progress: bool = True,
     force: bool = False,
+    world: str = "pedestrians",
 ) -> Path:
     """Write a synthetic pedestrian dataset to ``root``; return the path of its JSONL annotations.
 
     ``root/imgs/`` gets ``num_ids * images_per_id`` PNGs of ``image_size`` (height, width) and
     ``root/annotations.jsonl`` one record per image (``image``, ``pid``, ``captions``, ``split`` and an
-    ``attributes`` object that readers ignore). Identities are split disjointly: the first
+    ``attributes`` object, read into `PersonRecord.attributes`). Identities are split disjointly: the first
     ``num_test_ids`` (default 20%) go to test, the next ``num_val_ids`` (default 10%) to val, the rest to
     train; families stay together except at the two boundaries. Same arguments -> byte-identical files
     for any ``workers``. The annotation file is written last, to a temporary name, then renamed.
@@ -529,9 +597,14 @@ def make_synthetic(
     ``root`` must be empty, missing, or a folder an earlier ``make_synthetic`` wrote (it leaves a
     ``SYNTHETIC_MARKER`` file); anything else raises ``FileExistsError`` naming the folder, unless
     ``force=True``, so a user's dataset is never overwritten or mixed with synthetic pedestrians.
+
+    ``world`` picks the captions and staging (`WORLD_NAMES`): ``"pedestrians"``, the demo's full
+    descriptions, or ``"web"``, the pre-training world of short alt-text-like captions
+    (`uit_reid.data.web_world`). ``family_size`` defaults to the world's.
     """
     if num_ids < 1 or images_per_id < 1 or captions_per_image < 1:
         raise ValueError("num_ids, images_per_id and captions_per_image must be >= 1")
+    kind = synthetic_world(world)
     n_train, n_val, n_test = _split_sizes(num_ids, num_val_ids, num_test_ids)
     root = Path(root)
     check_synthetic_target(root, force)
@@ -539,7 +612,7 @@ def make_synthetic(
     img_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / SYNTHETIC_MARKER, "written by uit_reid.data.make_synthetic\n")
 
-    identities = sample_identities(num_ids, random.Random(f"uit-synthetic-ids-{seed}"), family_size)
+    identities = sample_identities(num_ids, random.Random(f"{kind.key}-ids-{seed}"), family_size or kind.family_size)
     split_of = ["test"] * n_test + ["val"] * n_val + ["train"] * n_train
     width = max(5, len(str(num_ids - 1)))
     records: list[dict[str, Any]] = []
@@ -547,12 +620,13 @@ def make_synthetic(
     for pid, attrs in enumerate(identities):
         for k in range(images_per_id):
             rel = f"imgs/{pid:0{width}d}_{k:02d}.png"
-            cap_rng = random.Random(f"uit-synthetic-cap-{seed}-{pid}-{k}")
-            captions = [make_caption(attrs, cap_rng) for _ in range(captions_per_image)]
+            cap_rng = random.Random(f"{kind.key}-cap-{seed}-{pid}-{k}")
+            captions = [kind.caption(attrs, cap_rng) for _ in range(captions_per_image)]
             records.append(
                 {"image": rel, "pid": pid, "captions": captions, "split": split_of[pid], "attributes": attrs}
             )
-            jobs.append(_Job(str(root / rel), attrs, (seed, pid, k), tuple(image_size)))  # type: ignore[arg-type]
+            render_seed = (seed, pid, k) if kind is PEDESTRIANS else (seed, pid, k, *kind.key.encode())
+            jobs.append(_Job(str(root / rel), attrs, render_seed, tuple(image_size), kind.style))  # type: ignore[arg-type]
 
     bar = tqdm(total=len(jobs), desc="synthetic pedestrians", disable=not progress, unit="img")
     if workers <= 1:
@@ -568,7 +642,7 @@ def make_synthetic(
     ann = root / JSONL_NAME
     atomic_write_text(ann, "".join(json.dumps(rec, sort_keys=True, ensure_ascii=False) + "\n" for rec in records))
     logger.info(
-        "make_synthetic: %d ids (%d train / %d val / %d test) x %d images -> %s",
-        num_ids, n_train, n_val, n_test, images_per_id, ann,
+        "make_synthetic (%s): %d ids (%d train / %d val / %d test) x %d images -> %s",
+        kind.name, num_ids, n_train, n_val, n_test, images_per_id, ann,
     )
     return ann

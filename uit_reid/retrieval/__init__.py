@@ -8,7 +8,7 @@ cosine search, and the search helpers encode a folder of images and query it wit
 from __future__ import annotations
 
 from uit_reid.retrieval.index import FORMAT_VERSION, GalleryIndex, IndexFormatError, default_nlist
-from uit_reid.retrieval.metrics import METRIC_KEYS, evaluate, metrics_table, relevant_ranks
+from uit_reid.retrieval.metrics import METRIC_KEYS, binding_accuracy, evaluate, metrics_table, relevant_ranks
 from uit_reid.retrieval.search import (
     IMAGE_EXTENSIONS,
     Hit,
@@ -26,6 +26,7 @@ __all__ = [
     "GalleryIndex",
     "Hit",
     "IndexFormatError",
+    "binding_accuracy",
     "build_index_from_folder",
     "default_nlist",
     "encode_image_folder",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["METRIC_KEYS", "evaluate", "metrics_table", "relevant_ranks"]
+__all__ = ["METRIC_KEYS", "binding_accuracy", "evaluate", "metrics_table", "relevant_ranks"]
 
 METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 """The metrics `evaluate` returns, in its order."""
@@ -278,8 +278,35 @@ def evaluate(
     return result
 
 
-def metrics_table(rows: dict[str, dict[str, float]], label: str = "split") -> str:
-    """A Markdown table with one row per ``{name: evaluate(...) result}`` entry, figures to 2 decimals."""
-    lines = [f"| {label} | " + " | ".join(METRIC_KEYS) + " |", "|---" * (len(METRIC_KEYS) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{m[k]:.2f}" for k in METRIC_KEYS) + " |" for name, m in rows.items()]
+def binding_accuracy(true_scores: Any, contrast_scores: Any) -> float:
+    """Percent of pairs whose true caption scores above its contrast caption (attribute binding).
+
+    Item ``i`` compares one image's score with its true caption, ``true_scores[i]``, against its score
+    with a contrast caption, ``contrast_scores[i]`` (e.g. the garment colours swapped). An exact tie
+    counts half, so a model that cannot tell the two captions apart scores exactly 50 (chance).
+    """
+    true, contrast = _as_1d(true_scores, "true_scores"), _as_1d(contrast_scores, "contrast_scores")
+    if true.shape != contrast.shape:
+        raise ValueError(
+            f"true_scores and contrast_scores must have the same length, got {true.size} and {contrast.size}"
+        )
+    if true.size == 0:
+        raise ValueError("binding_accuracy needs at least one pair of scores")
+    if not (np.isfinite(true).all() and np.isfinite(contrast).all()):
+        raise ValueError("binding scores contain NaN or infinite values")
+    wins = (true > contrast).sum() + 0.5 * (true == contrast).sum()
+    return float(100.0 * wins / true.size)
+
+
+def metrics_table(
+    rows: dict[str, dict[str, float]], label: str = "split", keys: Sequence[str] = METRIC_KEYS
+) -> str:
+    """A Markdown table with one row per ``{name: evaluate(...) result}`` entry, figures to 2 decimals.
+
+    ``keys`` picks the columns (e.g. ``("R1", "R5", "mAP", "binding")``); a row without one shows ``-``.
+    """
+    lines = [f"| {label} | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [
+        f"| {name} | " + " | ".join(f"{m[k]:.2f}" if k in m else "-" for k in keys) + " |" for name, m in rows.items()
+    ]
     return "\n".join(lines)

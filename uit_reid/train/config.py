@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from uit_reid.data.samplers import DEFAULT_NUM_INSTANCES, DEFAULT_SAMPLER, SAMPLERS
+from uit_reid.data.synthetic import WORLD_NAMES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -135,6 +136,8 @@ class SyntheticConfig:
     num_test_ids: int = 200
     seed: int = 0
     workers: int = 1
+    world: str = "pedestrians"
+    """Which synthetic world to write (``uit_reid.data.synthetic.WORLD_NAMES``): the demo's or the pre-training one."""
 
 
 @dataclass
@@ -181,6 +184,7 @@ class TrainConfig:
         checks += [
             (self.train.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision must be auto|fp32|bf16|fp16"),
             (self.data.sampler in SAMPLERS, f"data.sampler must be one of {list(SAMPLERS)}"),
+            (self.synthetic.world in WORLD_NAMES, f"synthetic.world must be one of {list(WORLD_NAMES)}"),
             (self.data.on_missing in ("error", "skip"), "data.on_missing must be 'error' or 'skip'"),
             (self.data.batch_size > 0, "data.batch_size must be positive"),
             (self.optim.accum_steps >= 1, "optim.accum_steps must be >= 1"),

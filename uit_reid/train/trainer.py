@@ -105,7 +105,8 @@ class Trainer:
         if syn.generate and self.is_main and not (root / JSONL_NAME).is_file():
             logger.info("generating the synthetic dataset in %s", root)
             make_synthetic(root, num_ids=syn.num_ids, images_per_id=syn.images_per_id, seed=syn.seed,
-                           num_val_ids=syn.num_val_ids, num_test_ids=syn.num_test_ids, workers=syn.workers)
+                           num_val_ids=syn.num_val_ids, num_test_ids=syn.num_test_ids, workers=syn.workers,
+                           world=syn.world)
         if syn.generate and is_distributed():
             dist.barrier()  # the other ranks wait for rank 0's files
         d = self.config.data

@@ -1,0 +1,96 @@
+"""The weights shipped in the package: loaded by tag offline, checksum-verified, and scoring what the card says."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import uit_reid.pretrained as shipped
+from uit_reid import CLIPDualEncoder
+from uit_reid.data import load_dataset, make_synthetic
+from uit_reid.encoders import load_state_dict_file
+from uit_reid.factory import build_model
+from uit_reid.io import file_sha256
+from uit_reid.train import load_config
+
+ENTRY = shipped.SHIPPED[("uit-tiny", "synthetic")]
+CARD = shipped.SHIPPED_DIR / "uit-tiny-synthetic.md"
+
+
+def test_shipped_file_is_small_fp16_and_matches_its_record() -> None:
+    path = shipped.SHIPPED_DIR / ENTRY.file
+    assert path.stat().st_size <= 20 * 2**20
+    assert file_sha256(path) == ENTRY.sha256
+    state = load_state_dict_file(path)
+    assert {v.dtype for v in state.values()} == {torch.float16}
+    assert state["positional_embedding"].shape[0] == 77  # any context length up to CLIP's loads
+    assert ENTRY.sha256 in CARD.read_text()  # the card names the file it describes
+
+
+def test_tag_loads_the_shipped_weights_offline() -> None:
+    enc = CLIPDualEncoder.from_open_clip("uit-tiny", pretrained="synthetic", image_size=(64, 32), context_length=52)
+    state = load_state_dict_file(shipped.SHIPPED_DIR / ENTRY.file)
+    own = enc.clip.state_dict()
+    assert torch.equal(own["visual.proj"], state["visual.proj"].float())
+    assert torch.equal(own["positional_embedding"], state["positional_embedding"][:52].float())
+    # the default input size resizes the position grid, as for any open_clip file
+    assert CLIPDualEncoder.from_open_clip("uit-tiny", pretrained="synthetic").image_size == (384, 128)
+
+
+def test_config_tag_builds_the_same_encoder() -> None:
+    demo = load_config("demo")
+    assert demo.model.pretrained == "synthetic"
+    model = build_model(demo.model, demo.loss, num_classes=3)
+    direct = CLIPDualEncoder.from_open_clip("uit-tiny", pretrained="synthetic", image_size=(64, 32), context_length=52)
+    assert all(torch.equal(a, b) for a, b in zip(model.encoder.clip.state_dict().values(), direct.clip.state_dict().values()))
+
+
+def test_unknown_tag_is_named() -> None:
+    with pytest.raises(ValueError, match=r"^unknown pretrained tag 'openai' for uit-tiny; shipped tags: \['synthetic'\]$"):
+        CLIPDualEncoder.from_open_clip("uit-tiny", pretrained="openai")
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_altered_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    copy = tmp_path / ENTRY.file
+    shutil.copyfile(shipped.SHIPPED_DIR / ENTRY.file, copy)
+    data = bytearray(copy.read_bytes())
+    if damage == "flip":
+        data[-100] ^= 0x01  # one bit of one weight: still a valid safetensors file
+        copy.write_bytes(bytes(data))
+    else:
+        copy.write_bytes(bytes(data[: len(data) // 2]))
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path)
+    message = rf"^{re.escape(str(copy))}: SHA-256 [0-9a-f]{{16}}\.\.\. differs from the shipped {ENTRY.sha256[:16]}\.\.\.; "
+    with pytest.raises(ValueError, match=message):
+        CLIPDualEncoder.from_open_clip("uit-tiny", pretrained="synthetic")
+    with pytest.raises(ValueError, match=message):  # the config path goes through the same check
+        demo = load_config("demo")
+        build_model(demo.model, demo.loss, num_classes=3)
+    copy.unlink()
+    with pytest.raises(ValueError, match=r"shipped weights for uit-tiny pretrained='synthetic' are missing"):
+        CLIPDualEncoder.from_open_clip("uit-tiny", pretrained="synthetic")
+
+
+def _card_figures() -> dict[str, float]:
+    """The zero-shot row for the fixed check split, as the model card documents it."""
+    row = re.search(r"^\| fixed check split[^|]*\| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", CARD.read_text(), re.M)
+    assert row, f"{CARD} has no 'fixed check split' row"
+    return dict(zip(("R1", "R5", "mAP"), map(float, row.groups())))
+
+
+def test_shipped_weights_reproduce_the_documented_zero_shot_figures(tmp_path: Path, independent_metrics) -> None:
+    make_synthetic(tmp_path, **shipped.CHECK_SPLIT, progress=False)
+    split = load_dataset(tmp_path).test
+    demo = load_config("demo")
+    model = build_model(demo.model, demo.loss, num_classes=1, interpolation=demo.data.interpolation).eval()
+    measured = independent_metrics(model, split, interpolation=demo.data.interpolation)
+    documented = _card_figures()
+    for key, value in documented.items():
+        assert measured[key] == pytest.approx(value, abs=0.5), key
+    # the figures say something: far above chance on 60 identities (R1 chance ~1.7%)
+    assert documented["R1"] > 5 * 100 / 60

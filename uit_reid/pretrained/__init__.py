@@ -1,0 +1,65 @@
+"""Weights shipped inside the package, loaded by open_clip-style tags with no download.
+
+``CLIPDualEncoder.from_open_clip("uit-tiny", pretrained="synthetic")`` (or ``model.pretrained =
+"synthetic"`` in a config) resolves here to a file in this folder. Each file's SHA-256 is recorded
+below and checked before loading, so a changed or damaged file is refused rather than used.
+The model card beside each file says how it was trained and what it scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from uit_reid.io import file_sha256
+
+__all__ = ["CHECK_SPLIT", "SHIPPED", "SHIPPED_DIR", "ShippedWeights", "shipped_tags", "shipped_weights"]
+
+SHIPPED_DIR = Path(__file__).resolve().parent
+"""The folder the shipped files live in."""
+
+
+@dataclass(frozen=True)
+class ShippedWeights:
+    """One shipped checkpoint: its file name in `SHIPPED_DIR`, the SHA-256 it must have, and the
+    (rows, columns) patch grid it was trained at (a non-square grid cannot be read from the tensor)."""
+
+    file: str
+    sha256: str
+    grid: tuple[int, int]
+
+
+SHIPPED: dict[tuple[str, str], ShippedWeights] = {
+    ("uit-tiny", "synthetic"): ShippedWeights(
+        "uit-tiny-synthetic.safetensors", "cbb58f23aeb81029754c7309cc8241ebd91f64f910a73fd9f734aacc8b40cbe2", (8, 4)
+    ),
+}
+"""(architecture, tag) -> the shipped weights (see ``uit-tiny-synthetic.md`` for the card)."""
+
+
+CHECK_SPLIT = {"num_ids": 60, "images_per_id": 2, "seed": 5, "num_val_ids": 0, "num_test_ids": 60}
+"""``make_synthetic`` arguments of the small fixed split whose zero-shot figures each model card
+records and ``tests/test_pretrained.py`` checks (evaluated at the demo config's input size)."""
+
+
+def shipped_tags(name: str) -> list[str]:
+    """The tags shipped for the architecture ``name`` (empty for most open_clip models)."""
+    return sorted(tag for arch, tag in SHIPPED if arch == name)
+
+
+def shipped_weights(name: str, tag: str) -> Path:
+    """The verified path of the weights shipped as ``tag`` for ``name``.
+
+    Raises ``ValueError`` naming the file when it is missing or its SHA-256 differs from the record.
+    """
+    entry = SHIPPED[(name, tag)]
+    path = SHIPPED_DIR / entry.file
+    if not path.is_file():
+        raise ValueError(f"{path}: the shipped weights for {name} pretrained={tag!r} are missing; reinstall uit_reid")
+    digest = file_sha256(path)
+    if digest != entry.sha256:
+        raise ValueError(
+            f"{path}: SHA-256 {digest[:16]}... differs from the shipped {entry.sha256[:16]}...; the file was "
+            "changed or damaged, refusing to load it (reinstall uit_reid)"
+        )
+    return path
