@@ -122,7 +122,7 @@ ROWS: dict[str, set[str] | None] = {
 
 def base_config(pretrained: str | None) -> tuple[TrainConfig, dict[str, float]]:
     """The demo's config (the decoder sized for the tiny model) and the full-UIT loss weights."""
-    config = load_config("demo")
+    config = load_config("demo_uit")
     full = {k: getattr(config.loss, k) or w for k, w in PAPER_WEIGHTS.items()}
     if not config.model.tir:
         config = config.override([f"model.{k}={v}" for k, v in TINY_TIR.items()])

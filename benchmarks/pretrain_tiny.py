@@ -58,7 +58,7 @@ def export_weights(model_dir: Path, out: Path) -> str:
 
 def zero_shot(weights: str, root: Path, synth: dict[str, int]) -> dict[str, float]:
     """Test metrics of the encoder built from ``weights`` (a tag or file) at the demo's input size."""
-    demo = load_config("demo")
+    demo = load_config("demo_uit")
     make_synthetic(root, **synth, progress=False)
     split = load_dataset(root).test
     model = build_model(demo.model, demo.loss, num_classes=1, pretrained=weights,
@@ -97,7 +97,7 @@ def main() -> None:
     digest = export_weights(Path(result["model_dir"]), Path(weights))
     logger.info("wrote %s (sha256 %s)", weights, digest)
 
-    demo = load_config("demo").synthetic
+    demo = load_config("demo_uit").synthetic
     demo_split = {"num_ids": demo.num_test_ids, "images_per_id": demo.images_per_id, "seed": demo.seed,
                   "num_val_ids": 0, "num_test_ids": demo.num_test_ids}
     # make_synthetic draws identities in order and puts the first num_test_ids in test, so this

@@ -200,20 +200,23 @@ def test_evaluate_names_a_decompression_bomb(trained, capsys, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_quick(tmp_path, capsys) -> None:
+@pytest.mark.parametrize(("config", "start"), [("demo", "random init"), ("demo_uit", "zero-shot, synthetic weights")])
+def test_demo_quick(tmp_path, capsys, config, start) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--out", str(out), "--config", config]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     table, hint, command = printed.strip().rsplit("\n", 2)
-    zero_shot = metrics.pop("zero_shot")  # the shipped checkpoint before fine-tuning, then the fine-tuned row
-    rows = {"zero-shot (shipped uit-tiny)": zero_shot, "fine-tuned (UIT)": metrics}
+    zero_shot = metrics.pop("zero_shot")  # the model before training, then the trained row
+    rows = {f"before training ({start})": zero_shot, "trained": metrics}
     assert table == metrics_table(rows, label="test (t2i)", keys=("R1", "R5", "mAP", "binding", "presence"))
     assert zero_shot != metrics and {"R1", "binding"} <= zero_shot.keys() & metrics.keys()
     assert hint.startswith("search the test gallery in a browser")
     assert command.split() == ["uit-reid", "serve", "--index", str(out / "gallery.faiss"), "--checkpoint", str(out / "best")]
     assert Image.open(out / "results.png").size[1] > 200
     assert (out / "training_curve.png").is_file()
+    if config != "demo":
+        return
 
     # the printed command serves the demo's gallery: searches, images and the page
     httpx = pytest.importorskip("httpx")

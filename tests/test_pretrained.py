@@ -42,7 +42,7 @@ def test_tag_loads_the_shipped_weights_offline() -> None:
 
 
 def test_config_tag_builds_the_same_encoder() -> None:
-    demo = load_config("demo")
+    demo = load_config("demo_uit")
     assert demo.model.pretrained == "synthetic"
     model = build_model(demo.model, demo.loss, num_classes=3)
     direct = CLIPDualEncoder.from_open_clip("uit-tiny", pretrained="synthetic", image_size=(64, 32), context_length=52)
@@ -69,7 +69,7 @@ def test_altered_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ValueError, match=message):
         CLIPDualEncoder.from_open_clip("uit-tiny", pretrained="synthetic")
     with pytest.raises(ValueError, match=message):  # the config path goes through the same check
-        demo = load_config("demo")
+        demo = load_config("demo_uit")
         build_model(demo.model, demo.loss, num_classes=3)
     copy.unlink()
     with pytest.raises(ValueError, match=r"shipped weights for uit-tiny pretrained='synthetic' are missing"):
@@ -86,7 +86,7 @@ def _card_figures() -> dict[str, float]:
 def test_shipped_weights_reproduce_the_documented_zero_shot_figures(tmp_path: Path, independent_metrics) -> None:
     make_synthetic(tmp_path, **shipped.CHECK_SPLIT, progress=False)
     split = load_dataset(tmp_path).test
-    demo = load_config("demo")
+    demo = load_config("demo_uit")
     model = build_model(demo.model, demo.loss, num_classes=1, interpolation=demo.data.interpolation).eval()
     measured = independent_metrics(model, split, interpolation=demo.data.interpolation)
     documented = _card_figures()

@@ -214,10 +214,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from uit_reid.demo import DEMO_COLUMNS, run_demo
     from uit_reid.retrieval import metrics_table
+    from uit_reid.train import load_config
 
     out = Path(args.out)
-    metrics = run_demo(out, quick=args.quick, device=_device(args.device))
-    rows = {"zero-shot (shipped uit-tiny)": metrics["zero_shot"], "fine-tuned (UIT)": metrics["fine_tuned"]}
+    pretrained = load_config(args.config).model.pretrained
+    start = "random init" if pretrained == "none" else f"zero-shot, {pretrained} weights"
+    metrics = run_demo(out, quick=args.quick, device=_device(args.device), config=args.config)
+    rows = {f"before training ({start})": metrics["zero_shot"], "trained": metrics["fine_tuned"]}
     print(metrics_table(rows, label="test (t2i)", keys=DEMO_COLUMNS))
     model_dir = next(p for p in (out / "best", out / "last") if p.is_dir())
     print(f"search the test gallery in a browser (pip install 'uit_reid[serve]'):\n"
@@ -336,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthetic data -> train the tiny model on CPU -> evaluate -> index -> search")
     p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
+    p.add_argument("--config", default="demo",
+                   help="demo (the tiny model from random init, InfoNCE) or demo_uit (fine-tune the shipped "
+                        "pre-trained uit-tiny with the UIT losses), or a TOML file (default: %(default)s)")
     p.add_argument("--device", default="auto", help=device_help)
     p.set_defaults(func=cmd_demo)
     return parser

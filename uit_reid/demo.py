@@ -39,17 +39,22 @@ DEMO_MARKER = ".uit_reid_demo"
 """File the demo leaves in its output folder: running the demo again may replace that folder's run."""
 
 
-def run_demo(out: Path, quick: bool = False, device: str = "cpu") -> dict[str, dict[str, float]]:
+def run_demo(
+    out: Path, quick: bool = False, device: str = "cpu", config: str | Path = "demo"
+) -> dict[str, dict[str, float]]:
     """Run the whole demo into ``out``; return the test metrics ``{"zero_shot": ..., "fine_tuned": ...}``.
 
-    ``out`` must be empty, missing or an earlier demo's output; any other folder is refused, naming it.
+    ``config`` is a bundled config name or a TOML file: ``"demo"`` trains the tiny model from random
+    initialisation with InfoNCE (its "zero-shot" row is the untrained model, at chance), ``"demo_uit"``
+    fine-tunes the shipped pre-trained ``uit-tiny`` with the UIT recipe. ``out`` must be empty, missing
+    or an earlier demo's output; any other folder is refused, naming it.
     """
     start = time.perf_counter()
     out = Path(out)
     previous = (out / DEMO_MARKER).is_file()
     if out.is_dir() and not previous and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty and is not an earlier demo's output: choose an empty folder (--out)")
-    config = load_config("demo")
+    config = load_config(config)
     overrides = [
         f"data.root={json.dumps(str(out / 'data'))}",
         f"train.output_dir={json.dumps(str(out))}",

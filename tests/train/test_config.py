@@ -7,28 +7,30 @@ import pytest
 from uit_reid.train import ConfigError, TrainConfig, bundled_config, load_config
 
 
-@pytest.mark.parametrize("name", ["cuhk_pedes", "icfg_pedes", "rstpreid", "demo"])
+@pytest.mark.parametrize("name", ["cuhk_pedes", "icfg_pedes", "rstpreid", "demo", "demo_uit"])
 def test_bundled_configs_load(name: str) -> None:
     config = load_config(name)
     assert config == TrainConfig.from_toml(bundled_config(name))
-    if name != "demo":  # the paper's recipe
+    if not name.startswith("demo"):  # the paper's recipe
         assert config.model.name == "ViT-B-16-quickgelu" and tuple(config.model.image_size) == (384, 128)
         assert (config.loss.sdm, config.loss.id, config.loss.tir, config.loss.cmt) == (1.0, 1.0, 10.0, 10.0)
         assert config.optim.lr == 1e-5 and config.optim.eps == 1e-3 and config.optim.weight_decay == 4e-5
         assert config.data.batch_size == 128 and config.train.epochs == 60
         assert (config.data.sampler, config.data.num_instances) == ("identity_groups", 2)
         assert config.model.tir_layout == "sen" and config.data.token_corruption
-    else:
+    elif name == "demo_uit":
         assert config.model.pretrained == "synthetic" and config.synthetic.generate
+    else:  # make demo: from random init with InfoNCE (docs/demo.md says why)
+        assert config.model.pretrained == "none" and config.loss.itc > 0 and config.synthetic.generate
 
 
 def test_demo_config_fine_tunes_with_all_four_uit_losses(tiny_dataset, tmp_path) -> None:
-    """The demo is UIT: SDM, ID, CMT and TIR all weighted and all trained, with the recipe's data side."""
+    """The UIT demo is UIT: SDM, ID, CMT and TIR all weighted and all trained, with the recipe's data side."""
     import json
 
     from uit_reid.train import Trainer
 
-    config = load_config("demo")
+    config = load_config("demo_uit")
     weights = {k: getattr(config.loss, k) for k in ("sdm", "id", "cmt", "tir")}
     assert all(v > 0 for v in weights.values()), weights
     assert config.loss.itc == 0 and config.model.tir and config.model.tir_layout == "sen"
