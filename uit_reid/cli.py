@@ -1,4 +1,4 @@
-"""The ``uit-reid`` command: train, evaluate, convert, index, search, serve, synth and the demo.
+"""The ``uit-reid`` command: train, evaluate, convert, encode, index, search, serve, synth and the demo.
 
 Every sub-command has ``--help``. Wrong arguments and unusable files end with a one-line
 ``uit-reid: error: ...`` message and exit status 2 (usage) or 1 (anything else), not a traceback;
@@ -142,6 +142,39 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encode(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from uit_reid import augment
+    from uit_reid import distributed as D
+    from uit_reid.factory import load_model
+    from uit_reid.retrieval.shards import encode_shards, read_image_list
+
+    created = D.init_from_torchrun(args.device)
+    rank = D.rank()
+    try:
+        device = _device(args.device)
+        if D.is_distributed() and device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        files = read_image_list(args.images)
+        model = load_model(args.checkpoint, device=device)
+        manifest = encode_shards(
+            files, args.out, lambda x: model.encode_images(x, normalize=False),
+            augment.build_eval_transform(model.image_size, interpolation=model.interpolation),
+            fingerprint=model.encoder.fingerprint(), shard_size=args.shard_size, batch_size=args.batch_size,
+            device=device, image_size=model.image_size, num_workers=args.workers, rank=rank,
+            world_size=D.world_size(), barrier=dist.barrier if D.is_distributed() else lambda: None,
+            metadata={"checkpoint": _checkpoint_ref(args.checkpoint)}, progress=rank == 0,
+        )
+    finally:
+        if created:
+            dist.destroy_process_group()
+    if rank == 0:
+        print(f"encoded {manifest['encoded']} images ({manifest['skipped']} unreadable, skipped) "
+              f"into {manifest['num_shards']} shards -> {args.out}")
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from uit_reid.factory import load_model
     from uit_reid.io import check_writable
@@ -268,6 +301,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="open_clip architecture of an open_clip checkpoint (e.g. ViT-B-16)")
     p.add_argument("--force", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("encode", help="encode images into embedding shards (resumable; runs under torchrun)")
+    p.add_argument("--checkpoint", required=True, help="a model directory (save_pretrained) or last.pt")
+    p.add_argument("--images", required=True,
+                   help="a folder of images (searched recursively) or a text file naming one image per line")
+    p.add_argument("--out", required=True,
+                   help="embedding folder to write (img_emb/, metadata/, logs/, manifest.json); "
+                   "the same command again completes an interrupted run")
+    p.add_argument("--shard-size", type=int, default=10_000, help="images per shard (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
+    p.add_argument("--workers", type=_non_negative_int, default=min(4, (os.cpu_count() or 1) - 1),
+                   help="processes decoding images per rank (default: min(4, CPU cores - 1))")
+    p.add_argument("--device", default="auto", help=device_help)
+    p.set_defaults(func=cmd_encode)
 
     index_parser = sub.add_parser("index", help="gallery index commands")
     index_sub = index_parser.add_subparsers(dest="index_command", metavar="ACTION")
