@@ -43,6 +43,7 @@ __all__ = [
     "encode_shards",
     "read_image_list",
     "shard_plan",
+    "write_shard",
 ]
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,19 @@ def _parquet_bytes(ids: list[str]) -> bytes:
     return buffer.getvalue()
 
 
+def write_shard(out: str | os.PathLike[str], n: int, vectors: np.ndarray, ids: Sequence[str], width: int = 5) -> None:
+    """Write shard ``n`` (vectors as given, their ids) into ``out`` in the layout above, each file atomically.
+
+    Writes no log or manifest: a folder of such shards is clip-retrieval's output format, which
+    `EmbeddingShards` reads as it is.
+    """
+    if vectors.ndim != 2 or vectors.shape[0] != len(ids):
+        raise ValueError(f"shard {n}: {len(ids)} ids for vectors of shape {vectors.shape}")
+    npy, parquet, _ = _names(n, width)
+    atomic_write_bytes(Path(out) / npy, _npy_bytes(vectors))
+    atomic_write_bytes(Path(out) / parquet, _parquet_bytes(list(ids)))
+
+
 def encode_shards(
     files: Sequence[str],
     out: str | os.PathLike[str],
@@ -201,9 +215,8 @@ def encode_shards(
             vectors = torch.nn.functional.normalize(torch.from_numpy(feats), dim=1).numpy().astype(np.float16)
         else:
             vectors = np.zeros((0, 0), np.float16)
-        npy, parquet, log = _names(n, plan.width)
-        atomic_write_bytes(out / npy, _npy_bytes(vectors))
-        atomic_write_bytes(out / parquet, _parquet_bytes(paths))
+        write_shard(out, n, vectors, paths, plan.width)
+        log = _names(n, plan.width)[2]
         record = {"shard": n, "images": len(shard_files), "encoded": len(paths), "dim": int(vectors.shape[1]),
                   "skipped": skipped}
         atomic_write_text(out / log, json.dumps(record, indent=1))  # last: the shard is now complete
