@@ -110,6 +110,8 @@ def test_two_torchrun_ranks_write_the_same_shards_as_one(gallery, tmp_path) -> N
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("encoded 22 images (1 unreadable, skipped) into 5 shards") == 1  # rank 0 only
     _assert_same_shards(gallery["ref"], out)
+    logs = [json.loads(p.read_text()) for p in sorted((out / "logs").glob("log_*.json"))]
+    assert [log["rank"] for log in logs] == [0, 1, 0, 1, 0]  # each shard written once, by its own rank
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(gallery, tmp_path) -> None:
@@ -135,7 +137,10 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(gallery, tmp_path) -> N
             with pytest.raises(ShardFormatError, match="incomplete"):
                 EmbeddingShards(out)
     assert partial >= 1  # at least one kill landed mid-run
+    done = {p: p.stat().st_mtime_ns for p in out.glob("img_emb/*.npy")
+            if (out / "logs" / p.name.replace("img_emb_", "log_").replace(".npy", ".json")).exists()}
     assert main(_cmd(gallery, out)) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # complete shards were not redone
     _assert_same_shards(gallery["ref"], out)
 
 

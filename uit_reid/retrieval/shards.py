@@ -6,7 +6,7 @@ The layout is clip-retrieval's, so its tools, autofaiss and embedding-reader rea
       manifest.json                       what was encoded, by which encoder, and the counts
       img_emb/img_emb_00000.npy           float16 (rows, dim), L2-normalised, one row per readable image
       metadata/metadata_00000.parquet     column ``image_path``: the id of each row, in row order
-      logs/log_00000.json                 the shard's image count and the unreadable images it skipped
+      logs/log_00000.json                 the shard's image count, the rank that wrote it, the unreadable images
 
 Shard ``n`` holds the images ``n * shard_size`` to ``(n + 1) * shard_size - 1`` of the input list, so
 its contents depend on nothing but ``n``: rank ``r`` of ``w`` encodes the shards with ``n % w == r``
@@ -217,8 +217,8 @@ def encode_shards(
             vectors = np.zeros((0, 0), np.float16)
         write_shard(out, n, vectors, paths, plan.width)
         log = _names(n, plan.width)[2]
-        record = {"shard": n, "images": len(shard_files), "encoded": len(paths), "dim": int(vectors.shape[1]),
-                  "skipped": skipped}
+        record = {"shard": n, "rank": rank, "images": len(shard_files), "encoded": len(paths),
+                  "dim": int(vectors.shape[1]), "skipped": skipped}
         atomic_write_text(out / log, json.dumps(record, indent=1))  # last: the shard is now complete
         if skipped:
             logger.warning("shard %d: skipped %d unreadable image(s), named in %s", n, len(skipped), out / log)
