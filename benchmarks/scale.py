@@ -1,7 +1,8 @@
 """Large-gallery benchmark: compressed indexes built from embedding shards, on this machine's CPU.
 
-1. Generates ``--n`` clustered unit vectors (a mixture of ``--clusters`` Gaussians with a fixed seed,
-   like real embeddings, not uniform noise) shard by shard into an embedding folder (float16, the
+1. Generates ``--n`` clustered unit vectors (a mixture of ``--clusters`` Gaussians, each stretched
+   along ``--rank`` directions of its own, with a fixed seed: like real embeddings, not uniform
+   noise) shard by shard into an embedding folder (float16, the
    layout `uit-reid encode` writes), plus ``--queries`` held-out queries from the same mixture whose
    exact top-10 is computed by streaming the shards.
 2. For each kind: builds the index from the shards in a child process (build time, peak RSS of that
@@ -43,19 +44,31 @@ from uit_reid.retrieval.shards import write_shard  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def mixture(args: argparse.Namespace) -> np.ndarray:
-    """The cluster centres (unit vectors), fixed by the seed."""
+def mixture(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """The clusters, fixed by the seed: unit centres and, per cluster, ``--rank`` directions of spread.
+
+    Each cluster is a Gaussian stretched along a few directions of its own (plus a little isotropic
+    noise), as real embeddings vary along few attributes. Isotropic 512-d noise would make every
+    point of a cluster almost equally far from every other (distances concentrate), so "nearest
+    neighbours" would be noise and no compressed index could find them.
+    """
     rng = np.random.default_rng(args.seed)
     centres = rng.standard_normal((args.clusters, args.dim)).astype(np.float32)
-    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    directions = rng.standard_normal((args.clusters, args.rank, args.dim)).astype(np.float32)
+    directions /= np.linalg.norm(directions, axis=2, keepdims=True)
+    return centres, directions
 
 
-def sample(centres: np.ndarray, n: int, rng: np.random.Generator, spread: float) -> np.ndarray:
-    """``n`` unit vectors: a random centre plus Gaussian noise of total norm about ``spread``."""
-    dim = centres.shape[1]
-    x = centres[rng.integers(0, len(centres), n)] + rng.standard_normal((n, dim)).astype(np.float32) * (
-        spread / np.sqrt(dim)
-    )
+def sample(clusters: tuple[np.ndarray, np.ndarray], n: int, rng: np.random.Generator, spread: float,
+           noise: float = 0.05) -> np.ndarray:
+    """``n`` unit vectors: a random cluster's centre + spread along its directions + isotropic noise."""
+    centres, directions = clusters
+    dim, rank = centres.shape[1], directions.shape[1]
+    c = rng.integers(0, len(centres), n)
+    z = rng.standard_normal((n, rank)).astype(np.float32) * np.float32(spread / np.sqrt(rank))
+    x = centres[c] + np.einsum("nr,nrd->nd", z, directions[c])
+    x += rng.standard_normal((n, dim)).astype(np.float32) * np.float32(noise / np.sqrt(dim))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -201,7 +214,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1_000_000, help="gallery vectors")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--clusters", type=int, default=2000, help="Gaussian clusters in the mixture")
-    p.add_argument("--spread", type=float, default=0.8, help="noise norm around a cluster centre")
+    p.add_argument("--spread", type=float, default=0.8, help="spread (norm) of a point around its cluster centre")
+    p.add_argument("--rank", type=int, default=16, help="directions each cluster spreads along")
     p.add_argument("--shard-size", type=int, default=100_000)
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -233,7 +247,8 @@ def main() -> None:
     result: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "load_before": [round(v, 2) for v in load],
-        "n": args.n, "dim": args.dim, "clusters": args.clusters, "queries": args.queries, "nlist": nlist,
+        "n": args.n, "dim": args.dim, "clusters": args.clusters, "rank": args.rank, "spread": args.spread,
+        "queries": args.queries, "nlist": nlist,
         "faiss_threads_search": 1, "kinds": {},
     }
     folder = work / "emb"
