@@ -110,7 +110,7 @@ def test_index_add_equals_a_build_over_all_shards(folders, tmp_path, capsys) -> 
     assert [e["rows"] for e in got.metadata["embeddings"]] == [4000, 2000]
 
 
-@pytest.mark.parametrize("kind", ["IVF16,PQ8", "OPQ8,IVF16,PQ8x4", "ivf"])
+@pytest.mark.parametrize("kind", ["IVF16,PQ8", pytest.param("OPQ8,IVF16,PQ8x4", marks=pytest.mark.slow), "ivf"])
 def test_mmap_loaded_search_equals_in_memory_search(folders, tmp_path, kind) -> None:
     index = build_index_from_shards(EmbeddingShards(folders["a"]), kind, train_size=1000, progress=False)
     index.remove(["img/5.jpg", "img/77.jpg"])
