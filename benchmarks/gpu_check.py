@@ -10,7 +10,9 @@ JSON object and a Markdown table:
    as the reference for what the card gives a CLIP step;
 3. inference images/s from JPEG files at 384x128 through the library's gallery loader (workers, pinned
    memory, non-blocking copies, bf16), end to end and encode-only;
-4. a 1-GPU ``torchrun`` smoke run of the reference trainer over NCCL (tiny model, synthetic data).
+4. a 1-GPU ``torchrun`` smoke run of the reference trainer over NCCL (tiny model, synthetic data);
+5. ``uit-reid encode`` under a 1-GPU ``torchrun`` over the same JPEG files into embedding shards
+   (images/s of the whole command, process start-up included; fp32 as the command runs).
 
 Exit status: 0 when every part ran, 1 when any part failed (the JSON says which and why), 3 when no
 CUDA device is present (nothing is measured; the JSON says so). Usage:
@@ -250,6 +252,37 @@ def torchrun_smoke(setup: Setup, workdir: Path) -> list[dict[str, Any]]:
              "final_loss": train[-1]["loss"], "seconds": time.perf_counter() - start}]
 
 
+def encode_shards_run(setup: Setup, workdir: Path) -> list[dict[str, Any]]:
+    """`uit-reid encode` under a 1-process torchrun over the JPEG gallery, timed end to end."""
+    from data_loader import write_jpeg_dataset
+
+    from uit_reid import CLIPDualEncoder, UITModel
+
+    root = workdir / "jpeg" / "jpg"  # the inference part's files, when it ran
+    if not root.is_dir():
+        root = write_jpeg_dataset(workdir / "jpeg", num_ids=setup.jpeg_ids, size=setup.image_size)
+    torch.manual_seed(0)
+    model_dir = workdir / "encode-model"
+    UITModel(CLIPDualEncoder.from_open_clip(setup.model, image_size=setup.image_size), 0,
+             tir=False).save_pretrained(model_dir)
+    out = workdir / "emb"
+    workers = min(8, os.cpu_count() or 1)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "uit_reid.cli",
+         "encode", "--checkpoint", str(model_dir), "--images", str(root), "--out", str(out), "--shard-size", "1024",
+         "--batch-size", str(256 if setup.device.type == "cuda" else 16), "--workers", str(workers),
+         "--device", setup.device.type],
+        capture_output=True, text=True, timeout=600,
+    )
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"uit-reid encode exited {proc.returncode}: {proc.stderr[-2000:]}")
+    n = json.loads((out / "manifest.json").read_text())["encoded"]
+    return [{"part": "encode_shards", "precision": "fp32", "workers": workers, "images": n,
+             "seconds": seconds, "images_per_s": n / seconds}]
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = ["| part | precision | compile | TIR | step ms | images/s | peak GiB |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -299,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             "open_clip_contrastive": lambda: open_clip_reference(setup),
             "inference_jpeg": lambda: jpeg_inference(setup, workdir),
             "torchrun_smoke": lambda: torchrun_smoke(setup, workdir),
+            "encode_shards": lambda: encode_shards_run(setup, workdir),
         }
         for name, part in parts.items():
             part_start = time.perf_counter()

@@ -34,7 +34,9 @@ def test_cpu_dry_run_runs_every_part(tmp_path) -> None:
     assert report["status"] == "ok" and report["failures"] == {}
     parts = [r["part"] for r in report["rows"]]
     assert parts.count("uit_step") == 4 and parts.count("open_clip_contrastive") == 2
-    assert {"inference_jpeg_end_to_end", "inference_encode_only", "torchrun_gloo_smoke"} <= set(parts)
+    assert {"inference_jpeg_end_to_end", "inference_encode_only", "torchrun_gloo_smoke", "encode_shards"} <= set(parts)
+    encode = next(r for r in report["rows"] if r["part"] == "encode_shards")
+    assert encode["images"] > 0 and encode["images_per_s"] > 0
     assert {(r["precision"], r["tir"]) for r in report["rows"] if r["part"] == "uit_step"} == {
         ("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)}
     assert "| uit_step | bf16 | no | on |" in run.stdout

@@ -1,4 +1,4 @@
-"""The ``uit-reid`` command: train, evaluate, convert, index, search, serve, synth and the demo.
+"""The ``uit-reid`` command: train, evaluate, convert, encode, index, search, serve, synth and the demo.
 
 Every sub-command has ``--help``. Wrong arguments and unusable files end with a one-line
 ``uit-reid: error: ...`` message and exit status 2 (usage) or 1 (anything else), not a traceback;
@@ -119,31 +119,108 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _memory_kind(args: argparse.Namespace, n: int, dim: int) -> str:
+    """--kind, or the kind --memory-budget picks for ``n`` vectors of ``dim``."""
+    from uit_reid.retrieval import choose_kind, index_memory, parse_bytes
+
+    if args.memory_budget is None:
+        return args.kind or "flat"
+    if args.kind:
+        raise CLIError("give --kind or --memory-budget, not both")
+    kind = choose_kind(n, dim, parse_bytes(args.memory_budget))
+    logger.info("--memory-budget %s: %s (about %.2f GB for %d vectors)", args.memory_budget, kind,
+                index_memory(kind, n, dim) / 1e9, n)
+    return kind
+
+
 def cmd_index_build(args: argparse.Namespace) -> int:
-    from uit_reid import augment
-    from uit_reid.factory import load_model
     from uit_reid.io import check_writable
-    from uit_reid.retrieval import build_index_from_folder
 
     out = check_writable(args.out)
+    if args.embeddings:
+        if args.images or args.checkpoint:
+            raise CLIError("give --embeddings, or --images with --checkpoint, not both")
+        from uit_reid.retrieval import EmbeddingShards, build_index_from_shards
+
+        shards = EmbeddingShards(args.embeddings)
+        kind = _memory_kind(args, len(shards), shards.dim)
+        index = build_index_from_shards(shards, kind, train_size=args.train_size)
+        if shards.manifest and shards.manifest.get("checkpoint"):
+            index.metadata["checkpoint"] = shards.manifest["checkpoint"]
+        index.save(out)
+        print(f"indexed {len(index)} vectors from {args.embeddings} as {index.factory} -> {out}")
+        return 0
+    if not (args.images and args.checkpoint):
+        raise CLIError("give --images and --checkpoint (or --embeddings)")
+    if args.memory_budget is not None:
+        raise CLIError("--memory-budget works with --embeddings (encode the images with 'uit-reid encode' first)")
+    from uit_reid import augment
+    from uit_reid.factory import load_model
+    from uit_reid.retrieval import build_index_from_folder
+
     device = _device(args.device)
     model = load_model(args.checkpoint, device=device)
     index = build_index_from_folder(
         args.images,
         lambda x: model.encode_images(x, normalize=False),
         augment.build_eval_transform(model.image_size, interpolation=model.interpolation),
-        kind=args.kind,
+        kind=args.kind or "flat",
         fingerprint=model.encoder.fingerprint(),
         batch_size=args.batch_size,
         device=device,
         image_size=model.image_size,
         num_workers=args.workers,
+        train_size=args.train_size,
     )
     if len(index) == 0:
         raise CLIError(f"no readable images under {args.images}")
     index.metadata = {"checkpoint": _checkpoint_ref(args.checkpoint), "images": str(Path(args.images).resolve())}
     index.save(out)  # one file, replaced atomically: an existing index stays whole until the new one is in
     print(f"indexed {len(index)} images -> {out}")
+    return 0
+
+
+def cmd_index_add(args: argparse.Namespace) -> int:
+    from uit_reid.retrieval import EmbeddingShards, GalleryIndex, add_shards
+
+    index = GalleryIndex.load(args.index)
+    before = len(index)
+    add_shards(index, EmbeddingShards(args.embeddings))
+    index.save(args.index)  # the old file stays whole until the new one replaces it
+    print(f"added {len(index) - before} vectors from {args.embeddings} -> {args.index} ({len(index)} in all)")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from uit_reid import augment
+    from uit_reid import distributed as D
+    from uit_reid.factory import load_model
+    from uit_reid.retrieval.shards import encode_shards, read_image_list
+
+    created = D.init_from_torchrun(args.device)
+    rank = D.rank()
+    try:
+        device = _device(args.device)
+        if D.is_distributed() and device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        files = read_image_list(args.images)
+        model = load_model(args.checkpoint, device=device)
+        manifest = encode_shards(
+            files, args.out, lambda x: model.encode_images(x, normalize=False),
+            augment.build_eval_transform(model.image_size, interpolation=model.interpolation),
+            fingerprint=model.encoder.fingerprint(), shard_size=args.shard_size, batch_size=args.batch_size,
+            device=device, image_size=model.image_size, num_workers=args.workers, rank=rank,
+            world_size=D.world_size(), barrier=dist.barrier if D.is_distributed() else lambda: None,
+            metadata={"checkpoint": _checkpoint_ref(args.checkpoint)}, progress=rank == 0,
+        )
+    finally:
+        if created:
+            dist.destroy_process_group()
+    if rank == 0:
+        print(f"encoded {manifest['encoded']} images ({manifest['skipped']} unreadable, skipped) "
+              f"into {manifest['num_shards']} shards -> {args.out}")
     return 0
 
 
@@ -190,7 +267,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         rate=args.rate_limit, burst=args.burst,
     )
     serve(args.index, args.checkpoint, host=args.host, port=args.port, device=_device(args.device),
-          limits=limits, max_batch=args.max_batch, max_wait=args.batch_wait_ms / 1000.0)
+          limits=limits, max_batch=args.max_batch, max_wait=args.batch_wait_ms / 1000.0, mmap=not args.no_mmap)
     return 0
 
 
@@ -282,20 +359,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=cmd_convert)
 
+    p = sub.add_parser("encode", help="encode images into embedding shards (resumable; runs under torchrun)")
+    p.add_argument("--checkpoint", required=True, help="a model directory (save_pretrained) or last.pt")
+    p.add_argument("--images", required=True,
+                   help="a folder of images (searched recursively) or a text file naming one image per line")
+    p.add_argument("--out", required=True,
+                   help="embedding folder to write (img_emb/, metadata/, logs/, manifest.json); "
+                   "the same command again completes an interrupted run")
+    p.add_argument("--shard-size", type=int, default=10_000, help="images per shard (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
+    p.add_argument("--workers", type=_non_negative_int, default=min(4, (os.cpu_count() or 1) - 1),
+                   help="processes decoding images per rank (default: min(4, CPU cores - 1))")
+    p.add_argument("--device", default="auto", help=device_help)
+    p.set_defaults(func=cmd_encode)
+
     index_parser = sub.add_parser("index", help="gallery index commands")
     index_sub = index_parser.add_subparsers(dest="index_command", metavar="ACTION")
-    b = index_sub.add_parser("build", help="encode a folder of images into a FAISS index")
-    b.add_argument("--checkpoint", required=True, help="a model directory (save_pretrained) or last.pt")
-    b.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    b = index_sub.add_parser("build", help="a FAISS index from a folder of images or from embedding shards")
+    b.add_argument("--checkpoint", help="a model directory (save_pretrained) or last.pt (with --images)")
+    b.add_argument("--images", help="folder of images (searched recursively), encoded now")
+    b.add_argument("--embeddings", help="embedding folder written by 'uit-reid encode' (or clip-retrieval), "
+                   "streamed shard by shard")
     b.add_argument("--out", required=True, help="index file to write (one file; an existing one is replaced atomically)")
-    b.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"],
-                   help="flat: exact; ivf, hnsw: approximate, for large galleries (default: %(default)s)")
+    b.add_argument("--kind", default=None,
+                   help="flat (exact; default), ivf, hnsw or a FAISS factory string such as IVF4096,PQ64 or "
+                   "OPQ64,IVF4096,PQ64 (compressed, for large galleries)")
+    b.add_argument("--memory-budget", metavar="SIZE",
+                   help="pick the kind that fits in SIZE (e.g. 4GB) instead of --kind, as autofaiss does")
+    b.add_argument("--train-size", type=int, default=None,
+                   help="vectors an IVF kind is trained on (default: max(40 x lists, 40 x PQ centroids))")
     b.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
     b.add_argument("--workers", type=_non_negative_int, default=min(4, (os.cpu_count() or 1) - 1),
                    help="processes decoding images while the model encodes (default: min(4, CPU cores - 1); "
                    "0: decode in this process)")
     b.add_argument("--device", default="auto", help=device_help)
     b.set_defaults(func=cmd_index_build)
+    a = index_sub.add_parser("add", help="append embedding shards to an index without retraining (atomic)")
+    a.add_argument("--index", required=True, help="index file to extend (replaced atomically)")
+    a.add_argument("--embeddings", required=True, help="embedding folder written by 'uit-reid encode'")
+    a.set_defaults(func=cmd_index_add)
     index_parser.set_defaults(func=functools.partial(_missing_action, index_parser))
 
     p = sub.add_parser("search", help="search an index with a sentence")
@@ -321,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burst", type=int, default=60, help="requests a client may save up")
     p.add_argument("--max-batch", type=int, default=64, help="most queries encoded together")
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a batch waits for more queries")
+    p.add_argument("--no-mmap", action="store_true",
+                   help="read an IVF index's lists into memory instead of mapping them from the file")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("synth", help="write the synthetic pedestrian dataset")

@@ -87,7 +87,7 @@ def test_remove(kind, data):
     assert index.search(xb[:1], 1)[1][0, 0] == 0
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "IVF8,PQ4", "OPQ4,IVF8,PQ4x6", "HNSW8,Flat"])
 def test_save_load_round_trip(kind, data, tmp_path, read_header):
     xb, xq = data
     index = GalleryIndex(DIM, kind, fingerprint="clip-b16@abc")
@@ -102,7 +102,7 @@ def test_save_load_round_trip(kind, data, tmp_path, read_header):
     index.save(path)
     meta = read_header(path)
     assert meta["dim"] == DIM and meta["kind"] == kind and meta["fingerprint"] == "clip-b16@abc"
-    assert meta["normalization"] == "l2" and meta["format_version"] == 2
+    assert meta["normalization"] == "l2" and meta["format_version"] == 3
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["gallery.faiss"]  # one file
     loaded = GalleryIndex.load(path, expected_dim=DIM, expected_fingerprint="clip-b16@abc")
     assert len(loaded) == len(index) and loaded.parameters() == index.parameters()

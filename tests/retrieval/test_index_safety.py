@@ -81,17 +81,16 @@ def test_huge_k_costs_nothing() -> None:
 
 
 @pytest.fixture
-def saved(tmp_path, read_header):
-    return lambda n=3, kind="flat", where=tmp_path: _saved(where, read_header, n, kind)
+def saved(tmp_path, parts):
+    return lambda n=3, kind="flat", where=tmp_path: _saved(where, parts, n, kind)
 
 
-def _saved(tmp_path, read_header, n: int, kind: str):
+def _saved(tmp_path, parts, n: int, kind: str):
     tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "g.faiss"
     _index(n, kind, **({"nlist": 2} if kind == "ivf" else {})).save(path)
-    raw = path.read_bytes()
-    (hl,) = struct.unpack_from("<Q", raw, 8)
-    return path, read_header(path), bytearray(raw[16 + hl :])
+    meta, _, data = parts(path)
+    return path, meta, bytearray(data)
 
 
 def test_hostile_faiss_bytes_refused_before_faiss(tmp_path, saved, write_header) -> None:
@@ -142,25 +141,99 @@ def test_hostile_hnsw_links_refused(tmp_path, saved, write_header) -> None:
         GalleryIndex.load(path)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
-def test_edited_id_map_refused(tmp_path, kind, saved, write_header) -> None:
-    path, meta, data = saved(100, kind)
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "IVF4,PQ4"])
+def test_edited_id_map_refused(tmp_path, kind, saved, parts, write_header) -> None:
+    path, meta, data = saved(300, kind)
+    _, id_map, _ = parts(path)
+    n = meta["slots"]
+    live, values = np.frombuffer(id_map[:n], np.uint8), np.frombuffer(id_map[n:], "<i8")
     original = dict(meta)
-    meta["slot_ids"] = meta["slot_ids"][::-1]  # an edit that does not update the checksum
-    write_header(path, meta, rehash=False)
-    with pytest.raises(IndexFormatError, match="header does not match its checksum"):
+    write_header(path, dict(meta), rehash=False, id_map=live.tobytes() + values[::-1].tobytes())  # unhashed edit
+    with pytest.raises(IndexFormatError, match="id map does not match its checksum"):
         GalleryIndex.load(path)
-    meta = dict(original, slot_ids=[0] + original["slot_ids"][1:-1] + [0])  # duplicated id, rehashed
-    write_header(path, meta)
+    dup = values.copy()
+    dup[-1] = dup[0]
+    write_header(path, dict(original), id_map=live.tobytes() + dup.tobytes())  # duplicated id, rehashed
     with pytest.raises(IndexFormatError, match="the same id twice"):
         GalleryIndex.load(path)
-    meta = dict(original, slot_ids=original["slot_ids"][:-1])  # one slot fewer than stored vectors
-    write_header(path, meta)
-    with pytest.raises(IndexFormatError, match="do not match the id map"):
+    fewer = live[:-1].tobytes() + values[:-1].tobytes()  # one slot fewer than stored vectors
+    write_header(path, dict(original, slots=n - 1), id_map=fewer)
+    with pytest.raises(IndexFormatError, match="do not match the id map's"):
         GalleryIndex.load(path)
-    meta = dict(original, slot_ids=[1.5] + original["slot_ids"][1:])
-    write_header(path, meta)
-    with pytest.raises(IndexFormatError, match="not int ids"):
+    flags = live.copy()
+    flags[3] = 7
+    write_header(path, dict(original), id_map=flags.tobytes() + values.tobytes())
+    with pytest.raises(IndexFormatError, match="live flags are not 0 or 1"):
+        GalleryIndex.load(path)
+    minus = values.copy()
+    minus[2] = -1
+    write_header(path, dict(original), id_map=live.tobytes() + minus.tobytes())
+    with pytest.raises(IndexFormatError, match="the id -1"):
+        GalleryIndex.load(path)
+    write_header(path, dict(original), id_map=live.tobytes() + values[:-1].tobytes())
+    with pytest.raises(IndexFormatError, match=r"holds 2392 id bytes for 300 slots"):
+        GalleryIndex.load(path)
+    write_header(path, dict(original, slots=10**12))
+    with pytest.raises(IndexFormatError, match="shorter than its 1000000000000 slots"):
+        GalleryIndex.load(path)
+    write_header(path, dict(original, id_type="str"))
+    with pytest.raises(IndexFormatError, match="string offsets"):
+        GalleryIndex.load(path)
+
+
+def test_crafted_string_id_maps_refused(tmp_path, parts, write_header) -> None:
+    rng = np.random.default_rng(0)
+    index = GalleryIndex(DIM, "flat")
+    index.add(rng.standard_normal((4, DIM)), ["a.jpg", "bb.jpg", "ccc.jpg", "d.jpg"])
+    index.remove("bb.jpg")
+    path = tmp_path / "g.faiss"
+    index.save(path)
+    meta, id_map, _ = parts(path)
+    live, offsets, text = id_map[:4], np.frombuffer(id_map[4:44], "<u8").copy(), id_map[44:]
+    assert bytes(live) == b"\x01\x00\x01\x01" and offsets.tolist() == [0, 5, 5, 12, 17] and text == b"a.jpgccc.jpgd.jpg"
+    cases = {
+        "beyond the text": (live, np.array([0, 5, 5, 12, 10**15], "<u8"), text, "offsets are out of range"),
+        "going backwards": (live, np.array([0, 5, 5, 3, 17], "<u8"), text, "offsets are out of range"),
+        "a removed slot with text": (live, np.array([0, 2, 5, 12, 17], "<u8"), text, "offsets are out of range"),
+        "invalid UTF-8": (live, offsets, b"\xff" + text[1:], "not str ids"),
+        "the same id twice": (live, offsets, b"d.jpgccc.jpgd.jpg", "the same id twice"),
+        "truncated offsets": (live, offsets[:2], b"", "offsets are truncated"),
+    }
+    for name, (flags, offs, body, message) in cases.items():
+        write_header(path, dict(meta), id_map=bytes(flags) + offs.astype("<u8").tobytes() + body)
+        with pytest.raises(IndexFormatError, match=message):
+            GalleryIndex.load(path)
+        assert name
+
+
+def test_hostile_pq_and_opq_bytes_refused(tmp_path, parts, write_header) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((600, DIM)).astype(np.float32)
+    for kind, patch_at, message in (
+        ("IVF4,PQ4", lambda data: data.index(b"ilar") + 12, "ivf code size 999, expected 4"),
+        ("OPQ4,IVF4,PQ4", lambda data: data.index(b"LTra") + 5, "opq matrix has 999 entries, expected 256"),
+    ):
+        index = GalleryIndex(DIM, kind, train_size=600)
+        index.add(x, np.arange(600))
+        path = tmp_path / "pq.faiss"
+        index.save(path)
+        meta, _, data = parts(path)
+        evil = bytearray(data)
+        struct.pack_into("<Q", evil, patch_at(bytes(data)), 999)
+        write_header(path, dict(meta), data=bytes(evil))
+        with pytest.raises(IndexFormatError, match=message):
+            GalleryIndex.load(path)
+        with pytest.raises(IndexFormatError, match=message):
+            GalleryIndex.load(path, mmap=True)
+        pq_at = bytes(data).index(b"ilar") - 4 * DIM * 256 - 16  # the PQ's bits field, before its centroids
+        evil = bytearray(data)
+        struct.pack_into("<Q", evil, pq_at, 16)  # 16-bit codes: 2**16 centroids claimed
+        write_header(path, dict(meta), data=bytes(evil))
+        with pytest.raises(IndexFormatError, match=r"pq \(d, M, bits\) = \(16, 4, 16\)"):
+            GalleryIndex.load(path)
+    meta["factory"] = "IVF4,PQ4,Refine(Flat)"
+    write_header(path, dict(meta), data=bytes(data))
+    with pytest.raises(IndexFormatError, match="unsupported kind in its header"):
         GalleryIndex.load(path)
 
 

@@ -2,37 +2,60 @@
 
 Everything here takes arrays (torch or numpy) and callables, never datasets or models:
 `evaluate` scores a similarity matrix, `GalleryIndex` stores gallery features for
-cosine search, and the search helpers encode a folder of images and query it with text.
+cosine search, the search helpers encode a folder of images and query it with text, and the
+embedding-shard modules encode galleries to files and build compressed indexes from them.
 """
 
 from __future__ import annotations
 
-from uit_reid.retrieval.index import FORMAT_VERSION, GalleryIndex, IndexFormatError, default_nlist
+from uit_reid.retrieval.budget import choose_kind, index_memory, parse_bytes
+from uit_reid.retrieval.index import (
+    FORMAT_VERSION,
+    KIND_ALIASES,
+    GalleryIndex,
+    IndexFormatError,
+    default_nlist,
+)
 from uit_reid.retrieval.metrics import METRIC_KEYS, binding_accuracy, evaluate, metrics_table, relevant_ranks
 from uit_reid.retrieval.search import (
     IMAGE_EXTENSIONS,
     Hit,
     build_index_from_folder,
+    encode_image_files,
     encode_image_folder,
     list_images,
     render_results,
     search_text,
 )
+from uit_reid.retrieval.shards import EmbeddingShards, ShardFormatError, encode_shards, read_image_list
+from uit_reid.retrieval.streaming import ShardVectors, add_shards, build_index_from_shards
 
 __all__ = [
     "FORMAT_VERSION",
     "IMAGE_EXTENSIONS",
+    "KIND_ALIASES",
     "METRIC_KEYS",
+    "EmbeddingShards",
     "GalleryIndex",
     "Hit",
     "IndexFormatError",
+    "ShardFormatError",
+    "ShardVectors",
+    "add_shards",
     "binding_accuracy",
     "build_index_from_folder",
+    "build_index_from_shards",
+    "choose_kind",
     "default_nlist",
+    "encode_image_files",
     "encode_image_folder",
+    "encode_shards",
+    "index_memory",
     "evaluate",
     "list_images",
     "metrics_table",
+    "parse_bytes",
+    "read_image_list",
     "relevant_ranks",
     "render_results",
     "search_text",

@@ -2,10 +2,10 @@
 
 A saved `GalleryIndex` may come from someone else. ``faiss.deserialize_index`` trusts the sizes the
 bytes declare (a 162-byte file can claim a 4 GiB vector) and HNSW search trusts the neighbour ids
-stored in the graph. `check_index_bytes` walks the serialisation of exactly the three index
-layouts `GalleryIndex` writes (flat: ``IndexIDMap2(IndexFlatIP)``; hnsw: ``IndexIDMap2(IndexHNSWFlat)``;
-ivf: ``IndexIVFFlat`` over ``IndexFlatIP``, inner product) without allocating anything the file
-declares, and refuses on the first disagreement: another index type, another dimension or metric,
+stored in the graph. `check_index_bytes` walks the serialisation of exactly the index layouts
+`GalleryIndex` writes, the FAISS factory strings `parse_factory` accepts (``Flat`` and ``HNSWm,Flat`` as
+``IndexIDMap2`` over the inner index; ``IVFn,Flat``, ``IVFn,PQm[xb]`` and ``OPQm,IVFn,PQm[xb]`` over an
+``IndexFlatIP`` quantiser; inner product throughout) without allocating anything the file declares, and refuses on the first disagreement: another index type, another dimension or metric,
 a declared size larger than the bytes left, counts that do not add up, graph links or entry point
 out of range, bytes left over at the end. It returns the FAISS labels (our slots), so the caller can
 check them against its id map.
@@ -13,11 +13,62 @@ check them against its id map.
 
 from __future__ import annotations
 
+import re
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FaissBytesError", "check_index_bytes"]
+__all__ = ["FaissBytesError", "Layout", "check_index_bytes", "parse_factory"]
+
+_FACTORY = re.compile(
+    r"(?:OPQ(?P<opq>[0-9]+),)?IVF(?P<nlist>[0-9]+),(?:Flat|PQ(?P<m>[0-9]+)(?:x(?P<nbits>[0-9]+))?)"
+    r"|HNSW(?P<hnsw>[0-9]+),Flat|Flat"
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The structure a factory string builds: ``kind`` is "flat", "hnsw" or "ivf"; the rest its sizes."""
+
+    kind: str
+    nlist: int = 0
+    hnsw_m: int = 0
+    pq_m: int = 0  # 0: IVF stores full float32 vectors (IVFn,Flat)
+    pq_bits: int = 8
+    opq_m: int = 0  # 0: no OPQ rotation in front
+
+    @property
+    def code_size(self) -> int:
+        """Bytes per vector in the inverted lists (given the dimension for Flat: see `check_index_bytes`)."""
+        return -(-self.pq_m * self.pq_bits // 8)
+
+
+def parse_factory(factory: str, dim: int) -> Layout:
+    """The `Layout` of a supported FAISS factory string, or ValueError naming what is supported."""
+    match = _FACTORY.fullmatch(factory)
+    if match is None:
+        raise ValueError(
+            f"unsupported index kind {factory!r}: use flat, ivf, hnsw or a FAISS factory string of the form "
+            "Flat, HNSW<m>,Flat, IVF<n>,Flat, IVF<n>,PQ<m>[x<bits>] or OPQ<m>,IVF<n>,PQ<m>[x<bits>]"
+        )
+    g = match.groupdict()
+    if g["hnsw"] is not None:
+        layout = Layout("hnsw", hnsw_m=int(g["hnsw"]))
+        if layout.hnsw_m < 2:
+            raise ValueError(f"{factory!r}: HNSW needs at least 2 neighbours per node")
+        return layout
+    if g["nlist"] is None:
+        return Layout("flat")
+    layout = Layout("ivf", nlist=int(g["nlist"]), pq_m=int(g["m"] or 0), pq_bits=int(g["nbits"] or 8),
+                    opq_m=int(g["opq"] or 0))
+    if layout.nlist < 1:
+        raise ValueError(f"{factory!r}: the IVF list count must be positive")
+    if g["m"] is not None and (layout.pq_m < 1 or dim % layout.pq_m or not 1 <= layout.pq_bits <= 16):
+        raise ValueError(f"{factory!r}: PQ<m> must divide the dimension {dim} and bits be 1..16")
+    if layout.opq_m and (layout.opq_m != layout.pq_m):
+        raise ValueError(f"{factory!r}: OPQ<m> must equal PQ<m> (OPQ with a reduced output is not supported)")
+    return layout
 
 _METRIC_INNER_PRODUCT = 0
 
@@ -116,23 +167,36 @@ def _hnsw(r: _Reader, dim: int) -> int:
     return ntotal
 
 
-def _ivf(r: _Reader, dim: int) -> np.ndarray:
-    ntotal = _header(r, dim, "ivf index")
+def _ivf(r: _Reader, dim: int, layout: Layout) -> np.ndarray:
+    what = "ivf index"
+    r.fourcc(("IwPQ",) if layout.pq_m else ("IwFl",), "index type")
+    ntotal = _header(r, dim, what)
     nlist = r.scalar("Q", "ivf nlist")
     r.scalar("Q", "ivf nprobe")
-    if not 1 <= nlist <= r.left():
-        raise FaissBytesError(f"ivf nlist {nlist} out of range")
+    if nlist != layout.nlist or not 1 <= nlist <= r.left():
+        raise FaissBytesError(f"ivf nlist {nlist} out of range or not the {layout.nlist} the header names")
     if _flat(r, dim, "ivf quantizer") != nlist:
         raise FaissBytesError(f"ivf quantizer does not hold nlist={nlist} centroids")
     if r.scalar("B", "ivf direct map type") != 0:
         raise FaissBytesError("ivf has a direct map, which GalleryIndex never writes")
     r.array("<i8", "ivf direct map", expected=0)
+    expected_code = 4 * dim
+    if layout.pq_m:
+        if r.scalar("B", "ivfpq by_residual") not in (0, 1):
+            raise FaissBytesError("ivfpq by_residual flag is not 0 or 1")
+        expected_code = layout.code_size
+        if r.scalar("Q", "ivfpq code size") != expected_code:
+            raise FaissBytesError(f"ivfpq code size differs from {expected_code}")
+        pq = (r.scalar("Q", "pq dimension"), r.scalar("Q", "pq M"), r.scalar("Q", "pq bits"))
+        if pq != (dim, layout.pq_m, layout.pq_bits):
+            raise FaissBytesError(f"pq (d, M, bits) = {pq}, expected {(dim, layout.pq_m, layout.pq_bits)}")
+        r.array("<f4", "pq centroids", expected=dim * (1 << layout.pq_bits))
     r.fourcc(("ilar",), "ivf inverted lists")
     if r.scalar("Q", "ivf list count") != nlist:
         raise FaissBytesError("ivf list count differs from nlist")
     code_size = r.scalar("Q", "ivf code size")
-    if code_size != 4 * dim:
-        raise FaissBytesError(f"ivf code size {code_size}, expected {4 * dim}")
+    if code_size != expected_code:
+        raise FaissBytesError(f"ivf code size {code_size}, expected {expected_code}")
     if r.fourcc(("full", "sprs"), "ivf list layout") == "full":
         sizes = r.array("<u8", "ivf list sizes", expected=nlist).astype(np.int64)
     else:
@@ -150,24 +214,41 @@ def _ivf(r: _Reader, dim: int) -> np.ndarray:
     return np.concatenate(labels) if labels else np.zeros(0, np.int64)
 
 
-def check_index_bytes(data: bytes | memoryview, kind: str, dim: int) -> np.ndarray:
-    """Check that ``data`` is a ``kind`` index of dimension ``dim`` as `GalleryIndex` writes it.
+def _opq(r: _Reader, dim: int) -> None:
+    """An ``IndexPreTransform`` header and its one OPQ rotation (a dim x dim linear map, no bias)."""
+    r.fourcc(("IxPT",), "index type")
+    _header(r, dim, "opq wrapper")
+    if r.scalar("i", "opq chain length") != 1:
+        raise FaissBytesError("opq wrapper holds other than one transform")
+    r.fourcc(("LTra",), "opq transform")
+    if r.scalar("B", "opq bias flag") != 0:
+        raise FaissBytesError("opq transform has a bias, which OPQ never writes")
+    r.array("<f4", "opq matrix", expected=dim * dim)
+    r.array("<f4", "opq bias", expected=0)
+    if (r.scalar("i", "opq input dimension"), r.scalar("i", "opq output dimension")) != (dim, dim):
+        raise FaissBytesError(f"opq transform is not {dim} -> {dim}")
+    r.scalar("B", "opq trained flag")
+
+
+def check_index_bytes(data: bytes | memoryview, layout: Layout, dim: int) -> np.ndarray:
+    """Check that ``data`` is an index of ``layout`` (see `parse_factory`) and dimension ``dim``.
 
     Returns the FAISS labels stored in it (int64); raises `FaissBytesError` naming what disagrees.
     """
     r = _Reader(data)
-    if kind == "ivf":
-        r.fourcc(("IwFl",), "index type")
-        labels = _ivf(r, dim)
-    elif kind in ("flat", "hnsw"):
+    if layout.kind == "ivf":
+        if layout.opq_m:
+            _opq(r, dim)
+        labels = _ivf(r, dim, layout)
+    elif layout.kind in ("flat", "hnsw"):
         r.fourcc(("IxM2",), "index type")
         ntotal = _header(r, dim, "id map")
-        inner = _flat(r, dim, "flat index") if kind == "flat" else _hnsw(r, dim)
+        inner = _flat(r, dim, "flat index") if layout.kind == "flat" else _hnsw(r, dim)
         if inner != ntotal:
             raise FaissBytesError(f"id map holds {ntotal} vectors, the inner index {inner}")
         labels = r.array("<i8", "id map labels", expected=ntotal)
     else:
-        raise FaissBytesError(f"unknown index kind {kind!r}")
+        raise FaissBytesError(f"unknown index kind {layout.kind!r}")
     if r.left():
         raise FaissBytesError(f"{r.left()} unexpected bytes after the index")
     return labels.astype(np.int64)

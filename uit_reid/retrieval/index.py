@@ -1,14 +1,20 @@
 """GalleryIndex: a cosine-similarity FAISS index over gallery features, with ids, removal and safe saving.
 
 Vectors are L2-normalised on the way in (queries too), so inner product is cosine similarity and
-encoders can hand over raw pooled features. Three kinds:
+encoders can hand over raw pooled features. The kind is a FAISS factory string, built with
+``faiss.index_factory`` (inner product) and tuned through ``faiss.ParameterSpace``; three aliases stay:
 
-- ``"flat"``: exact search (``IndexFlatIP``).
-- ``"ivf"``: inverted lists (``IndexIVFFlat``); ``nlist`` is picked from the size of the first batch
-  added (about ``2 * sqrt(n)``, a power of two) and the coarse quantiser is trained on a sample of it.
-  ``nprobe`` trades recall for speed.
-- ``"hnsw"``: a graph (``IndexHNSWFlat``); ``ef_search`` trades recall for speed. HNSW cannot delete
+- ``"flat"`` (``Flat``): exact search, computed blockwise with torch matrix products over the
+  stored vectors (faster than FAISS's own flat search on CPU and free of process-global settings).
+- ``"ivf"`` (``IVF<nlist>,Flat``): inverted lists; ``nlist`` is picked from the size of the first
+  batch added (about ``2 * sqrt(n)``, a power of two). ``nprobe`` trades recall for speed.
+- ``"hnsw"`` (``HNSW<m>,Flat``): a graph; ``ef_search`` trades recall for speed. HNSW cannot delete
   vectors, so removed ids are masked at search time with an id selector.
+
+Compressed kinds for large galleries: ``"IVF4096,PQ64"`` (64-byte codes), ``"OPQ64,IVF4096,PQ64"``
+(a learnt rotation first), and ``search(..., rerank=...)`` re-scores the top candidates exactly from
+the full vectors (see `uit_reid.retrieval.shards`). `uit_reid.retrieval.faiss_check.parse_factory`
+names the supported strings.
 
 Ids are int64 numbers or strings (image paths, say); the two cannot be mixed in one index. Internally
 every vector gets a sequential int64 *slot* as its FAISS label; the index keeps the slot -> id map.
@@ -16,17 +22,21 @@ every vector gets a sequential int64 *slot* as its FAISS label; the index keeps 
 Saved form: ``save(path)`` writes ONE file, replaced with one ``os.replace``, so a crash or a kill
 at any instant leaves either the complete old index or the complete new one under ``path``. The file
 is an 8-byte magic, a little-endian uint64 header length, a JSON header (format version, dim, kind,
-parameters, normalisation, encoder fingerprint, user metadata, the slot -> id map, the byte length
-and SHA-256 of the FAISS bytes, and a SHA-256 of the header itself) and the FAISS index bytes
-(``faiss.serialize_index``, never pickle).
+factory string, parameters, normalisation, encoder fingerprint, user metadata, the byte lengths and
+SHA-256 of the id map and of the FAISS bytes, and a SHA-256 of the header itself), the binary id map
+(one live byte per slot, then int64 ids, or uint64 offsets and UTF-8 text for string ids) and the
+FAISS index bytes (``faiss.write_index`` format, never pickle).
 
 Loading checks, in this order and before FAISS sees a byte: the magic and sizes, the header
-checksum, the fields and the id map (unique ids, the right type), the FAISS bytes' checksum, and
-then the FAISS bytes' structure (`uit_reid.retrieval.faiss_check`: one of the three layouts this
-class writes, the header's dimension, every declared size within the file, graph links in range, the
-stored labels exactly the live slots). The checksums catch accidents; the structural checks keep a
-hand-crafted file from making FAISS allocate or read out of bounds. Neither makes the *contents*
-trustworthy: someone who ships you an index decides what it returns.
+checksum, the fields, the id map's checksum and contents (unique ids of the right type, offsets in
+range, valid UTF-8), the FAISS bytes' checksum, and then the FAISS bytes' structure
+(`uit_reid.retrieval.faiss_check`: the layout the header's factory string builds, the header's
+dimension, every declared size within the file, graph links in range, the stored labels exactly the
+live slots). The checksums catch accidents; the structural checks keep a hand-crafted file from
+making FAISS allocate or read out of bounds. Neither makes the *contents* trustworthy: someone who
+ships you an index decides what it returns. With ``load(..., mmap=True)`` the FAISS bytes are checked
+through a read-only memory map and IVF lists stay mapped from the file (``faiss.IO_FLAG_MMAP``), so
+a large index is never read into memory, let alone twice.
 """
 
 from __future__ import annotations
@@ -35,9 +45,10 @@ import hashlib
 import json
 import logging
 import math
+import mmap as mmap_module
 import os
 import struct
-import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +57,21 @@ import numpy as np
 import torch
 
 from uit_reid.io import atomic_write_bytes
-from uit_reid.retrieval.faiss_check import FaissBytesError, check_index_bytes
+from uit_reid.retrieval.faiss_check import FaissBytesError, Layout, check_index_bytes, parse_factory
 
-__all__ = ["FORMAT_VERSION", "GalleryIndex", "IndexFormatError", "default_nlist"]
+__all__ = ["FORMAT_VERSION", "KIND_ALIASES", "GalleryIndex", "IndexFormatError", "default_nlist"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-"""Version of the saved index format (header ``format_version``); 2 is the single-file format."""
+FORMAT_VERSION = 3
+"""Version of the saved index format (header ``format_version``); 3: factory strings, binary id map."""
 _FORMAT_NAME = "uit_reid.GalleryIndex"
 _MAGIC = b"UITGIDX\n"
 _LEN = struct.Struct("<Q")
-_KINDS = ("flat", "ivf", "hnsw")
+KIND_ALIASES = ("flat", "ivf", "hnsw")
+"""Short names for the three uncompressed kinds (any supported FAISS factory string works too)."""
 _FLAT_GALLERY_BLOCK = 16384
-_FLAT_LOCK = threading.Lock()
+_HASH_CHUNK = 1 << 24
 
 
 class IndexFormatError(ValueError):
@@ -83,13 +95,16 @@ class GalleryIndex:
 
     Args:
         dim: feature dimension.
-        kind: ``"flat"`` (exact), ``"ivf"`` or ``"hnsw"``.
+        kind: ``"flat"`` (exact), ``"ivf"``, ``"hnsw"`` or a FAISS factory string such as
+            ``"IVF4096,PQ64"`` or ``"OPQ64,IVF4096,PQ64"`` (`uit_reid.retrieval.faiss_check.parse_factory`).
         fingerprint: optional string naming the encoder that produced the features; stored and
             checked on ``add``, ``search`` and ``load`` so features of different encoders never mix.
-        nlist: IVF list count (default: chosen from the first batch added).
+        nlist: IVF list count of ``kind="ivf"`` (default: chosen from the first batch added; a
+            factory string names its own).
         nprobe: IVF lists visited per query (default ``max(8, nlist // 128)``, at most ``nlist``).
-        train_size: IVF training sample size (default ``min(n, 40 * nlist)``).
-        hnsw_m: HNSW neighbours per node. ``ef_construction`` / ``ef_search``: HNSW beam widths.
+        train_size: IVF training sample size (default ``min(n, max(40 * nlist, 40 * 2**bits))``).
+        hnsw_m: HNSW neighbours per node of ``kind="hnsw"``. ``ef_construction`` / ``ef_search``:
+            HNSW beam widths.
         use_gpu: ``None`` = use faiss-gpu when installed and a GPU is present (flat and ivf only).
 
     ``metadata`` is a dict of JSON values saved with the index (``uit-reid index build`` records
@@ -113,8 +128,17 @@ class GalleryIndex:
     ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        if kind not in _KINDS:
-            raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+        if not isinstance(kind, str):
+            raise ValueError(f"kind must be one of {KIND_ALIASES} or a FAISS factory string, got {kind!r}")
+        if kind not in KIND_ALIASES:
+            try:
+                layout = parse_factory(kind, int(dim))
+            except ValueError as err:
+                raise ValueError(f"kind must be one of {KIND_ALIASES} or a supported FAISS factory string: {err}") from None
+            if layout.kind == "hnsw":
+                hnsw_m = layout.hnsw_m
+            if layout.kind == "ivf":
+                nlist = layout.nlist
         if fingerprint is not None and not isinstance(fingerprint, str):
             raise TypeError(f"fingerprint must be a string or None, got {type(fingerprint).__name__}")
         for name, value in (("nlist", nlist), ("nprobe", nprobe), ("train_size", train_size)):
@@ -127,6 +151,8 @@ class GalleryIndex:
             )
         self.dim = int(dim)
         self.kind = kind
+        self.family = kind if kind in KIND_ALIASES else parse_factory(kind, self.dim).kind
+        """"flat", "ivf" or "hnsw": which search parameters apply (IVF-PQ and OPQ kinds are "ivf")."""
         self.fingerprint = fingerprint
         self.nlist = nlist
         self._nprobe = nprobe
@@ -146,40 +172,69 @@ class GalleryIndex:
         self._gpu_index: Any = None  # search-only GPU copy
         self._table: np.ndarray | None = None  # cached slot -> id array for mapping search results
         self._removed = 0  # slots emptied by remove (HNSW keeps their vectors, masked at search)
+        self._read_only = False  # memory-mapped from a file: searchable, not changeable
         self.metadata: dict[str, Any] = {}
+
+    @property
+    def factory(self) -> str | None:
+        """The FAISS factory string this index is built from (None for ``"ivf"`` before nlist is known)."""
+        if self.kind == "flat":
+            return "Flat"
+        if self.kind == "hnsw":
+            return f"HNSW{self.hnsw_m},Flat"
+        if self.kind == "ivf":
+            return None if self.nlist is None else f"IVF{self.nlist},Flat"
+        return self.kind
+
+    @property
+    def layout(self) -> Layout | None:
+        """The structure of the FAISS index (`faiss_check.Layout`), None until the factory string is known."""
+        return None if self.factory is None else parse_factory(self.factory, self.dim)
 
     # -- construction -------------------------------------------------------------------------
     def _build(self, sample: np.ndarray) -> None:
-        if self.kind == "flat":
-            base = faiss.IndexFlatIP(self.dim)
-        elif self.kind == "hnsw":
-            base = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            base.hnsw.efConstruction = self.ef_construction
-            base.hnsw.efSearch = self._ef_search
-        else:
-            n = sample.shape[0]
-            if self.nlist is None:
-                self.nlist = default_nlist(n)
+        """Create the FAISS index from the factory string and train it on (a sample of) ``sample``."""
+        n = sample.shape[0]
+        if self.kind == "ivf" and self.nlist is None:
+            self.nlist = default_nlist(n)
+        layout = self.layout
+        assert layout is not None
+        base = faiss.index_factory(self.dim, self.factory, faiss.METRIC_INNER_PRODUCT)
+        if layout.kind == "ivf":
             if self.nlist > n:
-                raise ValueError(f"ivf needs at least nlist={self.nlist} vectors to train, got {n}")
+                raise ValueError(f"{self.kind} needs at least nlist={self.nlist} vectors to train, got {n}")
             if self._nprobe is None:
                 self._nprobe = min(self.nlist, max(8, self.nlist // 128))
-            quantizer = faiss.IndexFlatIP(self.dim)
-            base = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
-            base.own_fields = True
-            quantizer.this.disown()
-            size = min(n, self.train_size or 40 * self.nlist)
+            default_size = max(40 * self.nlist, 40 * (1 << layout.pq_bits) if layout.pq_m else 0)
+            size = min(n, self.train_size or default_size)
             rng = np.random.default_rng(self.seed)
             train = sample if size >= n else sample[np.sort(rng.choice(n, size, replace=False))]
-            base.cp.seed = self.seed
-            logger.info("training IVF: nlist=%d on %d of %d vectors", self.nlist, size, n)
+            ivf = faiss.downcast_index(faiss.extract_index_ivf(base))
+            ivf.cp.seed = self.seed
+            if layout.pq_m:
+                ivf.pq.cp.seed = self.seed
+                # the factory turns on polysemous training, which only serves Hamming-distance
+                # filtering (never used here) and took ~40 s of the 47 s a 4,000-vector IVF16,PQ8 took
+                ivf.do_polysemous_training = False
+            logger.info("training %s on %d of %d vectors", self.factory, size, n)
             base.train(train)
-            base.nprobe = self._nprobe
-        index = base if self.kind == "ivf" else faiss.IndexIDMap2(base)
-        if self.kind != "ivf":
+            index = base
+        else:
+            if layout.kind == "hnsw":
+                faiss.downcast_index(base).hnsw.efConstruction = self.ef_construction
+            index = faiss.IndexIDMap2(base)
             index.own_fields = True
             base.this.disown()
         self._index = index
+        self._apply_search_parameters()
+
+    def _apply_search_parameters(self) -> None:
+        """Set nprobe / efSearch on the FAISS index through ``faiss.ParameterSpace``."""
+        if self._index is None or self.family == "flat":
+            return
+        name, value = ("nprobe", self._nprobe) if self.family == "ivf" else ("efSearch", self._ef_search)
+        faiss.ParameterSpace().set_index_parameter(self._index, name, float(value))
+        self._gpu_index = None
 
     def _gpu_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Search a GPU copy of the CPU index (made on first use, dropped on add/remove/nprobe).
@@ -190,12 +245,12 @@ class GalleryIndex:
         if self._gpu_resources is None:
             self._gpu_resources = faiss.StandardGpuResources()
         if self._gpu_index is None:
-            source = faiss.downcast_index(self._index.index) if self.kind == "flat" else self._index
+            source = faiss.downcast_index(self._index.index) if self.family == "flat" else self._index
             self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, source)
-            if self.kind == "ivf":
+            if self.family == "ivf":
                 faiss.GpuParameterSpace().set_index_parameter(self._gpu_index, "nprobe", self._nprobe)
         scores, found = self._gpu_index.search(q, k)
-        if self.kind == "flat":
+        if self.family == "flat":
             labels = faiss.vector_to_array(self._index.id_map)
             found = np.where(found >= 0, labels[np.maximum(found, 0)], -1)
         return scores, found
@@ -204,33 +259,30 @@ class GalleryIndex:
     @property
     def nprobe(self) -> int | None:
         """IVF lists visited per query (None until the IVF is trained, for other kinds always None)."""
-        return self._nprobe if self.kind == "ivf" else None
+        return self._nprobe if self.family == "ivf" else None
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
-        if self.kind != "ivf":
-            raise ValueError(f"nprobe applies to kind='ivf', this index is {self.kind!r}")
+        if self.family != "ivf":
+            raise ValueError(f"nprobe applies to kind='ivf' (and IVF factory strings), this index is {self.kind!r}")
         if value < 1:
             raise ValueError(f"nprobe must be positive, got {value}")
         self._nprobe = int(value)
-        if self._index is not None:
-            self._index.nprobe = self._nprobe
-            self._gpu_index = None
+        self._apply_search_parameters()
 
     @property
     def ef_search(self) -> int | None:
         """HNSW search beam width (None for other kinds)."""
-        return self._ef_search if self.kind == "hnsw" else None
+        return self._ef_search if self.family == "hnsw" else None
 
     @ef_search.setter
     def ef_search(self, value: int) -> None:
-        if self.kind != "hnsw":
+        if self.family != "hnsw":
             raise ValueError(f"ef_search applies to kind='hnsw', this index is {self.kind!r}")
         if value < 1:
             raise ValueError(f"ef_search must be positive, got {value}")
         self._ef_search = int(value)
-        if self._index is not None:
-            faiss.downcast_index(self._index.index).hnsw.efSearch = self._ef_search
+        self._apply_search_parameters()
 
     @property
     def id_type(self) -> str | None:
@@ -240,6 +292,16 @@ class GalleryIndex:
     def __len__(self) -> int:
         return len(self._id_to_slot)
 
+    @property
+    def read_only(self) -> bool:
+        """True when the lists are memory-mapped from the file (``load(..., mmap=True)``): search only."""
+        return self._read_only
+
+    @property
+    def num_slots(self) -> int:
+        """Slots handed out so far (removed ones included): the next vector added gets this slot."""
+        return len(self._slot_ids)
+
     def __contains__(self, id_: object) -> bool:
         return self._key(id_) in self._id_to_slot if self._id_type else False
 
@@ -248,15 +310,15 @@ class GalleryIndex:
         return f"GalleryIndex(dim={self.dim}, kind={self.kind!r}, size={len(self)}, {params})"
 
     def parameters(self) -> dict[str, Any]:
-        """The kind-specific parameters stored in the sidecar."""
-        if self.kind == "ivf":
+        """The kind-specific parameters stored in the file's header."""
+        if self.family == "ivf":
             return {
                 "nlist": self.nlist,
                 "nprobe": self._nprobe,
                 "train_size": self.train_size,
                 "seed": self.seed,
             }
-        if self.kind == "hnsw":
+        if self.family == "hnsw":
             return {"m": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self._ef_search}
         return {}
 
@@ -265,6 +327,10 @@ class GalleryIndex:
         return [i for i in self._slot_ids if i is not None]
 
     # -- input checks ---------------------------------------------------------------------------
+    def _check_writable(self, what: str) -> None:
+        if self._read_only:
+            raise ValueError(f"cannot {what}: this index is memory-mapped read-only; load it with mmap=False to change it")
+
     def _features(self, x: Any, name: str) -> np.ndarray:
         """(n, dim) float32 C-contiguous L2-normalised copy of ``x``."""
         if isinstance(x, torch.Tensor):
@@ -363,8 +429,8 @@ class GalleryIndex:
     # -- operations -----------------------------------------------------------------------------
     def train(self, features: Any) -> None:
         """Train an IVF index on ``features`` (optional: ``add`` trains on its first batch)."""
-        if self.kind != "ivf":
-            raise ValueError(f"train applies to kind='ivf', this index is {self.kind!r}")
+        if self.family != "ivf":
+            raise ValueError(f"train applies to IVF kinds, this index is {self.kind!r}")
         if self._index is not None:
             raise ValueError("the index is already trained")
         self._build(self._features(features, "features"))
@@ -372,6 +438,7 @@ class GalleryIndex:
     def add(self, features: Any, ids: Any, *, fingerprint: str | None = None) -> None:
         """Add (n, dim) ``features`` (torch or numpy, normalised here) under ``ids`` (ints or strings)."""
         self._check_fingerprint(fingerprint, "add")
+        self._check_writable("add")
         x = self._features(features, "features")
         values, kind = self._normalise_ids(ids, x.shape[0])
         if x.shape[0] == 0:
@@ -398,6 +465,7 @@ class GalleryIndex:
             ids = ids.reshape(-1).tolist()
         if isinstance(ids, (str, int, np.integer, float, np.floating)):
             ids = [ids]
+        self._check_writable("remove")
         keys = [self._key(i) for i in ids] if self._id_type else list(ids)
         missing = [k for k in keys if k not in self._id_to_slot]
         if missing:
@@ -405,7 +473,7 @@ class GalleryIndex:
         slots = np.array(sorted({self._id_to_slot[k] for k in keys}), dtype=np.int64)
         if slots.size == 0:
             return 0
-        if self.kind != "hnsw":  # HNSW cannot delete: its removed slots are masked at search time
+        if self.family != "hnsw":  # HNSW cannot delete: its removed slots are masked at search time
             removed = self._index.remove_ids(faiss.IDSelectorBatch(slots))
             self._gpu_index = None
             if removed != slots.size:
@@ -418,7 +486,13 @@ class GalleryIndex:
         return int(slots.size)
 
     def search(
-        self, queries: Any, k: int = 10, *, fingerprint: str | None = None
+        self,
+        queries: Any,
+        k: int = 10,
+        *,
+        fingerprint: str | None = None,
+        rerank: Callable[[np.ndarray], np.ndarray] | None = None,
+        candidates: int = 100,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` cosine matches of each query.
 
@@ -427,6 +501,11 @@ class GalleryIndex:
         Returns ``(scores, ids)``, both (n, min(k, len)): scores float32 descending, ids int64 or, for
         string ids, an object array; an approximate index that finds fewer matches fills the rest
         with ``-1`` (``None``) and ``-inf``.
+
+        ``rerank``: exact re-ranking for compressed kinds. The index proposes ``max(k, candidates)``
+        slots per query; ``rerank(slots)`` returns their full vectors (shape ``slots.shape + (dim,)``,
+        e.g. `uit_reid.retrieval.shards.ShardVectors` over the embedding files the index was built
+        from) and the top ``k`` by exact cosine are returned, with exact scores.
         """
         self._check_fingerprint(fingerprint, "search")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -436,50 +515,80 @@ class GalleryIndex:
         k = min(int(k), len(self))
         if self._index is None or k == 0:
             scores, slots = np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
-        else:
-            params = None
-            refs: tuple[Any, ...] = ()
-            if self.kind == "hnsw":
-                params = faiss.SearchParametersHNSW()
-                params.efSearch = self._ef_search
-                dead = np.flatnonzero(np.array([i is None for i in self._slot_ids])) if self._removed else []
-                if len(dead):
-                    # removed slots are masked; the selectors must outlive the search call
-                    batch = faiss.IDSelectorBatch(dead)
-                    not_dead = faiss.IDSelectorNot(batch)
-                    params.sel = not_dead
-                    refs = (batch, not_dead)
-            scores, slots = self._search_batched(q, k, params)
-            del refs
+            return self._map_results(scores, slots)
+        wanted = k if rerank is None else min(max(k, int(candidates)), len(self))
+        params = None
+        refs: tuple[Any, ...] = ()
+        if self.family == "hnsw":
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = self._ef_search
+            dead = np.flatnonzero(np.array([i is None for i in self._slot_ids])) if self._removed else []
+            if len(dead):
+                # removed slots are masked; the selectors must outlive the search call
+                batch = faiss.IDSelectorBatch(dead)
+                not_dead = faiss.IDSelectorNot(batch)
+                params.sel = not_dead
+                refs = (batch, not_dead)
+        scores, slots = self._search_batched(q, wanted, params)
+        del refs
+        if rerank is not None:
+            scores, slots = self._rerank(q, scores, slots, k, rerank)
         return self._map_results(scores, slots)
 
+    def _rerank(
+        self, q: np.ndarray, scores: np.ndarray, slots: np.ndarray, k: int, vectors: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact cosine of each candidate from its full vector; the top ``k`` of them, descending."""
+        found = slots >= 0
+        full = np.asarray(vectors(np.where(found, slots, 0)), dtype=np.float32)
+        if full.shape != slots.shape + (self.dim,):
+            raise ValueError(f"rerank returned shape {full.shape}, expected {slots.shape + (self.dim,)}")
+        norms = np.linalg.norm(full, axis=-1)
+        exact = np.einsum("qcd,qd->qc", full, q) / np.maximum(norms, 1e-12)
+        exact = np.where(found, exact, -np.inf).astype(np.float32)
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(exact, order, 1), np.take_along_axis(slots, order, 1)
+
     def _search_batched(self, q: np.ndarray, k: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
-        if self.use_gpu and self.kind != "hnsw":
+        if self.use_gpu and self.family != "hnsw":
             return self._gpu_search(q, k)
-        if self.kind == "flat":
+        if self.family == "flat":
             return self._flat_search(q, k)
         if params is None:
             return self._index.search(q, k)
         return self._index.search(q, k, params=params)
 
     def _flat_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact search, always through BLAS and with larger gallery blocks than faiss's defaults.
+        """Exact search as torch matrix products over blocks of the stored vectors, merged top-k.
 
-        faiss 1.15 takes a non-BLAS loop when (queries x dim) is under 128,000 (5x slower than BLAS
-        at 200 x 20k here) and, on the BLAS path, 1,024-row gallery blocks, which made it ~2x slower
-        than 16,384-row blocks at 1M x 512-d with 1,000 queries on 2 cores. These settings are
-        process-global in faiss, so they are changed for this call only.
+        FAISS's own flat search takes a non-BLAS loop for small query batches and 1,024-row gallery
+        blocks (tunable only through process-global settings); a torch matmul over 16,384-row blocks
+        of the vectors FAISS stores (read in place, not copied) was ~3x faster here and changes nothing
+        outside this call. Ties keep the lower slot first.
         """
-        with _FLAT_LOCK:
-            saved = (faiss.cvar.distance_compute_blas_database_bs, faiss.cvar.distance_compute_blas_threshold)
-            faiss.cvar.distance_compute_blas_database_bs = _FLAT_GALLERY_BLOCK
-            faiss.cvar.distance_compute_blas_threshold = 1
-            try:
-                return self._index.search(q, k)
-            finally:
-                (faiss.cvar.distance_compute_blas_database_bs, faiss.cvar.distance_compute_blas_threshold) = (
-                    saved
-                )
+        flat = faiss.downcast_index(self._index.index)
+        total = flat.ntotal
+        xb = faiss.rev_swig_ptr(flat.get_xb(), total * self.dim).reshape(total, self.dim)
+        labels = faiss.rev_swig_ptr(self._index.id_map.data(), total)
+        qt = torch.from_numpy(q)
+        best_s = torch.full((q.shape[0], 0), -torch.inf)
+        best_i = torch.zeros((q.shape[0], 0), dtype=torch.int64)
+        for start in range(0, total, _FLAT_GALLERY_BLOCK):
+            block = torch.from_numpy(xb[start : start + _FLAT_GALLERY_BLOCK])
+            s = qt @ block.T
+            kk = min(k, s.shape[1])
+            top_s, top_i = torch.topk(s, kk, dim=1)
+            best_s = torch.cat([best_s, top_s], 1)
+            best_i = torch.cat([best_i, top_i + start], 1)
+            if best_s.shape[1] > k:
+                # stable order on (score desc, position asc) so ties resolve like a full sort
+                order = np.lexsort((best_i.numpy(), -best_s.numpy()), axis=1)[:, :k]
+                best_s = torch.from_numpy(np.take_along_axis(best_s.numpy(), order, 1))
+                best_i = torch.from_numpy(np.take_along_axis(best_i.numpy(), order, 1))
+        order = np.lexsort((best_i.numpy(), -best_s.numpy()), axis=1)
+        scores = np.take_along_axis(best_s.numpy(), order, 1)
+        positions = np.take_along_axis(best_i.numpy(), order, 1)
+        return scores, np.asarray(labels)[positions].astype(np.int64)
 
     def _map_results(self, scores: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = np.asarray(scores, dtype=np.float32).copy()
@@ -500,26 +609,31 @@ class GalleryIndex:
         path = Path(path)
         if self._index is None:
             raise ValueError("cannot save an empty, untrained index: add features first")
+        self._check_writable("save")
         data = faiss.serialize_index(self._index)
+        id_map = _encode_id_map(self._slot_ids, self._id_type)
         meta = {
             "format": _FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "dim": self.dim,
             "kind": self.kind,
+            "factory": self.factory,
             "metric": "cosine",
             "normalization": "l2",
             "parameters": self.parameters(),
             "fingerprint": self.fingerprint,
             "metadata": self.metadata,
             "id_type": self._id_type,
-            "slot_ids": self._slot_ids,
+            "slots": len(self._slot_ids),
+            "id_map_bytes": len(id_map),
+            "id_map_sha256": hashlib.sha256(id_map).hexdigest(),
             "index_bytes": int(data.nbytes),
             "index_sha256": hashlib.sha256(data).hexdigest(),
             "faiss_version": faiss.__version__,
         }
         meta["header_sha256"] = _header_digest(meta)
         header = json.dumps(meta).encode("utf-8")
-        atomic_write_bytes(path, _MAGIC + _LEN.pack(len(header)) + header, memoryview(data))
+        atomic_write_bytes(path, _MAGIC + _LEN.pack(len(header)) + header, id_map, memoryview(data))
         logger.info("saved %s index with %d items to %s", self.kind, len(self), path)
 
     @classmethod
@@ -530,78 +644,106 @@ class GalleryIndex:
         expected_dim: int | None = None,
         expected_fingerprint: str | None = None,
         use_gpu: bool | None = None,
+        mmap: bool = False,
     ) -> GalleryIndex:
         """Load an index written by `save`, checking it fully before FAISS reads it (module docstring).
 
+        ``mmap=True`` keeps an IVF kind's lists in the file, mapped read-only (the index can then be
+        searched but not changed); other kinds are read into memory either way.
         Raises ``FileNotFoundError`` (no file), `IndexFormatError` (not a GalleryIndex file, truncated,
         edited, corrupted or hand-crafted) or ``ValueError`` (dimension or fingerprint mismatch).
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no index file at {path}")
-        meta, data = _read_file(path)
-        if expected_dim is not None and meta["dim"] != expected_dim:
-            raise ValueError(
-                f"dimension mismatch: index at {path} has dim {meta['dim']}, expected {expected_dim}"
-            )
-        fp = meta["fingerprint"]
-        if expected_fingerprint is not None and fp != expected_fingerprint:
-            raise ValueError(
-                f"encoder fingerprint mismatch: index at {path} was built with {fp!r}, "
-                f"expected {expected_fingerprint!r}"
-            )
-        slot_ids = meta["slot_ids"]
-        live = [s for s, v in enumerate(slot_ids) if v is not None]
-        try:
-            labels = check_index_bytes(data, meta["kind"], meta["dim"])
-        except FaissBytesError as err:
-            raise IndexFormatError(f"index file {path} is not a {meta['kind']} index as saved: {err}") from None
-        expected = np.arange(len(slot_ids)) if meta["kind"] == "hnsw" else np.array(live, dtype=np.int64)
-        if labels.size != expected.size or not np.array_equal(np.sort(labels), expected):
-            raise IndexFormatError(
-                f"index file {path}: its {labels.size} stored vectors do not match the id map's "
-                f"{expected.size} slots (edited or corrupted)"
-            )
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        with open(path, "rb") as fh:
+            before = os.fstat(fh.fileno())
+            meta, slot_ids, offset = _read_head(path, fh, before.st_size)
+            if expected_dim is not None and meta["dim"] != expected_dim:
+                raise ValueError(
+                    f"dimension mismatch: index at {path} has dim {meta['dim']}, expected {expected_dim}"
+                )
+            fp = meta["fingerprint"]
+            if expected_fingerprint is not None and fp != expected_fingerprint:
+                raise ValueError(
+                    f"encoder fingerprint mismatch: index at {path} was built with {fp!r}, "
+                    f"expected {expected_fingerprint!r}"
+                )
+            layout = parse_factory(meta["factory"], meta["dim"])
+            live = [s for s, v in enumerate(slot_ids) if v is not None]
+            if meta["index_bytes"] == 0:
+                raise IndexFormatError(f"index file {path} holds no FAISS bytes")
+            with mmap_module.mmap(fh.fileno(), 0, access=mmap_module.ACCESS_READ) as mapped:
+                view = memoryview(mapped)[offset:]
+                try:
+                    problem, labels = _check_faiss_bytes(view, layout, meta)
+                finally:
+                    view.release()
+            if problem is not None:
+                raise IndexFormatError(f"index file {path} {problem}")
+            expected = np.arange(len(slot_ids)) if layout.kind == "hnsw" else np.array(live, dtype=np.int64)
+            if labels.size != expected.size or not np.array_equal(np.sort(labels), expected):
+                raise IndexFormatError(
+                    f"index file {path}: its {labels.size} stored vectors do not match the id map's "
+                    f"{expected.size} slots (edited or corrupted)"
+                )
+            mapped_lists = mmap and layout.kind == "ivf"
+            reader = faiss.FileIOReader(str(path))
+            skip = np.empty(offset, np.uint8)
+            if reader(faiss.swig_ptr(skip), 1, offset) != offset:
+                raise IndexFormatError(f"index file {path} is truncated")
+            flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mapped_lists else 0
+            index = faiss.read_index(reader, flags)
+            del reader
+            after = os.stat(path)
+            if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
+                raise IndexFormatError(f"index file {path} was replaced while it was loaded: load it again")
         params = dict(meta["parameters"])
         kwargs: dict[str, Any] = {}
-        if meta["kind"] == "ivf":
+        if layout.kind == "ivf":
             kwargs = {k: params.get(k) for k in ("nlist", "nprobe", "train_size")}
             kwargs["seed"] = params.get("seed", 0)
-        elif meta["kind"] == "hnsw":
+        elif layout.kind == "hnsw":
             kwargs = {
-                "hnsw_m": params["m"],
-                "ef_construction": params["ef_construction"],
-                "ef_search": params["ef_search"],
+                "hnsw_m": params.get("m"),
+                "ef_construction": params.get("ef_construction"),
+                "ef_search": params.get("ef_search"),
             }
         try:
             obj = cls(meta["dim"], meta["kind"], fingerprint=fp, use_gpu=use_gpu, **kwargs)
+            if obj.factory != meta["factory"]:
+                raise ValueError(f"kind {meta['kind']!r} does not build {meta['factory']!r}")
         except (TypeError, ValueError) as err:
             raise IndexFormatError(f"index file {path} has invalid parameters: {err}") from None
         obj._id_type = meta["id_type"]
-        obj._slot_ids = list(slot_ids)
+        obj._slot_ids = slot_ids
         obj._id_to_slot = {slot_ids[s]: s for s in live}
         obj._removed = len(slot_ids) - len(live)
         obj.metadata = meta["metadata"]
         obj._index = index
-        if obj.kind == "ivf":
-            obj._index.nprobe = obj._nprobe
+        obj._read_only = mapped_lists
+        obj._apply_search_parameters()
         return obj
 
 
 _REQUIRED = {
     "dim": int,
     "kind": str,
+    "factory": str,
     "parameters": dict,
     "fingerprint": (str, type(None)),
     "metadata": dict,
     "id_type": (str, type(None)),
-    "slot_ids": list,
+    "slots": int,
+    "id_map_bytes": int,
+    "id_map_sha256": str,
     "index_bytes": int,
     "index_sha256": str,
     "normalization": str,
     "header_sha256": str,
 }
+_LIVE_DEAD = 0
+_LIVE = 1
 
 
 def _header_digest(meta: dict[str, Any]) -> str:
@@ -609,28 +751,107 @@ def _header_digest(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _read_file(path: Path) -> tuple[dict[str, Any], memoryview]:
-    """Header and FAISS bytes of a saved index, every field and checksum verified."""
-    raw = path.read_bytes()
-    if raw[: len(_MAGIC)] != _MAGIC:
+def _sha256(data: memoryview) -> str:
+    digest = hashlib.sha256()
+    for start in range(0, len(data), _HASH_CHUNK):
+        digest.update(data[start : start + _HASH_CHUNK])
+    return digest.hexdigest()
+
+
+def _encode_id_map(slot_ids: list[Any], id_type: str | None) -> bytes:
+    """The binary id map: one live byte per slot, then int64 ids or uint64 offsets + UTF-8 text."""
+    n = len(slot_ids)
+    live = np.fromiter((v is not None for v in slot_ids), dtype=np.uint8, count=n)
+    if id_type == "str":
+        encoded = [b"" if v is None else v.encode("utf-8", "surrogatepass") for v in slot_ids]
+        offsets = np.zeros(n + 1, dtype="<u8")
+        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+        return live.tobytes() + offsets.tobytes() + b"".join(encoded)
+    values = np.fromiter((0 if v is None else v for v in slot_ids), dtype="<i8", count=n)
+    return live.tobytes() + values.tobytes()
+
+
+def _decode_id_map(path: Path, raw: bytes, slots: int, id_type: str | None) -> list[Any]:
+    """Parse and check the binary id map: right sizes, live flags 0/1, ids of the type, none twice."""
+    if id_type not in ("int", "str", None):
+        raise IndexFormatError(f"index file {path}: unknown id_type {id_type!r}")
+    if slots < 0 or len(raw) < slots:
+        raise IndexFormatError(f"index file {path}: the id map is shorter than its {slots} slots")
+    live = np.frombuffer(raw, dtype=np.uint8, count=slots)
+    if ((live != _LIVE) & (live != _LIVE_DEAD)).any():
+        raise IndexFormatError(f"index file {path}: the id map's live flags are not 0 or 1")
+    alive = live.astype(bool)
+    body = memoryview(raw)[slots:]
+    if id_type is None:
+        if slots or len(body):
+            raise IndexFormatError(f"index file {path}: unknown id_type None for a non-empty id map")
+        return []
+    if id_type == "int":
+        if len(body) != 8 * slots:
+            raise IndexFormatError(f"index file {path}: the id map holds {len(body)} id bytes for {slots} slots")
+        values = np.frombuffer(body, dtype="<i8")
+        if (values[alive] == -1).any():
+            raise IndexFormatError(f"index file {path}: the id map holds the id -1, which means 'no result'")
+        ids: list[Any] = values.tolist()
+    else:
+        if len(body) < 8 * (slots + 1):
+            raise IndexFormatError(f"index file {path}: the id map's string offsets are truncated")
+        offsets = np.frombuffer(body, dtype="<u8", count=slots + 1).astype(np.int64)
+        text = bytes(body[8 * (slots + 1) :])
+        lengths = np.diff(offsets)
+        if offsets[0] != 0 or (lengths < 0).any() or offsets[-1] != len(text) or (lengths[~alive] != 0).any():
+            raise IndexFormatError(f"index file {path}: the id map's string offsets are out of range")
+        try:
+            ids = [text[a:b].decode("utf-8", "surrogatepass") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+        except UnicodeDecodeError:
+            raise IndexFormatError(f"index file {path}: the id map holds ids that are not str ids (invalid UTF-8)") from None
+    for s in np.flatnonzero(~alive).tolist():
+        ids[s] = None
+    if int(alive.sum()) != len({v for v in ids if v is not None}):
+        raise IndexFormatError(f"index file {path}: the id map names the same id twice (edited or corrupted)")
+    return ids
+
+
+def _check_faiss_bytes(view: memoryview, layout: Layout, meta: dict[str, Any]) -> tuple[str | None, np.ndarray]:
+    """(what is wrong with the FAISS bytes or None, their labels). Returns rather than raises, so no
+    traceback keeps a slice of a memory map alive after the map is closed."""
+    if _sha256(view) != meta["index_sha256"]:
+        return "does not match its checksum (corrupted?)", np.zeros(0, np.int64)
+    try:
+        return None, check_index_bytes(view, layout, meta["dim"])
+    except FaissBytesError as err:
+        message = f"is not a {meta['kind']} index as saved: {err}"
+    return message, np.zeros(0, np.int64)
+
+
+def _read_exact(fh: Any, n: int, path: Path, what: str) -> bytes:
+    data = fh.read(n)
+    if len(data) != n:
+        raise IndexFormatError(f"index file {path} is truncated: its {what} claims {n} bytes")
+    return data
+
+
+def _read_head(path: Path, fh: Any, size: int) -> tuple[dict[str, Any], list[Any], int]:
+    """Header and id map of a saved index (all checked); returns them and the FAISS bytes' offset."""
+    if _read_exact_or_short(fh, len(_MAGIC)) != _MAGIC:
         raise IndexFormatError(
             f"{path} is not a GalleryIndex file (or was saved by an older version: rebuild it)"
         )
     start = len(_MAGIC) + _LEN.size
-    if len(raw) < start:
+    if size < start:
         raise IndexFormatError(f"index file {path} is truncated")
-    (header_len,) = _LEN.unpack_from(raw, len(_MAGIC))
-    if header_len > len(raw) - start:
+    (header_len,) = _LEN.unpack(fh.read(_LEN.size))
+    if header_len > size - start:
         raise IndexFormatError(f"index file {path} is truncated: its header claims {header_len} bytes")
     try:
-        meta = json.loads(raw[start : start + header_len].decode("utf-8"))
+        meta = json.loads(_read_exact(fh, header_len, path, "header").decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise IndexFormatError(f"index file {path} has a header that is not valid JSON: {err}") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT_NAME:
         raise IndexFormatError(f"{path} is not a GalleryIndex file")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise IndexFormatError(f"{path} has format_version {version!r}; this library reads {FORMAT_VERSION}")
+        raise IndexFormatError(f"{path} has format_version {version!r}; this library reads {FORMAT_VERSION}: rebuild it")
     for key, types in _REQUIRED.items():
         if key not in meta:
             raise IndexFormatError(f"index file {path}: header lacks field {key!r}")
@@ -638,29 +859,24 @@ def _read_file(path: Path) -> tuple[dict[str, Any], memoryview]:
             raise IndexFormatError(f"index file {path}: header field {key!r} has the wrong type")
     if meta["header_sha256"] != _header_digest(meta):
         raise IndexFormatError(f"index file {path}: its header does not match its checksum (edited or corrupted)")
-    if meta["kind"] not in _KINDS or meta["dim"] < 1 or meta["normalization"] != "l2":
+    if meta["dim"] < 1 or meta["normalization"] != "l2":
         raise IndexFormatError(f"index file {path}: unsupported kind, dim or normalization in its header")
-    _check_slot_ids(path, meta["slot_ids"], meta["id_type"])
-    data = memoryview(raw)[start + header_len :]
-    if len(data) != meta["index_bytes"]:
+    try:
+        parse_factory(meta["factory"], meta["dim"])
+    except ValueError as err:
+        raise IndexFormatError(f"index file {path}: unsupported kind in its header: {err}") from None
+    left = size - start - header_len
+    if meta["id_map_bytes"] < 0 or meta["index_bytes"] < 0 or meta["id_map_bytes"] + meta["index_bytes"] != left:
         raise IndexFormatError(
-            f"index file {path} is truncated or replaced: {len(data)} index bytes, header says {meta['index_bytes']}"
+            f"index file {path} is truncated or replaced: {left} bytes after the header, the header says "
+            f"{meta['id_map_bytes']} + {meta['index_bytes']}"
         )
-    if hashlib.sha256(data).hexdigest() != meta["index_sha256"]:
-        raise IndexFormatError(f"index file {path} does not match its checksum (corrupted?)")
-    return meta, data
+    raw = _read_exact(fh, meta["id_map_bytes"], path, "id map")
+    if hashlib.sha256(raw).hexdigest() != meta["id_map_sha256"]:
+        raise IndexFormatError(f"index file {path}: its id map does not match its checksum (edited or corrupted)")
+    slot_ids = _decode_id_map(path, raw, meta["slots"], meta["id_type"])
+    return meta, slot_ids, start + header_len + meta["id_map_bytes"]
 
 
-def _check_slot_ids(path: Path, slot_ids: list[Any], id_type: str | None) -> None:
-    """The id map: all ids of the declared type, no id twice."""
-    live = [v for v in slot_ids if v is not None]
-    if id_type not in ("int", "str", None) or (id_type is None and live):
-        raise IndexFormatError(f"index file {path}: unknown id_type {id_type!r}")
-    if id_type == "int":
-        ok = all(isinstance(v, int) and not isinstance(v, bool) and v != -1 and -(2**63) <= v < 2**63 for v in live)
-    else:
-        ok = all(isinstance(v, str) for v in live)
-    if not ok:
-        raise IndexFormatError(f"index file {path}: the id map holds ids that are not {id_type} ids")
-    if len(set(live)) != len(live):
-        raise IndexFormatError(f"index file {path}: the id map names the same id twice (edited or corrupted)")
+def _read_exact_or_short(fh: Any, n: int) -> bytes:
+    return fh.read(n)

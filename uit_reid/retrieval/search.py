@@ -28,6 +28,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "Hit",
     "build_index_from_folder",
+    "encode_image_files",
     "encode_image_folder",
     "list_images",
     "render_results",
@@ -116,46 +117,44 @@ def _collate_readable(items: list[tuple[int, torch.Tensor | None]]) -> tuple[lis
 
 
 @torch.no_grad()
-def encode_image_folder(
-    folder: str | os.PathLike[str],
+def encode_image_files(
+    files: Sequence[str | os.PathLike[str]],
     image_encoder: Callable[[torch.Tensor], torch.Tensor],
     transform: Callable[[Image.Image], torch.Tensor],
     batch_size: int = 64,
-    extensions: Iterable[str] = IMAGE_EXTENSIONS,
     device: str | torch.device | None = None,
     progress: bool = True,
     image_size: Sequence[int] | None = None,
     num_workers: int = 0,
+    desc: str = "encoding images",
 ) -> tuple[np.ndarray, list[str], list[str]]:
-    """Encode every image under ``folder`` in batches.
+    """Encode the images ``files`` in batches, in order; unreadable ones are skipped (and logged).
 
     Images are decoded and transformed by a `DataLoader` with ``num_workers`` worker processes
     (``0``: in this process), so decoding overlaps encoding; batches go to ``device`` from pinned
     memory with non-blocking copies when it is a GPU. ``image_size`` (height, width), when given, is
     the smallest size ``transform`` needs: large files are then decoded at a reduced size (see
     `uit_reid.images.load_image`). Returns ``(features, paths, skipped)``: float32 (N, D) features
-    of the readable images, their paths (as strings, sorted) and the paths that could not be read
-    (skipped, and logged).
+    of the readable images (``(0, 0)`` when none was), their paths as strings and the paths that
+    could not be read.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
-    files = list_images(folder, extensions)
-    if not files:
-        raise ValueError(f"no images with extensions {tuple(extensions)} under {folder}")
+    files = [Path(f) for f in files]
     target = torch.device(device) if device is not None else None
     loader = torch.utils.data.DataLoader(
         _FolderImages(files, transform, image_size),
         batch_size=batch_size,
-        num_workers=num_workers,
+        num_workers=num_workers if files else 0,
         collate_fn=_collate_readable,
         pin_memory=target is not None and target.type == "cuda",
     )
     feats: list[np.ndarray] = []
     paths: list[str] = []
     skipped: list[str] = []
-    with tqdm(total=len(files), desc="encoding images", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(files), desc=desc, unit="img", disable=not progress) as bar:
         for indices, x, unreadable in loader:
             skipped.extend(str(files[i]) for i in unreadable)
             bar.update(len(indices) + len(unreadable))
@@ -169,11 +168,39 @@ def encode_image_folder(
                 raise ValueError(f"image_encoder must return a ({x.shape[0]}, D) tensor, got {shape}")
             feats.append(out.detach().float().cpu().numpy())
             paths.extend(str(files[i]) for i in indices)
+    if not feats:
+        return np.zeros((0, 0), np.float32), paths, skipped
+    return np.concatenate(feats, axis=0).astype(np.float32, copy=False), paths, skipped
+
+
+def encode_image_folder(
+    folder: str | os.PathLike[str],
+    image_encoder: Callable[[torch.Tensor], torch.Tensor],
+    transform: Callable[[Image.Image], torch.Tensor],
+    batch_size: int = 64,
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    image_size: Sequence[int] | None = None,
+    num_workers: int = 0,
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Encode every image under ``folder`` (`list_images`) with `encode_image_files`.
+
+    Returns ``(features, paths, skipped)``: float32 (N, D) features of the readable images, their
+    paths (as strings, sorted) and the paths that could not be read (skipped, and logged).
+    """
+    files = list_images(folder, extensions)
+    if not files:
+        raise ValueError(f"no images with extensions {tuple(extensions)} under {folder}")
+    feats, paths, skipped = encode_image_files(
+        files, image_encoder, transform, batch_size=batch_size, device=device, progress=progress,
+        image_size=image_size, num_workers=num_workers,
+    )
     if skipped:
         logger.warning("skipped %d unreadable image(s) of %d under %s", len(skipped), len(files), folder)
-    if not feats:
+    if not paths:
         raise ValueError(f"none of the {len(files)} images under {folder} could be read")
-    return np.concatenate(feats, axis=0).astype(np.float32, copy=False), paths, skipped
+    return feats, paths, skipped
 
 
 def build_index_from_folder(

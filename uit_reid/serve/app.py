@@ -108,7 +108,11 @@ class Stats(BaseModel):
     """The figures of `GET /stats` (it documents the route's answer; the route does not filter through it)."""
 
     index_size: int = Field(description="number of images in the gallery index")
-    index_kind: str = Field(description="the FAISS index type")
+    index_kind: str = Field(description="the index kind (flat, ivf, hnsw or a FAISS factory string)")
+    index_mmap: bool = Field(description="whether the index's lists are memory-mapped from its file (IVF kinds)")
+    resident_memory_mb: float | None = Field(
+        description="the service process's resident memory (RSS) in MiB, mapped index pages in use included "
+        "(null where the platform does not report it)")
     model_fingerprint: str | None = Field(description="fingerprint of the text encoder the index was built with")
     queries_served: int = Field(description="queries answered since start")
     search_requests: int = Field(description="search requests answered since start (one may hold several queries)")

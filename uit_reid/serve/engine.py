@@ -9,6 +9,7 @@ that ``/stats`` reports.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,17 @@ import torch
 from uit_reid.retrieval import GalleryIndex
 from uit_reid.serve.batcher import MicroBatcher
 
-__all__ = ["RankedHit", "SearchEngine"]
+__all__ = ["RankedHit", "SearchEngine", "resident_memory_mb"]
+
+
+def resident_memory_mb() -> float | None:
+    """This process's resident set size in MiB (Linux ``/proc/self/statm``), None elsewhere."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,8 @@ class SearchEngine:
         return {
             "index_size": len(self.index),
             "index_kind": self.index.kind,
+            "index_mmap": self.index.read_only,
+            "resident_memory_mb": resident_memory_mb(),
             "model_fingerprint": self.fingerprint,
             "queries_served": served,
             "search_requests": requests,

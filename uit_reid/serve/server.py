@@ -29,9 +29,12 @@ def build_service(
     max_batch: int = 64,
     max_wait: float = 0.002,
     thumb_size: tuple[int, int] = (256, 128),
+    mmap: bool | None = None,
 ):
     """The app for ``index_path`` searched with the model at ``checkpoint``.
 
+    ``mmap``: map the index's lists from its file instead of reading them (default: yes for IVF
+    kinds, whose lists are most of the file; other kinds are read either way).
     Raises ValueError when the index was built with another model (its fingerprint differs).
     """
     from uit_reid.factory import load_model
@@ -40,7 +43,7 @@ def build_service(
     fingerprint = model.encoder.fingerprint()
     index_path = Path(index_path)
     try:
-        index = GalleryIndex.load(index_path, expected_fingerprint=fingerprint)
+        index = GalleryIndex.load(index_path, expected_fingerprint=fingerprint, mmap=mmap is not False)
     except ValueError as err:
         if "fingerprint" not in str(err):
             raise

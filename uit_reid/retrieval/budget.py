@@ -1,0 +1,85 @@
+"""Pick an index kind under a memory budget, the way autofaiss does, as small named functions.
+
+autofaiss itself is not a dependency: version 2.18.0 (checked) requires ``numpy<2`` and
+``faiss-cpu``, while this library runs on numpy 2 and may be used with faiss-gpu, and its defaults
+(up to 2**16 IVF lists, 4-bit fast-scan PQ) do not suit a small CPU. The rules here are the same in
+spirit: exact search while it fits, otherwise IVF with `default_nlist` lists (about ``2 * sqrt(n)``, capped at 4096 for a small CPU), with full
+vectors if they fit and product-quantised codes as large as the budget allows if not, and an OPQ
+rotation in front of strong compression. `index_memory` is the arithmetic the docs' table uses.
+"""
+
+from __future__ import annotations
+
+import re
+
+from uit_reid.retrieval.faiss_check import parse_factory
+from uit_reid.retrieval.index import default_nlist
+
+__all__ = ["FLAT_LIMIT", "choose_kind", "index_memory", "parse_bytes"]
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
+_ID_BYTES = 8  # FAISS stores one int64 label per vector
+_ID_MAP_BYTES = 9  # our id map: a live byte and an int64 (string ids cost their length instead)
+FLAT_LIMIT = 1_000_000
+"""Largest gallery `choose_kind` searches exactly: above it exact search costs seconds per query batch."""
+
+
+def parse_bytes(text: str) -> int:
+    """``"4GB"``, ``"512MiB"``, ``"1e9"``-free plain sizes: a byte count, or ValueError naming the text."""
+    match = _SIZE.fullmatch(str(text))
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"cannot read {text!r} as a size: use a number with B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")
+    value = int(float(match.group(1)) * _UNITS[unit])
+    if value < 1:
+        raise ValueError(f"size {text!r} must be positive")
+    return value
+
+
+def index_memory(factory: str, n: int, dim: int) -> int:
+    """Bytes a `GalleryIndex` of ``n`` vectors of ``dim`` takes in memory (FAISS structures + id map)."""
+    layout = parse_factory(factory, dim)
+    ids = n * (_ID_BYTES + _ID_MAP_BYTES)
+    if layout.kind == "flat":
+        return n * dim * 4 + ids
+    if layout.kind == "hnsw":
+        links = n * layout.hnsw_m * 2 * 4 * 1.1  # level 0 has 2m links; upper levels add ~10%
+        return int(n * dim * 4 + links + n * 12 + ids)
+    code = dim * 4 if not layout.pq_m else layout.code_size
+    tables = layout.nlist * dim * 4
+    if layout.pq_m:
+        tables += dim * (1 << layout.pq_bits) * 4
+    if layout.opq_m:
+        tables += dim * dim * 4
+    return int(n * code + ids + tables)
+
+
+def choose_kind(n: int, dim: int, budget: int, max_nlist: int = 4096) -> str:
+    """The most accurate supported factory string whose `index_memory` fits ``budget`` bytes.
+
+    Exact (``Flat``) up to `FLAT_LIMIT` vectors; then ``IVF<nlist>,Flat``; then ``IVF<nlist>,PQ<m>``
+    with the largest ``m`` (a divisor of ``dim``, one byte per sub-vector) that fits, with ``OPQ<m>``
+    in front when ``m <= dim / 8``. ``max_nlist`` caps the list count: IVF training and assignment
+    cost grow with it, and 4096 lists train in minutes on 2 cores. ValueError when even 8-byte codes
+    do not fit.
+    """
+    if n < 1 or dim < 1 or budget < 1:
+        raise ValueError(f"n, dim and budget must be positive, got {n}, {dim}, {budget}")
+    if n <= FLAT_LIMIT and index_memory("Flat", n, dim) <= budget:
+        return "Flat"
+    nlist = min(default_nlist(n), max_nlist)
+    factory = f"IVF{nlist},Flat"
+    if index_memory(factory, n, dim) <= budget:
+        return factory
+    for m in sorted((m for m in range(8, dim + 1) if dim % m == 0 and m <= 256), reverse=True):
+        factory = f"IVF{nlist},PQ{m}"
+        if m * 8 <= dim:
+            factory = f"OPQ{m},{factory}"
+        if index_memory(factory, n, dim) <= budget:
+            return factory
+    raise ValueError(
+        f"{n} vectors of dimension {dim} do not fit in {budget} bytes even as 8-byte PQ codes "
+        f"(need {index_memory(f'IVF{nlist},PQ8', n, dim)} bytes)"
+    )

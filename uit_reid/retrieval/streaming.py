@@ -1,0 +1,115 @@
+"""Indexes from embedding shards: built and extended one shard at a time, re-ranked from the shards.
+
+Memory stays bounded by the index plus one shard (and the IVF training sample): vectors are read
+from the memory-mapped ``.npy`` files shard by shard, never all at once. Slots are given in shard
+order, so the index's ``metadata["embeddings"]`` (one entry per folder added: its path, first slot
+and row count) maps every slot back to its row in the files, which is what `ShardVectors` uses for
+exact re-ranking.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from uit_reid.retrieval.index import GalleryIndex, default_nlist
+from uit_reid.retrieval.shards import EmbeddingShards
+
+__all__ = ["ShardVectors", "add_shards", "build_index_from_shards", "training_sample"]
+
+logger = logging.getLogger(__name__)
+
+
+def training_sample(shards: EmbeddingShards, size: int, seed: int = 0) -> np.ndarray:
+    """``size`` rows (float32) drawn without replacement from all shards, in row order."""
+    n = len(shards)
+    rows = np.arange(n) if size >= n else np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+    return shards.rows_of(rows)
+
+
+def build_index_from_shards(
+    shards: EmbeddingShards,
+    kind: str = "flat",
+    *,
+    train_size: int | None = None,
+    progress: bool = True,
+    **index_kwargs: Any,
+) -> GalleryIndex:
+    """A new `GalleryIndex` over every vector of ``shards`` (ids: their ``image_path``), streamed.
+
+    IVF kinds are trained first on a sample across all shards (``train_size`` rows; default
+    ``max(40 * nlist, 40 * 2**bits)``), then the shards are added in order.
+    """
+    if len(shards) == 0:
+        raise ValueError(f"{shards.folder} holds no vectors")
+    if kind == "ivf" and index_kwargs.get("nlist") is None:
+        index_kwargs["nlist"] = default_nlist(len(shards))
+    index = GalleryIndex(shards.dim, kind, fingerprint=shards.fingerprint, train_size=train_size, **index_kwargs)
+    layout = index.layout
+    if layout is not None and layout.kind == "ivf":
+        size = train_size or max(40 * layout.nlist, 40 * (1 << layout.pq_bits) if layout.pq_m else 0)
+        index.train(training_sample(shards, size, index.seed))
+    add_shards(index, shards, progress=progress)
+    return index
+
+
+def add_shards(index: GalleryIndex, shards: EmbeddingShards, *, progress: bool = True) -> None:
+    """Append every vector of ``shards`` to ``index`` (trained already, or trained by its first shard).
+
+    The shards' encoder fingerprint must match the index's. Records the folder in
+    ``index.metadata["embeddings"]`` so `ShardVectors` can find the full vectors of each slot.
+    """
+    if len(shards) == 0:
+        raise ValueError(f"{shards.folder} holds no vectors")
+    first = index.num_slots
+    for n in tqdm(range(shards.num_shards), desc="adding shards", unit="shard", disable=not progress):
+        if shards.rows[n]:
+            index.add(np.asarray(shards.vectors(n), dtype=np.float32), shards.ids(n), fingerprint=shards.fingerprint)
+    entries = list(index.metadata.get("embeddings", []))
+    entries.append({"folder": str(shards.folder.resolve()), "first_slot": first, "rows": len(shards)})
+    index.metadata["embeddings"] = entries
+    logger.info("added %d vectors from %s (index now %d)", len(shards), shards.folder, len(index))
+
+
+class ShardVectors:
+    """Slots of an index -> their full vectors from the embedding shards it was built from (for re-ranking).
+
+    Args:
+        index: an index built by `build_index_from_shards` / `add_shards`.
+        folders: the embedding folders, in the order they were added; default: the folders the
+            index records (give them explicitly for an index file you did not build yourself).
+    """
+
+    def __init__(self, index: GalleryIndex, folders: Sequence[str | os.PathLike[str]] | None = None) -> None:
+        entries = index.metadata.get("embeddings")
+        if not isinstance(entries, list) or not entries:
+            raise ValueError("this index records no embedding folders: it was not built from embedding shards")
+        if folders is None:
+            folders = [e.get("folder") for e in entries if isinstance(e, dict)]
+        if len(folders) != len(entries):
+            raise ValueError(f"the index was built from {len(entries)} embedding folders, {len(folders)} given")
+        self.parts: list[tuple[int, EmbeddingShards]] = []
+        for entry, folder in zip(entries, folders):
+            shards = EmbeddingShards(Path(folder))
+            if not isinstance(entry, dict) or entry.get("rows") != len(shards):
+                raise ValueError(f"embedding folder {folder} holds {len(shards)} vectors, the index recorded "
+                                 f"{entry.get('rows') if isinstance(entry, dict) else entry!r}")
+            if shards.dim != index.dim:
+                raise ValueError(f"embedding folder {folder} has dimension {shards.dim}, the index {index.dim}")
+            self.parts.append((int(entry["first_slot"]), shards))
+        self.dim = index.dim
+
+    def __call__(self, slots: np.ndarray) -> np.ndarray:
+        slots = np.asarray(slots, dtype=np.int64)
+        out = np.zeros(slots.shape + (self.dim,), np.float32)
+        for first, shards in self.parts:
+            inside = (slots >= first) & (slots < first + len(shards))
+            if inside.any():
+                out[inside] = shards.rows_of(slots[inside] - first)
+        return out
