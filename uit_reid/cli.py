@@ -295,7 +295,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     pretrained = load_config(args.config).model.pretrained
-    start = "random init" if pretrained == "none" else f"zero-shot, {pretrained} weights"
+    start = "random init" if pretrained in (None, "none") else f"zero-shot, {pretrained} weights"
     metrics = run_demo(out, quick=args.quick, device=_device(args.device), config=args.config)
     rows = {f"before training ({start})": metrics["zero_shot"], "trained": metrics["fine_tuned"]}
     print(metrics_table(rows, label="test (t2i)", keys=DEMO_COLUMNS))

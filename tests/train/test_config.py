@@ -21,7 +21,7 @@ def test_bundled_configs_load(name: str) -> None:
     elif name == "demo_uit":
         assert config.model.pretrained == "synthetic" and config.synthetic.generate
     else:  # make demo: from random init with InfoNCE (docs/demo.md says why)
-        assert config.model.pretrained == "none" and config.loss.itc > 0 and config.synthetic.generate
+        assert config.model.pretrained is None and config.loss.itc > 0 and config.synthetic.generate
 
 
 def test_demo_config_fine_tunes_with_all_four_uit_losses(tiny_dataset, tmp_path) -> None:
