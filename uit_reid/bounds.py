@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_SIZES", "check_image_size", "check_int", "check_model_cfg", "check_number",
+__all__ = ["MAX_SIZES", "check_image_size", "check_int", "check_model_cfg", "check_number", "check_torch_zip",
            "check_weights_hold", "clip_parameter_count"]
 
 # far beyond any CLIP that exists (ViT-bigG: width 1664, 48 layers), far below what breaks a machine
@@ -120,3 +120,24 @@ def check_weights_hold(parameters: int, weights: str | os.PathLike[str], field: 
         raise ValueError(
             f"{field}: its sizes declare about {parameters:,} parameters ({parameters * 2 / 2**30:.1f} GiB even "
             f"in half precision), but {path} has only {size:,} bytes; refusing to build it")
+
+
+def check_torch_zip(path: str | os.PathLike[str], slack: int = 16 << 20) -> None:
+    """Refuse a torch zip file whose entries would inflate to far more than the file's own size.
+
+    ``torch.save`` stores tensors uncompressed, so a real checkpoint inflates to about its size; a
+    1 MB file that declares 1 GiB is a zip bomb. Read from the zip's directory, before inflating.
+    Files that are not zips are left to the loader.
+    """
+    import zipfile
+
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return
+    if inflated > 4 * size + slack:
+        raise ValueError(f"{path}: its zip entries declare {inflated:,} bytes once inflated, "
+                         f"{inflated / max(size, 1):,.0f}x the file's {size:,}; refusing to inflate it (a zip bomb?)")
