@@ -27,7 +27,7 @@ from uit_reid.device import amp_dtype, autocast, resolve_device
 from uit_reid.distributed import init_from_torchrun, is_distributed, rank, world_size
 from uit_reid.evaluation import evaluate_model
 from uit_reid.factory import build_model
-from uit_reid.io import atomic_write_text
+from uit_reid.io import FolderLock, atomic_write_text
 from uit_reid.model import UITModel
 from uit_reid.train import checkpoint as ckpt
 from uit_reid.train.config import TrainConfig
@@ -42,6 +42,11 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped before the optimiser step."""
+
+
+def _is_launch_rank_zero() -> bool:
+    """Rank 0 of a torchrun launch (or a single process), before the process group exists."""
+    return rank() == 0 if is_distributed() else int(os.environ.get("RANK", "0")) == 0
 
 
 class Trainer:
@@ -60,7 +65,15 @@ class Trainer:
     ) -> None:
         self.config = config
         self.run_dir = Path(config.train.output_dir)
-        ckpt.check_run_dir(self.run_dir, bool(resume), overwrite)  # before any rank writes anything
+        # one run per folder: a second process started into it (even at the same instant) refuses here
+        self._lock = FolderLock(self.run_dir, "uit-reid train run") if _is_launch_rank_zero() else None
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            ckpt.check_run_dir(self.run_dir, bool(resume), overwrite)  # before any rank writes anything
+        except BaseException:
+            self._release_lock()
+            raise
         self._saved_step: int | None = None  # step of the last checkpoint written or resumed from
         self._setup_process()
         self.dataset = self._load_dataset() if dataset is None else dataset
@@ -169,10 +182,17 @@ class Trainer:
         self.model.train()
         progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
         window = LossWindow()
-        while self.step < self.total_steps and self.epoch < self.config.train.epochs:
-            self._train_epoch(progress, window)
-        progress.close()
-        return self._finish()
+        try:
+            while self.step < self.total_steps and self.epoch < self.config.train.epochs:
+                self._train_epoch(progress, window)
+            progress.close()
+            return self._finish()
+        finally:
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def _train_epoch(self, progress: tqdm, window: LossWindow) -> None:
         """The rest of the current epoch (all of it unless resumed mid-epoch), then its evaluation."""

@@ -1,0 +1,81 @@
+"""One run per folder (issue 20, finding 9): `FolderLock` and two real `uit-reid train` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from uit_reid.io import LOCK_NAME, FolderInUseError, FolderLock
+from uit_reid.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+HOLD = ("import sys, time\nfrom uit_reid.io import FolderLock\n"
+        "lock = FolderLock(sys.argv[1], 'test holder').acquire()\nprint('held', flush=True)\ntime.sleep(120)\n")
+
+
+def hold_in_child(folder: Path) -> subprocess.Popen:
+    child = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True, env=ENV)
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_a_second_holder_is_refused_naming_the_first_and_a_kill_frees_the_folder(tmp_path) -> None:
+    folder = tmp_path / "out"
+    child = hold_in_child(folder)
+    try:
+        with pytest.raises(FolderInUseError) as exc:
+            FolderLock(folder, "index build").acquire()
+        message = str(exc.value)
+        assert message.startswith(f"{folder} is in use by another index build (pid {child.pid} on ")
+        assert message.endswith("; wait for it to finish or choose another folder") and "-c" in message
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    assert (folder / LOCK_NAME).exists()  # a kill -9 leaves the file, but not the lock
+    with FolderLock(folder, "index build") as lock:
+        assert lock.held and str(os.getpid()) in (folder / LOCK_NAME).read_text()
+    assert not (folder / LOCK_NAME).exists() and not lock.held
+
+
+def test_the_lock_file_does_not_make_a_folder_look_used(tmp_path) -> None:
+    from uit_reid.checkpoint import check_run_dir
+
+    with FolderLock(tmp_path / "run", "uit-reid train run"):
+        check_run_dir(tmp_path / "run", resume=False, overwrite=False)  # only the lock file: still empty
+
+
+def test_two_train_runs_into_one_fresh_folder(tiny_dataset, tmp_path, config_dict) -> None:
+    """The second process refuses at once, naming the first; the first runs on undisturbed."""
+    run_dir = tmp_path / "run"
+    config = tmp_path / "long.toml"
+    config.write_text(TrainConfig.from_dict(config_dict(tiny_dataset, run_dir, max_steps=4000, epochs=1000)).to_toml())
+    command = [sys.executable, "-m", "uit_reid.cli", "train", "--config", str(config)]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and first.poll() is None:
+            lock = run_dir / LOCK_NAME
+            if lock.exists() and f"pid {first.pid} " in lock.read_text():
+                break
+            time.sleep(0.1)
+        assert first.poll() is None, first.stderr.read()
+        start = time.monotonic()
+        second = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=120)
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines()[-1].startswith(
+            f"uit-reid: error: {run_dir} is in use by another uit-reid train run (pid {first.pid} on ")
+        assert time.monotonic() - start < 60  # at once: before any data or model is loaded
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()
+        first.wait(30)
+    # the first was killed mid-run: its folder is free again for --overwrite (no stale lock)
+    with FolderLock(run_dir, "uit-reid train run"):
+        pass
