@@ -84,10 +84,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from uit_reid.convert import convert_checkpoint
+    from uit_reid.io import check_writable
+    from uit_reid.model import CONFIG_NAME, WEIGHTS_NAME
+    from uit_reid.model_card import MODEL_CARD_NAME
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise CLIError(f"{out} already exists and is not empty; pass --force to write the model files into it")
+    source = Path(args.checkpoint).resolve()
+    for name in (WEIGHTS_NAME, CONFIG_NAME, MODEL_CARD_NAME):
+        if (out / name).resolve() == source or source.is_relative_to((out / name).resolve()):
+            raise CLIError(f"--out {out} would replace the input {args.checkpoint} with its {name}; choose another --out")
+    check_writable(out / CONFIG_NAME)  # before the conversion, not after it
     model = convert_checkpoint(
         args.checkpoint, format=args.format, image_size=args.image_size, stride=args.stride, model_name=args.model
     )
