@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from uit_reid.bounds import check_torch_zip
 from uit_reid.distributed import is_distributed, world_size
-from uit_reid.io import atomic_torch_save, folder_contents
+from uit_reid.io import atomic_torch_save, folder_contents, remove_stale_temp_files
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -148,6 +148,7 @@ def save_checkpoint(path: str | os.PathLike, **state: Any) -> Path:
             os.replace(link, prev)
         except OSError as err:  # no hard links here: keep going without a previous checkpoint
             logger.debug("could not keep the previous checkpoint %s: %s", prev, err)
+    remove_stale_temp_files(Path(path).parent, Path(path).name)  # an earlier save killed mid-write
     atomic_torch_save({"version": CHECKPOINT_VERSION, **state}, path)
     logger.debug("checkpoint written to %s", path)
     return path

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import fcntl
 import io
+import logging
 import os
 import socket
 import sys
@@ -16,8 +17,10 @@ from typing import Any
 
 import torch
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["LOCK_NAME", "FolderInUseError", "FolderLock", "atomic_torch_save", "atomic_write_bytes",
-           "atomic_write_text", "check_writable", "folder_contents"]
+           "atomic_write_text", "check_writable", "folder_contents", "remove_stale_temp_files"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -49,6 +52,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview, *more:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, name: str = "*") -> list[Path]:
+    """Delete the temporary files `atomic_write_bytes` left in ``folder`` (for targets ``name``) when
+    killed mid-write; returns them. Only for folders this process holds (a `FolderLock`), where no
+    other writer can be mid-write."""
+    removed = []
+    for tmp in Path(folder).glob(f".{name}.*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    if removed:
+        logger.info("removed %d temporary file(s) a killed write left in %s", len(removed), folder)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

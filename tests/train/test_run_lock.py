@@ -79,3 +79,39 @@ def test_two_train_runs_into_one_fresh_folder(tiny_dataset, tmp_path, config_dic
     # the first was killed mid-run: its folder is free again for --overwrite (no stale lock)
     with FolderLock(run_dir, "uit-reid train run"):
         pass
+
+
+def _leftover(folder: Path, target: str) -> Path:
+    """A temporary file named as `atomic_write_bytes` names them, as a kill mid-write leaves it."""
+    import tempfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target}.", suffix=".tmp", dir=folder)
+    os.write(fd, b"\0" * (1 << 20))
+    os.close(fd)
+    return Path(tmp)
+
+
+def test_temp_files_of_killed_saves_are_removed_on_the_next_save(tmp_path) -> None:
+    from uit_reid.checkpoint import load_checkpoint, save_checkpoint
+
+    stale = _leftover(tmp_path, "last.pt")
+    other = _leftover(tmp_path, "metrics.json")  # another target's: left to that target's writer
+    save_checkpoint(tmp_path / "last.pt", step=3)
+    assert not stale.exists() and other.exists()
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
+
+
+def test_a_run_start_removes_the_temp_files_a_killed_run_left(tiny_dataset, tmp_path, config_dict) -> None:
+    from uit_reid.train import Trainer
+
+    run_dir = tmp_path / "run"
+    stale = [_leftover(run_dir, "last.pt"), _leftover(run_dir / "best", "model.safetensors"),
+             _leftover(run_dir, "metrics.json")]
+    (run_dir / "notes.txt").write_text("the user's")
+    trainer = Trainer(TrainConfig.from_dict(config_dict(tiny_dataset, run_dir, max_steps=1)), overwrite=True)
+    try:
+        assert [p for p in stale if p.exists()] == []
+        assert (run_dir / "notes.txt").read_text() == "the user's"  # only our own temporary names
+    finally:
+        trainer._release_lock()

@@ -27,7 +27,7 @@ from uit_reid.device import amp_dtype, autocast, resolve_device
 from uit_reid.distributed import init_from_torchrun, is_distributed, rank, world_size
 from uit_reid.evaluation import evaluate_model
 from uit_reid.factory import build_model
-from uit_reid.io import FolderLock, atomic_write_text
+from uit_reid.io import FolderLock, atomic_write_text, remove_stale_temp_files
 from uit_reid.model import UITModel
 from uit_reid.train import checkpoint as ckpt
 from uit_reid.train.config import TrainConfig
@@ -74,6 +74,10 @@ class Trainer:
         except BaseException:
             self._release_lock()
             raise
+        if self._lock is not None:  # what a killed run's writes left behind: nobody else writes here
+            for folder in (self.run_dir, self.run_dir / "best", self.run_dir / "last"):
+                if folder.is_dir():
+                    remove_stale_temp_files(folder)
         self._saved_step: int | None = None  # step of the last checkpoint written or resumed from
         self._setup_process()
         self.dataset = self._load_dataset() if dataset is None else dataset
