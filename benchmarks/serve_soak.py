@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-from serve import build_gallery, queries  # noqa: E402  (benchmarks/serve.py)
+from serve import build_gallery, queries, read_answer  # noqa: E402  (benchmarks/serve.py)
 
 from uit_reid.serve.process import free_port, serve_command  # noqa: E402
 
@@ -86,16 +86,6 @@ def rss_mb(pid: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------- clients
-async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    status = int((await reader.readline()).split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    return status, await reader.readexactly(length)
-
-
 async def good_client(port: int, paths: list[str], k: int, deadline: float, timeout: float,
                       results: list[tuple[bool, float]]) -> None:
     """Search until the deadline on one keep-alive connection (a new one after a failure)."""
@@ -110,7 +100,7 @@ async def good_client(port: int, paths: list[str], k: int, deadline: float, time
                 conn = await asyncio.wait_for(asyncio.open_connection(HOST, port), timeout)
             reader, writer = conn
             writer.write(f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode())
-            status, body = await asyncio.wait_for(_read_answer(reader), timeout)
+            status, body = await asyncio.wait_for(read_answer(reader), timeout)
             ok = status == 200 and len(json.loads(body)["results"][0]["results"]) == k
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
             ok = False
@@ -151,16 +141,23 @@ async def _watch_close(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     writer.close()
 
 
+async def _open_head(port: int) -> tuple[asyncio.StreamWriter, asyncio.Task] | None:
+    """A connection with a request line and Host sent (the head left open) and a task that sees it close."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 2)
+    except (OSError, asyncio.TimeoutError):
+        await asyncio.sleep(1)
+        return None
+    writer.write(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n".encode())
+    return writer, asyncio.ensure_future(_watch_close(reader, writer))
+
+
 async def slowloris(port: int, deadline: float, stats: dict[str, int]) -> None:
     """One header line a second, never the blank line that ends the head; reconnect when cut off."""
     while time.monotonic() < deadline:
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 2)
-        except (OSError, asyncio.TimeoutError):
-            await asyncio.sleep(1)
+        if (opened := await _open_head(port)) is None:
             continue
-        watcher = asyncio.ensure_future(_watch_close(reader, writer))
-        writer.write(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n".encode())
+        writer, watcher = opened
         lines = 0
         while time.monotonic() < deadline and not writer.is_closing() and lines < 3600:
             await asyncio.sleep(1)
@@ -179,13 +176,9 @@ async def header_flood(port: int, deadline: float, flood_bytes: int, stats: dict
     """Send up to ``flood_bytes`` of header lines on one connection, then start over."""
     chunk = b"".join(b"X-Flood-%d: " % i + b"a" * 1000 + b"\r\n" for i in range(64))  # 64 KiB of lines
     while time.monotonic() < deadline:
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 2)
-        except (OSError, asyncio.TimeoutError):
-            await asyncio.sleep(1)
+        if (opened := await _open_head(port)) is None:
             continue
-        watcher = asyncio.ensure_future(_watch_close(reader, writer))
-        writer.write(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n".encode())
+        writer, watcher = opened
         sent = 0
         while sent < flood_bytes and time.monotonic() < deadline and not watcher.done():
             try:

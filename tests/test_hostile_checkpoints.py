@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import resource
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from limited_cli import run_cli_limited
 
 from uit_reid.checkpoint import CheckpointError, load_checkpoint
 from uit_reid.encoders import load_state_dict_file
 
-ROOT = Path(__file__).resolve().parents[1]
 BOMB_BYTES = 64 << 20
 
 
@@ -51,13 +48,8 @@ def test_a_zip_bomb_is_refused_before_inflating(bomb) -> None:
 
 def test_convert_refuses_the_bomb_under_a_memory_limit(bomb, tmp_path) -> None:
     """`uit-reid convert` in a subprocess whose address space could not hold the inflated tensors twice."""
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-
     out = tmp_path / "converted"
-    run = subprocess.run([sys.executable, "-m", "uit_reid.cli", "convert", str(bomb), "--out", str(out)],
-                         capture_output=True, text=True, timeout=300, preexec_fn=limit, cwd=ROOT,
-                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    run = run_cli_limited(["convert", str(bomb), "--out", str(out)])
     assert run.returncode == 1, run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith(f"uit-reid: error: {bomb}: its zip entries declare")
     assert not out.exists()

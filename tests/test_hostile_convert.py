@@ -3,20 +3,14 @@ model, its own input as --out, bad configs.yaml values and a dataset name that i
 
 from __future__ import annotations
 
-import resource
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
+from limited_cli import run_cli_limited
 from test_convert import SIZE, irra_state, write_irra
 
 from uit_reid import convert_checkpoint
 from uit_reid.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_shapes_declaring_a_huge_model_are_refused_before_building(tmp_path) -> None:
@@ -33,13 +27,8 @@ def test_shapes_declaring_a_huge_model_are_refused_before_building(tmp_path) -> 
         state[f"base_model.visual.transformer.resblocks.{i}.ln_1.weight"] = torch.zeros(1).expand(width)
     path = write_irra(tmp_path / "huge", state)
 
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "uit_reid.cli", "convert", str(path), "--out", str(out)],
-                         capture_output=True, text=True, timeout=300, preexec_fn=limit, cwd=ROOT,
-                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    run = run_cli_limited(["convert", str(path), "--out", str(out)])
     assert run.returncode == 1, run.stderr[-2000:]
     line = run.stderr.strip().splitlines()[-1]
     assert line.startswith(f"uit-reid: error: {path}: its sizes declare about ") and "refusing to build it" in line, line

@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from limited_cli import run_cli_limited
 
 from uit_reid.factory import build_model
 from uit_reid.model import UITModel
 from uit_reid.train.config import LossConfig, ModelConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-ADDRESS_SPACE = 4 << 30  # enough for torch and the tiny model, far from what the hostile configs declare
 
 TINY_CFG = {"embed_dim": 128, "vision_cfg": {"image_size": [96, 32], "layers": 4, "width": 128, "head_width": 32,
                                              "patch_size": 8},
@@ -47,15 +42,10 @@ def variant(saved: Path, tmp_path: Path, edit) -> Path:
     return out
 
 
-def limited_load(model_dir: Path) -> subprocess.CompletedProcess:
+def limited_load(model_dir: Path):
     """`uit-reid evaluate --checkpoint MODEL_DIR` (which loads the model first) under ``ulimit -v``."""
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-
-    command = [sys.executable, "-m", "uit_reid.cli", "evaluate", "--checkpoint", str(model_dir),
-               "--dataset", str(model_dir / "no-dataset"), "--device", "cpu"]
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=limit, env=env, cwd=ROOT)
+    return run_cli_limited(["evaluate", "--checkpoint", str(model_dir), "--dataset", str(model_dir / "no-dataset"),
+                            "--device", "cpu"])
 
 
 def with_model_cfg(**changes):
