@@ -109,9 +109,20 @@ def test_a_run_start_removes_the_temp_files_a_killed_run_left(tiny_dataset, tmp_
     stale = [_leftover(run_dir, "last.pt"), _leftover(run_dir / "best", "model.safetensors"),
              _leftover(run_dir, "metrics.json")]
     (run_dir / "notes.txt").write_text("the user's")
-    trainer = Trainer(TrainConfig.from_dict(config_dict(tiny_dataset, run_dir, max_steps=1)), overwrite=True)
-    try:
-        assert [p for p in stale if p.exists()] == []
-        assert (run_dir / "notes.txt").read_text() == "the user's"  # only our own temporary names
-    finally:
-        trainer._release_lock()
+    trainer = Trainer(TrainConfig.from_dict(config_dict(tiny_dataset, run_dir, max_steps=1, epochs=1)),
+                      overwrite=True)
+    assert all(p.exists() for p in stale)  # building a Trainer writes nothing; fit() starts the run
+    trainer.fit()
+    assert [p for p in stale if p.exists()] == []
+    assert (run_dir / "notes.txt").read_text() == "the user's"  # only our own temporary names
+    assert not (run_dir / LOCK_NAME).exists()  # released at the end of fit
+
+
+def test_a_trainer_built_twice_in_one_session_does_not_lock_itself_out(tiny_dataset, tmp_path, config_dict) -> None:
+    from uit_reid.train import Trainer
+
+    config = TrainConfig.from_dict(config_dict(tiny_dataset, tmp_path / "run", max_steps=1, epochs=1))
+    first = Trainer(config)
+    second = Trainer(config)  # a re-run notebook cell: the first object is still referenced
+    second.fit()
+    assert first is not second and (tmp_path / "run" / "last.pt").exists()

@@ -65,19 +65,13 @@ class Trainer:
     ) -> None:
         self.config = config
         self.run_dir = Path(config.train.output_dir)
-        # one run per folder: a second process started into it (even at the same instant) refuses here
+        self._resume, self._overwrite = bool(resume), overwrite
+        # one run per folder: fit() holds the lock (so a Trainer built twice in one session does not lock
+        # itself out); here it is only tried, so that a run going on in the folder is named at once
         self._lock = FolderLock(self.run_dir, "uit-reid train run") if _is_launch_rank_zero() else None
         if self._lock is not None:
-            self._lock.acquire()
-        try:
-            ckpt.check_run_dir(self.run_dir, bool(resume), overwrite)  # before any rank writes anything
-        except BaseException:
-            self._release_lock()
-            raise
-        if self._lock is not None:  # what a killed run's writes left behind: nobody else writes here
-            for folder in (self.run_dir, self.run_dir / "best", self.run_dir / "last"):
-                if folder.is_dir():
-                    remove_stale_temp_files(folder)
+            self._lock.acquire().release()
+        ckpt.check_run_dir(self.run_dir, self._resume, overwrite)  # before any rank writes anything
         self._saved_step: int | None = None  # step of the last checkpoint written or resumed from
         self._setup_process()
         self.dataset = self._load_dataset() if dataset is None else dataset
@@ -178,7 +172,25 @@ class Trainer:
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
 
     def fit(self) -> dict[str, Any]:
-        """Train to the end, evaluate, and return ``{"test": metrics, "val_best_R1": ..., "model_dir": ...}``."""
+        """Train to the end, evaluate, and return ``{"test": metrics, "val_best_R1": ..., "model_dir": ...}``.
+
+        Holds the run folder's `FolderLock` while it runs: another process's run into the same folder
+        stops at once, naming this one.
+        """
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            if self._lock is not None:
+                # checked again under the lock: another run may have started in the folder since __init__
+                ckpt.check_run_dir(self.run_dir, self._resume, self._overwrite)
+                for folder in (self.run_dir, self.run_dir / "best", self.run_dir / "last"):
+                    if folder.is_dir():  # what a killed run's writes left behind: nobody else writes here
+                        remove_stale_temp_files(folder)
+            return self._fit()
+        finally:
+            self._release_lock()
+
+    def _fit(self) -> dict[str, Any]:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.toml", self.config.to_toml())
@@ -186,13 +198,10 @@ class Trainer:
         self.model.train()
         progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
         window = LossWindow()
-        try:
-            while self.step < self.total_steps and self.epoch < self.config.train.epochs:
-                self._train_epoch(progress, window)
-            progress.close()
-            return self._finish()
-        finally:
-            self._release_lock()
+        while self.step < self.total_steps and self.epoch < self.config.train.epochs:
+            self._train_epoch(progress, window)
+        progress.close()
+        return self._finish()
 
     def _release_lock(self) -> None:
         if self._lock is not None:
