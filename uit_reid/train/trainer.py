@@ -65,13 +65,12 @@ class Trainer:
     ) -> None:
         self.config = config
         self.run_dir = Path(config.train.output_dir)
-        self._resume, self._overwrite = bool(resume), overwrite
         # one run per folder: fit() holds the lock (so a Trainer built twice in one session does not lock
         # itself out); here it is only tried, so that a run going on in the folder is named at once
         self._lock = FolderLock(self.run_dir, "uit-reid train run") if _is_launch_rank_zero() else None
         if self._lock is not None:
             self._lock.acquire().release()
-        ckpt.check_run_dir(self.run_dir, self._resume, overwrite)  # before any rank writes anything
+        ckpt.check_run_dir(self.run_dir, bool(resume), overwrite)  # before any rank writes anything
         self._saved_step: int | None = None  # step of the last checkpoint written or resumed from
         self._setup_process()
         self.dataset = self._load_dataset() if dataset is None else dataset
@@ -181,8 +180,6 @@ class Trainer:
             self._lock.acquire()
         try:
             if self._lock is not None:
-                # checked again under the lock: another run may have started in the folder since __init__
-                ckpt.check_run_dir(self.run_dir, self._resume, self._overwrite)
                 for folder in (self.run_dir, self.run_dir / "best", self.run_dir / "last"):
                     if folder.is_dir():  # what a killed run's writes left behind: nobody else writes here
                         remove_stale_temp_files(folder)
