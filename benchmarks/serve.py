@@ -97,6 +97,17 @@ def start_service(gallery: dict[str, Path], log: Path, extra: list[str], env: di
 
 
 # ---------------------------------------------------------------------------------------- client
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 answer with a Content-Length."""
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
 async def _client(
     connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], host: str, paths: list[str], k: int,
     latencies: list[float],
@@ -106,13 +117,7 @@ async def _client(
     for path in paths:
         start = time.perf_counter()
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-        status = int((await reader.readline()).split()[1])
-        length = 0
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        body = await reader.readexactly(length)
+        status, body = await read_answer(reader)
         latencies.append(time.perf_counter() - start)
         if status != 200:
             raise RuntimeError(f"{path} answered {status}: {body[:200]!r}")

@@ -147,6 +147,37 @@ def test_large_legal_image_memory_is_small(tmp_path) -> None:
     assert grown_mb < 100
 
 
+@pytest.mark.parametrize("mode", ["1", "P"])
+def test_a_tiny_1bit_or_palette_png_of_huge_size_costs_little(tmp_path, mode) -> None:
+    """A ~20 KB 12000 x 12000 1-bit PNG once cost ~0.7 GB per load: these modes skipped the reduction.
+
+    Loaded in a subprocess under ``ulimit -v`` with the model's target size; its peak memory is
+    read from the kernel. Stripes (10 white rows in 50) make the reduced image checkable.
+    """
+    path = tmp_path / f"stripes_{mode}.png"
+    im = Image.new("1", (12000, 12000), 0)
+    for y in range(0, 12000, 50):
+        im.paste(1, (0, y, 12000, y + 10))
+    (im if mode == "1" else im.convert("P")).save(path, optimize=True)
+    assert path.stat().st_size < 200_000
+    code = (
+        "import resource,sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+        "import numpy as np\n"
+        "from uit_reid.images import load_image\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"im = load_image({str(path)!r}, (384, 128))\n"
+        "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base\n"
+        "col = np.asarray(im)[:, 0, 0]\n"
+        "print(im.size[0], im.size[1], im.mode, grown // 1024, int(col[0]), int(col[2]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    width, height, rgb, grown_mb, first, third = out[0], out[1], out[2], int(out[3]), int(out[4]), int(out[5])
+    assert (int(width), int(height), rgb) == (800, 800, "RGB")  # factor 15: >= twice (384, 128) on both sides
+    assert (first, third) == (255, 0)  # rows 0 (white stripe) and 30 (black): taken, not averaged into grey
+    assert grown_mb < 250, grown_mb  # the decoded 1 byte/pixel plane (137 MB), never RGB at full size
+
+
 def test_not_an_image_named(tmp_path) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")

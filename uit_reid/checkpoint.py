@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from uit_reid.bounds import check_torch_zip
 from uit_reid.distributed import is_distributed, world_size
-from uit_reid.io import atomic_torch_save, folder_contents
+from uit_reid.io import atomic_torch_save, folder_contents, remove_stale_temp_files
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -147,9 +148,15 @@ def save_checkpoint(path: str | os.PathLike, **state: Any) -> Path:
             os.replace(link, prev)
         except OSError as err:  # no hard links here: keep going without a previous checkpoint
             logger.debug("could not keep the previous checkpoint %s: %s", prev, err)
+    remove_stale_temp_files(Path(path).parent, Path(path).name)  # an earlier save killed mid-write
     atomic_torch_save({"version": CHECKPOINT_VERSION, **state}, path)
     logger.debug("checkpoint written to %s", path)
     return path
+
+
+def _starts_like_a_zip(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -161,21 +168,28 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    prev = previous_checkpoint(path)
+    hint = (
+        f"; the previous checkpoint {prev} is intact if it loads: resume from it with --resume {prev}"
+        if prev.is_file() and prev != path
+        else "; restore it from a backup or start a fresh run with --overwrite"
+    )
+    try:
+        check_torch_zip(path)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError):
         if zipfile.is_zipfile(path):
             bad = "the archive structure"
+        elif _starts_like_a_zip(path):  # the central directory at the end is missing: cut short
+            raise CheckpointError(f"checkpoint {path} is truncated (the file ends before the zip's directory)"
+                                  f"{hint}") from None
         else:
             raise CheckpointError(f"{path} is not a uit_reid checkpoint (not a torch zip file); expected {_EXPECTED}") from None
     if bad is not None:
-        prev = previous_checkpoint(path)
-        hint = (
-            f"; the previous checkpoint {prev} is intact if it loads: resume from it with --resume {prev}"
-            if prev.is_file() and prev != path
-            else "; restore it from a backup or start a fresh run with --overwrite"
-        )
         raise CheckpointError(f"checkpoint {path} is corrupted ({bad} fails its checksum){hint}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)

@@ -89,10 +89,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from uit_reid.convert import convert_checkpoint
+    from uit_reid.io import check_writable
+    from uit_reid.model import CONFIG_NAME, WEIGHTS_NAME
+    from uit_reid.model_card import MODEL_CARD_NAME
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise CLIError(f"{out} already exists and is not empty; pass --force to write the model files into it")
+    source = Path(args.checkpoint).resolve()
+    for name in (WEIGHTS_NAME, CONFIG_NAME, MODEL_CARD_NAME):
+        if (out / name).resolve() == source or source.is_relative_to((out / name).resolve()):
+            raise CLIError(f"--out {out} would replace the input {args.checkpoint} with its {name}; choose another --out")
+    check_writable(out / CONFIG_NAME)  # before the conversion, not after it
     model = convert_checkpoint(
         args.checkpoint, format=args.format, image_size=args.image_size, stride=args.stride, model_name=args.model
     )
@@ -108,15 +116,28 @@ def _checkpoint_ref(checkpoint: str) -> str:
     return checkpoint if hub_repo_id(checkpoint) is not None else str(Path(checkpoint).resolve())
 
 
-def _non_negative_int(text: str) -> int:
-    """argparse type: an integer of 0 or more (the message names the value)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+def _bounded(kind: type[int] | type[float], low: float, high: float | None = None):
+    """argparse type: a finite ``kind`` from ``low`` to ``high`` (argparse names the flag, this the value)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"must be {low:g} or more, got {value:g}" if high is None
+                else f"must be between {low:g} and {high:g}, got {value:g}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value" fallback names the type
+    return parse
+
+
+_non_negative_int = _bounded(int, 0)
 
 
 def _memory_kind(args: argparse.Namespace, n: int, dim: int) -> str:
@@ -261,13 +282,22 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from uit_reid.serve import ServeLimits, serve
+    from uit_reid.serve.server import connection_budget
 
+    budget = connection_budget()
+    if args.max_connections is not None and args.max_connections > budget:
+        raise CLIError(f"--max-connections: {args.max_connections} is more than the open-file limit "
+                       f"(ulimit -n) leaves room for ({budget})")
     limits = ServeLimits(
         max_query_chars=args.max_query_chars, max_k=args.max_k, max_body_bytes=args.max_body_bytes,
-        rate=args.rate_limit, burst=args.burst,
+        rate=args.rate_limit, burst=args.burst, max_header_bytes=args.max_header_bytes,
+        request_timeout=args.request_timeout, keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections or min(ServeLimits.max_connections, budget),
     )
+    forwarded = tuple(ip.strip() for ip in (args.forwarded_allow_ips or "").split(",") if ip.strip())
     serve(args.index, args.checkpoint, host=args.host, port=args.port, device=_device(args.device),
-          limits=limits, max_batch=args.max_batch, max_wait=args.batch_wait_ms / 1000.0, mmap=not args.no_mmap)
+          limits=limits, max_batch=args.max_batch, max_wait=args.batch_wait_ms / 1000.0, mmap=not args.no_mmap,
+          allowed_hosts=tuple(args.allowed_host or ()), forwarded_allow_ips=forwarded)
     return 0
 
 
@@ -414,15 +444,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="index file written by 'uit-reid index build' or the demo")
     p.add_argument("--checkpoint", required=True, help="the model the index was built with")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    p.add_argument("--port", type=_bounded(int, 0, 65535), default=8000,
+                   help="port to listen on, 0 for any free one (default: %(default)s)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="also answer requests whose Host header is NAME (repeatable; '*' for any). The loopback "
+                        "names and --host are always allowed")
+    p.add_argument("--forwarded-allow-ips", metavar="IPS",
+                   help="comma-separated addresses of your reverse proxies: only their X-Forwarded-For is "
+                        "believed (default: nobody's)")
     p.add_argument("--device", default="auto", help=device_help)
-    p.add_argument("--max-query-chars", type=int, default=512, help="longest query accepted (default: %(default)s)")
-    p.add_argument("--max-k", type=int, default=100, help="most results per query (the index size caps it too)")
-    p.add_argument("--max-body-bytes", type=int, default=65536, help="largest POST body accepted (default: %(default)s)")
-    p.add_argument("--rate-limit", type=float, default=20.0, help="requests per second per client (0: off)")
-    p.add_argument("--burst", type=int, default=60, help="requests a client may save up")
-    p.add_argument("--max-batch", type=int, default=64, help="most queries encoded together")
-    p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a batch waits for more queries")
+    p.add_argument("--max-query-chars", type=_bounded(int, 1), default=512,
+                   help="longest query accepted (default: %(default)s)")
+    p.add_argument("--max-k", type=_bounded(int, 1), default=100, help="most results per query (the index size caps it too)")
+    p.add_argument("--max-body-bytes", type=_bounded(int, 1), default=65536,
+                   help="largest POST body accepted (default: %(default)s)")
+    p.add_argument("--rate-limit", type=_bounded(float, 0), default=20.0, help="requests per second per client (0: off)")
+    p.add_argument("--burst", type=_bounded(int, 1), default=60, help="requests a client may save up")
+    p.add_argument("--max-batch", type=_bounded(int, 1), default=64, help="most queries encoded together")
+    p.add_argument("--batch-wait-ms", type=_bounded(float, 0), default=2.0,
+                   help="how long a batch waits for more queries")
+    p.add_argument("--max-header-bytes", type=_bounded(int, 1024), default=16384,
+                   help="largest request head, request line and headers (default: %(default)s)")
+    p.add_argument("--request-timeout", type=_bounded(float, 1), default=10.0,
+                   help="seconds a request may take to arrive, head and body (default: %(default)s)")
+    p.add_argument("--keep-alive-timeout", type=_bounded(float, 1), default=5.0,
+                   help="seconds an idle connection stays open after an answer (default: %(default)s)")
+    p.add_argument("--max-connections", type=_bounded(int, 1), default=None,
+                   help="most connections open at once; above it the longest-idle one is closed "
+                        "(default: 512, or less where ulimit -n requires)")
     p.add_argument("--no-mmap", action="store_true",
                    help="read an IVF index's lists into memory instead of mapping them from the file")
     p.set_defaults(func=cmd_serve)

@@ -28,10 +28,17 @@ from typing import Any
 
 import torch
 
+from uit_reid.bounds import (
+    check_image_size,
+    check_int,
+    check_model_cfg,
+    check_weights_hold,
+    clip_parameter_count,
+)
 from uit_reid.encoders import CLIPDualEncoder, load_state_dict_file, resize_position_embedding
 from uit_reid.io import file_sha256
 from uit_reid.model import UITModel
-from uit_reid.model_card import ModelCardInfo
+from uit_reid.model_card import ModelCardInfo, markdown_text
 from uit_reid.tir import SEN_TIR_KEY_MAP, SEN_TIR_UNUSED_PREFIXES, TIRHead
 
 __all__ = ["LAYOUTS", "clip_config_from_state_dict", "convert_checkpoint", "detect_layout"]
@@ -117,18 +124,27 @@ def read_irra_configs(path: Path) -> dict[str, Any]:
         pass
 
     _Loader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
+    if path.stat().st_size > _MAX_CONFIGS_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size:,} bytes, more than an IRRA/SEN configs.yaml holds")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - safe loader subclass
-    except yaml.YAMLError as exc:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - safe loader subclass
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(f"{path}: not readable as YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(data, dict) or "img_size" not in data:
         raise ValueError(f"{path}: no img_size entry (expected IRRA/SEN's configs.yaml)")
-    out: dict[str, Any] = {"image_size": tuple(int(v) for v in data["img_size"]), "text": path.read_text(encoding="utf-8")}
-    if "stride_size" in data:
-        out["stride"] = int(data["stride_size"])
+    try:
+        out: dict[str, Any] = {"image_size": check_image_size(data["img_size"], "img_size"), "text": text}
+        if "stride_size" in data:
+            out["stride"] = check_int(data["stride_size"], "stride_size", 1, 1024)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if isinstance(data.get("dataset_name"), str):
         out["dataset"] = data["dataset_name"]
     return out
+
+
+_MAX_CONFIGS_BYTES = 1 << 20  # IRRA's are ~2 KB
 
 
 def clip_config_from_state_dict(
@@ -220,6 +236,9 @@ def _architecture_label(cfg: Mapping[str, Any], layout: str) -> str:
 def _encoder_from_clip_state(
     clip_state: dict[str, torch.Tensor], cfg: dict[str, Any], name: str, source: str
 ) -> CLIPDualEncoder:
+    # the sizes come from tensor shapes someone else wrote: weigh them against the file before building
+    check_model_cfg(cfg, f"{source}: the shapes give model_cfg")
+    check_weights_hold(clip_parameter_count(cfg), source, source)
     encoder = CLIPDualEncoder.from_model_config(cfg, name=name)
     own = encoder.clip.state_dict()
     state = {k: v.float() for k, v in clip_state.items()}
@@ -324,6 +343,8 @@ def convert_checkpoint(
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder; convert reads one checkpoint file (a save_pretrained folder needs no conversion)")
+    if image_size is not None:
+        image_size = check_image_size(image_size, "image_size")
     if format not in ("auto", *LAYOUTS):
         raise ValueError(f"unknown format {format!r}; choose auto, {', '.join(LAYOUTS)}")
     if format == "open_clip":
@@ -401,7 +422,7 @@ def convert_checkpoint(
         logger.warning("%s: ignored tensors of unknown modules: %s", path, ", ".join(heads["unknown"]))
     model.model_card = ModelCardInfo(
         source=_describe_source(path, format),
-        training_data=f"{found['dataset']} (from {configs.name})" if "dataset" in found else None,
+        training_data=f"{markdown_text(found['dataset'])} (from {configs.name})" if "dataset" in found else None,
         training_config=found.get("text"),
     )
     logger.info(
@@ -412,4 +433,4 @@ def convert_checkpoint(
 
 
 def _describe_source(path: Path, layout: str) -> str:
-    return f"`{path.name}` ({layout} layout, sha256 {file_sha256(path)}) by `uit_reid.convert_checkpoint`"
+    return f"{markdown_text(path.name)} ({layout} layout, sha256 {file_sha256(path)}) by `uit_reid.convert_checkpoint`"

@@ -27,6 +27,7 @@ from open_clip.factory import parse_model_name
 from open_clip.transformer import VisionTransformer, text_global_pool
 from torch import nn
 
+from uit_reid.bounds import check_torch_zip
 from uit_reid.pretrained import SHIPPED, shipped_tags, shipped_weights
 from uit_reid.tir import random_masking
 
@@ -92,6 +93,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    check_torch_zip(path)  # before torch inflates anything
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

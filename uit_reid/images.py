@@ -13,8 +13,8 @@ here, so they agree on what a file looks like:
   `CorruptImageError` naming the file before any pixel is decoded; skip modes skip them like any
   undecodable file.
 - With ``target_size``, large legal images cost less: JPEGs decode at a reduced DCT scale
-  (``Image.draft``) and other formats are box-reduced by an integer factor right after decoding,
-  never below twice ``target_size`` (so images of ordinary sizes are left exactly as they were and
+  (``Image.draft``) and other formats are reduced by an integer factor right after decoding (1-bit
+  and palette images too, before they become RGB), never below twice ``target_size`` (so images of ordinary sizes are left exactly as they were and
   the caller's resize still does the final, antialiased step).
 
 This module imports PIL and numpy only (no torch), so `uit_reid.retrieval` can use it.
@@ -42,6 +42,7 @@ BACKGROUND: tuple[int, int, int] = (123, 117, 104)
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = (5, 6, 7, 8)  # orientations that rotate by 90 or 270 degrees
 _REDUCIBLE = ("L", "LA", "RGB", "RGBA", "I", "F", "CMYK", "I;16", "I;16B", "I;16L", "I;16N")
+_INDEXED = ("1", "P", "PA")  # reduced by taking pixels, not averaging them
 
 
 def _orientation(im: Image.Image) -> int:
@@ -63,11 +64,19 @@ def _stored_target(target_size: Sequence[int] | None, orientation: int) -> tuple
 
 
 def _reduce(im: Image.Image, target: tuple[int, int] | None) -> Image.Image:
-    """Box-reduce by the largest integer factor that keeps both sides at least ``target`` (w, h)."""
-    if target is None or im.mode not in _REDUCIBLE:
+    """Reduce by the largest integer factor that keeps both sides at least ``target`` (w, h).
+
+    A box filter where the mode has one; 1-bit and palette images (whose values are not
+    intensities) take every factor-th pixel, before they are expanded to RGB at 3 bytes a pixel.
+    """
+    if target is None or im.mode not in (*_REDUCIBLE, *_INDEXED):
         return im
     factor = min(im.width // target[0], im.height // target[1])
-    return im.reduce(factor) if factor >= 2 else im
+    if factor < 2:
+        return im
+    if im.mode in _INDEXED:
+        return im.resize((im.width // factor, im.height // factor), Image.Resampling.NEAREST)
+    return im.reduce(factor)
 
 
 def _sixteen_to_eight(im: Image.Image) -> Image.Image:

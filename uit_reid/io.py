@@ -1,10 +1,16 @@
-"""Atomic file writes: a crash or a kill never leaves a half-written file under the final name."""
+"""Atomic file writes (a crash or a kill never leaves a half-written file under the final name) and
+`FolderLock`, one writer per output folder."""
 
 from __future__ import annotations
 
+import datetime
+import fcntl
 import hashlib
 import io
+import logging
 import os
+import socket
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -12,7 +18,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "check_writable", "file_sha256"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["LOCK_NAME", "FolderInUseError", "FolderLock", "atomic_torch_save", "atomic_write_bytes",
+           "atomic_write_text", "check_writable", "file_sha256", "folder_contents", "remove_stale_temp_files"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -46,6 +55,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview, *more:
         raise
 
 
+def remove_stale_temp_files(folder: str | os.PathLike, name: str = "*") -> list[Path]:
+    """Delete the temporary files `atomic_write_bytes` left in ``folder`` (for targets ``name``) when
+    killed mid-write; returns them. Only for folders this process holds (a `FolderLock`), where no
+    other writer can be mid-write."""
+    removed = []
+    for tmp in Path(folder).glob(f".{name}.*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    if removed:
+        logger.info("removed %d temporary file(s) a killed write left in %s", len(removed), folder)
+    return removed
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -70,9 +93,9 @@ def file_sha256(path: str | os.PathLike) -> str:
 def folder_contents(folder: str | os.PathLike, shown: int) -> str:
     """The first ``shown`` names in ``folder`` (sorted), ", ..." after them if there are more; "" if empty.
 
-    For refusals that name what a folder already holds.
+    For refusals that name what a folder already holds (a `FolderLock` file does not count).
     """
-    names = sorted(p.name for p in Path(folder).iterdir())
+    names = sorted(p.name for p in Path(folder).iterdir() if p.name != LOCK_NAME)
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
@@ -94,3 +117,76 @@ def check_writable(path: str | os.PathLike) -> Path:
     os.close(fd)
     os.unlink(probe)
     return path
+
+
+LOCK_NAME = ".uit_reid.lock"
+
+
+class FolderInUseError(OSError):
+    """Another process holds the `FolderLock` of a folder (the message names it)."""
+
+
+class FolderLock:
+    """One writer per folder: an exclusive ``flock`` on ``FOLDER/.uit_reid.lock``.
+
+    ``acquire`` creates the folder if needed and fails at once with `FolderInUseError` naming the
+    holder (process id, host, start time, command) when another process holds it. The kernel drops
+    the lock when the holder exits in any way, ``kill -9`` included, so a stale file never blocks
+    anyone; ``release`` removes the file. ``what`` names the holder's job in the refusal.
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):  # the file can be removed between open and flock by a releasing holder
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "a process that is starting"
+                os.close(fd)
+                raise FolderInUseError(
+                    f"{self.folder} is in use by another {self.what} ({holder}); wait for it to finish or "
+                    "choose another folder") from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        else:  # pragma: no cover - ten releases in a row between our open and flock
+            raise FolderInUseError(f"{self.folder}: could not take {self.path}; try again")
+        started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        command = " ".join(sys.argv)[:300]
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}: {command}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock; idempotent."""
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still holding it: a waiter re-checks the inode it locked
+        os.close(self._fd)
+        self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # the kernel drops the lock; the file stays, harmlessly

@@ -16,6 +16,15 @@ from torch import nn
 
 from uit_reid import losses
 from uit_reid.augment import CLIP_MEAN, CLIP_STD
+from uit_reid.bounds import (
+    MAX_SIZES,
+    check_image_size,
+    check_int,
+    check_model_cfg,
+    check_number,
+    check_weights_hold,
+    clip_parameter_count,
+)
 from uit_reid.distributed import gather_no_grad, gather_with_grad
 from uit_reid.encoders import CLIPDualEncoder, load_state_dict_file
 from uit_reid.io import atomic_write_bytes, atomic_write_text
@@ -79,11 +88,20 @@ class UITModel(nn.Module):
             raise ValueError(f"tir_grayscale must be 'normalised' or 'pixels', got {tir_grayscale!r}")
         if interpolation not in ("bicubic", "bilinear"):
             raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
+        check_int(num_classes, "num_classes", 0, MAX_SIZES["num_classes"])
+        check_number(logit_scale, "logit_scale", 0, low_open=True)
+        check_number(cmt_margin, "cmt_margin", 0)
+        check_number(mask_ratio, "mask_ratio", 0, 1, high_open=True)
+        for field, values in (("image_mean", image_mean), ("image_std", image_std)):
+            if isinstance(values, str) or not isinstance(values, Sequence) or len(values) != 3:
+                raise ValueError(f"{field}: must be 3 numbers (R, G, B), got {values!r}")
+            for i, v in enumerate(values):
+                check_number(v, f"{field}[{i}]", 0, low_open=field == "image_std")
         weights = dict(DEFAULT_LOSS_WEIGHTS)
         for name, value in (loss_weights or {}).items():
             if name not in weights:
                 raise ValueError(f"unknown loss {name!r} in loss_weights; known: {sorted(weights)}")
-            weights[name] = float(value)
+            weights[name] = check_number(value, f"loss_weights.{name}", 0)
         self.encoder = encoder
         self.num_classes = int(num_classes)
         self.classifier: nn.Linear | None = None
@@ -261,35 +279,48 @@ class UITModel(nn.Module):
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: not a directory written by save_pretrained")
+        weights_path = directory / WEIGHTS_NAME
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"{weights_path} not found: {config_path} has no weights beside it")
+        if config_path.stat().st_size > _MAX_CONFIG_BYTES:
+            raise ValueError(f"{config_path}: {config_path.stat().st_size:,} bytes, more than a model config needs")
         try:
             cfg = json.loads(config_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ValueError(f"{config_path}: invalid JSON: {exc}") from exc
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{config_path}: must hold a JSON object, got {type(cfg).__name__}")
         if cfg.get("format_version") != PRETRAINED_FORMAT_VERSION:
             raise ValueError(f"{config_path}: unsupported format_version {cfg.get('format_version')!r}")
-        enc_cfg = cfg["encoder"]
-        if enc_cfg.get("model_cfg") is not None:
-            encoder = CLIPDualEncoder.from_model_config(enc_cfg["model_cfg"], name=enc_cfg["name"])
-        else:
-            encoder = CLIPDualEncoder.from_open_clip(
-                enc_cfg["name"], pretrained=None, image_size=tuple(enc_cfg["image_size"]),
-                context_length=enc_cfg["context_length"],
+        try:  # every field checked and the implied size weighed against the weights before building
+            enc_cfg, model_cfg = _checked_encoder_config(cfg)
+            check_weights_hold(_parameter_estimate(cfg, model_cfg), weights_path, "the model")
+            if enc_cfg.get("model_cfg") is not None:
+                encoder = CLIPDualEncoder.from_model_config(enc_cfg["model_cfg"], name=enc_cfg["name"])
+            else:
+                encoder = CLIPDualEncoder.from_open_clip(
+                    enc_cfg["name"], pretrained=None, image_size=tuple(enc_cfg["image_size"]),
+                    context_length=enc_cfg["context_length"],
+                )
+            tir: bool | TIRHead = TIRHead(**cfg["tir"]) if cfg.get("tir") else False
+            model = cls(
+                encoder,
+                num_classes=cfg["num_classes"],
+                tir=tir,
+                loss_weights=cfg["loss_weights"],
+                logit_scale=cfg["logit_scale"],
+                cmt_margin=cfg["cmt_margin"],
+                mask_ratio=cfg["mask_ratio"],
+                image_mean=cfg["image_mean"],
+                image_std=cfg["image_std"],
+                tir_grayscale=cfg.get("tir_grayscale", "pixels"),  # files written before the option
+                interpolation=cfg.get("interpolation", "bicubic"),  # likewise
             )
-        tir: bool | TIRHead = TIRHead(**cfg["tir"]) if cfg.get("tir") else False
-        model = cls(
-            encoder,
-            num_classes=cfg["num_classes"],
-            tir=tir,
-            loss_weights=cfg["loss_weights"],
-            logit_scale=cfg["logit_scale"],
-            cmt_margin=cfg["cmt_margin"],
-            mask_ratio=cfg["mask_ratio"],
-            image_mean=cfg["image_mean"],
-            image_std=cfg["image_std"],
-            tir_grayscale=cfg.get("tir_grayscale", "pixels"),  # files written before the option
-            interpolation=cfg.get("interpolation", "bicubic"),  # likewise
-        )
-        state = load_state_dict_file(directory / WEIGHTS_NAME)
+        except KeyError as exc:
+            raise ValueError(f"{config_path}: the field {exc.args[0]!r} is missing") from exc
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"{config_path}: {_one_line(exc)}") from exc
+        state = load_state_dict_file(weights_path)
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(
@@ -298,3 +329,61 @@ class UITModel(nn.Module):
             )
         logger.info("loaded %s from %s", enc_cfg["name"], directory)
         return model.to(device)
+
+
+_MAX_CONFIG_BYTES = 1 << 20  # ours are ~2 KB
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _checked_encoder_config(cfg: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """The ``encoder`` section with every size in range, and the open_clip model config it implies."""
+    import open_clip
+
+    enc_cfg = cfg["encoder"]
+    if not isinstance(enc_cfg, Mapping):
+        raise ValueError(f"encoder: must be an object, got {type(enc_cfg).__name__}")
+    if not isinstance(enc_cfg.get("name"), str):
+        raise ValueError(f"encoder.name: must be a string, got {enc_cfg.get('name')!r}")
+    check_image_size(enc_cfg["image_size"], "encoder.image_size")
+    check_int(enc_cfg["context_length"], "encoder.context_length", 1, MAX_SIZES["context_length"])
+    if enc_cfg.get("model_cfg") is not None:
+        check_model_cfg(enc_cfg["model_cfg"], "encoder.model_cfg")
+        model_cfg = dict(enc_cfg["model_cfg"])
+    else:
+        model_cfg = open_clip.get_model_config(enc_cfg["name"])
+        if model_cfg is None:
+            raise ValueError(f"encoder.name: unknown open_clip model {enc_cfg['name']!r}")
+        model_cfg = {**model_cfg, "vision_cfg": {**model_cfg.get("vision_cfg", {}),
+                                                  "image_size": list(enc_cfg["image_size"])}}
+    tir = cfg.get("tir")
+    if tir:
+        if not isinstance(tir, Mapping):
+            raise ValueError(f"tir: must be an object or null, got {type(tir).__name__}")
+        for key in ("embed_dim", "text_dim", "width"):
+            if tir.get(key) is not None:
+                check_int(tir[key], f"tir.{key}", 1, MAX_SIZES["width"])
+        for key in ("depth", "heads", "cross_heads"):
+            if tir.get(key) is not None:
+                check_int(tir[key], f"tir.{key}", 1, MAX_SIZES["layers"])
+        if "mlp_ratio" in tir:
+            check_number(tir["mlp_ratio"], "tir.mlp_ratio", 0, MAX_SIZES["mlp_ratio"], low_open=True)
+        for key in ("grid_size", "patch_size"):
+            check_image_size(tir.get(key), f"tir.{key}")
+    return enc_cfg, model_cfg
+
+
+def _parameter_estimate(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> int:
+    """Parameters the config declares: the CLIP, the classifier and the TIR head (from checked fields)."""
+    count = clip_parameter_count(model_cfg)
+    num_classes = cfg.get("num_classes")
+    if isinstance(num_classes, int) and 0 < num_classes <= MAX_SIZES["num_classes"]:
+        count += num_classes * (int(model_cfg.get("embed_dim", 512)) + 1)
+    tir = cfg.get("tir")
+    if tir:
+        width, depth = int(tir.get("width", 512)), int(tir.get("depth", 4))
+        patch = tir.get("patch_size", [16, 16])
+        count += (depth + 1) * 12 * width * width + width * int(patch[0]) * int(patch[1]) * 3
+    return count

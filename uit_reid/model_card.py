@@ -9,11 +9,12 @@ close to surveillance; the card says so plainly.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MODEL_CARD_NAME", "ModelCardInfo", "render_model_card"]
+__all__ = ["MODEL_CARD_NAME", "ModelCardInfo", "markdown_text", "render_model_card"]
 
 MODEL_CARD_NAME = "README.md"
 
@@ -158,3 +159,18 @@ def render_model_card(config: Mapping[str, Any], card: ModelCardInfo | None = No
     if card.notes:
         out += ["## Notes", "", card.notes.strip(), ""]
     return "\n".join(out)
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#!|~])")  # links, images, HTML, emphasis, code, tables
+
+
+def markdown_text(value: str, limit: int = 200) -> str:
+    """``value`` (read from a file someone else wrote) as plain Markdown text on one line.
+
+    The characters that start Markdown links, images, HTML, emphasis, code or tables are
+    backslash-escaped (nothing can be smuggled into the card), line breaks become spaces and the text is cut at ``limit`` characters.
+    """
+    one_line = " ".join(str(value).split())
+    if len(one_line) > limit:
+        one_line = one_line[:limit] + "..."
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)

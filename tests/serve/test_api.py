@@ -137,6 +137,12 @@ BAD_REQUESTS = [
     ("POST", "/search", ('{"queries": [' + ", ".join(['"a"'] * 33) + "]}").encode(), 422,
      "queries: at most 32 per request, got 33"),
     ("POST", "/search", b'{"queries": ["man"], "k": 0}', 422, "k: must be between 1 and 32"),
+    # JSON escapes can spell a lone UTF-16 surrogate, which is no text (it once got a plain-text 500)
+    ("POST", "/search", b'{"queries": ["\\ud800"]}', 422, "q: the query contains a lone UTF-16 surrogate"),
+    ("POST", "/search", b'{"queries": ["man", "a\\udfffb"]}', 422, "queries[1]: the query contains a lone UTF-16"),
+    ("GET", "/search?q=%ED%A0%80", None, 400, "q: the query is not valid UTF-8"),
+    ("GET", "/nowhere", None, 404, "Not Found"),
+    ("DELETE", "/search", None, 405, "Method Not Allowed"),
 ]
 
 
@@ -151,6 +157,8 @@ def test_bad_inputs_get_a_clear_4xx_and_the_server_keeps_serving(server, method,
     assert r.status_code == status, r.text
     assert message in r.json()["error"], r.json()
     assert "\n" not in r.json()["error"]
+    assert r.headers["x-content-type-options"] == "nosniff" and "frame-ancestors 'none'" in r.headers[
+        "content-security-policy"]  # on every refusal, also those of the middleware (413)
     assert server.alive()
     assert get(server, "/search", params={"q": QUERY, "k": 2}).status_code == 200
 

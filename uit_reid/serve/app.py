@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
@@ -24,7 +25,7 @@ from starlette.exceptions import HTTPException
 from uit_reid import __version__
 from uit_reid.serve.engine import RankedHit, SearchEngine
 from uit_reid.serve.gallery import GalleryImages, UnknownImage
-from uit_reid.serve.limits import BodySizeLimit, RateLimit
+from uit_reid.serve.limits import SECURITY_HEADERS, AllowedHosts, BodySizeLimit, RateLimit
 
 __all__ = ["ServeLimits", "create_app"]
 
@@ -33,16 +34,12 @@ logger = logging.getLogger(__name__)
 _PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                "/static/page.css": ("page.css", "text/css; charset=utf-8"),
                "/static/page.js": ("page.js", "text/javascript; charset=utf-8")}
-_SECURITY_HEADERS = {
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
-    "content-security-policy": "default-src 'self'; img-src 'self'; frame-ancestors 'none'",
-}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
 class ServeLimits:
-    """What one request may ask for; anything beyond gets a 4xx with a one-line reason.
+    """What one request and one client may ask for; anything beyond gets a 4xx with a one-line reason.
 
     Attributes:
         max_query_chars: longest query, in characters.
@@ -50,6 +47,12 @@ class ServeLimits:
         max_k: most results per query (the index size caps it too).
         max_body_bytes: largest request body.
         rate: requests per second per client address (0 turns the limit off); ``burst`` saved up.
+        max_header_bytes: largest request head (request line and headers).
+        request_timeout: seconds a request (head and body) may take to arrive.
+        keep_alive_timeout: seconds an idle connection is kept open after an answer.
+        max_connections: most connections open at once (`uit_reid.serve.connections`).
+
+    Raises ValueError naming the first field outside its range.
     """
 
     max_query_chars: int = 512
@@ -58,6 +61,19 @@ class ServeLimits:
     max_body_bytes: int = 64 * 1024
     rate: float = 20.0
     burst: int = 60
+    max_header_bytes: int = 16 * 1024
+    request_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
+    max_connections: int = 512
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            low = 0 if field.name == "rate" else 1  # the timeouts too: a second at least
+            kind = int if field.type == "int" else int | float
+            if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value < low:
+                what = "an integer" if field.type == "int" else "a number"
+                raise ValueError(f"{field.name}: must be {what} of {low} or more, got {value!r}")
 
 
 # --------------------------------------------------------------------------------- schema models
@@ -124,7 +140,8 @@ class Stats(BaseModel):
 
 
 _ERROR_TEXT = {
-    400: "the query string or the body is not valid UTF-8, or the body cannot be parsed",
+    400: "the query string or the body is not valid UTF-8, the body cannot be parsed, or the Host header "
+         "names a host the service does not answer to",
     404: "no gallery image with this id",
     413: "the request body is larger than `max_body_bytes`",
     422: "a parameter is missing, malformed or outside its limits",
@@ -144,15 +161,20 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=_SECURITY_HEADERS)
+    return JSONResponse({"error": message}, status_code=status, headers=SECURITY_HEADERS)
 
 
 def create_app(
     engine: SearchEngine,
     images: GalleryImages,
     limits: ServeLimits | None = None,
+    *,
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
 ) -> FastAPI:
-    """The service's ASGI app (run it with uvicorn; `uit_reid.serve.server.serve` does)."""
+    """The service's ASGI app (run it with uvicorn; `uit_reid.serve.server.serve` does).
+
+    Requests whose Host header names none of ``allowed_hosts`` are refused (``"*"`` allows any).
+    """
     limits = limits or ServeLimits()
     k_cap = max(1, min(limits.max_k, len(engine)))
 
@@ -181,6 +203,11 @@ def create_app(
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path"))
         return _error(422, f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg")))
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("%s %s failed", request.method, request.url.path)
+        return _error(500, "internal error (the service's log has the details)")
+
     def check_queries(queries: list[str]) -> list[str]:
         if not queries:
             raise HTTPException(422, "queries: give at least one query")
@@ -198,6 +225,8 @@ def create_app(
                 )
             if any(ord(c) < 32 and c not in "\t\n\r" for c in q):
                 raise HTTPException(422, f"{name}: the query contains control characters")
+            if any(0xD800 <= ord(c) <= 0xDFFF for c in q):  # JSON's "\ud800" escapes: not text
+                raise HTTPException(422, f"{name}: the query contains a lone UTF-16 surrogate (not valid text)")
             out.append(q)
         return out
 
@@ -260,7 +289,7 @@ def create_app(
             data = images.full(image_id) if full else images.thumbnail(image_id)
         except UnknownImage as err:
             raise HTTPException(404, str(err)) from err
-        headers = {**_SECURITY_HEADERS, "cache-control": "public, max-age=3600"}
+        headers = {**SECURITY_HEADERS, "cache-control": "public, max-age=3600"}
         return Response(data, media_type="image/png" if full else "image/jpeg", headers=headers)
 
     @app.get("/healthz", response_model=Health, summary="Liveness and the index size")
@@ -283,7 +312,7 @@ def create_app(
         content = resources.files("uit_reid.serve").joinpath("static", name).read_bytes()
 
         async def send_file() -> Response:
-            return Response(content, media_type=media_type, headers=_SECURITY_HEADERS)
+            return Response(content, media_type=media_type, headers=SECURITY_HEADERS)
 
         app.add_api_route(path, send_file, methods=["GET"], include_in_schema=False, name=f"page:{name}")
 
@@ -293,4 +322,5 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     if limits.rate > 0:
         app.add_middleware(RateLimit, rate=limits.rate, burst=limits.burst)
+    app.add_middleware(AllowedHosts, hosts=tuple(allowed_hosts))  # added last: runs first
     return app

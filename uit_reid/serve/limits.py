@@ -1,7 +1,8 @@
-"""Request limits for the search service: a per-client rate limit and a request-body size cap.
+"""Request limits for the search service: allowed Host names, a per-client rate limit, a body size cap.
 
-Both are plain ASGI middleware, so every route is covered and an oversized body is refused before it
-is read into memory. Refusals are JSON ``{"error": ...}`` with status 429 or 413.
+All are plain ASGI middleware, so every route is covered and an oversized body is refused before it
+is read into memory. Refusals are JSON ``{"error": ...}`` (status 400, 413 or 429) with the
+`SECURITY_HEADERS` every answer of the service carries.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
-__all__ = ["BodySizeLimit", "RateLimit", "TokenBuckets"]
+__all__ = ["SECURITY_HEADERS", "AllowedHosts", "BodySizeLimit", "RateLimit", "TokenBuckets", "host_name"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -25,13 +26,27 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "content-security-policy": "default-src 'self'; img-src 'self'; frame-ancestors 'none'",
+}
+_SECURITY_HEADER_BYTES = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+
+def error_body(message: str) -> bytes:
+    """The JSON body of every refusal: ``{"error": message}`` (ASCII-escaped, so any text is safe)."""
+    return json.dumps({"error": message}).encode()
+
+
 async def _refuse(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps({"error": message}).encode()
+    body = error_body(message)
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        *_SECURITY_HEADER_BYTES, *headers],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -142,3 +157,42 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header or a ``--host`` value, lower case, without port or IPv6 brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+class AllowedHosts:
+    """ASGI middleware: 400 unless the request's Host header names one of ``hosts`` (``"*"``: any).
+
+    A browser page on another site can reach a loopback service by pointing its own name at
+    127.0.0.1 (DNS rebinding); its requests then carry that name in Host, and are refused here.
+    """
+
+    def __init__(self, app: ASGIApp, *, hosts: tuple[str, ...]) -> None:
+        if not hosts:
+            raise ValueError("hosts: give at least one allowed host name (or '*')")
+        self.app = app
+        self.hosts = frozenset(host_name(h) for h in hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or "*" in self.hosts:
+            await self.app(scope, receive, send)
+            return
+        values = [v for k, v in scope.get("headers") or [] if k == b"host"]
+        if len(values) != 1:
+            await _refuse(send, 400, "Host: the request must carry exactly one Host header")
+            return
+        name = host_name(values[0].decode("latin-1"))
+        if name not in self.hosts:
+            await _refuse(send, 400, f"Host: {name!r} is not a name this service answers to "
+                                     "(allowed: " + ", ".join(sorted(self.hosts)) + "; see --allowed-host)")
+            return
+        await self.app(scope, receive, send)

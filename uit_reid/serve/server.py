@@ -6,16 +6,18 @@ import gc
 import ipaddress
 import logging
 import os
+import resource
 from pathlib import Path
 
 import torch
 
 from uit_reid.retrieval import GalleryIndex
-from uit_reid.serve.app import ServeLimits, create_app
+from uit_reid.serve.app import LOOPBACK_HOSTS, ServeLimits, create_app
+from uit_reid.serve.connections import guarded_protocol
 from uit_reid.serve.engine import SearchEngine
 from uit_reid.serve.gallery import GalleryImages
 
-__all__ = ["build_service", "serve"]
+__all__ = ["build_service", "connection_budget", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ def build_service(
     max_wait: float = 0.002,
     thumb_size: tuple[int, int] = (256, 128),
     mmap: bool | None = None,
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
 ):
     """The app for ``index_path`` searched with the model at ``checkpoint``.
 
@@ -59,7 +62,7 @@ def build_service(
     engine = SearchEngine(index, encode, fingerprint=fingerprint, max_batch=max_batch, max_wait=max_wait)
     images = GalleryImages(index.ids(), index_path.resolve().parent, thumb_size=thumb_size)
     logger.info("serving %d images from %s with model %s", len(index), index_path, fingerprint)
-    return create_app(engine, images, limits)
+    return create_app(engine, images, limits, allowed_hosts=allowed_hosts)
 
 
 def _is_loopback(host: str) -> bool:
@@ -71,6 +74,15 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_FD_RESERVE = 64  # descriptors left for the model, the index, images being read and the listening socket
+
+
+def connection_budget() -> int:
+    """The most connections the open-file limit (``ulimit -n``) leaves room for."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(1, soft - _FD_RESERVE) if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 def serve(
     index_path: str | os.PathLike[str],
     checkpoint: str | os.PathLike[str],
@@ -78,12 +90,27 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     log_level: str = "info",
+    limits: ServeLimits | None = None,
+    allowed_hosts: tuple[str, ...] = (),
+    forwarded_allow_ips: tuple[str, ...] = (),
     **service_kwargs,
 ) -> None:
-    """Build the service (`build_service`) and run it until interrupted."""
+    """Build the service (`build_service`) and run it until interrupted.
+
+    The service answers to the loopback names, ``host`` and ``allowed_hosts``. ``X-Forwarded-For``
+    and ``X-Forwarded-Proto`` are believed only from the proxies in ``forwarded_allow_ips``.
+    """
     import uvicorn
 
-    app = build_service(index_path, checkpoint, **service_kwargs)
+    limits = limits or ServeLimits()
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port: must be between 0 and 65535, got {port}")
+    budget = connection_budget()
+    if limits.max_connections > budget:
+        raise ValueError(f"max_connections: {limits.max_connections} is more than the open-file limit "
+                         f"(ulimit -n) leaves room for ({budget})")
+    hosts = (*LOOPBACK_HOSTS, *([host] if host not in ("0.0.0.0", "::", "") else []), *allowed_hosts)
+    app = build_service(index_path, checkpoint, limits=limits, allowed_hosts=hosts, **service_kwargs)
     # The model, tokenizer and index are millions of long-lived objects: a full garbage collection
     # walking them all took ~200 ms on a 2-core CPU and stalled every request in flight. Frozen
     # objects are never scanned; what requests allocate is still collected.
@@ -91,4 +118,8 @@ def serve(
     gc.freeze()
     if not _is_loopback(host):
         logger.warning("listening on %s: the service is reachable from other machines", host)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False)
+    protocol = guarded_protocol(max_connections=limits.max_connections, request_timeout=limits.request_timeout)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False,
+                http=protocol, h11_max_incomplete_event_size=limits.max_header_bytes,
+                timeout_keep_alive=limits.keep_alive_timeout, proxy_headers=bool(forwarded_allow_ips),
+                forwarded_allow_ips=list(forwarded_allow_ips) or None)

@@ -27,7 +27,7 @@ from uit_reid.device import amp_dtype, autocast, resolve_device
 from uit_reid.distributed import init_from_torchrun, is_distributed, rank, world_size
 from uit_reid.evaluation import evaluate_model
 from uit_reid.factory import build_model
-from uit_reid.io import atomic_write_text
+from uit_reid.io import FolderLock, atomic_write_text, remove_stale_temp_files
 from uit_reid.model import UITModel
 from uit_reid.train import checkpoint as ckpt
 from uit_reid.train.config import TrainConfig
@@ -42,6 +42,11 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped before the optimiser step."""
+
+
+def _is_launch_rank_zero() -> bool:
+    """Rank 0 of a torchrun launch (or a single process), before the process group exists."""
+    return rank() == 0 if is_distributed() else int(os.environ.get("RANK", "0")) == 0
 
 
 class Trainer:
@@ -60,6 +65,11 @@ class Trainer:
     ) -> None:
         self.config = config
         self.run_dir = Path(config.train.output_dir)
+        # one run per folder: fit() holds the lock (so a Trainer built twice in one session does not lock
+        # itself out); here it is only tried, so that a run going on in the folder is named at once
+        self._lock = FolderLock(self.run_dir, "uit-reid train run") if _is_launch_rank_zero() else None
+        if self._lock is not None:
+            self._lock.acquire().release()
         ckpt.check_run_dir(self.run_dir, bool(resume), overwrite)  # before any rank writes anything
         self._saved_step: int | None = None  # step of the last checkpoint written or resumed from
         self._setup_process()
@@ -162,7 +172,23 @@ class Trainer:
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
 
     def fit(self) -> dict[str, Any]:
-        """Train to the end, evaluate, and return ``{"test": metrics, "val_best_R1": ..., "model_dir": ...}``."""
+        """Train to the end, evaluate, and return ``{"test": metrics, "val_best_R1": ..., "model_dir": ...}``.
+
+        Holds the run folder's `FolderLock` while it runs: another process's run into the same folder
+        stops at once, naming this one.
+        """
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            if self._lock is not None:
+                for folder in (self.run_dir, self.run_dir / "best", self.run_dir / "last"):
+                    if folder.is_dir():  # what a killed run's writes left behind: nobody else writes here
+                        remove_stale_temp_files(folder)
+            return self._fit()
+        finally:
+            self._release_lock()
+
+    def _fit(self) -> dict[str, Any]:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.toml", self.config.to_toml())
@@ -174,6 +200,10 @@ class Trainer:
             self._train_epoch(progress, window)
         progress.close()
         return self._finish()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def _train_epoch(self, progress: tqdm, window: LossWindow) -> None:
         """The rest of the current epoch (all of it unless resumed mid-epoch), then its evaluation."""
