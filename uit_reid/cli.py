@@ -8,6 +8,7 @@ Every sub-command has ``--help``. Wrong arguments and unusable files end with a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -218,6 +219,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from uit_reid import augment
     from uit_reid import distributed as D
     from uit_reid.factory import load_model
+    from uit_reid.io import FolderLock
     from uit_reid.retrieval.shards import encode_shards, read_image_list
 
     created = D.init_from_torchrun(args.device)
@@ -226,16 +228,18 @@ def cmd_encode(args: argparse.Namespace) -> int:
         device = _device(args.device)
         if D.is_distributed() and device.startswith("cuda"):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        files = read_image_list(args.images)
-        model = load_model(args.checkpoint, device=device)
-        manifest = encode_shards(
-            files, args.out, lambda x: model.encode_images(x, normalize=False),
-            augment.build_eval_transform(model.image_size, interpolation=model.interpolation),
-            fingerprint=model.encoder.fingerprint(), shard_size=args.shard_size, batch_size=args.batch_size,
-            device=device, image_size=model.image_size, num_workers=args.workers, rank=rank,
-            world_size=D.world_size(), barrier=dist.barrier if D.is_distributed() else lambda: None,
-            metadata={"checkpoint": _checkpoint_ref(args.checkpoint)}, progress=rank == 0,
-        )
+        # rank 0 holds the output folder for the whole job: a second job into it refuses at once
+        with FolderLock(args.out, "uit-reid encode") if rank == 0 else contextlib.nullcontext():
+            files = read_image_list(args.images)
+            model = load_model(args.checkpoint, device=device)
+            manifest = encode_shards(
+                files, args.out, lambda x: model.encode_images(x, normalize=False),
+                augment.build_eval_transform(model.image_size, interpolation=model.interpolation),
+                fingerprint=model.encoder.fingerprint(), shard_size=args.shard_size, batch_size=args.batch_size,
+                device=device, image_size=model.image_size, num_workers=args.workers, rank=rank,
+                world_size=D.world_size(), barrier=dist.barrier if D.is_distributed() else lambda: None,
+                metadata={"checkpoint": _checkpoint_ref(args.checkpoint)}, progress=rank == 0,
+            )
     finally:
         if created:
             dist.destroy_process_group()

@@ -169,3 +169,18 @@ def test_a_hostile_shard_is_refused(gallery, tmp_path) -> None:
     np.save(out / "img_emb" / "img_emb_00001.npy", np.array([b"x"] * 5, dtype=object), allow_pickle=True)
     with pytest.raises(ShardFormatError, match="expected a 2-D"):
         EmbeddingShards(out)
+
+
+def test_a_second_encode_into_a_held_folder_refuses_at_once(gallery, tmp_path) -> None:
+    """Two real processes: this one holds the output folder, the CLI in a subprocess refuses, naming it."""
+    from uit_reid.io import FolderLock
+
+    out = tmp_path / "held"
+    with FolderLock(out, "test"):
+        proc = subprocess.run([sys.executable, "-m", "uit_reid.cli", *_cmd(gallery, out)], env=_env(),
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert f"{out} is in use by another uit-reid encode (pid {os.getpid()} on " in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing written, and the holder's lock released
+    assert main(_cmd(gallery, out)) == 0  # free again: the same command runs
+    _assert_same_shards(out, gallery["ref"])
