@@ -385,23 +385,32 @@ class CLIPDualEncoder(nn.Module):
         return cls(clip, _tokenizer_from_config(model_cfg), model_name=name, model_cfg=model_cfg).to(device)
 
     def load_clip_weights(self, path: str | os.PathLike, grid: tuple[int, int] | None = None) -> None:
-        """Load open_clip CLIP weights from ``path``, resizing the image position grid if needed.
+        """Load open_clip CLIP weights from ``path``, resizing the position tables if needed.
 
-        ``grid`` is the checkpoint's (rows, columns) patch grid; by default it is read as square.
-
-        Raises ``ValueError`` naming the file and the missing, unexpected or mis-shaped keys when
-        the checkpoint belongs to another architecture.
+        ``grid`` is the checkpoint's (rows, columns) patch grid (see `load_clip_state`).
         """
         state = load_state_dict_file(path)
         if any(k.startswith("clip.") for k in state):  # saved from this wrapper
             state = {k[len("clip.") :]: v for k, v in state.items() if k.startswith("clip.")}
+        self.load_clip_state(state, f"checkpoint {path}", grid=grid)
+        logger.info("loaded CLIP weights from %s", path)
+
+    def load_clip_state(self, state: dict[str, torch.Tensor], source: str, grid: tuple[int, int] | None = None) -> None:
+        """Load a CLIP state dict (open_clip / OpenAI names) from ``source``, fitting its position tables.
+
+        The image grid is resampled (`resize_position_embedding`; ``grid`` is the source's (rows,
+        columns), read from the token count by default), the text positions fitted to the context
+        length (`resize_text_positions`). Raises ``ValueError`` naming ``source`` and the missing,
+        unexpected or mis-shaped keys when the weights belong to another architecture.
+        """
+        state = dict(state)
         key = "visual.positional_embedding"
         own = self.clip.state_dict()
         if key in state and key in own and state[key].shape != own[key].shape:
             try:
                 state[key] = resize_position_embedding(state[key], self.grid_size, grid)
             except ValueError as exc:
-                raise ValueError(f"checkpoint {path}: {exc}") from exc
+                raise ValueError(f"{source}: {exc}") from exc
             logger.info("resized %s to grid %s", key, self.grid_size)
         resize_text_positions(state, self.clip)
         # logit_scale is stored as a scalar in some checkpoints and a 1-element tensor in others.
@@ -423,11 +432,8 @@ class CLIPDualEncoder(nn.Module):
                 parts.append(f"missing: {_describe_keys(missing)}")
             if unexpected:
                 parts.append(f"unexpected: {_describe_keys(unexpected)}")
-            raise ValueError(
-                f"checkpoint {path} does not match architecture {self.model_name}: " + "; ".join(parts)
-            )
+            raise ValueError(f"{source} does not match architecture {self.model_name}: " + "; ".join(parts))
         self.clip.load_state_dict(state, strict=False)
-        logger.info("loaded CLIP weights from %s", path)
 
     # ------------------------------------------------------------------ properties
     @property

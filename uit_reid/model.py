@@ -85,23 +85,15 @@ class UITModel(nn.Module):
         interpolation: str | None = None,
     ) -> None:
         super().__init__()
-        preprocess = encoder.preprocess_cfg
-        image_mean = preprocess["mean"] if image_mean is None else image_mean
-        image_std = preprocess["std"] if image_std is None else image_std
-        interpolation = preprocess["interpolation"] if interpolation is None else interpolation
+        self.image_mean, self.image_std, self.interpolation = _preprocessing(
+            encoder, image_mean, image_std, interpolation
+        )
         if tir_grayscale not in ("normalised", "pixels"):
             raise ValueError(f"tir_grayscale must be 'normalised' or 'pixels', got {tir_grayscale!r}")
-        if interpolation not in ("bicubic", "bilinear"):
-            raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
         check_int(num_classes, "num_classes", 0, MAX_SIZES["num_classes"])
         check_number(logit_scale, "logit_scale", 0, low_open=True)
         check_number(cmt_margin, "cmt_margin", 0)
         check_number(mask_ratio, "mask_ratio", 0, 1, high_open=True)
-        for field, values in (("image_mean", image_mean), ("image_std", image_std)):
-            if isinstance(values, str) or not isinstance(values, Sequence) or len(values) != 3:
-                raise ValueError(f"{field}: must be 3 numbers (R, G, B), got {values!r}")
-            for i, v in enumerate(values):
-                check_number(v, f"{field}[{i}]", 0, low_open=field == "image_std")
         weights = dict(DEFAULT_LOSS_WEIGHTS)
         for name, value in (loss_weights or {}).items():
             if name not in weights:
@@ -131,10 +123,7 @@ class UITModel(nn.Module):
         self.logit_scale = float(logit_scale)
         self.cmt_margin = float(cmt_margin)
         self.mask_ratio = float(mask_ratio)
-        self.image_mean = tuple(float(m) for m in image_mean)
-        self.image_std = tuple(float(s) for s in image_std)
         self.tir_grayscale = tir_grayscale
-        self.interpolation = interpolation
         self.model_card: ModelCardInfo | None = None
         """Training data, config, metrics or origin that `save_pretrained` writes into the model card."""
 
@@ -363,6 +352,24 @@ def _read_config(config_path: Path, weights_path: Path) -> dict[str, Any]:
     if cfg.get("format_version") != PRETRAINED_FORMAT_VERSION:
         raise ValueError(f"{config_path}: unsupported format_version {cfg.get('format_version')!r}")
     return cfg
+
+
+def _preprocessing(
+    encoder: CLIPDualEncoder, mean: Sequence[float] | None, std: Sequence[float] | None, interpolation: str | None
+) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """Checked (mean, std, interpolation): each as given, else the tower's own (``encoder.preprocess_cfg``)."""
+    preprocess = encoder.preprocess_cfg
+    image_mean = preprocess["mean"] if mean is None else mean
+    image_std = preprocess["std"] if std is None else std
+    interpolation = preprocess["interpolation"] if interpolation is None else interpolation
+    if interpolation not in ("bicubic", "bilinear"):
+        raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
+    for field, values in (("image_mean", image_mean), ("image_std", image_std)):
+        if isinstance(values, str) or not isinstance(values, Sequence) or len(values) != 3:
+            raise ValueError(f"{field}: must be 3 numbers (R, G, B), got {values!r}")
+        for i, v in enumerate(values):
+            check_number(v, f"{field}[{i}]", 0, low_open=field == "image_std")
+    return tuple(float(m) for m in image_mean), tuple(float(s) for s in image_std), interpolation
 
 
 _MAX_CONFIG_BYTES = 1 << 20  # ours are ~2 KB
