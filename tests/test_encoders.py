@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import uit_reid
 from uit_reid import CLIPDualEncoder
 from uit_reid.encoders import resize_position_embedding
 
@@ -118,7 +125,7 @@ def test_missing_checkpoint_names_the_file(tmp_path) -> None:
 
 
 def test_foreign_architecture_names_file_and_keys(tmp_path, tiny_encoder_factory) -> None:
-    other = open_clip.create_model("uit-tiny", pretrained=None, force_image_size=(96, 32))
+    other = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=(96, 32)).clip
     state = other.state_dict()
     state["visual.conv1.weight"] = torch.randn(128, 3, 16, 16)  # another patch size
     state.pop("ln_final.weight")
@@ -187,3 +194,65 @@ def test_local_openai_style_file_loads_with_quick_gelu_when_asked(tmp_path) -> N
     enc = CLIPDualEncoder.from_open_clip("ViT-B-16", pretrained=str(path), quick_gelu=True)
     assert enc.model_name == "ViT-B-16-quickgelu" and enc.quick_gelu
     assert not CLIPDualEncoder.from_open_clip("ViT-B-16", pretrained=str(path)).quick_gelu
+
+
+def test_uit_reid_leaves_open_clips_registry_alone(tmp_path) -> None:
+    """Importing uit_reid, building, saving and loading ``uit-tiny`` register nothing with open_clip."""
+    code = f"""
+import open_clip
+before = open_clip.list_models()
+import uit_reid
+from uit_reid import CLIPDualEncoder, UITModel
+enc = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=(64, 32), context_length=52)
+UITModel(enc, num_classes=0, tir=False).save_pretrained({str(tmp_path)!r})
+UITModel.from_pretrained({str(tmp_path)!r})
+CLIPDualEncoder.from_open_clip("uit-tiny", pretrained="synthetic", image_size=(64, 32))
+assert open_clip.list_models() == before, sorted(set(open_clip.list_models()) - set(before))
+assert open_clip.get_model_config("uit-tiny") is None
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(uit_reid.__file__).parents[1]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def _resample_grid(table: torch.Tensor, old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
+    """An independent bicubic resample of a ``(1 + H*W, C)`` table (CLS first), written here, not imported."""
+    grid = table[1:].reshape(1, old[0], old[1], -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=new, mode="bicubic", antialias=True, align_corners=False)
+    return torch.cat([table[:1], grid.permute(0, 2, 3, 1).reshape(new[0] * new[1], -1)])
+
+
+def _saved(encoder: CLIPDualEncoder, path: Path) -> Path:
+    torch.save(encoder.clip.state_dict(), path)
+    return path
+
+
+def test_non_square_position_table_loads_resampled(tmp_path) -> None:
+    """A 12x4 source (96x32) loads at 24x8 (grid read from the target's shape) and at 8x4 (grid given)."""
+    source = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=(96, 32))
+    table = source.clip.visual.positional_embedding.detach()
+    path = _saved(source, tmp_path / "nonsquare.pt")
+    bigger = CLIPDualEncoder.from_open_clip("uit-tiny", pretrained=path, image_size=(192, 64))
+    assert torch.allclose(bigger.clip.visual.positional_embedding, _resample_grid(table, (12, 4), (24, 8)), atol=1e-6)
+    other_shape = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=(64, 32))
+    with pytest.raises(ValueError, match="nonsquare.pt: cannot infer the grid"):
+        other_shape.load_clip_weights(path)
+    other_shape.load_clip_weights(path, grid=(12, 4))
+    assert torch.allclose(other_shape.clip.visual.positional_embedding, _resample_grid(table, (12, 4), (8, 4)), atol=1e-6)
+
+
+def test_text_context_77_to_52_and_back(tmp_path) -> None:
+    """77 -> 52 keeps the first rows (the causal mask's trained positions); 52 -> 77 resamples linearly."""
+    long = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=(64, 32), context_length=77)
+    short = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=(64, 32), context_length=52)
+    to52 = CLIPDualEncoder.from_open_clip(
+        "uit-tiny", pretrained=_saved(long, tmp_path / "c77.pt"), image_size=(64, 32), context_length=52
+    )
+    assert torch.equal(to52.clip.positional_embedding, long.clip.positional_embedding[:52])
+    to77 = CLIPDualEncoder.from_open_clip(
+        "uit-tiny", pretrained=_saved(short, tmp_path / "c52.pt"), image_size=(64, 32), context_length=77
+    )
+    table = short.clip.positional_embedding.detach().T.unsqueeze(0)
+    expected = F.interpolate(table, size=77, mode="linear", align_corners=False)[0].T
+    assert torch.allclose(to77.clip.positional_embedding, expected, atol=1e-6)

@@ -13,14 +13,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-import open_clip
 import pytest
 import torch
 from hub_server import FakeHub
 from safetensors.torch import load_file, save, save_file
 
 from uit_reid import CLIPDualEncoder, UITModel
-from uit_reid.encoders import MODEL_CONFIG_DIR
+from uit_reid.encoders import MODEL_CONFIG_DIR, get_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = (96, 32)
@@ -92,8 +91,8 @@ def hub_run(tmp_path_factory) -> dict:
         models[name] = UITModel(encoder, num_classes=5, tir=False).eval()
         models[name].save_pretrained(base / name)
     torch.manual_seed(2)
-    clip = open_clip.create_model("uit-tiny", force_image_size=SIZE)
-    models["open_clip"] = CLIPDualEncoder(clip, open_clip.get_tokenizer("uit-tiny"), "uit-tiny").eval()
+    clip = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=SIZE).clip
+    models["open_clip"] = CLIPDualEncoder(clip, get_tokenizer("uit-tiny"), "uit-tiny").eval()
     open_clip_config = {"model_cfg": json.loads((MODEL_CONFIG_DIR / "uit-tiny.json").read_text()),
                         "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
                                            "std": [0.26862954, 0.26130258, 0.27577711]}}

@@ -23,6 +23,8 @@ _OBJECTS = {
     "convert_checkpoint": "uit_reid.convert",
     "build_model": "uit_reid.factory",
     "load_model": "uit_reid.factory",
+    "create_model_and_transforms": "uit_reid.factory",
+    "get_tokenizer": "uit_reid.factory",
 }
 _MODULES = ("augment", "data", "losses", "retrieval")
 
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from uit_reid import augment, data, losses, retrieval
     from uit_reid.convert import convert_checkpoint
     from uit_reid.encoders import CLIPDualEncoder
-    from uit_reid.factory import build_model, load_model
+    from uit_reid.factory import build_model, create_model_and_transforms, get_tokenizer, load_model
     from uit_reid.model import UITModel
     from uit_reid.tir import TIRHead
 
@@ -42,7 +44,9 @@ __all__ = [
     "augment",
     "build_model",
     "convert_checkpoint",
+    "create_model_and_transforms",
     "data",
+    "get_tokenizer",
     "load_model",
     "losses",
     "retrieval",

@@ -176,7 +176,6 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         raise CLIError("give --images and --checkpoint (or --embeddings)")
     if args.memory_budget is not None:
         raise CLIError("--memory-budget works with --embeddings (encode the images with 'uit-reid encode' first)")
-    from uit_reid import augment
     from uit_reid.factory import load_model
     from uit_reid.retrieval import build_index_from_folder
 
@@ -185,7 +184,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     index = build_index_from_folder(
         args.images,
         lambda x: model.encode_images(x, normalize=False),
-        augment.build_eval_transform(model.image_size, interpolation=model.interpolation),
+        model.eval_transform(),
         kind=args.kind or "flat",
         fingerprint=model.encoder.fingerprint(),
         batch_size=args.batch_size,
@@ -216,7 +215,6 @@ def cmd_index_add(args: argparse.Namespace) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from uit_reid import augment
     from uit_reid import distributed as D
     from uit_reid.factory import load_model
     from uit_reid.io import FolderLock
@@ -234,7 +232,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             model = load_model(args.checkpoint, device=device)
             manifest = encode_shards(
                 files, args.out, lambda x: model.encode_images(x, normalize=False),
-                augment.build_eval_transform(model.image_size, interpolation=model.interpolation),
+                model.eval_transform(),
                 fingerprint=model.encoder.fingerprint(), shard_size=args.shard_size, batch_size=args.batch_size,
                 device=device, image_size=model.image_size, num_workers=args.workers, rank=rank,
                 world_size=D.world_size(), barrier=dist.barrier if D.is_distributed() else lambda: None,

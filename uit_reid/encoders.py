@@ -13,7 +13,9 @@ and exposes what text-based person retrieval needs beyond open_clip's own API:
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -22,9 +24,11 @@ from typing import Any
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from open_clip.factory import parse_model_name
+from open_clip.model import resize_text_pos_embed
+from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from open_clip.transformer import VisionTransformer, text_global_pool
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from uit_reid.bounds import check_torch_zip
@@ -34,6 +38,9 @@ from uit_reid.tir import random_masking
 __all__ = [
     "CLIPDualEncoder",
     "MaskedImageOutput",
+    "get_model_config",
+    "get_tokenizer",
+    "list_models",
     "load_state_dict_file",
     "resize_position_embedding",
     "resolve_activation",
@@ -42,7 +49,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-open_clip.add_model_config(MODEL_CONFIG_DIR)
+"""uit_reid's own architectures (``uit-tiny``), read here rather than registered with open_clip."""
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
@@ -62,27 +69,75 @@ class MaskedImageOutput:
     mask: torch.Tensor
 
 
+@functools.cache
+def _own_model_configs() -> dict[str, dict[str, Any]]:
+    """The architectures of `MODEL_CONFIG_DIR` by name, read once; open_clip's registry stays untouched."""
+    return {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(MODEL_CONFIG_DIR.glob("*.json"))}
+
+
+def get_model_config(name: str) -> dict[str, Any] | None:
+    """A copy of the model config of a uit_reid architecture (``uit-tiny``) or an open_clip one; ``None`` if unknown."""
+    own = _own_model_configs().get(name)
+    return copy.deepcopy(own) if own is not None else open_clip.get_model_config(name)
+
+
+def list_models() -> list[str]:
+    """Architecture names `CLIPDualEncoder.from_open_clip` accepts: uit_reid's own and open_clip's."""
+    return sorted({*_own_model_configs(), *open_clip.list_models()})
+
+
+def _source_grid(num_patches: int, new_grid: tuple[int, int]) -> tuple[int, int]:
+    """The (rows, columns) grid of a ``num_patches`` position table whose grid nobody recorded.
+
+    Square when the count is a square (OpenAI's and open_clip's weights), else the grid with the
+    target's aspect ratio (a person-crop model at another resolution, e.g. 24x8 for 12x4).
+    """
+    side = int(round(num_patches**0.5))
+    if side * side == num_patches:
+        return side, side
+    rows = int(round((num_patches * new_grid[0] / new_grid[1]) ** 0.5))
+    if rows > 0 and num_patches % rows == 0 and rows * new_grid[1] == (num_patches // rows) * new_grid[0]:
+        return rows, num_patches // rows
+    raise ValueError(
+        f"cannot infer the grid of a {num_patches}-token position embedding (neither square nor shaped like "
+        f"the {new_grid[0]}x{new_grid[1]} target); pass old_grid"
+    )
+
+
 def resize_position_embedding(
     pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int] | None = None
 ) -> torch.Tensor:
-    """Resize a ``(1 + H*W, C)`` ViT position embedding (CLS first) to ``new_grid`` bicubically.
+    """Resize a ``(1 + H*W, C)`` ViT position embedding (CLS first) to ``new_grid`` with timm's resampler.
 
-    ``old_grid`` defaults to the square grid implied by the token count.
+    timm's ``resample_abs_pos_embed`` (bicubic, antialiased) takes the source grid explicitly, so a
+    non-square source resizes too; ``old_grid`` defaults to `_source_grid`'s reading of the count.
     """
-    cls_pos, grid_pos = pos_embed[:1], pos_embed[1:]
     if old_grid is None:
-        side = int(round(grid_pos.shape[0] ** 0.5))
-        if side * side != grid_pos.shape[0]:
-            raise ValueError(
-                f"cannot infer the grid of a {grid_pos.shape[0]}-token position embedding; pass old_grid"
-            )
-        old_grid = (side, side)
+        old_grid = _source_grid(pos_embed.shape[0] - 1, new_grid)
     if tuple(old_grid) == tuple(new_grid):
         return pos_embed
-    grid = grid_pos.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", antialias=True, align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos_embed.dtype)
-    return torch.cat([cls_pos, grid], dim=0)
+    if old_grid[0] * old_grid[1] != pos_embed.shape[0] - 1:
+        raise ValueError(f"a {pos_embed.shape[0] - 1}-token position embedding has no {old_grid[0]}x{old_grid[1]} grid")
+    out = resample_abs_pos_embed(pos_embed.unsqueeze(0), new_size=list(new_grid), old_size=list(old_grid))
+    return out[0]
+
+
+def resize_text_positions(state: dict[str, torch.Tensor], clip: nn.Module) -> None:
+    """Fit ``state["positional_embedding"]`` to ``clip``'s context length, in place.
+
+    A shorter context keeps the first rows: under the causal mask they are exactly the positions the
+    caption's tokens were trained at (the demo reads the 77-token shipped weights at 52). A longer
+    one goes through open_clip's ``resize_text_pos_embed`` (linear), as open_clip does for its tags.
+    """
+    old, own = state.get("positional_embedding"), getattr(clip, "positional_embedding", None)
+    if old is None or own is None or old.shape[1:] != own.shape[1:] or old.shape[0] == own.shape[0]:
+        return
+    if old.shape[0] > own.shape[0]:
+        logger.info("kept the first %d of %d text positions", own.shape[0], old.shape[0])
+        state["positional_embedding"] = old[: own.shape[0]]
+    else:
+        resize_text_pos_embed(state, clip)
+        logger.info("resized the text positions from %d to %d", old.shape[0], own.shape[0])
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -134,7 +189,62 @@ def _clip_from_config(model_cfg: dict[str, Any], name: str) -> open_clip.CLIP:
     vision_cfg, text_cfg = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
     if cfg.pop("custom_text", False) or "hf_model_name" in text_cfg or "timm_model_name" in vision_cfg:
         raise TypeError(f"{name}: CLIPDualEncoder needs a ViT image tower and the built-in text tower")
-    return open_clip.CLIP(**cfg)
+    preprocess = cfg.pop("preprocess_cfg", None) or {}
+    clip = open_clip.CLIP(**cfg)
+    if preprocess:  # as create_model does for a hub config's preprocess_cfg
+        open_clip.set_model_preprocess_cfg(clip, merge_preprocess_dict(PreprocessCfg(), preprocess))
+    return clip
+
+
+def _tokenizer_from_config(model_cfg: dict[str, Any], context_length: int | None = None) -> Any:
+    """The tokenizer a model config's ``text_cfg`` names (open_clip's BPE unless ``hf_tokenizer_name``)."""
+    text_cfg = model_cfg.get("text_cfg", {})
+    context_length = int(context_length or text_cfg.get("context_length", 77))
+    kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
+    if text_cfg.get("hf_tokenizer_name"):
+        return open_clip.tokenizer.HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length, **kwargs)
+    return open_clip.SimpleTokenizer(context_length=context_length, **kwargs)
+
+
+def get_tokenizer(name: str, context_length: int | None = None) -> Any:
+    """The tokenizer of an architecture `from_open_clip` accepts (uit_reid's own without open_clip's registry)."""
+    own = _own_model_configs().get(name)
+    if own is not None:
+        return _tokenizer_from_config(own, context_length)
+    return open_clip.get_tokenizer(name, context_length=context_length)
+
+
+def _pretrained_source(
+    name: str, pretrained: str | os.PathLike | None
+) -> tuple[str | None, Path | None, tuple[int, int] | None]:
+    """``pretrained`` read as (open_clip tag, weights file, the file's recorded grid); all ``None`` for random init."""
+    if pretrained is None:
+        return None, None, None
+    pretrained = os.fspath(pretrained)
+    if _looks_like_path(pretrained):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
+        return None, path, None
+    if shipped_tags(name) or name in _own_model_configs():  # weights inside the package
+        if pretrained not in shipped_tags(name):
+            raise ValueError(f"unknown pretrained tag {pretrained!r} for {name}; shipped tags: {shipped_tags(name)}")
+        return None, shipped_weights(name, pretrained), SHIPPED[(name, pretrained)].grid
+    return pretrained, None, None
+
+
+def _schema_model_config(
+    name: str, image_size: tuple[int, int], context_length: int, quick_gelu: bool | None
+) -> dict[str, Any]:
+    """The config of an ``hf-hub:`` / ``local-dir:`` tower at our sizes, kept so a saved model rebuilds offline."""
+    model_cfg = open_clip.get_model_config(name)
+    model_cfg["vision_cfg"]["image_size"] = list(image_size)
+    model_cfg["text_cfg"]["context_length"] = context_length
+    if quick_gelu is not None and bool(model_cfg.get("quick_gelu", False)) != quick_gelu:
+        if not quick_gelu:
+            raise ValueError(f"{name}: its config uses QuickGELU; quick_gelu=False cannot change it")
+        model_cfg["quick_gelu"] = True
+    return model_cfg
 
 
 def resolve_activation(name: str, tag: str | None = None, quick_gelu: bool | None = None) -> str:
@@ -146,7 +256,7 @@ def resolve_activation(name: str, tag: str | None = None, quick_gelu: bool | Non
     architecture's own activation without a tag); ``True``/``False`` choose. The result is ``name``
     or its ``-quickgelu`` sibling; a choice no registered model offers is an error.
     """
-    has = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
+    has = bool((get_model_config(name) or {}).get("quick_gelu", False))
     if quick_gelu is None and tag is not None:
         from open_clip.pretrained import get_pretrained_cfg
 
@@ -154,7 +264,7 @@ def resolve_activation(name: str, tag: str | None = None, quick_gelu: bool | Non
     if quick_gelu is None or quick_gelu == has:
         return name
     other = f"{name}-quickgelu" if quick_gelu else name.removesuffix("-quickgelu")
-    if other == name or other not in open_clip.list_models():
+    if other == name or other not in list_models():
         act = "QuickGELU" if quick_gelu else "GELU"
         raise ValueError(f"no {act} variant of open_clip model {name!r} is registered (quick_gelu={quick_gelu})")
     logger.info(
@@ -231,41 +341,19 @@ class CLIPDualEncoder(nn.Module):
                 ``-quickgelu`` name for OpenAI/IRRA/SEN files. ``model_name`` shows the result.
         """
         image_size = (int(image_size[0]), int(image_size[1]))
-        tag = None
-        path: Path | None = None
-        grid: tuple[int, int] | None = None  # the file's position grid, when it cannot be inferred
-        if pretrained is not None:
-            pretrained = os.fspath(pretrained)
-            if shipped_tags(name) and not _looks_like_path(pretrained):  # weights inside the package
-                if pretrained not in shipped_tags(name):
-                    raise ValueError(
-                        f"unknown pretrained tag {pretrained!r} for {name}; shipped tags: {shipped_tags(name)}"
-                    )
-                path, grid = shipped_weights(name, pretrained), SHIPPED[(name, pretrained)].grid
-            elif _looks_like_path(pretrained):
-                path = Path(pretrained).expanduser()
-                if not path.is_file():
-                    raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
-            else:
-                tag = pretrained
         schema, _ = parse_model_name(name)
         if schema is not None and pretrained is not None:
             raise ValueError(f"{name}: a {schema}: name brings its own weights; leave pretrained=None")
-        if schema is None and name not in open_clip.list_models():
-            raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+        if schema is None and get_model_config(name) is None:
+            raise ValueError(f"unknown open_clip model {name!r}; see uit_reid.encoders.list_models()")
+        tag, path, grid = _pretrained_source(name, pretrained)
         model_cfg = None
         if schema is None:
             name = resolve_activation(name, tag, quick_gelu)
         else:  # remember the downloaded config: a saved model must rebuild offline
-            model_cfg = open_clip.get_model_config(name)
-            model_cfg["vision_cfg"]["image_size"] = list(image_size)
-            model_cfg["text_cfg"]["context_length"] = context_length
-            if quick_gelu is not None and bool(model_cfg.get("quick_gelu", False)) != quick_gelu:
-                if not quick_gelu:
-                    raise ValueError(f"{name}: its config uses QuickGELU; quick_gelu=False cannot change it")
-                model_cfg["quick_gelu"] = True
+            model_cfg = _schema_model_config(name, image_size, context_length, quick_gelu)
         if schema is None and tag is None:  # random init (a local file is loaded below)
-            cfg = open_clip.get_model_config(name)  # with create_model's overrides, as it would build it
+            cfg = get_model_config(name)  # with create_model's overrides, as it would build it
             cfg["vision_cfg"]["image_size"] = image_size
             cfg["text_cfg"]["context_length"] = context_length
             clip = _clip_from_config(cfg, name)
@@ -278,9 +366,7 @@ class CLIPDualEncoder(nn.Module):
                 force_context_length=context_length,
                 device="cpu",
             )
-        encoder = cls(
-            clip, open_clip.get_tokenizer(name, context_length=context_length), model_name=name, model_cfg=model_cfg
-        )
+        encoder = cls(clip, get_tokenizer(name, context_length=context_length), model_name=name, model_cfg=model_cfg)
         if path is not None:
             encoder.load_clip_weights(path, grid=grid)
         return encoder.to(device)
@@ -296,40 +382,37 @@ class CLIPDualEncoder(nn.Module):
         is recorded as the architecture's label.
         """
         clip = _clip_from_config(model_cfg, name)
-        text_cfg = model_cfg.get("text_cfg", {})
-        context_length = int(text_cfg.get("context_length", 77))
-        tokenizer_kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
-        if text_cfg.get("hf_tokenizer_name"):
-            tokenizer: Any = open_clip.tokenizer.HFTokenizer(
-                text_cfg["hf_tokenizer_name"], context_length=context_length, **tokenizer_kwargs
-            )
-        else:
-            tokenizer = open_clip.SimpleTokenizer(context_length=context_length, **tokenizer_kwargs)
-        return cls(clip, tokenizer, model_name=name, model_cfg=model_cfg).to(device)
+        return cls(clip, _tokenizer_from_config(model_cfg), model_name=name, model_cfg=model_cfg).to(device)
 
     def load_clip_weights(self, path: str | os.PathLike, grid: tuple[int, int] | None = None) -> None:
-        """Load open_clip CLIP weights from ``path``, resizing the image position grid if needed.
+        """Load open_clip CLIP weights from ``path``, resizing the position tables if needed.
 
-        ``grid`` is the checkpoint's (rows, columns) patch grid; by default it is read as square.
-
-        Raises ``ValueError`` naming the file and the missing, unexpected or mis-shaped keys when
-        the checkpoint belongs to another architecture.
+        ``grid`` is the checkpoint's (rows, columns) patch grid (see `load_clip_state`).
         """
         state = load_state_dict_file(path)
         if any(k.startswith("clip.") for k in state):  # saved from this wrapper
             state = {k[len("clip.") :]: v for k, v in state.items() if k.startswith("clip.")}
+        self.load_clip_state(state, f"checkpoint {path}", grid=grid)
+        logger.info("loaded CLIP weights from %s", path)
+
+    def load_clip_state(self, state: dict[str, torch.Tensor], source: str, grid: tuple[int, int] | None = None) -> None:
+        """Load a CLIP state dict (open_clip / OpenAI names) from ``source``, fitting its position tables.
+
+        The image grid is resampled (`resize_position_embedding`; ``grid`` is the source's (rows,
+        columns), read from the token count by default), the text positions fitted to the context
+        length (`resize_text_positions`). Raises ``ValueError`` naming ``source`` and the missing,
+        unexpected or mis-shaped keys when the weights belong to another architecture.
+        """
+        state = dict(state)
         key = "visual.positional_embedding"
         own = self.clip.state_dict()
         if key in state and key in own and state[key].shape != own[key].shape:
             try:
                 state[key] = resize_position_embedding(state[key], self.grid_size, grid)
             except ValueError as exc:
-                raise ValueError(f"checkpoint {path}: {exc}") from exc
-            logger.info("resized %s from %s to grid %s", key, tuple(state[key].shape), self.grid_size)
-        key = "positional_embedding"  # text positions: a shorter context keeps the first rows (causal mask)
-        if key in state and key in own and state[key].shape[0] > own[key].shape[0] and state[key].shape[1:] == own[key].shape[1:]:
-            logger.info("kept the first %d of %d text positions", own[key].shape[0], state[key].shape[0])
-            state[key] = state[key][: own[key].shape[0]]
+                raise ValueError(f"{source}: {exc}") from exc
+            logger.info("resized %s to grid %s", key, self.grid_size)
+        resize_text_positions(state, self.clip)
         # logit_scale is stored as a scalar in some checkpoints and a 1-element tensor in others.
         for name in ("logit_scale", "logit_bias"):
             if name in state and name in own and state[name].shape != own[name].shape:
@@ -349,11 +432,8 @@ class CLIPDualEncoder(nn.Module):
                 parts.append(f"missing: {_describe_keys(missing)}")
             if unexpected:
                 parts.append(f"unexpected: {_describe_keys(unexpected)}")
-            raise ValueError(
-                f"checkpoint {path} does not match architecture {self.model_name}: " + "; ".join(parts)
-            )
+            raise ValueError(f"{source} does not match architecture {self.model_name}: " + "; ".join(parts))
         self.clip.load_state_dict(state, strict=False)
-        logger.info("loaded CLIP weights from %s", path)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -384,6 +464,15 @@ class CLIPDualEncoder(nn.Module):
         """True when every transformer MLP of both towers uses QuickGELU (``x * sigmoid(1.702 x)``)."""
         acts = [m for m in self.clip.modules() if type(m).__name__ in ("QuickGELU", "GELU")]
         return bool(acts) and all(type(m).__name__ == "QuickGELU" for m in acts)
+
+    @property
+    def preprocess_cfg(self) -> dict[str, Any]:
+        """The tower's image preprocessing (open_clip's ``PreprocessCfg`` keys: mean, std, interpolation, ...).
+
+        What open_clip set from a tag's or a hub config's ``preprocess_cfg``; CLIP's statistics and
+        bicubic resizing for a tower that brings none (uit_reid's own, random init, local files).
+        """
+        return merge_preprocess_dict(PreprocessCfg(), open_clip.get_model_preprocess_cfg(self.clip))
 
     @property
     def context_length(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from uit_reid import augment, retrieval
+from uit_reid import retrieval
 from uit_reid.data import PROBE_KINDS, Split, binding_probes, build_eval_loaders
 from uit_reid.device import autocast
 from uit_reid.model import UITModel
@@ -24,7 +24,7 @@ BINDING_KEYS = tuple(k for kind in PROBE_KINDS for k in (kind, f"{kind}_n"))
 def _loaders(model: UITModel, split: Split, batch_size: int, num_workers: int, interpolation: str | None):
     return build_eval_loaders(
         split, model.encoder.tokenize, model.image_size, batch_size=batch_size, num_workers=num_workers,
-        transform=augment.build_eval_transform(model.image_size, interpolation=interpolation or model.interpolation),
+        transform=model.eval_transform(interpolation),
     )
 
 

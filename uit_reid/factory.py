@@ -3,6 +3,7 @@
 ``build_model`` turns the ``[model]`` and ``[loss]`` sections of a training config (the dataclasses of
 `uit_reid.train.config`, or the same keys as plain dicts) into a model; ``load_model`` reads a model
 back from a ``save_pretrained`` folder or a trainer's ``last.pt``. Neither needs the trainer.
+``create_model_and_transforms`` and ``get_tokenizer`` are the entry points open_clip users expect.
 """
 
 from __future__ import annotations
@@ -10,18 +11,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from uit_reid.checkpoint import CheckpointError, load_checkpoint
-from uit_reid.encoders import CLIPDualEncoder
+from uit_reid.encoders import CLIPDualEncoder, get_model_config
+from uit_reid.encoders import get_tokenizer as _tower_tokenizer
 from uit_reid.model import UITModel
 from uit_reid.tir import TIRHead
 
-__all__ = ["build_model", "load_model"]
+__all__ = ["build_model", "create_model_and_transforms", "get_tokenizer", "load_model"]
 
 _UNSET = object()
 
@@ -31,7 +33,7 @@ def _as_dict(section: Any) -> Mapping[str, Any]:
 
 
 def build_model(
-    model: Any, loss: Any, num_classes: int, pretrained: Any = _UNSET, interpolation: str = "bicubic"
+    model: Any, loss: Any, num_classes: int, pretrained: Any = _UNSET, interpolation: str | None = None
 ) -> UITModel:
     """The `UITModel` that a ``[model]`` and a ``[loss]`` config section describe.
 
@@ -41,7 +43,8 @@ def build_model(
         loss: ``LossConfig`` or a dict with its keys (the five loss weights, logit_scale, cmt_margin).
         num_classes: training identities (the ID classifier's size; unused when the ID weight is 0).
         pretrained: overrides ``model["pretrained"]`` (e.g. None when weights are loaded afterwards).
-        interpolation: the training resize (``[data] interpolation``), recorded in the model.
+        interpolation: the training resize (``[data] interpolation``), recorded in the model; by
+            default the tower's own (its preprocessing config).
     """
     m, lw = _as_dict(model), _as_dict(loss)
     encoder = CLIPDualEncoder.from_open_clip(
@@ -101,3 +104,51 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
     else:
         raise FileNotFoundError(f"checkpoint not found: {path} (a model directory or a last.pt file)")
     return model.eval()
+
+
+def _is_tower(source: str | os.PathLike, pretrained: str | None) -> bool:
+    """Whether ``source`` names an open_clip / uit_reid architecture rather than a trained uit_reid model."""
+    text = os.fspath(source)
+    return pretrained is not None or text.startswith("local-dir:") or (
+        get_model_config(text) is not None and not Path(text).exists()
+    )
+
+
+def create_model_and_transforms(
+    source: str | os.PathLike,
+    pretrained: str | None = None,
+    *,
+    image_size: tuple[int, int] = (384, 128),
+    context_length: int = 77,
+    device: str | torch.device = "cpu",
+) -> tuple[UITModel, Callable[[Any], torch.Tensor], Callable[[Any], torch.Tensor]]:
+    """``(model, train_transform, eval_transform)`` for ``source``, as ``open_clip.create_model_and_transforms``.
+
+    ``source`` is what `load_model` reads (a ``save_pretrained`` folder, a trainer's ``last.pt``, a
+    Hub model id) or an architecture `CLIPDualEncoder.from_open_clip` builds (``"ViT-B-16"`` with
+    ``pretrained="openai"``, ``"uit-tiny"`` with ``"synthetic"``, ``"local-dir:/path"``), which becomes
+    a model without ID classifier or TIR head at ``image_size``/``context_length``. Both transforms
+    resize and normalise as the model says (its tower's preprocessing, kept in its ``config.json``).
+    The model is in eval mode.
+    """
+    if _is_tower(source, pretrained):
+        encoder = CLIPDualEncoder.from_open_clip(
+            os.fspath(source), pretrained=pretrained, image_size=image_size, context_length=context_length
+        )
+        model = UITModel(encoder, num_classes=0, tir=False).to(device).eval()
+    else:
+        model = load_model(source, device=device)
+    return model, model.train_transform(), model.eval_transform()
+
+
+def get_tokenizer(source: str | os.PathLike, context_length: int | None = None) -> Callable[..., torch.Tensor]:
+    """The tokenizer (texts -> ``(B, context_length)`` ids) for what `create_model_and_transforms` reads.
+
+    An architecture name needs no weights; a trained model is loaded to read its tokenizer and
+    context length (``context_length`` must then be left ``None``).
+    """
+    if _is_tower(source, None):
+        return _tower_tokenizer(os.fspath(source), context_length=context_length)
+    if context_length is not None:
+        raise ValueError(f"{source}: a trained model has its own context length; leave context_length=None")
+    return load_model(source).encoder.tokenizer

@@ -51,6 +51,21 @@ def resolve_pretrained(
         if revision is not None:
             raise ValueError(f"revision={revision!r} applies to Hub repositories, not to the local path {source}")
         return Path(source)
+    where = f"{repo_id}@{revision or 'main'}"
+    if not os.fspath(source).startswith(HF_HUB_PREFIX):
+        where = f"{source} (no such local folder) on the Hub: {where}"
+    cache = os.fspath(cache_dir) if cache_dir is not None else None
+    paths = [_download(repo_id, filename, where, revision, cache, token) for filename in filenames]
+    folders = {path.parent for path in paths}
+    if len(folders) != 1:  # the repository changed between two downloads
+        raise OSError(f"{where}: files came from different commits ({sorted(map(str, folders))}); retry")
+    return folders.pop()
+
+
+def _download(
+    repo_id: str, filename: str, where: str, revision: str | None, cache_dir: str | None, token: str | None
+) -> Path:
+    """One file of a Hub repository through ``hf_hub_download``; each failure as one line naming ``where``."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -60,42 +75,23 @@ def resolve_pretrained(
         RevisionNotFoundError,
     )
 
-    where = f"{repo_id}@{revision or 'main'}"
-    if not os.fspath(source).startswith(HF_HUB_PREFIX):
-        where = f"{source} (no such local folder) on the Hub: {where}"
-    paths = []
-    for filename in filenames:
-        try:
-            paths.append(
-                Path(
-                    hf_hub_download(
-                        repo_id,
-                        filename,
-                        revision=revision,
-                        cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
-                        token=token,
-                    )
-                )
-            )
-        except RepositoryNotFoundError as exc:
-            raise FileNotFoundError(f"{where}: repository not found on the Hub (or private: pass a token)") from exc
-        except RevisionNotFoundError as exc:
-            raise FileNotFoundError(f"{where}: no such revision on the Hub") from exc
-        except LocalEntryNotFoundError as exc:
-            raise FileNotFoundError(
-                f"{where}: {filename} is not in the local cache and the Hub cannot be reached "
-                "(offline, or HF_HUB_OFFLINE=1)"
-            ) from exc
-        except EntryNotFoundError as exc:
-            raise FileNotFoundError(
-                f"{where}: no {filename} in the repository (not a folder written by save_pretrained)"
-            ) from exc
-        except HfHubHTTPError as exc:
-            raise OSError(f"{where}: {filename}: {str(exc).splitlines()[0]}") from exc
-    folders = {path.parent for path in paths}
-    if len(folders) != 1:  # the repository changed between two downloads
-        raise OSError(f"{where}: files came from different commits ({sorted(map(str, folders))}); retry")
-    return folders.pop()
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token))
+    except RepositoryNotFoundError as exc:
+        raise FileNotFoundError(f"{where}: repository not found on the Hub (or private: pass a token)") from exc
+    except RevisionNotFoundError as exc:
+        raise FileNotFoundError(f"{where}: no such revision on the Hub") from exc
+    except LocalEntryNotFoundError as exc:
+        raise FileNotFoundError(
+            f"{where}: {filename} is not in the local cache and the Hub cannot be reached "
+            "(offline, or HF_HUB_OFFLINE=1)"
+        ) from exc
+    except EntryNotFoundError as exc:
+        raise FileNotFoundError(
+            f"{where}: no {filename} in the repository (not a folder written by save_pretrained)"
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise OSError(f"{where}: {filename}: {str(exc).splitlines()[0]}") from exc
 
 
 def upload_folder(

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from uit_reid import losses
-from uit_reid.augment import CLIP_MEAN, CLIP_STD
 from uit_reid.bounds import (
     MAX_SIZES,
     check_image_size,
@@ -60,13 +59,15 @@ class UITModel(nn.Module):
         logit_scale: fixed inverse temperature of SDM and ITC (UIT: 50).
         cmt_margin: margin of the cross-modal triplet loss (UIT: 0.05).
         mask_ratio: fraction of patches TIR drops (UIT: 0.7).
-        image_mean: per-channel mean the input images were normalised with (to form grayscale inputs).
-        image_std: per-channel standard deviation of that normalisation.
+        image_mean: per-channel mean the input images are normalised with (transforms, TIR's grayscale
+            inputs); by default the tower's own (``encoder.preprocess_cfg``: CLIP's for uit_reid's towers).
+        image_std: per-channel standard deviation of that normalisation; by default the tower's.
         tir_grayscale: how TIR's grayscale input is formed. ``"normalised"`` (the authors' code):
             the luma weights applied to the normalised tensor, one channel repeated three times;
             ``"pixels"``: grayscale of the de-normalised pixels, normalised again.
         interpolation: the resize the model's images were trained with (``"bicubic"`` or
-            ``"bilinear"``); saved with the model so evaluation and indexing resize the same way.
+            ``"bilinear"``; by default the tower's); saved with the model (with the mean and std) so
+            that `eval_transform` gives evaluation and indexing the same preprocessing.
     """
 
     def __init__(
@@ -78,25 +79,21 @@ class UITModel(nn.Module):
         logit_scale: float = 50.0,
         cmt_margin: float = 0.05,
         mask_ratio: float = 0.7,
-        image_mean: Sequence[float] = CLIP_MEAN,
-        image_std: Sequence[float] = CLIP_STD,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
         tir_grayscale: str = "normalised",
-        interpolation: str = "bicubic",
+        interpolation: str | None = None,
     ) -> None:
         super().__init__()
+        self.image_mean, self.image_std, self.interpolation = _preprocessing(
+            encoder, image_mean, image_std, interpolation
+        )
         if tir_grayscale not in ("normalised", "pixels"):
             raise ValueError(f"tir_grayscale must be 'normalised' or 'pixels', got {tir_grayscale!r}")
-        if interpolation not in ("bicubic", "bilinear"):
-            raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
         check_int(num_classes, "num_classes", 0, MAX_SIZES["num_classes"])
         check_number(logit_scale, "logit_scale", 0, low_open=True)
         check_number(cmt_margin, "cmt_margin", 0)
         check_number(mask_ratio, "mask_ratio", 0, 1, high_open=True)
-        for field, values in (("image_mean", image_mean), ("image_std", image_std)):
-            if isinstance(values, str) or not isinstance(values, Sequence) or len(values) != 3:
-                raise ValueError(f"{field}: must be 3 numbers (R, G, B), got {values!r}")
-            for i, v in enumerate(values):
-                check_number(v, f"{field}[{i}]", 0, low_open=field == "image_std")
         weights = dict(DEFAULT_LOSS_WEIGHTS)
         for name, value in (loss_weights or {}).items():
             if name not in weights:
@@ -126,10 +123,7 @@ class UITModel(nn.Module):
         self.logit_scale = float(logit_scale)
         self.cmt_margin = float(cmt_margin)
         self.mask_ratio = float(mask_ratio)
-        self.image_mean = tuple(float(m) for m in image_mean)
-        self.image_std = tuple(float(s) for s in image_std)
         self.tir_grayscale = tir_grayscale
-        self.interpolation = interpolation
         self.model_card: ModelCardInfo | None = None
         """Training data, config, metrics or origin that `save_pretrained` writes into the model card."""
 
@@ -137,6 +131,25 @@ class UITModel(nn.Module):
     def image_size(self) -> tuple[int, int]:
         """Input image size (height, width) the encoder expects."""
         return self.encoder.image_size
+
+    def eval_transform(self, interpolation: str | None = None) -> Callable[[Any], torch.Tensor]:
+        """The image transform for evaluation and indexing: resize to `image_size`, normalise as trained.
+
+        ``interpolation`` replaces the model's resize filter (to measure another one).
+        """
+        from uit_reid.augment import build_eval_transform
+
+        return build_eval_transform(
+            self.image_size, interpolation=interpolation or self.interpolation, mean=self.image_mean, std=self.image_std
+        )
+
+    def train_transform(self, **kwargs: Any) -> Callable[[Any], torch.Tensor]:
+        """The training augmentation (`augment.build_train_transform`; ``kwargs`` set its options) at this
+        model's size, resize and normalisation."""
+        from uit_reid.augment import build_train_transform
+
+        kwargs = {"interpolation": self.interpolation, "mean": self.image_mean, "std": self.image_std, **kwargs}
+        return build_train_transform(self.image_size, **kwargs)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Losses of one batch ``{"images", "text_ids", "pids"}``: each enabled loss and ``loss``."""
@@ -276,46 +289,12 @@ class UITModel(nn.Module):
         directory = resolve_pretrained(
             source, (CONFIG_NAME, WEIGHTS_NAME), revision=revision, cache_dir=cache_dir, token=token
         )
-        config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{config_path} not found: not a directory written by save_pretrained")
-        weights_path = directory / WEIGHTS_NAME
-        if not weights_path.is_file():
-            raise FileNotFoundError(f"{weights_path} not found: {config_path} has no weights beside it")
-        if config_path.stat().st_size > _MAX_CONFIG_BYTES:
-            raise ValueError(f"{config_path}: {config_path.stat().st_size:,} bytes, more than a model config needs")
-        try:
-            cfg = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise ValueError(f"{config_path}: invalid JSON: {exc}") from exc
-        if not isinstance(cfg, dict):
-            raise ValueError(f"{config_path}: must hold a JSON object, got {type(cfg).__name__}")
-        if cfg.get("format_version") != PRETRAINED_FORMAT_VERSION:
-            raise ValueError(f"{config_path}: unsupported format_version {cfg.get('format_version')!r}")
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        cfg = _read_config(config_path, weights_path)
         try:  # every field checked and the implied size weighed against the weights before building
             enc_cfg, model_cfg = _checked_encoder_config(cfg)
             check_weights_hold(_parameter_estimate(cfg, model_cfg), weights_path, "the model")
-            if enc_cfg.get("model_cfg") is not None:
-                encoder = CLIPDualEncoder.from_model_config(enc_cfg["model_cfg"], name=enc_cfg["name"])
-            else:
-                encoder = CLIPDualEncoder.from_open_clip(
-                    enc_cfg["name"], pretrained=None, image_size=tuple(enc_cfg["image_size"]),
-                    context_length=enc_cfg["context_length"],
-                )
-            tir: bool | TIRHead = TIRHead(**cfg["tir"]) if cfg.get("tir") else False
-            model = cls(
-                encoder,
-                num_classes=cfg["num_classes"],
-                tir=tir,
-                loss_weights=cfg["loss_weights"],
-                logit_scale=cfg["logit_scale"],
-                cmt_margin=cfg["cmt_margin"],
-                mask_ratio=cfg["mask_ratio"],
-                image_mean=cfg["image_mean"],
-                image_std=cfg["image_std"],
-                tir_grayscale=cfg.get("tir_grayscale", "pixels"),  # files written before the option
-                interpolation=cfg.get("interpolation", "bicubic"),  # likewise
-            )
+            model = cls._from_config(cfg, enc_cfg)
         except KeyError as exc:
             raise ValueError(f"{config_path}: the field {exc.args[0]!r} is missing") from exc
         except (TypeError, ValueError, RuntimeError) as exc:
@@ -324,11 +303,73 @@ class UITModel(nn.Module):
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(
-                f"{directory / WEIGHTS_NAME} does not match {config_path}: missing {result.missing_keys[:8]}, "
+                f"{weights_path} does not match {config_path}: missing {result.missing_keys[:8]}, "
                 f"unexpected {result.unexpected_keys[:8]}"
             )
         logger.info("loaded %s from %s", enc_cfg["name"], directory)
         return model.to(device)
+
+    @classmethod
+    def _from_config(cls, cfg: Mapping[str, Any], enc_cfg: Mapping[str, Any]) -> UITModel:
+        """A randomly initialised model of the architecture a checked `config` describes."""
+        if enc_cfg.get("model_cfg") is not None:
+            encoder = CLIPDualEncoder.from_model_config(enc_cfg["model_cfg"], name=enc_cfg["name"])
+        else:
+            encoder = CLIPDualEncoder.from_open_clip(
+                enc_cfg["name"], pretrained=None, image_size=tuple(enc_cfg["image_size"]),
+                context_length=enc_cfg["context_length"],
+            )
+        tir: bool | TIRHead = TIRHead(**cfg["tir"]) if cfg.get("tir") else False
+        return cls(
+            encoder,
+            num_classes=cfg["num_classes"],
+            tir=tir,
+            loss_weights=cfg["loss_weights"],
+            logit_scale=cfg["logit_scale"],
+            cmt_margin=cfg["cmt_margin"],
+            mask_ratio=cfg["mask_ratio"],
+            image_mean=cfg["image_mean"],
+            image_std=cfg["image_std"],
+            tir_grayscale=cfg.get("tir_grayscale", "pixels"),  # files written before the option
+            interpolation=cfg.get("interpolation", "bicubic"),  # likewise
+        )
+
+
+def _read_config(config_path: Path, weights_path: Path) -> dict[str, Any]:
+    """The JSON object of a `save_pretrained` folder's ``config.json``, with its weights file beside it."""
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: not a directory written by save_pretrained")
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path} not found: {config_path} has no weights beside it")
+    if config_path.stat().st_size > _MAX_CONFIG_BYTES:
+        raise ValueError(f"{config_path}: {config_path.stat().st_size:,} bytes, more than a model config needs")
+    try:
+        cfg = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"{config_path}: invalid JSON: {exc}") from exc
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{config_path}: must hold a JSON object, got {type(cfg).__name__}")
+    if cfg.get("format_version") != PRETRAINED_FORMAT_VERSION:
+        raise ValueError(f"{config_path}: unsupported format_version {cfg.get('format_version')!r}")
+    return cfg
+
+
+def _preprocessing(
+    encoder: CLIPDualEncoder, mean: Sequence[float] | None, std: Sequence[float] | None, interpolation: str | None
+) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """Checked (mean, std, interpolation): each as given, else the tower's own (``encoder.preprocess_cfg``)."""
+    preprocess = encoder.preprocess_cfg
+    image_mean = preprocess["mean"] if mean is None else mean
+    image_std = preprocess["std"] if std is None else std
+    interpolation = preprocess["interpolation"] if interpolation is None else interpolation
+    if interpolation not in ("bicubic", "bilinear"):
+        raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
+    for field, values in (("image_mean", image_mean), ("image_std", image_std)):
+        if isinstance(values, str) or not isinstance(values, Sequence) or len(values) != 3:
+            raise ValueError(f"{field}: must be 3 numbers (R, G, B), got {values!r}")
+        for i, v in enumerate(values):
+            check_number(v, f"{field}[{i}]", 0, low_open=field == "image_std")
+    return tuple(float(m) for m in image_mean), tuple(float(s) for s in image_std), interpolation
 
 
 _MAX_CONFIG_BYTES = 1 << 20  # ours are ~2 KB
@@ -340,7 +381,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _checked_encoder_config(cfg: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, Any]]:
     """The ``encoder`` section with every size in range, and the open_clip model config it implies."""
-    import open_clip
+    from uit_reid.encoders import get_model_config
 
     enc_cfg = cfg["encoder"]
     if not isinstance(enc_cfg, Mapping):
@@ -353,7 +394,7 @@ def _checked_encoder_config(cfg: Mapping[str, Any]) -> tuple[Mapping[str, Any], 
         check_model_cfg(enc_cfg["model_cfg"], "encoder.model_cfg")
         model_cfg = dict(enc_cfg["model_cfg"])
     else:
-        model_cfg = open_clip.get_model_config(enc_cfg["name"])
+        model_cfg = get_model_config(enc_cfg["name"])
         if model_cfg is None:
             raise ValueError(f"encoder.name: unknown open_clip model {enc_cfg['name']!r}")
         model_cfg = {**model_cfg, "vision_cfg": {**model_cfg.get("vision_cfg", {}),

@@ -124,8 +124,8 @@ class Trainer:
 
     def _build_loader(self) -> torch.utils.data.DataLoader:
         d, image_size = self.config.data, tuple(self.config.model.image_size)
-        transform = augment.build_train_transform(image_size, padding=d.padding, erasing_p=d.erasing_p,
-                                                  erasing_fill=d.erasing_fill, interpolation=d.interpolation)
+        # the model's size, resize (``d.interpolation``, recorded in it) and its tower's normalisation
+        transform = self.model.train_transform(padding=d.padding, erasing_p=d.erasing_p, erasing_fill=d.erasing_fill)
         tokens = augment.TokenCorruption.for_tokenizer(self.model.encoder.tokenizer) if d.token_corruption else None
         return build_train_loader(
             self.dataset.train, self.model.encoder.tokenize, image_size, d.batch_size,
