@@ -24,9 +24,9 @@ from nltk.tokenize import RegexpTokenizer
 from PIL import Image
 from torchvision import transforms as T
 
+from uit_reid.images import CLIP_MEAN, CLIP_STD, to_rgb
+
 __all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
     "ERASING_FILLS",
     "INTERPOLATIONS",
     "TextAugment",
@@ -39,11 +39,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-"""Per-channel mean of CLIP's image normalisation."""
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-"""Per-channel standard deviation of CLIP's image normalisation."""
 
 # Penn Treebank tag prefixes of the words that carry attributes.
 _KEEP_TAGS = ("NN", "JJ", "PRP")
@@ -218,7 +213,7 @@ def build_train_transform(
     if erasing_p > 0:
         fill = ERASING_FILLS[erasing_fill]
         steps.append(T.RandomErasing(p=erasing_p, scale=erasing_scale, value=list(fill) if isinstance(fill, tuple) else fill))
-    return T.Compose([_to_rgb, *steps])
+    return T.Compose([to_rgb, *steps])
 
 
 def build_eval_transform(
@@ -230,11 +225,7 @@ def build_eval_transform(
 ) -> Callable[[Image.Image], torch.Tensor]:
     """Resize to ``image_size`` (height, width) and normalise with CLIP's statistics."""
     size = _check_size(image_size)
-    return T.Compose([_to_rgb, T.Resize(size, interpolation=_interpolation(interpolation)), T.ToTensor(), T.Normalize(mean, std)])
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return T.Compose([to_rgb, T.Resize(size, interpolation=_interpolation(interpolation)), T.ToTensor(), T.Normalize(mean, std)])
 
 
 # --------------------------------------------------------------------------- token corruption

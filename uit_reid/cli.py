@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from uit_reid import __version__
+from uit_reid._version import __version__
 
 logger = logging.getLogger("uit_reid.cli")
 

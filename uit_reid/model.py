@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uit_reid import losses
-from uit_reid.augment import CLIP_MEAN, CLIP_STD
+from uit_reid._version import __version__
 from uit_reid.bounds import (
     MAX_SIZES,
     check_image_size,
@@ -27,6 +27,7 @@ from uit_reid.bounds import (
 )
 from uit_reid.distributed import gather_no_grad, gather_with_grad
 from uit_reid.encoders import CLIPDualEncoder, load_state_dict_file
+from uit_reid.images import CLIP_MEAN, CLIP_STD
 from uit_reid.io import atomic_write_bytes, atomic_write_text
 from uit_reid.model_card import MODEL_CARD_NAME, ModelCardInfo, render_model_card
 from uit_reid.tir import TIRHead, patchify, tir_loss, to_grayscale
@@ -195,8 +196,6 @@ class UITModel(nn.Module):
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this model's architecture (not its weights)."""
-        from uit_reid import __version__
-
         return {
             "format_version": PRETRAINED_FORMAT_VERSION,
             "uit_reid_version": __version__,

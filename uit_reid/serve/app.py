@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from uit_reid import __version__
+from uit_reid._version import __version__
 from uit_reid.serve.engine import RankedHit, SearchEngine
 from uit_reid.serve.gallery import GalleryImages, UnknownImage
 from uit_reid.serve.limits import SECURITY_HEADERS, AllowedHosts, BodySizeLimit, RateLimit
