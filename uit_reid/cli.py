@@ -266,17 +266,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model = load_model(checkpoint, device=device)
     fingerprint = model.encoder.fingerprint()
-
-    def encode_text(texts: list[str]):
-        return model.encode_texts(model.encoder.tokenize(texts).to(device), normalize=False)
-
+    encode_text = functools.partial(model.encode_captions, normalize=False)
     hits = search_text(index, encode_text, [args.query], k=args.k, fingerprint=fingerprint)[0]
     if args.json:
-        results = [{"rank": r, "score": h.score, "id": h.id, "path": h.path} for r, h in enumerate(hits, start=1)]
+        results = [{"rank": h.rank, "score": h.score, "id": h.id, "path": h.path} for h in hits]
         print(json.dumps({"query": args.query, "results": results}))
     else:
-        for rank, hit in enumerate(hits, start=1):
-            print(f"{rank:>3}  {hit.score:.4f}  {hit.path or hit.id}")
+        for hit in hits:
+            print(f"{hit.rank:>3}  {hit.score:.4f}  {hit.path or hit.id}")
     if args.out:
         out = Path(args.out)
         render_results(args.query, hits).save(out)

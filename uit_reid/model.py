@@ -193,6 +193,16 @@ class UITModel(nn.Module):
         feats = self.encoder.encode_text(self.encoder.trim_padding(ids))
         return F.normalize(feats.float(), dim=-1) if normalize else feats
 
+    @torch.no_grad()
+    def encode_captions(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """Query features of caption strings: tokenized, moved to the model's device, `encode_texts`.
+
+        The text encoder that `uit_reid.retrieval.search_text` and the service take, e.g.
+        ``functools.partial(model.encode_captions, normalize=False)`` (the index normalises).
+        """
+        device = next(self.encoder.parameters()).device
+        return self.encode_texts(self.encoder.tokenize(list(texts)).to(device), normalize=normalize)
+
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this model's architecture (not its weights)."""

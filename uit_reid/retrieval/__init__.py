@@ -24,6 +24,7 @@ from uit_reid.retrieval.search import (
     encode_image_files,
     encode_image_folder,
     list_images,
+    ranked_hits,
     render_results,
     search_text,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "list_images",
     "metrics_table",
     "parse_bytes",
+    "ranked_hits",
     "read_image_list",
     "relevant_ranks",
     "render_results",
