@@ -24,11 +24,10 @@ from nltk.tokenize import RegexpTokenizer
 from PIL import Image
 from torchvision import transforms as T
 
-from uit_reid.images import CLIP_MEAN, CLIP_STD, to_rgb
+from uit_reid.images import CLIP_MEAN, CLIP_STD, INTERPOLATIONS, to_rgb
 
 __all__ = [
     "ERASING_FILLS",
-    "INTERPOLATIONS",
     "TextAugment",
     "TokenCorruption",
     "active_tagger",
@@ -167,9 +166,6 @@ def _check_size(image_size: Sequence[int]) -> tuple[int, int]:
     return int(image_size[0]), int(image_size[1])
 
 
-INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
-"""Resize interpolations by name: the authors' code resizes bilinearly (torchvision's default)."""
-
 ERASING_FILLS = {"zero": 0.0, "clip_mean": CLIP_MEAN}
 """Random-erasing fills by name, written into the *normalised* tensor: ``"zero"`` is the mean pixel
 (a mid grey); ``"clip_mean"`` writes CLIP's mean values after normalisation, as the authors' code
@@ -179,7 +175,7 @@ does, which is a light grey of about (0.61, 0.58, 0.52) in pixels."""
 def _interpolation(name: str) -> T.InterpolationMode:
     if name not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {name!r}")
-    return INTERPOLATIONS[name]
+    return T.InterpolationMode(name)  # torchvision names its modes as PIL does
 
 
 def build_train_transform(

@@ -32,7 +32,7 @@ from PIL import Image
 
 from uit_reid.errors import CorruptImageError
 
-__all__ = ["BACKGROUND", "CLIP_MEAN", "CLIP_STD", "CorruptImageError", "load_image", "to_rgb"]
+__all__ = ["BACKGROUND", "CLIP_MEAN", "CLIP_STD", "INTERPOLATIONS", "CorruptImageError", "load_image", "to_rgb"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 """Per-channel mean of CLIP's image normalisation (the transforms and the model's TIR grayscale use it)."""
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 """Per-channel standard deviation of CLIP's image normalisation."""
+
+INTERPOLATIONS: dict[str, Image.Resampling] = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+"""Resize filters by name (``data.interpolation``, `UITModel.interpolation`, the transforms of
+`uit_reid.augment`): the authors' code resizes bilinearly, open_clip bicubically."""
 
 BACKGROUND: tuple[int, int, int] = (123, 117, 104)
 """RGB colour transparent pixels are composited over: CLIP's channel mean x 255 (zero after normalising)."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uit_reid import losses
+from uit_reid import losses, recipe
 from uit_reid._version import __version__
 from uit_reid.bounds import (
     MAX_SIZES,
@@ -27,21 +27,18 @@ from uit_reid.bounds import (
 )
 from uit_reid.distributed import gather_no_grad, gather_with_grad
 from uit_reid.encoders import CLIPDualEncoder, load_state_dict_file
-from uit_reid.images import CLIP_MEAN, CLIP_STD
+from uit_reid.images import CLIP_MEAN, CLIP_STD, INTERPOLATIONS
 from uit_reid.io import atomic_write_bytes, atomic_write_text
 from uit_reid.model_card import MODEL_CARD_NAME, ModelCardInfo, render_model_card
-from uit_reid.tir import TIRHead, patchify, tir_loss, to_grayscale
+from uit_reid.tir import TIR_GRAYSCALES, TIRHead, patchify, tir_loss, to_grayscale
 
-__all__ = ["DEFAULT_LOSS_WEIGHTS", "PRETRAINED_FORMAT_VERSION", "UITModel"]
+__all__ = ["PRETRAINED_FORMAT_VERSION", "UITModel"]
 
 PRETRAINED_FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"sdm": 1.0, "id": 1.0, "tir": 10.0, "cmt": 10.0, "itc": 0.0}
-"""UIT's loss weights (the paper's recipe). ``itc`` (symmetric InfoNCE) is off by default."""
 
 
 class UITModel(nn.Module):
@@ -57,7 +54,7 @@ class UITModel(nn.Module):
         num_classes: number of training identities (the ID classifier's outputs); ``0`` disables it.
         tir: ``True`` builds a `TIRHead` of UIT's size for this encoder, ``False`` disables
             TIR, or pass a configured `TIRHead`.
-        loss_weights: overrides of `DEFAULT_LOSS_WEIGHTS` (unknown names are an error).
+        loss_weights: overrides of the recipe's `uit_reid.recipe.LOSS_WEIGHTS` (unknown names are an error).
         logit_scale: fixed inverse temperature of SDM and ITC (UIT: 50).
         cmt_margin: margin of the cross-modal triplet loss (UIT: 0.05).
         mask_ratio: fraction of patches TIR drops (UIT: 0.7).
@@ -76,19 +73,19 @@ class UITModel(nn.Module):
         num_classes: int,
         tir: bool | TIRHead = True,
         loss_weights: Mapping[str, float] | None = None,
-        logit_scale: float = 50.0,
-        cmt_margin: float = 0.05,
-        mask_ratio: float = 0.7,
+        logit_scale: float = recipe.LOGIT_SCALE,
+        cmt_margin: float = recipe.CMT_MARGIN,
+        mask_ratio: float = recipe.MASK_RATIO,
         image_mean: Sequence[float] = CLIP_MEAN,
         image_std: Sequence[float] = CLIP_STD,
-        tir_grayscale: str = "normalised",
+        tir_grayscale: str = recipe.TIR_GRAYSCALE,
         interpolation: str = "bicubic",
     ) -> None:
         super().__init__()
-        if tir_grayscale not in ("normalised", "pixels"):
-            raise ValueError(f"tir_grayscale must be 'normalised' or 'pixels', got {tir_grayscale!r}")
-        if interpolation not in ("bicubic", "bilinear"):
-            raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
+        if tir_grayscale not in TIR_GRAYSCALES:
+            raise ValueError(f"tir_grayscale must be one of {list(TIR_GRAYSCALES)}, got {tir_grayscale!r}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
         check_int(num_classes, "num_classes", 0, MAX_SIZES["num_classes"])
         check_number(logit_scale, "logit_scale", 0, low_open=True)
         check_number(cmt_margin, "cmt_margin", 0)
@@ -98,7 +95,7 @@ class UITModel(nn.Module):
                 raise ValueError(f"{field}: must be 3 numbers (R, G, B), got {values!r}")
             for i, v in enumerate(values):
                 check_number(v, f"{field}[{i}]", 0, low_open=field == "image_std")
-        weights = dict(DEFAULT_LOSS_WEIGHTS)
+        weights = dict(recipe.LOSS_WEIGHTS)
         for name, value in (loss_weights or {}).items():
             if name not in weights:
                 raise ValueError(f"unknown loss {name!r} in loss_weights; known: {sorted(weights)}")
@@ -322,8 +319,8 @@ class UITModel(nn.Module):
                 mask_ratio=cfg["mask_ratio"],
                 image_mean=cfg["image_mean"],
                 image_std=cfg["image_std"],
-                tir_grayscale=cfg.get("tir_grayscale", "pixels"),  # files written before the option
-                interpolation=cfg.get("interpolation", "bicubic"),  # likewise
+                tir_grayscale=cfg["tir_grayscale"],
+                interpolation=cfg["interpolation"],
             )
         except KeyError as exc:
             raise ValueError(f"{config_path}: the field {exc.args[0]!r} is missing") from exc
