@@ -16,7 +16,7 @@ from uit_reid.retrieval.index import (
     IndexFormatError,
     default_nlist,
 )
-from uit_reid.retrieval.metrics import METRIC_KEYS, binding_accuracy, evaluate, metrics_table, relevant_ranks
+from uit_reid.retrieval.metrics import binding_accuracy, evaluate, relevant_ranks
 from uit_reid.retrieval.search import (
     IMAGE_EXTENSIONS,
     Hit,
@@ -30,6 +30,7 @@ from uit_reid.retrieval.search import (
 )
 from uit_reid.retrieval.shards import EmbeddingShards, ShardFormatError, encode_shards, read_image_list
 from uit_reid.retrieval.streaming import ShardVectors, add_shards, build_index_from_shards
+from uit_reid.tables import METRIC_KEYS, metrics_table
 
 __all__ = [
     "FORMAT_VERSION",
