@@ -199,7 +199,7 @@ class TrainConfig:
         """Each choice key holds one of its registry's keys (a list key: only such keys)."""
         for dotted, registry in CHOICES.items():
             section, key = dotted.split(".")
-            allowed = _registry_keys(registry)
+            allowed = registry.keys()
             value = getattr(getattr(self, section), key)
             chosen = value if isinstance(value, tuple) else (value,)
             if not all(v in allowed for v in chosen):
@@ -289,26 +289,32 @@ _SECTION_TYPES = {
 }
 
 
-CHOICES: dict[str, str] = {
-    "model.tir_layout": "uit_reid.tir:TIR_LAYOUTS",
-    "model.tir_grayscale": "uit_reid.tir:TIR_GRAYSCALES",
-    "data.sampler": "uit_reid.data.samplers:SAMPLERS",
-    "data.interpolation": "uit_reid.images:INTERPOLATIONS",
-    "data.erasing_fill": "uit_reid.augment:ERASING_FILLS",
-    "data.on_missing": "uit_reid.data.readers:ON_MISSING",
-    "train.precision": "auto + uit_reid.device:PRECISIONS",
-    "train.report_to": "uit_reid.train.reporting:REPORTERS",
-    "synthetic.world": "uit_reid.data.synthetic:WORLD_NAMES",
+class Registry(typing.NamedTuple):
+    """Where a choice's allowed values live: ``module.name``, a tuple of names or a dict by name."""
+
+    module: str
+    name: str
+    extra: tuple[str, ...] = ()
+    """Values allowed besides the registry's keys (``"auto"``)."""
+
+    def keys(self) -> tuple[str, ...]:
+        """The allowed values, read now: an entry added to the registry is one at once."""
+        return (*self.extra, *getattr(importlib.import_module(self.module), self.name))
+
+
+CHOICES: dict[str, Registry] = {
+    "model.tir_layout": Registry("uit_reid.tir", "TIR_LAYOUTS"),
+    "model.tir_grayscale": Registry("uit_reid.tir", "TIR_GRAYSCALES"),
+    "data.sampler": Registry("uit_reid.data.samplers", "SAMPLERS"),
+    "data.interpolation": Registry("uit_reid.images", "INTERPOLATIONS"),
+    "data.erasing_fill": Registry("uit_reid.augment", "ERASING_FILLS"),
+    "data.on_missing": Registry("uit_reid.data.readers", "ON_MISSING"),
+    "train.precision": Registry("uit_reid.device", "PRECISIONS", extra=("auto",)),
+    "train.report_to": Registry("uit_reid.train.reporting", "REPORTERS"),
+    "synthetic.world": Registry("uit_reid.data.synthetic", "WORLD_NAMES"),
 }
-"""The keys that name a choice, and the registry (``module:NAME``, a tuple of names or a dict by name)
-whose keys are the allowed values, with ``"auto + "`` where ``"auto"`` is allowed too. A registry
-is imported when a config is checked, so an entry added to it is a valid choice at once."""
-
-
-def _registry_keys(registry: str) -> tuple[str, ...]:
-    extra, _, where = registry.rpartition(" + ")
-    module, name = where.split(":")
-    return (*([extra] if extra else []), *getattr(importlib.import_module(module), name))
+"""The keys that name a choice and the registry whose keys are the allowed values. Registries are
+imported when a config is checked, not with this module, which therefore imports without torch."""
 
 
 def _hints(section_cls: type) -> dict[str, Any]:
