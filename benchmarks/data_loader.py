@@ -72,7 +72,7 @@ def _tensor_transforms(size: tuple[int, int], train: bool) -> Callable[[torch.Te
     """The same steps as `uit_reid.augment`'s transforms, on uint8 tensors (torchvision.transforms.v2)."""
     from torchvision.transforms import v2
 
-    from uit_reid.augment import CLIP_MEAN, CLIP_STD
+    from uit_reid.images import CLIP_MEAN, CLIP_STD
 
     steps: list[Any] = [v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)]
     if train:

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 import uit_reid as ur
-from uit_reid.augment import CLIP_MEAN, CLIP_STD
 from uit_reid.data import build_train_loader, load_dataset, make_synthetic
+from uit_reid.images import CLIP_MEAN, CLIP_STD
 from uit_reid.losses import cmt_loss, id_loss, itc_loss, sdm_loss
 from uit_reid.tir import patchify, tir_loss, to_grayscale
 

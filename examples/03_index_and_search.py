@@ -14,6 +14,7 @@ Writes ``gallery.faiss`` (one file) and ``results_<i>.png`` (one grid per query)
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from pathlib import Path
 
@@ -78,11 +79,8 @@ def main() -> None:
     index = GalleryIndex.load(index_path)  # what a separate search process would do
     print(f"indexed {len(index)} images from {images} -> {index_path}")
 
-    def encode_text(texts: list[str]) -> torch.Tensor:
-        return model.encode_texts(model.encoder.tokenize(texts).to(args.device), normalize=False)
-
     results = search_text(
-        index, encode_text, queries, k=args.k, fingerprint=fingerprint,
+        index, functools.partial(model.encode_captions, normalize=False), queries, k=args.k, fingerprint=fingerprint,
         pids=(lambda path: pid_of.get(str(Path(path).resolve()))) if pid_of else None,
         query_pids=query_pids,
     )

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from uit_reid import augment
+from uit_reid.images import CLIP_MEAN, CLIP_STD
 
 
 def _nltk_tagger_works() -> bool:
@@ -97,12 +98,22 @@ def test_transforms_give_person_shaped_normalised_tensors() -> None:
     evaluate = augment.build_eval_transform((96, 32))
     out = evaluate(image)
     assert out.shape == (3, 96, 32)
-    want = (200 / 255 - torch.tensor(augment.CLIP_MEAN)) / torch.tensor(augment.CLIP_STD)
+    want = (200 / 255 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
     assert torch.allclose(out[:, 48, 16], want, atol=1e-3)
     torch.manual_seed(0)
     assert train(image).shape == (3, 96, 32)
     with pytest.raises(ValueError, match="image_size"):
         augment.build_eval_transform((96,))
+
+
+def test_transforms_composite_transparency_like_the_loader() -> None:
+    # one RGB conversion (uit_reid.images.to_rgb): a fully transparent pixel is the background
+    # (CLIP's mean colour), about 0 after normalising, whatever colour the file stored under it
+    image = Image.new("RGBA", (32, 96), (255, 0, 0, 0))
+    for transform in (augment.build_eval_transform((96, 32)), augment.build_train_transform((96, 32))):
+        torch.manual_seed(0)
+        out = transform(image)
+        assert out[:, 48, 16].abs().max() < 0.02
 
 
 # --------------------------------------------------------------------------- token corruption
@@ -178,18 +189,18 @@ def test_paper_transforms_match_the_authors_pipeline() -> None:
     image = Image.fromarray(rng.integers(0, 255, (200, 90, 3), dtype=np.uint8))
     ours = augment.build_train_transform((64, 32), flip_p=0.0, padding=0, erasing_p=0.0, interpolation="bilinear")
     # SEN datasets/build.py: T.Resize((h, w)) with torchvision's default (bilinear), ToTensor, Normalize
-    sen = T.Compose([T.Resize((64, 32)), T.ToTensor(), T.Normalize(augment.CLIP_MEAN, augment.CLIP_STD)])
+    sen = T.Compose([T.Resize((64, 32)), T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
     assert torch.equal(ours(image), sen(image))
     erase = augment.build_train_transform((64, 32), flip_p=0.0, padding=0, erasing_p=1.0, erasing_fill="clip_mean")
     torch.manual_seed(0)
     out = erase(Image.new("RGB", (32, 64), (0, 0, 0)))
-    black = (0 - torch.tensor(augment.CLIP_MEAN)) / torch.tensor(augment.CLIP_STD)
+    black = (0 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
     erased = (out != black.view(3, 1, 1)).all(dim=0)
     assert erased.any()
     # SEN: RandomErasing(value=mean) after Normalize -> the normalised tensor holds CLIP's mean values
     values = out[:, erased]
     assert torch.allclose(values, torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1).expand_as(values))
-    pixels = values[:, 0] * torch.tensor(augment.CLIP_STD) + torch.tensor(augment.CLIP_MEAN)
+    pixels = values[:, 0] * torch.tensor(CLIP_STD) + torch.tensor(CLIP_MEAN)
     assert pixels.tolist() == pytest.approx([0.61, 0.58, 0.52], abs=0.01)  # a light grey
     with pytest.raises(ValueError, match=r"erasing_fill must be one of \['clip_mean', 'zero'\], got 'grey'"):
         augment.build_train_transform((64, 32), erasing_fill="grey")

@@ -113,7 +113,7 @@ def test_folder_encoding_skips_bomb(tmp_path, bomb) -> None:
         progress=False,
     )
     assert [Path(p).name for p in paths] == ["ok.png"] and [Path(p).name for p in skipped] == ["bomb.png"]
-    grid = render_results("q", [Hit(str(folder / "bomb.png"), 0.5, str(folder / "bomb.png"))])
+    grid = render_results("q", [Hit(1, str(folder / "bomb.png"), 0.5, path=str(folder / "bomb.png"))])
     assert grid.size[0] > 0  # drawn as a "missing" placeholder
 
 

@@ -116,5 +116,5 @@ def test_training_resize_travels_with_the_model(tiny_encoder, tmp_path) -> None:
     assert model.config()["interpolation"] == "bilinear"
     again = UITModel.from_pretrained(model.save_pretrained(tmp_path / "m"))
     assert again.interpolation == "bilinear"
-    with pytest.raises(ValueError, match="interpolation must be 'bicubic' or 'bilinear', got 'nearest'"):
+    with pytest.raises(ValueError, match=r"interpolation must be one of \['bilinear', 'bicubic'\], got 'nearest'"):
         UITModel(tiny_encoder, num_classes=0, tir=False, interpolation="nearest")

@@ -7,6 +7,7 @@ import yaml
 
 from uit_reid import UITModel, __version__
 from uit_reid.model_card import ModelCardInfo, render_model_card
+from uit_reid.tables import metrics_table
 
 
 def _front_matter(card: str) -> dict:
@@ -26,6 +27,7 @@ def test_card_states_architecture_origin_metrics_and_uses(tiny_encoder, tmp_path
     assert "Identity classifier over 11 training identities" in card
     assert "- Training data: CUHK-PEDES train split" in card and '"epochs": 60' in card
     assert "| test | 75.00 | 90.00 | 94.10 | 67.23 | 50.50 |" in card
+    assert metrics_table(info.metrics) in card  # the one table the CLI prints too
     for heading in ("## Intended use", "## Limitations", "## Prohibited uses"):
         assert heading in card
     assert "no covert surveillance" in card

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uit_reid.augment import CLIP_MEAN, CLIP_STD
+from uit_reid.images import CLIP_MEAN, CLIP_STD
 from uit_reid.tir import (
     SEN_TIR_KEY_MAP,
     SEN_TIR_UNUSED_PREFIXES,

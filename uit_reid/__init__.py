@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from uit_reid._version import __version__
 
 _OBJECTS = {
     "CLIPDualEncoder": "uit_reid.encoders",

@@ -24,11 +24,10 @@ from nltk.tokenize import RegexpTokenizer
 from PIL import Image
 from torchvision import transforms as T
 
+from uit_reid.images import CLIP_MEAN, CLIP_STD, INTERPOLATIONS, to_rgb
+
 __all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
     "ERASING_FILLS",
-    "INTERPOLATIONS",
     "TextAugment",
     "TokenCorruption",
     "active_tagger",
@@ -39,11 +38,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-"""Per-channel mean of CLIP's image normalisation."""
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-"""Per-channel standard deviation of CLIP's image normalisation."""
 
 # Penn Treebank tag prefixes of the words that carry attributes.
 _KEEP_TAGS = ("NN", "JJ", "PRP")
@@ -172,9 +166,6 @@ def _check_size(image_size: Sequence[int]) -> tuple[int, int]:
     return int(image_size[0]), int(image_size[1])
 
 
-INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
-"""Resize interpolations by name: the authors' code resizes bilinearly (torchvision's default)."""
-
 ERASING_FILLS = {"zero": 0.0, "clip_mean": CLIP_MEAN}
 """Random-erasing fills by name, written into the *normalised* tensor: ``"zero"`` is the mean pixel
 (a mid grey); ``"clip_mean"`` writes CLIP's mean values after normalisation, as the authors' code
@@ -184,7 +175,7 @@ does, which is a light grey of about (0.61, 0.58, 0.52) in pixels."""
 def _interpolation(name: str) -> T.InterpolationMode:
     if name not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {name!r}")
-    return INTERPOLATIONS[name]
+    return T.InterpolationMode(name)  # torchvision names its modes as PIL does
 
 
 def build_train_transform(
@@ -218,7 +209,7 @@ def build_train_transform(
     if erasing_p > 0:
         fill = ERASING_FILLS[erasing_fill]
         steps.append(T.RandomErasing(p=erasing_p, scale=erasing_scale, value=list(fill) if isinstance(fill, tuple) else fill))
-    return T.Compose([_to_rgb, *steps])
+    return T.Compose([to_rgb, *steps])
 
 
 def build_eval_transform(
@@ -230,11 +221,7 @@ def build_eval_transform(
 ) -> Callable[[Image.Image], torch.Tensor]:
     """Resize to ``image_size`` (height, width) and normalise with CLIP's statistics."""
     size = _check_size(image_size)
-    return T.Compose([_to_rgb, T.Resize(size, interpolation=_interpolation(interpolation)), T.ToTensor(), T.Normalize(mean, std)])
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return T.Compose([to_rgb, T.Resize(size, interpolation=_interpolation(interpolation)), T.ToTensor(), T.Normalize(mean, std)])
 
 
 # --------------------------------------------------------------------------- token corruption

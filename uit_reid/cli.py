@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from uit_reid import __version__
+from uit_reid._version import __version__
 
 logger = logging.getLogger("uit_reid.cli")
 
@@ -264,17 +264,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model = load_model(checkpoint, device=device)
     fingerprint = model.encoder.fingerprint()
-
-    def encode_text(texts: list[str]):
-        return model.encode_texts(model.encoder.tokenize(texts).to(device), normalize=False)
-
+    encode_text = functools.partial(model.encode_captions, normalize=False)
     hits = search_text(index, encode_text, [args.query], k=args.k, fingerprint=fingerprint)[0]
     if args.json:
-        results = [{"rank": r, "score": h.score, "id": h.id, "path": h.path} for r, h in enumerate(hits, start=1)]
+        results = [{"rank": h.rank, "score": h.score, "id": h.id, "path": h.path} for h in hits]
         print(json.dumps({"query": args.query, "results": results}))
     else:
-        for rank, hit in enumerate(hits, start=1):
-            print(f"{rank:>3}  {hit.score:.4f}  {hit.path or hit.id}")
+        for hit in hits:
+            print(f"{hit.rank:>3}  {hit.score:.4f}  {hit.path or hit.id}")
     if args.out:
         out = Path(args.out)
         render_results(args.query, hits).save(out)
@@ -347,8 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    device_help = "cpu, cuda, cuda:N or auto (the GPU when there is one; default: %(default)s)"
+    for add in (_train_parser, _evaluate_parser, _convert_parser, _encode_parser, _index_parser,
+                _search_parser, _serve_parser, _synth_parser, _demo_parser):
+        add(sub)
+    return parser
 
+
+_DEVICE_HELP = "cpu, cuda, cuda:N or auto (the GPU when there is one; default: %(default)s)"
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``train`` sub-command's arguments."""
     p = sub.add_parser("train", help="train a model from a TOML config")
     p.add_argument("--config", required=True, help="a TOML file or a bundled name (demo, cuhk_pedes, ...)")
     p.add_argument(
@@ -360,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     p.set_defaults(func=cmd_train)
 
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``evaluate`` sub-command's arguments."""
     p = sub.add_parser(
         "evaluate", help="text-to-image metrics of a checkpoint on a dataset split (and attribute binding where "
         "its records carry attributes)"
@@ -374,11 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", "--num-workers", dest="num_workers", type=_non_negative_int,
                    default=min(4, (os.cpu_count() or 1) - 1),
                    help="processes decoding gallery images while the model encodes (default: min(4, CPU cores - 1))")
-    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--out", help="also write the metrics as JSON to this file")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object instead of a table")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _convert_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``convert`` sub-command's arguments."""
     p = sub.add_parser("convert", help="convert an IRRA/SEN/OpenAI-CLIP/open_clip checkpoint to a model folder")
     p.add_argument("checkpoint", help="the checkpoint file (e.g. IRRA's best.pth)")
     p.add_argument("--out", required=True, help="model folder to write (save_pretrained format)")
@@ -391,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=cmd_convert)
 
+
+def _encode_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``encode`` sub-command's arguments."""
     p = sub.add_parser("encode", help="encode images into embedding shards (resumable; runs under torchrun)")
     p.add_argument("--checkpoint", required=True, help="a model directory (save_pretrained) or last.pt")
     p.add_argument("--images", required=True,
@@ -402,9 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
     p.add_argument("--workers", type=_non_negative_int, default=min(4, (os.cpu_count() or 1) - 1),
                    help="processes decoding images per rank (default: min(4, CPU cores - 1))")
-    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.set_defaults(func=cmd_encode)
 
+
+def _index_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``index`` sub-command's arguments."""
     index_parser = sub.add_parser("index", help="gallery index commands")
     index_sub = index_parser.add_subparsers(dest="index_command", metavar="ACTION")
     b = index_sub.add_parser("build", help="a FAISS index from a folder of images or from embedding shards")
@@ -424,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=_non_negative_int, default=min(4, (os.cpu_count() or 1) - 1),
                    help="processes decoding images while the model encodes (default: min(4, CPU cores - 1); "
                    "0: decode in this process)")
-    b.add_argument("--device", default="auto", help=device_help)
+    b.add_argument("--device", default="auto", help=_DEVICE_HELP)
     b.set_defaults(func=cmd_index_build)
     a = index_sub.add_parser("add", help="append embedding shards to an index without retraining (atomic)")
     a.add_argument("--index", required=True, help="index file to extend (replaced atomically)")
@@ -432,16 +450,22 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_index_add)
     index_parser.set_defaults(func=functools.partial(_missing_action, index_parser))
 
+
+def _search_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``search`` sub-command's arguments."""
     p = sub.add_parser("search", help="search an index with a sentence")
     p.add_argument("query", help="the description, e.g. 'a woman in a red coat'")
     p.add_argument("--index", required=True, help="index file written by 'uit-reid index build'")
     p.add_argument("--checkpoint", help="defaults to the checkpoint the index was built with")
     p.add_argument("--k", type=int, default=5, help="results to show (at most the number of indexed images; default: %(default)s)")
     p.add_argument("--out", help="write the results grid (PNG) here")
-    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="print the results as one JSON object instead of lines")
     p.set_defaults(func=cmd_search)
 
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``serve`` sub-command's arguments."""
     p = sub.add_parser("serve", help="a search service and web page over an index (needs uit_reid[serve])")
     p.add_argument("--index", required=True, help="index file written by 'uit-reid index build' or the demo")
     p.add_argument("--checkpoint", required=True, help="the model the index was built with")
@@ -454,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forwarded-allow-ips", metavar="IPS",
                    help="comma-separated addresses of your reverse proxies: only their X-Forwarded-For is "
                         "believed (default: nobody's)")
-    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--max-query-chars", type=_bounded(int, 1), default=512,
                    help="longest query accepted (default: %(default)s)")
     p.add_argument("--max-k", type=_bounded(int, 1), default=100, help="most results per query (the index size caps it too)")
@@ -478,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read an IVF index's lists into memory instead of mapping them from the file")
     p.set_defaults(func=cmd_serve)
 
+
+def _synth_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``synth`` sub-command's arguments."""
     p = sub.add_parser("synth", help="write the synthetic pedestrian dataset")
     p.add_argument("--out", required=True, help="folder to write (annotations.jsonl and imgs/)")
     p.add_argument("--num-ids", type=int, default=1000, help="identities in all splits (default: %(default)s)")
@@ -491,15 +518,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "captions) (default: %(default)s)")
     p.set_defaults(func=cmd_synth)
 
+
+def _demo_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``demo`` sub-command's arguments."""
     p = sub.add_parser("demo", help="synthetic data -> train the tiny model on CPU -> evaluate -> index -> search")
     p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
     p.add_argument("--config", default="demo",
                    help="demo (the tiny model from random init, InfoNCE) or demo_uit (fine-tune the shipped "
                         "pre-trained uit-tiny with the UIT losses), or a TOML file (default: %(default)s)")
-    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.set_defaults(func=cmd_demo)
-    return parser
 
 
 def _missing_action(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

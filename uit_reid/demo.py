@@ -22,9 +22,9 @@ from PIL import Image
 from uit_reid.evaluation import encode_split
 from uit_reid.factory import load_model
 from uit_reid.io import atomic_write_text
-from uit_reid.retrieval import GalleryIndex, Hit, render_results
+from uit_reid.retrieval import GalleryIndex, ranked_hits, render_results
+from uit_reid.tables import metrics_line
 from uit_reid.train import Trainer, load_config
-from uit_reid.train.reporting import format_metrics
 
 __all__ = ["DEMO_COLUMNS", "ZERO_SHOT_KEY", "run_demo", "plot_training_curve"]
 
@@ -78,7 +78,7 @@ def run_demo(
     if test is None:
         raise ValueError(f"{config.data.root}: the demo dataset has no test split")
     zero_shot = trainer.evaluate(test)
-    logger.info("zero-shot (%s weights): %s", config.model.pretrained, format_metrics(zero_shot))
+    logger.info("zero-shot (%s weights): %s", config.model.pretrained, metrics_line(zero_shot))
     result = trainer.fit()
     logger.info("trained in %.0f s", time.perf_counter() - start)
     fine_tuned = result["test"]
@@ -98,10 +98,7 @@ def run_demo(
     for qi in picks:
         text, pid = queries.captions[qi], int(queries.pids[qi])
         scores, ids = index.search(q[qi : qi + 1].numpy(), k=5)
-        hits = [
-            Hit(id=i, score=float(s), path=i, pid=pid_of[i], correct=pid_of[i] == pid)
-            for s, i in zip(scores[0], ids[0])
-        ]
+        hits = ranked_hits(scores[0], ids[0], pid_of=pid_of.get, query_pid=pid)
         marks = " ".join("+" if h.correct else "-" for h in hits)
         logger.info("query: %s\n  top-5 (+ right person, - wrong): [%s]", text, marks)
         panels.append(render_results(text, hits))

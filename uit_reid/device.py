@@ -7,7 +7,10 @@ import os
 
 import torch
 
-__all__ = ["amp_dtype", "autocast", "resolve_device"]
+__all__ = ["PRECISIONS", "amp_dtype", "autocast", "resolve_device"]
+
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Autocast dtypes by name (None: full fp32); ``"auto"`` picks one of them per device (`amp_dtype`)."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -23,7 +26,7 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` (auto, fp32, bf16, fp16); None means full fp32."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return PRECISIONS[precision]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

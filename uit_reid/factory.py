@@ -97,8 +97,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
         config = json.loads(state["config"])
         classifier = state["model"].get("classifier.weight")
         num_classes = int(classifier.shape[0]) if classifier is not None else 0
-        interpolation = config.get("data", {}).get("interpolation", "bicubic")
-        model = build_model(config["model"], config["loss"], num_classes, pretrained=None, interpolation=interpolation)
+        model = build_model(config["model"], config["loss"], num_classes, pretrained=None,
+                            interpolation=config["data"]["interpolation"])
         model.load_state_dict(state["model"])
         model = model.to(device)
     else:

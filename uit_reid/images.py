@@ -32,9 +32,18 @@ from PIL import Image
 
 from uit_reid.errors import CorruptImageError
 
-__all__ = ["BACKGROUND", "CorruptImageError", "load_image"]
+__all__ = ["BACKGROUND", "CLIP_MEAN", "CLIP_STD", "INTERPOLATIONS", "CorruptImageError", "load_image", "to_rgb"]
 
 logger = logging.getLogger(__name__)
+
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+"""Per-channel mean of CLIP's image normalisation (the transforms and the model's TIR grayscale use it)."""
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+"""Per-channel standard deviation of CLIP's image normalisation."""
+
+INTERPOLATIONS: dict[str, Image.Resampling] = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+"""Resize filters by name (``data.interpolation``, `UITModel.interpolation`, the transforms of
+`uit_reid.augment`): the authors' code resizes bilinearly, open_clip bicubically."""
 
 BACKGROUND: tuple[int, int, int] = (123, 117, 104)
 """RGB colour transparent pixels are composited over: CLIP's channel mean x 255 (zero after normalising)."""
@@ -91,8 +100,11 @@ def _sixteen_to_eight(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), mode="L")
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode as RGB: 16-bit scaled, transparency composited over `BACKGROUND`."""
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode as RGB: 16-bit scaled, transparency composited over `BACKGROUND`.
+
+    The one RGB conversion of the package: `load_image` and the transforms of `uit_reid.augment` use it.
+    """
     if im.mode == "RGB" and "transparency" not in im.info:
         return im
     if im.mode.startswith("I") or im.mode == "F":
@@ -124,7 +136,7 @@ def load_image(path: str | os.PathLike[str], target_size: Sequence[int] | None =
                 if target is not None:
                     im.draft("RGB", target)  # JPEG only: decode at 1/2, 1/4 or 1/8 scale when large
                 im.load()
-                image = _to_rgb(_reduce(im, target))
+                image = to_rgb(_reduce(im, target))
         return _transpose(image, orientation)
     except FileNotFoundError:
         raise

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uit_reid import losses
+from uit_reid import losses, recipe
+from uit_reid._version import __version__
 from uit_reid.bounds import (
     MAX_SIZES,
     check_image_size,
@@ -26,20 +27,18 @@ from uit_reid.bounds import (
 )
 from uit_reid.distributed import gather_no_grad, gather_with_grad
 from uit_reid.encoders import CLIPDualEncoder, load_state_dict_file
+from uit_reid.images import INTERPOLATIONS
 from uit_reid.io import atomic_write_bytes, atomic_write_text
 from uit_reid.model_card import MODEL_CARD_NAME, ModelCardInfo, render_model_card
-from uit_reid.tir import TIRHead, patchify, tir_loss, to_grayscale
+from uit_reid.tir import TIR_GRAYSCALES, TIRHead, patchify, tir_loss, to_grayscale
 
-__all__ = ["DEFAULT_LOSS_WEIGHTS", "PRETRAINED_FORMAT_VERSION", "UITModel"]
+__all__ = ["PRETRAINED_FORMAT_VERSION", "UITModel"]
 
 PRETRAINED_FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"sdm": 1.0, "id": 1.0, "tir": 10.0, "cmt": 10.0, "itc": 0.0}
-"""UIT's loss weights (the paper's recipe). ``itc`` (symmetric InfoNCE) is off by default."""
 
 
 class UITModel(nn.Module):
@@ -55,7 +54,7 @@ class UITModel(nn.Module):
         num_classes: number of training identities (the ID classifier's outputs); ``0`` disables it.
         tir: ``True`` builds a `TIRHead` of UIT's size for this encoder, ``False`` disables
             TIR, or pass a configured `TIRHead`.
-        loss_weights: overrides of `DEFAULT_LOSS_WEIGHTS` (unknown names are an error).
+        loss_weights: overrides of the recipe's `uit_reid.recipe.LOSS_WEIGHTS` (unknown names are an error).
         logit_scale: fixed inverse temperature of SDM and ITC (UIT: 50).
         cmt_margin: margin of the cross-modal triplet loss (UIT: 0.05).
         mask_ratio: fraction of patches TIR drops (UIT: 0.7).
@@ -76,25 +75,25 @@ class UITModel(nn.Module):
         num_classes: int,
         tir: bool | TIRHead = True,
         loss_weights: Mapping[str, float] | None = None,
-        logit_scale: float = 50.0,
-        cmt_margin: float = 0.05,
-        mask_ratio: float = 0.7,
+        logit_scale: float = recipe.LOGIT_SCALE,
+        cmt_margin: float = recipe.CMT_MARGIN,
+        mask_ratio: float = recipe.MASK_RATIO,
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
-        tir_grayscale: str = "normalised",
+        tir_grayscale: str = recipe.TIR_GRAYSCALE,
         interpolation: str | None = None,
     ) -> None:
         super().__init__()
         self.image_mean, self.image_std, self.interpolation = _preprocessing(
             encoder, image_mean, image_std, interpolation
         )
-        if tir_grayscale not in ("normalised", "pixels"):
-            raise ValueError(f"tir_grayscale must be 'normalised' or 'pixels', got {tir_grayscale!r}")
+        if tir_grayscale not in TIR_GRAYSCALES:
+            raise ValueError(f"tir_grayscale must be one of {list(TIR_GRAYSCALES)}, got {tir_grayscale!r}")
         check_int(num_classes, "num_classes", 0, MAX_SIZES["num_classes"])
         check_number(logit_scale, "logit_scale", 0, low_open=True)
         check_number(cmt_margin, "cmt_margin", 0)
         check_number(mask_ratio, "mask_ratio", 0, 1, high_open=True)
-        weights = dict(DEFAULT_LOSS_WEIGHTS)
+        weights = dict(recipe.LOSS_WEIGHTS)
         for name, value in (loss_weights or {}).items():
             if name not in weights:
                 raise ValueError(f"unknown loss {name!r} in loss_weights; known: {sorted(weights)}")
@@ -205,11 +204,19 @@ class UITModel(nn.Module):
         feats = self.encoder.encode_text(self.encoder.trim_padding(ids))
         return F.normalize(feats.float(), dim=-1) if normalize else feats
 
+    @torch.no_grad()
+    def encode_captions(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """Query features of caption strings: tokenized, moved to the model's device, `encode_texts`.
+
+        The text encoder that `uit_reid.retrieval.search_text` and the service take, e.g.
+        ``functools.partial(model.encode_captions, normalize=False)`` (the index normalises).
+        """
+        device = next(self.encoder.parameters()).device
+        return self.encode_texts(self.encoder.tokenize(list(texts)).to(device), normalize=normalize)
+
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this model's architecture (not its weights)."""
-        from uit_reid import __version__
-
         return {
             "format_version": PRETRAINED_FORMAT_VERSION,
             "uit_reid_version": __version__,
@@ -330,8 +337,8 @@ class UITModel(nn.Module):
             mask_ratio=cfg["mask_ratio"],
             image_mean=cfg["image_mean"],
             image_std=cfg["image_std"],
-            tir_grayscale=cfg.get("tir_grayscale", "pixels"),  # files written before the option
-            interpolation=cfg.get("interpolation", "bicubic"),  # likewise
+            tir_grayscale=cfg["tir_grayscale"],
+            interpolation=cfg["interpolation"],
         )
 
 
@@ -362,8 +369,8 @@ def _preprocessing(
     image_mean = preprocess["mean"] if mean is None else mean
     image_std = preprocess["std"] if std is None else std
     interpolation = preprocess["interpolation"] if interpolation is None else interpolation
-    if interpolation not in ("bicubic", "bilinear"):
-        raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
     for field, values in (("image_mean", image_mean), ("image_std", image_std)):
         if isinstance(values, str) or not isinstance(values, Sequence) or len(values) != 3:
             raise ValueError(f"{field}: must be 3 numbers (R, G, B), got {values!r}")

@@ -14,12 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from uit_reid.tables import metrics_table
+
 __all__ = ["MODEL_CARD_NAME", "ModelCardInfo", "markdown_text", "render_model_card"]
 
 MODEL_CARD_NAME = "README.md"
-
-METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
-
 
 @dataclass
 class ModelCardInfo:
@@ -70,30 +69,82 @@ def _architecture(config: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _metrics_table(metrics: Mapping[str, Mapping[str, float]]) -> list[str]:
-    lines = ["| split | " + " | ".join(METRIC_KEYS) + " |", "|---" * (len(METRIC_KEYS) + 1) + "|"]
-    for split, values in metrics.items():
-        cells = [f"{values[k]:.2f}" if k in values else "-" for k in METRIC_KEYS]
-        lines.append(f"| {split} | " + " | ".join(cells) + " |")
+_FRONT_MATTER = (
+    "---",
+    "library_name: uit_reid",
+    "pipeline_tag: zero-shot-image-classification",
+    "tags:",
+    "- text-to-image-retrieval",
+    "- person-retrieval",
+    "- clip",
+    "- open_clip",
+    "---",
+)
+"""The Hub's metadata block at the top of every card."""
+
+_USE_AND_LIMITS = (
+    "## Use",
+    "",
+    "```python",
+    "import uit_reid as ur",
+    'model = ur.UITModel.from_pretrained("path/or/org-name").eval()',
+    "```",
+    "",
+    "or `uit-reid index build --checkpoint DIR --images PHOTOS --out gallery.faiss` and "
+    '`uit-reid search "a woman in a red coat" --index gallery.faiss`.',
+    "",
+    "## Intended use",
+    "",
+    "Research on text-based person retrieval, and searching photo collections that the user is "
+    "entitled to search, such as their own photos or benchmark data used under its licence.",
+    "",
+    "## Limitations",
+    "",
+    "- Trained on a few pedestrian benchmarks (surveillance-style crops of mostly one region); "
+    "accuracy drops on other cameras, poses, clothing styles and populations.",
+    "- Descriptions are matched on visible appearance (clothes, colours, carried objects): two "
+    "people dressed alike are not told apart, and nothing about identity is verified.",
+    "- Scores are similarities, not probabilities; a top result can be wrong. A person must review results.",
+    "- Biases of CLIP's web-scale pre-training and of the benchmark captions carry over.",
+    "",
+    "## Prohibited uses",
+    "",
+    "Do not use this model to identify, track or profile people without their informed consent or a "
+    "clear legal basis: no covert surveillance, no tracking of individuals across cameras or "
+    "photo collections, no targeting of people by protected attributes (ethnicity, religion, "
+    "health, sexual orientation, political views), no use in decisions about a person's rights, "
+    "employment, housing, credit or access to services, and no law-enforcement identification "
+    "without human review and the safeguards the law requires.",
+    "",
+)
+"""What every card says about use, limits and prohibited uses, whatever the model."""
+
+
+def _origin(card: ModelCardInfo) -> list[str]:
+    lines = [f"- Converted from: {card.source}"] if card.source else []
+    lines.append(f"- Training data: {card.training_data or 'not recorded'}")
+    if isinstance(card.training_config, Mapping):
+        lines += ["- Training config:", "", "```json", json.dumps(dict(card.training_config), indent=2), "```"]
+    elif card.training_config:
+        lines += ["- Training config:", "", "```", str(card.training_config).strip(), "```"]
+    else:
+        lines.append("- Training config: not recorded")
     return lines
+
+
+def _metrics(card: ModelCardInfo) -> list[str]:
+    if not card.metrics:
+        return ["Not measured for this folder."]
+    return ["Text-to-image retrieval (captions query the images), in percent:", "", metrics_table(card.metrics)]
 
 
 def render_model_card(config: Mapping[str, Any], card: ModelCardInfo | None = None) -> str:
     """Markdown (with Hub front matter) describing a model from its `UITModel.config` and ``card``."""
     card = card or ModelCardInfo()
-    enc = config["encoder"]
     out = [
-        "---",
-        "library_name: uit_reid",
-        "pipeline_tag: zero-shot-image-classification",
-        "tags:",
-        "- text-to-image-retrieval",
-        "- person-retrieval",
-        "- clip",
-        "- open_clip",
-        "---",
+        *_FRONT_MATTER,
         "",
-        f"# uit_reid model: {enc['name']}",
+        f"# uit_reid model: {config['encoder']['name']}",
         "",
         "Text-to-image person retrieval: a sentence describing a person in, the matching person images "
         "of a gallery out. Written by `uit_reid` "
@@ -105,56 +156,13 @@ def render_model_card(config: Mapping[str, Any], card: ModelCardInfo | None = No
         "",
         "## Origin",
         "",
-    ]
-    if card.source:
-        out.append(f"- Converted from: {card.source}")
-    out.append(f"- Training data: {card.training_data or 'not recorded'}")
-    if isinstance(card.training_config, Mapping):
-        out += ["- Training config:", "", "```json", json.dumps(dict(card.training_config), indent=2), "```"]
-    elif card.training_config:
-        out += ["- Training config:", "", "```", str(card.training_config).strip(), "```"]
-    else:
-        out.append("- Training config: not recorded")
-    out += ["", "## Metrics", ""]
-    if card.metrics:
-        out += ["Text-to-image retrieval (captions query the images), in percent:", "", *_metrics_table(card.metrics)]
-    else:
-        out.append("Not measured for this folder.")
-    out += [
+        *_origin(card),
         "",
-        "## Use",
+        "## Metrics",
         "",
-        "```python",
-        "import uit_reid as ur",
-        'model = ur.UITModel.from_pretrained("path/or/org-name").eval()',
-        "```",
+        *_metrics(card),
         "",
-        "or `uit-reid index build --checkpoint DIR --images PHOTOS --out gallery.faiss` and "
-        '`uit-reid search "a woman in a red coat" --index gallery.faiss`.',
-        "",
-        "## Intended use",
-        "",
-        "Research on text-based person retrieval, and searching photo collections that the user is "
-        "entitled to search, such as their own photos or benchmark data used under its licence.",
-        "",
-        "## Limitations",
-        "",
-        "- Trained on a few pedestrian benchmarks (surveillance-style crops of mostly one region); "
-        "accuracy drops on other cameras, poses, clothing styles and populations.",
-        "- Descriptions are matched on visible appearance (clothes, colours, carried objects): two "
-        "people dressed alike are not told apart, and nothing about identity is verified.",
-        "- Scores are similarities, not probabilities; a top result can be wrong. A person must review results.",
-        "- Biases of CLIP's web-scale pre-training and of the benchmark captions carry over.",
-        "",
-        "## Prohibited uses",
-        "",
-        "Do not use this model to identify, track or profile people without their informed consent or a "
-        "clear legal basis: no covert surveillance, no tracking of individuals across cameras or "
-        "photo collections, no targeting of people by protected attributes (ethnicity, religion, "
-        "health, sexual orientation, political views), no use in decisions about a person's rights, "
-        "employment, housing, credit or access to services, and no law-enforcement identification "
-        "without human review and the safeguards the law requires.",
-        "",
+        *_USE_AND_LIMITS,
     ]
     if card.notes:
         out += ["## Notes", "", card.notes.strip(), ""]

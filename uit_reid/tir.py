@@ -18,9 +18,12 @@ import torch
 from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 from torch import nn
 
+from uit_reid import recipe
+
 __all__ = [
     "SEN_TIR_KEY_MAP",
     "SEN_TIR_UNUSED_PREFIXES",
+    "TIR_GRAYSCALES",
     "TIR_LAYOUTS",
     "TIRHead",
     "patchify",
@@ -144,6 +147,10 @@ TIR_LAYOUTS: dict[str, dict[str, bool]] = {
 restoration must pass through the caption. ``"residual"`` adds the image tokens back after the
 cross-attention and hides caption padding from it (this library's earlier variant)."""
 
+TIR_GRAYSCALES: tuple[str, ...] = ("normalised", "pixels")
+"""How `UITModel` forms TIR's grayscale input from a normalised batch (`to_grayscale`): ``"normalised"``
+(the authors' code) weighs the normalised channels; ``"pixels"`` converts the de-normalised pixels."""
+
 SEN_TIR_KEY_MAP: dict[str, str] = {
     "norm_1.": "image_norm.",
     "norm_2.": "text_norm.",
@@ -213,12 +220,12 @@ class TIRHead(nn.Module):
         grid_size: Sequence[int],
         patch_size: int | Sequence[int],
         text_dim: int | None = None,
-        width: int = 512,
-        depth: int = 4,
-        heads: int = 8,
+        width: int = recipe.TIR_WIDTH,
+        depth: int = recipe.TIR_DEPTH,
+        heads: int = recipe.TIR_HEADS,
         cross_heads: int | None = None,
         mlp_ratio: float = 4.0,
-        layout: str = "sen",
+        layout: str = recipe.TIR_LAYOUT,
         residual: bool | None = None,
         mask_padding: bool | None = None,
     ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -14,6 +15,7 @@ from uit_reid.retrieval import (
     Hit,
     build_index_from_folder,
     encode_image_folder,
+    ranked_hits,
     render_results,
     search_text,
 )
@@ -101,7 +103,7 @@ def test_pids_mark_hits_correct(folder):
 
 def test_render_results_borders_and_size(folder):
     red = Image.new("RGB", (10, 20), COLORS["red"])
-    hits = [Hit("a", 0.9, correct=True), Hit("b", 0.5, correct=False), Hit("c", 0.1)]
+    hits = [Hit(1, "a", 0.9, correct=True), Hit(2, "b", 0.5, correct=False), Hit(3, "c", 0.1)]
     img = render_results("a person in red", hits, images=[red, red, None], thumb_size=(80, 40), border=3)
     assert isinstance(img, Image.Image) and img.mode == "RGB"
     pad, cell_w = 6, 40 + 6
@@ -135,3 +137,23 @@ def test_bad_inputs(folder, tmp_path):
     index = GalleryIndex(3)
     with pytest.raises(ValueError, match="queries must be"):
         search_text(index, text_encoder, [])
+
+
+def test_ranked_hits_is_the_one_post_processing() -> None:
+    # an approximate index pads a short row with -1 / -inf (int ids) or None (string ids)
+    scores = np.array([0.9, 0.5, -np.inf], np.float32)
+    hits = ranked_hits(scores, np.array([7, 3, -1]), number_of={7: 0, 3: 1}, pid_of=lambda i: i % 2, query_pid=1)
+    assert [(h.rank, h.id, h.number, h.correct) for h in hits] == [(1, 7, 0, True), (2, 3, 1, True)]
+    assert all(type(h.id) is int and type(h.score) is float for h in hits)
+    paths = ranked_hits(scores, np.array(["a.png", "b.png", None], dtype=object))
+    assert [(h.rank, h.path, h.pid, h.correct) for h in paths] == [(1, "a.png", None, None), (2, "b.png", None, None)]
+
+
+def test_service_hit_is_derived_from_the_retrieval_hit() -> None:
+    pytest.importorskip("fastapi")
+    from uit_reid.serve.app import HitResponse
+
+    described = {f.name: f.metadata["description"] for f in dataclasses.fields(Hit) if "description" in f.metadata}
+    fields = HitResponse.model_fields
+    assert list(fields) == [*described, "image_url"]
+    assert {name: fields[name].description for name in described} == described

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import subprocess
+import sys
+
 import pytest
 
 from uit_reid.train import ConfigError, TrainConfig, bundled_config, load_config
@@ -81,13 +86,47 @@ def test_overrides_and_toml_round_trip(tmp_path) -> None:
         config.override(["lr=1"])
 
 
-def test_renamed_key_gives_the_new_name(tmp_path) -> None:
-    path = tmp_path / "old.toml"
-    path.write_text("[data]\ntext_aug_p = 0.3\n")
-    with pytest.raises(ConfigError, match=r"^.*old.toml: 'data.text_aug_p' is now called 'data.text_augment_p'$"):
-        TrainConfig.from_toml(path)
-    path.write_text("[data]\ntext_augment_p = 0.3\n")
-    assert TrainConfig.from_toml(path).data.text_augment_p == 0.3
+def test_config_module_imports_without_torch() -> None:
+    code = "import uit_reid.train.config, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "module", "registry"),
+    [
+        ("data.sampler", "uit_reid.data.samplers", "SAMPLERS"),
+        ("model.tir_layout", "uit_reid.tir", "TIR_LAYOUTS"),
+        ("data.interpolation", "uit_reid.images", "INTERPOLATIONS"),
+        ("data.erasing_fill", "uit_reid.augment", "ERASING_FILLS"),
+        ("synthetic.world", "uit_reid.data.synthetic", "WORLD_NAMES"),
+        ("train.precision", "uit_reid.device", "PRECISIONS"),
+    ],
+)
+def test_choices_are_the_registry_keys(key, module, registry, monkeypatch) -> None:
+    section, name = key.split(".")
+    table = getattr(importlib.import_module(module), registry)
+    with pytest.raises(ConfigError, match=rf"^<dict>: {key} must be one of \[.*\], got 'novel'$") as refused:
+        TrainConfig.from_dict({section: {name: "novel"}})
+    assert all(repr(k) in str(refused.value) for k in table)  # the message lists the registry's keys
+    if isinstance(table, dict):
+        monkeypatch.setitem(table, "novel", next(iter(table.values())))
+    else:
+        monkeypatch.setattr(importlib.import_module(module), registry, (*table, "novel"))
+    assert getattr(getattr(TrainConfig.from_dict({section: {name: "novel"}}), section), name) == "novel"
+
+
+def test_defaults_are_the_recipe() -> None:
+    from uit_reid import recipe
+    from uit_reid.tir import TIRHead
+
+    config = TrainConfig()
+    assert {k: getattr(config.loss, k) for k in recipe.LOSS_WEIGHTS} == recipe.LOSS_WEIGHTS
+    assert (config.model.tir_width, config.model.tir_depth, config.model.tir_heads, config.model.tir_layout) == (
+        recipe.TIR_WIDTH, recipe.TIR_DEPTH, recipe.TIR_HEADS, recipe.TIR_LAYOUT)
+    head = inspect.signature(TIRHead).parameters
+    assert (head["width"].default, head["depth"].default, head["heads"].default, head["layout"].default) == (
+        recipe.TIR_WIDTH, recipe.TIR_DEPTH, recipe.TIR_HEADS, recipe.TIR_LAYOUT)
 
 
 def test_report_to_accepts_known_reporters_only() -> None:
@@ -96,5 +135,5 @@ def test_report_to_accepts_known_reporters_only() -> None:
         "tensorboard", "wandb")
     with pytest.raises(ConfigError, match="train.report_to must be a list of strings, got 'wandb'"):
         TrainConfig.from_dict({"train": {"report_to": "wandb"}})
-    with pytest.raises(ConfigError, match=r"train.report_to takes 'tensorboard' and/or 'wandb', got \['mlflow'\]"):
+    with pytest.raises(ConfigError, match=r"train.report_to must be any of \['tensorboard', 'wandb'\], got \['mlflow'\]"):
         TrainConfig.from_dict({"train": {"report_to": ["mlflow"]}})

@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from uit_reid import recipe
 from uit_reid.data.epochs import EpochBatchSampler, SeededItems, mix_seed
 from uit_reid.data.records import CorruptImageError, Split
-from uit_reid.data.samplers import DEFAULT_NUM_INSTANCES, DEFAULT_SAMPLER, build_batch_sampler
+from uit_reid.data.samplers import build_batch_sampler
 from uit_reid.images import load_image
 
 logger = logging.getLogger(__name__)
@@ -190,8 +191,8 @@ def build_train_loader(
     image_size: tuple[int, int] = (384, 128),
     batch_size: int = 128,
     *,
-    sampler: str = DEFAULT_SAMPLER,
-    num_instances: int = DEFAULT_NUM_INSTANCES,
+    sampler: str = recipe.SAMPLER,
+    num_instances: int = recipe.NUM_INSTANCES,
     num_workers: int = 4,
     text_augment_p: float = 0.2,
     token_augment: Callable[..., torch.Tensor] | None = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -34,6 +35,8 @@ from uit_reid.data.records import (
 logger = logging.getLogger(__name__)
 
 OnMissing = Literal["error", "skip"]
+ON_MISSING: tuple[str, ...] = typing.get_args(OnMissing)
+"""What `load_dataset` does about missing image files: raise, or skip them."""
 
 JSONL_NAME = "annotations.jsonl"
 """File name of the generic JSONL annotations inside a dataset folder (what ``make_synthetic`` writes)."""
@@ -327,8 +330,8 @@ def load_dataset(
     (``"skip"``). ``verify_images=True`` also decodes every image and treats undecodable ones the same
     way (raising `CorruptImageError`). Training pids become ``0..num_classes-1``.
     """
-    if on_missing not in ("error", "skip"):
-        raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
+    if on_missing not in ON_MISSING:
+        raise ValueError(f"on_missing must be one of {list(ON_MISSING)}, got {on_missing!r}")
     fmt = _normalise_format(format)
     root = Path(root).expanduser()
     if root.is_file():

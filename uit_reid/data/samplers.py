@@ -14,14 +14,10 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from uit_reid import distributed
+from uit_reid import distributed, recipe
 
 SAMPLERS: tuple[str, ...] = ("identity_groups", "identity", "random")
 """Names accepted by `build_batch_sampler` (and ``data.sampler`` in training configs)."""
-DEFAULT_SAMPLER = "identity_groups"
-"""The paper recipe's sampler (SEN's default), shared by the trainer and `build_train_loader`."""
-DEFAULT_NUM_INSTANCES = 2
-"""The paper recipe's largest identity group (SEN's ``num_instance``)."""
 
 
 def _dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -202,7 +198,7 @@ def build_batch_sampler(
     kind: str,
     pids: Sequence[int],
     batch_size: int,
-    num_instances: int = DEFAULT_NUM_INSTANCES,
+    num_instances: int = recipe.NUM_INSTANCES,
     *,
     seed: int = 0,
     rank: int | None = None,

@@ -16,7 +16,7 @@ from uit_reid.retrieval.index import (
     IndexFormatError,
     default_nlist,
 )
-from uit_reid.retrieval.metrics import METRIC_KEYS, binding_accuracy, evaluate, metrics_table, relevant_ranks
+from uit_reid.retrieval.metrics import binding_accuracy, evaluate, relevant_ranks
 from uit_reid.retrieval.search import (
     IMAGE_EXTENSIONS,
     Hit,
@@ -24,11 +24,13 @@ from uit_reid.retrieval.search import (
     encode_image_files,
     encode_image_folder,
     list_images,
+    ranked_hits,
     render_results,
     search_text,
 )
 from uit_reid.retrieval.shards import EmbeddingShards, ShardFormatError, encode_shards, read_image_list
 from uit_reid.retrieval.streaming import ShardVectors, add_shards, build_index_from_shards
+from uit_reid.tables import METRIC_KEYS, metrics_table
 
 __all__ = [
     "FORMAT_VERSION",
@@ -55,6 +57,7 @@ __all__ = [
     "list_images",
     "metrics_table",
     "parse_bytes",
+    "ranked_hits",
     "read_image_list",
     "relevant_ranks",
     "render_results",

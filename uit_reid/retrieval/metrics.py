@@ -22,10 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["METRIC_KEYS", "binding_accuracy", "evaluate", "metrics_table", "relevant_ranks"]
-
-METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
-"""The metrics `evaluate` returns, in its order."""
+__all__ = ["binding_accuracy", "evaluate", "relevant_ranks"]
 
 logger = logging.getLogger(__name__)
 
@@ -296,17 +293,3 @@ def binding_accuracy(true_scores: Any, contrast_scores: Any) -> float:
         raise ValueError("binding scores contain NaN or infinite values")
     wins = (true > contrast).sum() + 0.5 * (true == contrast).sum()
     return float(100.0 * wins / true.size)
-
-
-def metrics_table(
-    rows: dict[str, dict[str, float]], label: str = "split", keys: Sequence[str] = METRIC_KEYS
-) -> str:
-    """A Markdown table with one row per ``{name: evaluate(...) result}`` entry, figures to 2 decimals.
-
-    ``keys`` picks the columns (e.g. ``("R1", "R5", "mAP", "binding")``); a row without one shows ``-``.
-    """
-    lines = [f"| {label} | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    lines += [
-        f"| {name} | " + " | ".join(f"{m[k]:.2f}" if k in m else "-" for k in keys) + " |" for name, m in rows.items()
-    ]
-    return "\n".join(lines)

@@ -12,7 +12,7 @@ import logging
 import os
 import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "encode_image_files",
     "encode_image_folder",
     "list_images",
+    "ranked_hits",
     "render_results",
     "search_text",
 ]
@@ -41,15 +42,53 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", "
 """File endings taken as images when a folder is indexed."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Hit:
-    """One search result: the gallery id, its cosine score and what is known about it."""
+    """One search result: its rank, the gallery id, its cosine score and what is known about it.
 
-    id: Any
-    score: float
+    The one hit type of the package: `search_text` returns it, the service's engine ranks with it and
+    the service's JSON hit is derived from its ``rank``, ``id`` and ``score`` fields (their
+    ``description`` metadata documents the API).
+    """
+
+    rank: int = field(metadata={"description": "1-based rank"})
+    id: str | int = field(metadata={"description": "the gallery item's id in the index (an image path or a number)"})
+    score: float = field(metadata={"description": "cosine similarity between the query and the image"})
+    number: int | None = None
+    """The item's position in `GalleryIndex.ids` (None where the caller did not ask for it)."""
     path: str | None = None
+    """The image path, for string ids."""
     pid: Any = None
+    """The identity, where ``pids`` were given to `search_text`."""
     correct: bool | None = None
+    """Whether ``pid`` is the query's, where ``query_pids`` were given too."""
+
+
+def ranked_hits(
+    scores: Sequence[float],
+    ids: Sequence[Any],
+    *,
+    number_of: Mapping[Any, int] | None = None,
+    pid_of: Callable[[Any], Any] | None = None,
+    query_pid: Any = None,
+) -> list[Hit]:
+    """One query's row of `GalleryIndex.search` results as ranked `Hit` s, best first.
+
+    The padding an approximate index returns (id ``None`` or ``-1`` with a non-finite score) is
+    dropped; numpy ids become plain ``int`` s; string ids are image paths. ``number_of`` maps an id
+    to its position in the index (``Hit.number``); ``pid_of`` gives an id's pid and, with
+    ``query_pid``, ``Hit.correct``.
+    """
+    hits: list[Hit] = []
+    for score, id_ in zip(scores, ids):
+        if id_ is None or not np.isfinite(score):
+            continue
+        id_ = id_ if isinstance(id_, str) else int(id_)
+        pid = pid_of(id_) if pid_of is not None else None
+        correct = bool(pid == query_pid) if query_pid is not None and pid is not None else None
+        hits.append(Hit(len(hits) + 1, id_, float(score), number=number_of[id_] if number_of is not None else None,
+                        path=id_ if isinstance(id_, str) else None, pid=pid, correct=correct))
+    return hits
 
 
 def list_images(folder: str | os.PathLike[str], extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
@@ -278,24 +317,13 @@ def search_text(
     scores, ids = index.search(torch.cat(parts), k, fingerprint=fingerprint)
 
     def pid_of(id_: Any) -> Any:
-        if pids is None:
-            return None
-        return pids(id_) if callable(pids) else pids.get(id_)
+        return pids(id_) if callable(pids) else pids.get(id_)  # type: ignore[union-attr]
 
-    results: list[list[Hit]] = []
-    for qi in range(len(queries)):
-        hits = []
-        for score, id_ in zip(scores[qi], ids[qi]):
-            if id_ is None or (not isinstance(id_, str) and int(id_) == -1 and not np.isfinite(score)):
-                continue
-            id_ = id_ if isinstance(id_, str) else int(id_)
-            pid = pid_of(id_)
-            correct = None
-            if query_pids is not None and pid is not None:
-                correct = bool(pid == query_pids[qi])
-            hits.append(Hit(id_, float(score), id_ if isinstance(id_, str) else None, pid, correct))
-        results.append(hits)
-    return results
+    return [
+        ranked_hits(scores[qi], ids[qi], pid_of=pid_of if pids is not None else None,
+                    query_pid=query_pids[qi] if query_pids is not None else None)
+        for qi in range(len(queries))
+    ]
 
 
 GREEN = (46, 160, 67)

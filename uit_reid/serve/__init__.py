@@ -19,7 +19,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from uit_reid.serve.app import ServeLimits, create_app
 from uit_reid.serve.batcher import MicroBatcher
-from uit_reid.serve.engine import RankedHit, SearchEngine
+from uit_reid.serve.engine import SearchEngine
 from uit_reid.serve.gallery import GalleryImages, UnknownImage
 from uit_reid.serve.process import ServeProcess, free_port
 from uit_reid.serve.server import build_service, serve
@@ -27,7 +27,6 @@ from uit_reid.serve.server import build_service, serve
 __all__ = [
     "GalleryImages",
     "MicroBatcher",
-    "RankedHit",
     "SearchEngine",
     "ServeLimits",
     "ServeProcess",

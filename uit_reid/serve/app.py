@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import typing
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -19,11 +20,12 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from starlette.exceptions import HTTPException
 
-from uit_reid import __version__
-from uit_reid.serve.engine import RankedHit, SearchEngine
+from uit_reid._version import __version__
+from uit_reid.retrieval import Hit
+from uit_reid.serve.engine import SearchEngine
 from uit_reid.serve.gallery import GalleryImages, UnknownImage
 from uit_reid.serve.limits import SECURITY_HEADERS, AllowedHosts, BodySizeLimit, RateLimit
 
@@ -83,16 +85,31 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="what was wrong, naming the parameter or limit", examples=["q: the query is empty"])
 
 
-class Hit(BaseModel):
-    rank: int = Field(description="1-based rank")
-    id: str | int = Field(description="the gallery item's id in the index (an image path or a number)")
-    score: float = Field(description="cosine similarity between the query and the image")
-    image_url: str = Field(description="where the image's thumbnail is served (`?full=true` for the image)")
+def _hit_model() -> type[BaseModel]:
+    """The JSON hit: the `uit_reid.retrieval.Hit` fields that carry a ``description`` (their types and
+    descriptions taken from the dataclass) and where the image is served."""
+    hints = typing.get_type_hints(Hit)
+    described = {
+        f.name: (hints[f.name], Field(description=f.metadata["description"]))
+        for f in fields(Hit)
+        if "description" in f.metadata
+    }
+    image_url = (str, Field(description="where the image's thumbnail is served (`?full=true` for the image)"))
+    return create_model("Hit", **described, image_url=image_url)  # type: ignore[call-overload]
+
+
+HitResponse = _hit_model()
+"""A hit in the JSON answers (schema name ``Hit``)."""
+_HIT_FIELDS = tuple(name for name in HitResponse.model_fields if name != "image_url")
+
+
+def _hit_json(hit: Hit) -> dict[str, Any]:
+    return {**{name: getattr(hit, name) for name in _HIT_FIELDS}, "image_url": f"/image/{hit.number}"}
 
 
 class QueryResult(BaseModel):
     query: str = Field(description="the query as searched (surrounding white space removed)")
-    results: list[Hit] = Field(description="the hits, best first (at most k)")
+    results: list[HitResponse] = Field(description="the hits, best first (at most k)")  # type: ignore[valid-type]
 
 
 class SearchRequest(BaseModel):
@@ -235,9 +252,6 @@ def create_app(
             raise HTTPException(422, f"k: must be between 1 and {k_cap} (index size {len(engine)}), got {k}")
         return k
 
-    def hits_json(hits: list[RankedHit]) -> list[dict[str, Any]]:
-        return [{"rank": h.rank, "id": h.id, "score": h.score, "image_url": f"/image/{h.number}"} for h in hits]
-
     q_text = (f"the description to search for: 1 to {limits.max_query_chars} characters once surrounding "
               "white space is removed, UTF-8, no control characters")
     k_text = f"results to return, 1 to min({limits.max_k}, index size)"
@@ -259,7 +273,7 @@ def create_app(
         queries = check_queries(strict[-1:] or [q])
         k = check_k(k)
         results = await engine.search(queries, k)
-        return {"k": k, "results": [{"query": queries[0], "results": hits_json(results[0])}]}
+        return {"k": k, "results": [{"query": queries[0], "results": [_hit_json(h) for h in results[0]]}]}
 
     @app.post("/search", response_model=SearchResponse, summary="Search with several queries at once",
               description=f"The top `k` images for each of 1 to {limits.max_queries} queries, in one answer.",
@@ -268,7 +282,7 @@ def create_app(
         queries = check_queries(body.queries)
         k = check_k(body.k)
         results = await engine.search(queries, k)
-        return {"k": k, "results": [{"query": q, "results": hits_json(r)} for q, r in zip(queries, results)]}
+        return {"k": k, "results": [{"query": q, "results": [_hit_json(h) for h in r]} for q, r in zip(queries, results)]}
 
     @app.get(
         "/image/{image_id}",

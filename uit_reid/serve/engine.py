@@ -13,16 +13,15 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from uit_reid.retrieval import GalleryIndex
+from uit_reid.retrieval import GalleryIndex, Hit, ranked_hits
 from uit_reid.serve.batcher import MicroBatcher
 
-__all__ = ["RankedHit", "SearchEngine", "resident_memory_mb"]
+__all__ = ["SearchEngine", "resident_memory_mb"]
 
 
 def resident_memory_mb() -> float | None:
@@ -33,16 +32,6 @@ def resident_memory_mb() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-
-
-@dataclass(frozen=True)
-class RankedHit:
-    """One result: 1-based rank, the index's id, its position in the index and the cosine score."""
-
-    rank: int
-    id: Any
-    number: int
-    score: float
 
 
 class SearchEngine:
@@ -71,7 +60,7 @@ class SearchEngine:
         self.fingerprint = fingerprint
         ids = index.ids()
         self.number_of = {id_: n for n, id_ in enumerate(ids)}
-        self.batcher: MicroBatcher[tuple[str, int], list[RankedHit]] = MicroBatcher(
+        self.batcher: MicroBatcher[tuple[str, int], list[Hit]] = MicroBatcher(
             self._search_batch, max_batch=max_batch, max_wait=max_wait
         )
         self.queries_served = 0
@@ -83,23 +72,14 @@ class SearchEngine:
         return len(self.index)
 
     @torch.inference_mode()
-    def _search_batch(self, items: list[tuple[str, int]]) -> list[list[RankedHit]]:
+    def _search_batch(self, items: list[tuple[str, int]]) -> list[list[Hit]]:
         texts = [q for q, _ in items]
         k_max = max(k for _, k in items)
         feats = self.encode(texts)
         scores, ids = self.index.search(feats.detach().float().cpu().numpy(), k_max, fingerprint=self.fingerprint)
-        out = []
-        for row, (_, k) in enumerate(items):
-            hits = []
-            for score, id_ in zip(scores[row, :k], ids[row, :k]):
-                if id_ is None or not np.isfinite(score):
-                    continue
-                id_ = id_ if isinstance(id_, str) else int(id_)
-                hits.append(RankedHit(len(hits) + 1, id_, self.number_of[id_], float(score)))
-            out.append(hits)
-        return out
+        return [ranked_hits(scores[row, :k], ids[row, :k], number_of=self.number_of) for row, (_, k) in enumerate(items)]
 
-    async def search(self, queries: list[str], k: int) -> list[list[RankedHit]]:
+    async def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         """Top-``k`` hits of each query (validated by the caller), timed for the stats."""
         start = time.perf_counter()
         results = await self.batcher.submit([(q, k) for q in queries])

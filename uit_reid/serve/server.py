@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import ipaddress
 import logging
 import os
 import resource
 from pathlib import Path
-
-import torch
 
 from uit_reid.retrieval import GalleryIndex
 from uit_reid.serve.app import LOOPBACK_HOSTS, ServeLimits, create_app
@@ -56,9 +55,7 @@ def build_service(
     if len(index) == 0:
         raise ValueError(f"refusing to serve {index_path}: the index is empty")
 
-    def encode(texts: list[str]) -> torch.Tensor:
-        return model.encode_texts(model.encoder.tokenize(texts).to(device), normalize=False)
-
+    encode = functools.partial(model.encode_captions, normalize=False)
     engine = SearchEngine(index, encode, fingerprint=fingerprint, max_batch=max_batch, max_wait=max_wait)
     images = GalleryImages(index.ids(), index_path.resolve().parent, thumb_size=thumb_size)
     logger.info("serving %d images from %s with model %s", len(index), index_path, fingerprint)

@@ -2,12 +2,15 @@
 
 A config file has up to six tables, ``[model]``, ``[loss]``, ``[data]``, ``[optim]``,
 ``[train]`` and ``[synthetic]``; anything left out keeps the defaults below, which are UIT's recipe for ViT-B/16 on
-CUHK-PEDES. A misspelt key is an error naming the key and the file, never silently ignored.
+CUHK-PEDES (`uit_reid.recipe`). A misspelt key is an error naming the key and the file, never silently ignored.
+Keys that name a choice (a sampler, a TIR layout, ...) take the keys of the registry that defines the choice
+(`CHOICES`), read when a config is checked: this module itself imports neither torch nor those modules.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import sys
 import types
@@ -16,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uit_reid.data.samplers import DEFAULT_NUM_INSTANCES, DEFAULT_SAMPLER, SAMPLERS
-from uit_reid.data.synthetic import WORLD_NAMES
+from uit_reid import recipe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,12 +51,12 @@ class ModelConfig:
     image_size: tuple[int, int] = (384, 128)
     context_length: int = 77
     tir: bool = True
-    tir_width: int = 512
-    tir_depth: int = 4
-    tir_heads: int = 8
-    tir_layout: str = "sen"
-    mask_ratio: float = 0.7
-    tir_grayscale: str = "normalised"
+    tir_width: int = recipe.TIR_WIDTH
+    tir_depth: int = recipe.TIR_DEPTH
+    tir_heads: int = recipe.TIR_HEADS
+    tir_layout: str = recipe.TIR_LAYOUT
+    mask_ratio: float = recipe.MASK_RATIO
+    tir_grayscale: str = recipe.TIR_GRAYSCALE
 
     def __post_init__(self) -> None:
         # TOML has no null: "none" (or "") means random initialisation.
@@ -64,13 +66,13 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    sdm: float = 1.0
-    id: float = 1.0
-    tir: float = 10.0
-    cmt: float = 10.0
-    itc: float = 0.0
-    logit_scale: float = 50.0
-    cmt_margin: float = 0.05
+    sdm: float = recipe.LOSS_WEIGHTS["sdm"]
+    id: float = recipe.LOSS_WEIGHTS["id"]
+    tir: float = recipe.LOSS_WEIGHTS["tir"]
+    cmt: float = recipe.LOSS_WEIGHTS["cmt"]
+    itc: float = recipe.LOSS_WEIGHTS["itc"]
+    logit_scale: float = recipe.LOGIT_SCALE
+    cmt_margin: float = recipe.CMT_MARGIN
 
 
 @dataclass
@@ -78,8 +80,8 @@ class DataConfig:
     root: str = "data/CUHK-PEDES"
     format: str = "auto"
     batch_size: int = 128
-    sampler: str = DEFAULT_SAMPLER
-    num_instances: int = DEFAULT_NUM_INSTANCES
+    sampler: str = recipe.SAMPLER
+    num_instances: int = recipe.NUM_INSTANCES
     num_workers: int = 8
     text_augment_p: float = 0.2
     token_corruption: bool = True
@@ -182,27 +184,28 @@ class TrainConfig:
              "synthetic.num_ids and synthetic.images_per_id must be >= 1"),
         ]
         checks += [
-            (self.train.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision must be auto|fp32|bf16|fp16"),
-            (self.data.sampler in SAMPLERS, f"data.sampler must be one of {list(SAMPLERS)}"),
-            (self.synthetic.world in WORLD_NAMES, f"synthetic.world must be one of {list(WORLD_NAMES)}"),
-            (self.data.on_missing in ("error", "skip"), "data.on_missing must be 'error' or 'skip'"),
             (self.data.batch_size > 0, "data.batch_size must be positive"),
             (self.optim.accum_steps >= 1, "optim.accum_steps must be >= 1"),
             (self.train.epochs >= 1, "train.epochs must be >= 1"),
             (0.0 <= self.model.mask_ratio < 1.0, "model.mask_ratio must be in [0, 1)"),
-            (self.model.tir_layout in ("sen", "residual"), "model.tir_layout must be 'sen' or 'residual'"),
-            (self.model.tir_grayscale in ("normalised", "pixels"), "model.tir_grayscale must be 'normalised' or 'pixels'"),
-            (self.data.interpolation in ("bilinear", "bicubic"), "data.interpolation must be 'bilinear' or 'bicubic'"),
-            (self.data.erasing_fill in ("zero", "clip_mean"), "data.erasing_fill must be 'zero' or 'clip_mean'"),
             (len(self.model.image_size) == 2, "model.image_size must be [height, width]"),
-            (
-                set(self.train.report_to) <= {"tensorboard", "wandb"},
-                f"train.report_to takes 'tensorboard' and/or 'wandb', got {list(self.train.report_to)}",
-            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self._check_choices()
+
+    def _check_choices(self) -> None:
+        """Each choice key holds one of its registry's keys (a list key: only such keys)."""
+        for dotted, registry in CHOICES.items():
+            section, key = dotted.split(".")
+            allowed = registry.keys()
+            value = getattr(getattr(self, section), key)
+            chosen = value if isinstance(value, tuple) else (value,)
+            if not all(v in allowed for v in chosen):
+                listed = list(value) if isinstance(value, tuple) else repr(value)
+                raise ConfigError(f"{dotted} must be {'any of' if isinstance(value, tuple) else 'one of'} "
+                                  f"{list(allowed)}, got {listed}")
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dicts, one per section."""
@@ -222,8 +225,6 @@ class TrainConfig:
             section_cls = _SECTION_TYPES[name]
             known = {f.name: f for f in dataclasses.fields(section_cls)}
             for key in value:
-                if (name, key) in _RENAMED:
-                    raise ConfigError(f"{source}: '{name}.{key}' is now called '{name}.{_RENAMED[name, key]}'")
                 if key not in known:
                     raise ConfigError(f"{source}: unknown key '{name}.{key}'; known: {sorted(known)}")
             hints = _hints(section_cls)
@@ -288,8 +289,32 @@ _SECTION_TYPES = {
 }
 
 
-_RENAMED = {("data", "text_aug_p"): "text_augment_p"}
-"""Keys renamed since 0.1.0: using the old name is an error that gives the new one."""
+class Registry(typing.NamedTuple):
+    """Where a choice's allowed values live: ``module.name``, a tuple of names or a dict by name."""
+
+    module: str
+    name: str
+    extra: tuple[str, ...] = ()
+    """Values allowed besides the registry's keys (``"auto"``)."""
+
+    def keys(self) -> tuple[str, ...]:
+        """The allowed values, read now: an entry added to the registry is one at once."""
+        return (*self.extra, *getattr(importlib.import_module(self.module), self.name))
+
+
+CHOICES: dict[str, Registry] = {
+    "model.tir_layout": Registry("uit_reid.tir", "TIR_LAYOUTS"),
+    "model.tir_grayscale": Registry("uit_reid.tir", "TIR_GRAYSCALES"),
+    "data.sampler": Registry("uit_reid.data.samplers", "SAMPLERS"),
+    "data.interpolation": Registry("uit_reid.images", "INTERPOLATIONS"),
+    "data.erasing_fill": Registry("uit_reid.augment", "ERASING_FILLS"),
+    "data.on_missing": Registry("uit_reid.data.readers", "ON_MISSING"),
+    "train.precision": Registry("uit_reid.device", "PRECISIONS", extra=("auto",)),
+    "train.report_to": Registry("uit_reid.train.reporting", "REPORTERS"),
+    "synthetic.world": Registry("uit_reid.data.synthetic", "WORLD_NAMES"),
+}
+"""The keys that name a choice and the registry whose keys are the allowed values. Registries are
+imported when a config is checked, not with this module, which therefore imports without torch."""
 
 
 def _hints(section_cls: type) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch
 
 from uit_reid.distributed import all_reduce_mean
 
-__all__ = ["REPORTERS", "LossWindow", "RunLog", "format_metrics"]
+__all__ = ["REPORTERS", "LossWindow", "RunLog"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,3 @@ class LossWindow:
         means = all_reduce_mean({k: v / self.count for k, v in self.losses.items()})
         return {"images_per_s": self.images / max(elapsed, 1e-9), **{k: float(v) for k, v in means.items()}}
 
-
-def format_metrics(metrics: dict[str, float]) -> str:
-    """One log line: ``R1 61.20  R5 80.10 ...``."""
-    return "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())

@@ -68,5 +68,5 @@ class ModelSelection:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_r1 = state["best_r1"]
-        self.best_val = json.loads(state.get("best_val", "{}"))
-        self.best_test = json.loads(state.get("best_test", "null"))
+        self.best_val = json.loads(state["best_val"])
+        self.best_test = json.loads(state["best_test"])

@@ -29,10 +29,11 @@ from uit_reid.evaluation import evaluate_model
 from uit_reid.factory import build_model
 from uit_reid.io import FolderLock, atomic_write_text, remove_stale_temp_files
 from uit_reid.model import UITModel
+from uit_reid.tables import metrics_line
 from uit_reid.train import checkpoint as ckpt
 from uit_reid.train.config import TrainConfig
 from uit_reid.train.optim import build_optimizer, warmup_cosine
-from uit_reid.train.reporting import LossWindow, RunLog, format_metrics
+from uit_reid.train.reporting import LossWindow, RunLog
 from uit_reid.train.selection import SELECT_ON_TEST_LABEL, ModelSelection, test_summary
 
 __all__ = ["NonFiniteLossError", "Trainer"]
@@ -291,7 +292,7 @@ class Trainer:
         if self.is_main:
             metrics = self.evaluate(self.dataset.val)
             self.log.write({"step": self.step, "epoch": epoch, "split": "val", **metrics})
-            logger.info("epoch %d val: %s", epoch, format_metrics(metrics))
+            logger.info("epoch %d val: %s", epoch, metrics_line(metrics))
             self.selection.consider_val(metrics, self.model)
         if is_distributed():
             dist.barrier()
@@ -316,11 +317,11 @@ class Trainer:
                 best_test = self.selection.best_test
                 if best_test is not None:
                     result["test_selected_on_test"] = best_test
-                    logger.info("test, best epoch on test (%s): %s", SELECT_ON_TEST_LABEL, format_metrics(best_test))
+                    logger.info("test, best epoch on test (%s): %s", SELECT_ON_TEST_LABEL, metrics_line(best_test))
                 summary = test_summary(test, best_test)
                 atomic_write_text(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
                 self.selection.write_final_card(model_dir, chosen, test, self.dataset.val is not None)
-                logger.info("test (%s): %s", model_dir.name, format_metrics(test))
+                logger.info("test (%s): %s", model_dir.name, metrics_line(test))
         self.log.close()
         if is_distributed():
             dist.barrier()
