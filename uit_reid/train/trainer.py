@@ -32,7 +32,7 @@ from uit_reid.model import UITModel
 from uit_reid.train import checkpoint as ckpt
 from uit_reid.train.config import TrainConfig
 from uit_reid.train.optim import build_optimizer, warmup_cosine
-from uit_reid.train.reporting import LossWindow, RunLog, format_metrics
+from uit_reid.train.reporting import LOG_NAME, LossWindow, RunLog, format_metrics, log_to_file
 from uit_reid.train.selection import SELECT_ON_TEST_LABEL, ModelSelection, test_summary
 
 __all__ = ["NonFiniteLossError", "Trainer"]
@@ -185,16 +185,16 @@ class Trainer:
         """Train to the end, evaluate, and return ``{"test": metrics, "val_best_R1": ..., "model_dir": ...}``.
 
         Holds the run folder's `FolderLock` while it runs: another process's run into the same folder
-        stops at once, naming this one.
+        stops at once, naming this one. The ``uit_reid`` log records of the run go to ``out.log`` too.
         """
         if self._lock is not None:
             self._lock.acquire()
         try:
-            if self._lock is not None:
-                for folder in (self.run_dir, self.run_dir / "best", self.run_dir / "last"):
-                    if folder.is_dir():  # what a killed run's writes left behind: nobody else writes here
-                        remove_stale_temp_files(folder)
-            with self.rng.active():
+            with self.rng.active(), log_to_file(self.run_dir / LOG_NAME, fresh=self.step == 0, enabled=self.is_main):
+                if self._lock is not None:
+                    for folder in (self.run_dir, self.run_dir / "best", self.run_dir / "last"):
+                        if folder.is_dir():  # what a killed run's writes left behind: nobody else writes here
+                            remove_stale_temp_files(folder)
                 return self._fit()
         finally:
             self._release_lock()
