@@ -46,3 +46,31 @@ def test_a_library_call_leaves_the_setting_as_it_was(changed, call, setting, req
     if (call, setting) in KNOWN:
         request.applymarker(pytest.mark.xfail(reason=KNOWN[call, setting], strict=False))
     assert setting not in changed[call], f"{call} changed the process's {setting}"
+
+
+def test_rng_streams_draw_what_seeding_the_globals_drew_and_give_the_globals_back() -> None:
+    """`RngStreams(seed)` in two blocks draws the numbers ``torch.manual_seed`` + ``random.seed`` +
+    ``np.random.seed`` then two runs of draws would give; outside the blocks the caller's generators do
+    not move (the Trainer's promise: same seed, same weights, and the notebook's sequence untouched)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from uit_reid.checkpoint import RngStreams
+
+    def draws() -> list[float]:
+        return [*torch.rand(3).tolist(), random.random(), float(np.random.rand()), float(torch.randn(1))]
+
+    torch.manual_seed(7), random.seed(7), np.random.seed(7)
+    expected = draws() + draws()
+    torch.manual_seed(99), random.seed(99), np.random.seed(99)
+    caller = draws()
+    torch.manual_seed(99), random.seed(99), np.random.seed(99)
+    streams = RngStreams(7)
+    with streams.active():
+        got = draws()
+    with streams.active(), streams.active():  # nested: one block
+        got += draws()
+    assert got == expected
+    assert draws() == caller

@@ -97,8 +97,12 @@ class RngStreams:
             "python": random.Random(seed).getstate(),
             "numpy": np_state,
         }
-        if self.device is not None:
-            self._state["cuda"] = torch.Generator(device=self.device).manual_seed(seed).get_state()
+        if self.device is not None:  # seeded through the device's own generator, then given back
+            caller = torch.cuda.get_rng_state(self.device)
+            with torch.cuda.device(self.device):
+                torch.cuda.manual_seed(seed)
+            self._state["cuda"] = torch.cuda.get_rng_state(self.device)
+            torch.cuda.set_rng_state(caller, self.device)
         self._active = False
 
     def _current(self) -> dict[str, Any]:
