@@ -89,6 +89,17 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ti
     assert (run_dir / "last.pt").read_bytes() == before
 
 
+def test_under_torchrun_the_trainer_wants_the_process_group_made_by_the_entry_point(
+    tiny_dataset, tmp_path, config_dict, monkeypatch
+) -> None:
+    """A library object never creates the process group: without one under torchrun it says who should."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = TrainConfig.from_dict(config_dict(tiny_dataset, tmp_path / "run", max_steps=1))
+    with pytest.raises(RuntimeError, match=r"WORLD_SIZE=2: .*no process group; call uit_reid.distributed.init_from_torchrun"):
+        Trainer(config)
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_run_logs_to_out_log_and_takes_its_handler_away_after(tiny_dataset, tmp_path, config_dict, caplog) -> None:
     """``out.log`` beside ``metrics.jsonl``: timestamped lines of the ``uit_reid`` loggers; no handler is left behind."""
     caplog.set_level(logging.INFO, logger="uit_reid")  # what `uit-reid train` sets
