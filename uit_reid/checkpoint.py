@@ -12,10 +12,12 @@ resuming from silently wrong weights. `save_checkpoint` keeps the checkpoint it 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from uit_reid.io import atomic_torch_save, folder_contents, remove_stale_temp_fi
 __all__ = [
     "CHECKPOINT_VERSION",
     "CheckpointError",
+    "RngStreams",
     "capture_rng_state",
     "capture_rng_states_of_all_ranks",
     "check_run_dir",
@@ -38,7 +41,6 @@ __all__ = [
     "restore_rng_state",
     "restore_training_state",
     "save_checkpoint",
-    "seed_everything",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,11 +76,63 @@ def check_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool) -> 
         )
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch, Python and NumPy's global generators."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
+class RngStreams:
+    """Random streams a library object owns: torch's CPU generator (and ``device``'s when it is a GPU),
+    Python's `random` and NumPy's global generator, seeded with ``seed`` as ``torch.manual_seed``,
+    ``random.seed`` and ``np.random.seed`` would seed them, without touching the global ones.
+
+    Code inside `active` draws from these streams through the usual global functions (model
+    initialisation, dropout, DataLoader seeds, augmentation); on leaving, the streams are kept where
+    they stopped and the caller's generators are put back as they were. So a `Trainer` draws exactly
+    the numbers it drew when it seeded the globals itself, and a notebook's own random sequence does
+    not move when it builds or fits one. Nested `active` blocks are one block.
+    """
+
+    def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
+        device = torch.device(device)
+        self.device = device if device.type == "cuda" else None
+        np_state = np.random.RandomState(seed % 2**32).get_state()
+        self._state: dict[str, Any] = {
+            "torch": torch.Generator().manual_seed(seed).get_state(),
+            "python": random.Random(seed).getstate(),
+            "numpy": np_state,
+        }
+        if self.device is not None:  # seeded through the device's own generator, then given back
+            caller = torch.cuda.get_rng_state(self.device)
+            with torch.cuda.device(self.device):
+                torch.cuda.manual_seed(seed)
+            self._state["cuda"] = torch.cuda.get_rng_state(self.device)
+            torch.cuda.set_rng_state(caller, self.device)
+        self._active = False
+
+    def _current(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+        if self.device is not None:
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _install(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        if self.device is not None:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Draw from these streams inside the block; the caller's generators are restored after it."""
+        if self._active:  # inside an outer block: its streams are already in place
+            yield
+            return
+        caller = self._current()
+        self._install(self._state)
+        self._active = True
+        try:
+            yield
+        finally:
+            self._active = False
+            self._state = self._current()
+            self._install(caller)
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -39,6 +39,7 @@ def _device(name: str) -> str:
 
 # ---------------------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
+    from uit_reid.distributed import torchrun_process_group
     from uit_reid.retrieval import metrics_table
     from uit_reid.train import Trainer, load_config
 
@@ -48,7 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.output_dir={json.dumps(str(args.output_dir))}")
     if overrides:
         config = config.override(overrides)
-    result = Trainer(config, resume=args.resume or False, overwrite=args.overwrite).fit()
+    with torchrun_process_group(config.train.device):  # this entry point owns the process group
+        result = Trainer(config, resume=args.resume or False, overwrite=args.overwrite).fit()
     if "test" in result:
         print(metrics_table({"test (t2i)": result["test"]}))
     print(f"model: {result.get('model_dir')}")
@@ -220,9 +222,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from uit_reid.io import FolderLock
     from uit_reid.retrieval.shards import encode_shards, read_image_list
 
-    created = D.init_from_torchrun(args.device)
-    rank = D.rank()
-    try:
+    with D.torchrun_process_group(args.device):
+        rank = D.rank()
         device = _device(args.device)
         if D.is_distributed() and device.startswith("cuda"):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
@@ -238,9 +239,6 @@ def cmd_encode(args: argparse.Namespace) -> int:
                 world_size=D.world_size(), barrier=dist.barrier if D.is_distributed() else lambda: None,
                 metadata={"checkpoint": _checkpoint_ref(args.checkpoint)}, progress=rank == 0,
             )
-    finally:
-        if created:
-            dist.destroy_process_group()
     if rank == 0:
         print(f"encoded {manifest['encoded']} images ({manifest['skipped']} unreadable, skipped) "
               f"into {manifest['num_shards']} shards -> {args.out}")
@@ -319,13 +317,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from uit_reid.demo import DEMO_COLUMNS, run_demo
+    from uit_reid.distributed import torchrun_process_group
     from uit_reid.retrieval import metrics_table
     from uit_reid.train import load_config
 
     out = Path(args.out)
     pretrained = load_config(args.config).model.pretrained
     start = "random init" if pretrained in (None, "none") else f"zero-shot, {pretrained} weights"
-    metrics = run_demo(out, quick=args.quick, device=_device(args.device), config=args.config)
+    with torchrun_process_group(args.device):  # this entry point owns the process group
+        metrics = run_demo(out, quick=args.quick, device=_device(args.device), config=args.config)
     rows = {f"before training ({start})": metrics["zero_shot"], "trained": metrics["fine_tuned"]}
     print(metrics_table(rows, label="test (t2i)", keys=DEMO_COLUMNS))
     model_dir = next(p for p in (out / "best", out / "last") if p.is_dir())

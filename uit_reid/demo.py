@@ -120,19 +120,23 @@ def _stack_vertically(images: list[Image.Image]) -> Image.Image:
 
 
 def plot_training_curve(metrics_path: Path, out_path: Path) -> bool:
-    """Loss and val R1 against steps from a run's ``metrics.jsonl``; False when matplotlib is missing."""
-    try:
-        import matplotlib
+    """Loss and val R1 against steps from a run's ``metrics.jsonl``; False when matplotlib is missing.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    Draws on a `matplotlib.figure.Figure` with its own Agg canvas, never through pyplot: the caller's
+    backend (a notebook's, say) and pyplot's figure list stay as they were.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         logger.warning("matplotlib is not installed: no training curve (pip install 'uit_reid[plot]')")
         return False
     records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
     train = [r for r in records if "split" not in r]
     val = [r for r in records if r.get("split") == "val"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = Figure(figsize=(7, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="train loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss", color="tab:blue")
@@ -144,5 +148,4 @@ def plot_training_curve(metrics_path: Path, out_path: Path) -> bool:
     fig.tight_layout()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=100)
-    plt.close(fig)
     return True

@@ -13,8 +13,9 @@ over a rank's rows; with equal batches per rank DDP's average is again the globa
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -26,6 +27,8 @@ __all__ = [
     "init_from_torchrun",
     "is_distributed",
     "rank",
+    "require_process_group",
+    "torchrun_process_group",
     "world_size",
 ]
 
@@ -54,6 +57,40 @@ def init_from_torchrun(device: str = "auto") -> bool:
         return False
     dist.init_process_group(backend="nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
     return True
+
+
+def require_process_group() -> None:
+    """Refuse to go on when torchrun started several processes (``WORLD_SIZE`` > 1) but this one has not
+    joined their process group: library code never creates it (the application does, once)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            f"WORLD_SIZE={launched}: torchrun started {launched} processes but this one has no process group; "
+            "call uit_reid.distributed.init_from_torchrun() (and torch.cuda.set_device on GPUs) before "
+            "building the Trainer, or run `uit-reid train`, which does"
+        )
+
+
+@contextlib.contextmanager
+def torchrun_process_group(device: str = "auto") -> Iterator[None]:
+    """For application entry points: join torchrun's process group for the block, then leave it.
+
+    Puts this process on GPU ``LOCAL_RANK`` when ``device`` resolves to CUDA under torchrun (NCCL
+    collectives use the current device). Outside torchrun it does nothing.
+    """
+    created = init_from_torchrun(device)
+    try:
+        if is_distributed():
+            from uit_reid.device import resolve_device
+
+            resolved = resolve_device(device)
+            if resolved.type == "cuda":
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                torch.cuda.set_device(resolved.index if resolved.index is not None else local)
+        yield
+    finally:
+        if created:
+            dist.destroy_process_group()
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

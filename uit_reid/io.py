@@ -9,10 +9,10 @@ import hashlib
 import io
 import logging
 import os
+import secrets
 import socket
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +23,32 @@ logger = logging.getLogger(__name__)
 __all__ = ["LOCK_NAME", "FolderInUseError", "FolderLock", "atomic_torch_save", "atomic_write_bytes",
            "atomic_write_text", "check_writable", "file_sha256", "folder_contents", "remove_stale_temp_files"]
 
-_UMASK_LOCK = threading.Lock()
+_NEW_FILE_MODE = 0o666
+"""What ``open()`` asks for; the kernel takes the umask off, so no caller ever reads or sets it."""
 
 
-def _umask() -> int:
-    with _UMASK_LOCK:  # os.umask can only be read by setting it
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return mask
+def _create_temp_file(path: Path) -> tuple[int, Path]:
+    """A new, empty ``.NAME.XXXXXXXX.tmp`` beside ``path``, opened for writing, in the mode ``open()`` gives.
+
+    ``O_EXCL`` makes the name ours alone (as ``tempfile.mkstemp`` does, whose files are owner-only).
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), _NEW_FILE_MODE), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file beside {path}: 100 names were taken")  # pragma: no cover
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview, *more: bytes | memoryview) -> None:
     """Write ``data`` (then each of ``more``) to a temporary file beside ``path``, fsync it, then
     ``os.replace`` it into place. The file gets the permissions ``open()`` would give it (0666 minus
-    the umask), not the owner-only mode of temporary files."""
+    the umask, applied by the kernel), not the owner-only mode of ``tempfile`` files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp_file(path)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             for chunk in more:
@@ -144,7 +151,7 @@ class FolderLock:
     def acquire(self) -> FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(10):  # the file can be removed between open and flock by a releasing holder
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _NEW_FILE_MODE)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -110,6 +110,44 @@ def test_images_thumbnails_and_stats(server, gallery) -> None:
     assert get(server, "/healthz").json() == {"status": "ok", "index_size": 32}
 
 
+def scrape(server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``GET /metrics`` parsed by prometheus_client's own parser: {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = get(server, "/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def test_prometheus_metrics_count_requests_batches_and_memory(server) -> None:
+    before = scrape(server)
+    assert get(server, "/search", params={"q": QUERY, "k": 3}).status_code == 200
+    body = {"queries": [QUERY, "a woman in a white dress"], "k": 2}
+    assert httpx.post(server.url + "/search", json=body, timeout=TIMEOUT).status_code == 200
+    assert get(server, "/search", params={"q": "", "k": 3}).status_code == 422
+    assert get(server, "/no/such/route").status_code == 404
+    after = scrape(server)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    requests = "uit_reid_http_requests_total"
+    assert delta(requests, route="/search", method="GET", status="200") == 1
+    assert delta(requests, route="/search", method="POST", status="200") == 1
+    assert delta(requests, route="/search", method="GET", status="422") == 1
+    assert delta(requests, route="unmatched", method="GET", status="404") == 1  # a template, never the raw path
+    assert delta(requests, route="/metrics", method="GET", status="200") == 1  # the first scrape
+    assert delta("uit_reid_http_request_duration_seconds_count", route="/search") == 3
+    assert delta("uit_reid_http_request_duration_seconds_bucket", route="/search", le="+Inf") == 3
+    assert delta("uit_reid_http_request_duration_seconds_sum", route="/search") > 0
+    assert delta("uit_reid_queries_total") == 3
+    assert delta("uit_reid_batch_size_count") == 2 and delta("uit_reid_batch_size_sum") == 3
+    assert after[("uit_reid_index_size", ())] == 32
+    assert after[("process_resident_memory_bytes", ())] > 50 * 2**20
+
+
 LONG = "a" * 600
 BAD_REQUESTS = [
     ("GET", "/search?q=&k=3", None, 422, "q: the query is empty"),

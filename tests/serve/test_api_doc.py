@@ -37,7 +37,8 @@ def test_every_route_parameter_and_response_is_rendered(schema) -> None:
     text = render_api_reference(schema)
     routes = [(p, m, op) for p, item in schema["paths"].items() for m, op in item.items() if m in METHODS]
     assert {(m.upper(), p) for p, m, _ in routes} == {
-        ("GET", "/search"), ("POST", "/search"), ("GET", "/image/{image_id}"), ("GET", "/healthz"), ("GET", "/stats")}
+        ("GET", "/search"), ("POST", "/search"), ("GET", "/image/{image_id}"), ("GET", "/healthz"), ("GET", "/stats"),
+        ("GET", "/metrics")}
     for path, method, op in routes:
         body = section(text, f"## `{method.upper()} {path}`")
         assert op["summary"] in body

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,6 +87,35 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ti
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2 .*last.pt holds the state at step 2"):
         trainer.fit()
     assert (run_dir / "last.pt").read_bytes() == before
+
+
+def test_under_torchrun_the_trainer_wants_the_process_group_made_by_the_entry_point(
+    tiny_dataset, tmp_path, config_dict, monkeypatch
+) -> None:
+    """A library object never creates the process group: without one under torchrun it says who should."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = TrainConfig.from_dict(config_dict(tiny_dataset, tmp_path / "run", max_steps=1))
+    with pytest.raises(RuntimeError, match=r"WORLD_SIZE=2: .*no process group; call uit_reid.distributed.init_from_torchrun"):
+        Trainer(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_run_logs_to_out_log_and_takes_its_handler_away_after(tiny_dataset, tmp_path, config_dict, caplog) -> None:
+    """``out.log`` beside ``metrics.jsonl``: timestamped lines of the ``uit_reid`` loggers; no handler is left behind."""
+    caplog.set_level(logging.INFO, logger="uit_reid")  # what `uit-reid train` sets
+    package = logging.getLogger("uit_reid")
+    before = list(package.handlers)
+    run_dir = tmp_path / "run"
+    Trainer(TrainConfig.from_dict(config_dict(tiny_dataset, run_dir, max_steps=1, epochs=1))).fit()
+    assert package.handlers == before
+    assert (run_dir / "metrics.jsonl").is_file()
+    lines = (run_dir / "out.log").read_text(encoding="utf-8").splitlines()
+    record = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \| (DEBUG|INFO|WARNING|ERROR) \| uit_reid[.\w]* \| ")
+    assert lines and record.match(lines[0]), lines[:3]
+    test_line = next(line for line in lines if " | uit_reid.train.trainer | test (" in line)
+    assert record.match(test_line) and "R1 " in test_line
+    logging.getLogger("uit_reid.probe").info("after the run")
+    assert "after the run" not in (run_dir / "out.log").read_text(encoding="utf-8")
 
 
 def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config, independent_metrics) -> None:

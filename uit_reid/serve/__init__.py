@@ -11,10 +11,11 @@ from __future__ import annotations
 
 try:
     import fastapi  # noqa: F401
+    import prometheus_client  # noqa: F401
     import uvicorn  # noqa: F401
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "uit_reid.serve needs the serve extra: pip install 'uit_reid[serve]' (FastAPI and uvicorn)"
+        "uit_reid.serve needs the serve extra: pip install 'uit_reid[serve]' (FastAPI, uvicorn, prometheus_client)"
     ) from err
 
 from uit_reid.serve.app import ServeLimits, create_app

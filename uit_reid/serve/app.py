@@ -1,7 +1,7 @@
 """The HTTP API and the page: a FastAPI app over a `SearchEngine` and the gallery's images.
 
 Routes: ``GET /`` (the page), ``GET /search``, ``POST /search``, ``GET /image/{id}``,
-``GET /healthz``, ``GET /stats``. Every refusal is JSON ``{"error": "<one line>"}`` with a 4xx
+``GET /healthz``, ``GET /stats``, ``GET /metrics`` (Prometheus). Every refusal is JSON ``{"error": "<one line>"}`` with a 4xx
 status; see `ServeLimits` for the limits.
 """
 
@@ -11,10 +11,10 @@ import contextlib
 import logging
 import math
 import typing
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, fields
 from importlib import resources
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Path, Query, Request
@@ -25,9 +25,12 @@ from starlette.exceptions import HTTPException
 
 from uit_reid._version import __version__
 from uit_reid.retrieval import Hit
-from uit_reid.serve.engine import SearchEngine
 from uit_reid.serve.gallery import GalleryImages, UnknownImage
 from uit_reid.serve.limits import SECURITY_HEADERS, AllowedHosts, BodySizeLimit, RateLimit
+from uit_reid.serve.metrics import CONTENT_TYPE, RequestMetrics, ServiceMetrics
+
+if TYPE_CHECKING:  # the app only calls the engine: it does not import torch or the index for it
+    from uit_reid.serve.engine import SearchEngine
 
 __all__ = ["ServeLimits", "create_app"]
 
@@ -193,7 +196,29 @@ def create_app(
     Requests whose Host header names none of ``allowed_hosts`` are refused (``"*"`` allows any).
     """
     limits = limits or ServeLimits()
-    k_cap = max(1, min(limits.max_k, len(engine)))
+    checks = _RequestChecks(limits, len(engine))
+    metrics = ServiceMetrics(engine)
+    app = FastAPI(
+        title="uit-reid search",
+        version=__version__,
+        description="Text-to-person search over one gallery index.",
+        lifespan=_lifespan(engine),
+    )
+    _add_error_handlers(app)
+    _add_search_routes(app, engine, checks)
+    _add_image_route(app, images)
+    _add_status_routes(app, engine, images, checks, metrics)
+    _add_page_routes(app)
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    if limits.rate > 0:
+        app.add_middleware(RateLimit, rate=limits.rate, burst=limits.burst)
+    app.add_middleware(AllowedHosts, hosts=tuple(allowed_hosts))
+    app.add_middleware(RequestMetrics, metrics=metrics)  # added last: runs first, so it counts refusals too
+    return app
+
+
+def _lifespan(engine: SearchEngine) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """Start the engine's batcher with the app, stop it (failing what is queued) when the app stops."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -203,12 +228,11 @@ def create_app(
         finally:
             await engine.batcher.stop()
 
-    app = FastAPI(
-        title="uit-reid search",
-        version=__version__,
-        description="Text-to-person search over one gallery index.",
-        lifespan=lifespan,
-    )
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every refusal and failure as ``{"error": "<one line>"}``."""
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -225,7 +249,17 @@ def create_app(
         logger.exception("%s %s failed", request.method, request.url.path)
         return _error(500, "internal error (the service's log has the details)")
 
-    def check_queries(queries: list[str]) -> list[str]:
+
+class _RequestChecks:
+    """The per-request checks of queries and ``k`` against the limits (422 naming the argument)."""
+
+    def __init__(self, limits: ServeLimits, index_size: int) -> None:
+        self.limits = limits
+        self.index_size = index_size
+        self.k_cap = max(1, min(limits.max_k, index_size))
+
+    def queries(self, queries: list[str]) -> list[str]:
+        limits = self.limits
         if not queries:
             raise HTTPException(422, "queries: give at least one query")
         if len(queries) > limits.max_queries:
@@ -247,11 +281,15 @@ def create_app(
             out.append(q)
         return out
 
-    def check_k(k: int) -> int:
-        if not 1 <= k <= k_cap:
-            raise HTTPException(422, f"k: must be between 1 and {k_cap} (index size {len(engine)}), got {k}")
+    def k(self, k: int) -> int:
+        if not 1 <= k <= self.k_cap:
+            raise HTTPException(422, f"k: must be between 1 and {self.k_cap} (index size {self.index_size}), got {k}")
         return k
 
+
+def _add_search_routes(app: FastAPI, engine: SearchEngine, checks: _RequestChecks) -> None:
+    """``GET /search`` (one query) and ``POST /search`` (several)."""
+    limits = checks.limits
     q_text = (f"the description to search for: 1 to {limits.max_query_chars} characters once surrounding "
               "white space is removed, UTF-8, no control characters")
     k_text = f"results to return, 1 to min({limits.max_k}, index size)"
@@ -270,8 +308,8 @@ def create_app(
             strict = [v for key, v in parse_qsl(raw, keep_blank_values=True, errors="strict") if key == "q"]
         except UnicodeDecodeError as err:
             raise HTTPException(400, "q: the query is not valid UTF-8") from err
-        queries = check_queries(strict[-1:] or [q])
-        k = check_k(k)
+        queries = checks.queries(strict[-1:] or [q])
+        k = checks.k(k)
         results = await engine.search(queries, k)
         return {"k": k, "results": [{"query": queries[0], "results": [_hit_json(h) for h in results[0]]}]}
 
@@ -279,10 +317,14 @@ def create_app(
               description=f"The top `k` images for each of 1 to {limits.max_queries} queries, in one answer.",
               responses=_errors(400, 413, 422, 429))
     async def search_post(body: SearchRequest) -> dict[str, Any]:
-        queries = check_queries(body.queries)
-        k = check_k(body.k)
+        queries = checks.queries(body.queries)
+        k = checks.k(body.k)
         results = await engine.search(queries, k)
         return {"k": k, "results": [{"query": q, "results": [_hit_json(h) for h in r]} for q, r in zip(queries, results)]}
+
+
+def _add_image_route(app: FastAPI, images: GalleryImages) -> None:
+    """``GET /image/{image_id}``: a gallery image by its number, never by a path."""
 
     @app.get(
         "/image/{image_id}",
@@ -306,6 +348,12 @@ def create_app(
         headers = {**SECURITY_HEADERS, "cache-control": "public, max-age=3600"}
         return Response(data, media_type="image/png" if full else "image/jpeg", headers=headers)
 
+
+def _add_status_routes(
+    app: FastAPI, engine: SearchEngine, images: GalleryImages, checks: _RequestChecks, metrics: ServiceMetrics
+) -> None:
+    """``GET /healthz``, ``GET /stats`` (JSON) and ``GET /metrics`` (Prometheus)."""
+
     @app.get("/healthz", response_model=Health, summary="Liveness and the index size")
     async def healthz() -> dict[str, Any]:
         """Answers as soon as the service is up; never rate-limited."""
@@ -319,22 +367,30 @@ def create_app(
         return {
             **engine.stats(),
             "thumbnail_cache": {"hits": images.hits, "misses": images.misses},
-            "limits": {**limits.__dict__, "k_cap": k_cap},
+            "limits": {**checks.limits.__dict__, "k_cap": checks.k_cap},
         }
 
-    def page_route(path: str, name: str, media_type: str) -> None:
-        content = resources.files("uit_reid.serve").joinpath("static", name).read_bytes()
+    @app.get("/metrics", summary="The service's figures in Prometheus' text format", response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE: {}}, "description": _METRICS_TEXT}, **_errors(413, 429)})
+    def prometheus_metrics() -> Response:
+        """For a Prometheus scraper; see the service docs for the names. Rate-limited like every route."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE, headers=SECURITY_HEADERS)
 
-        async def send_file() -> Response:
-            return Response(content, media_type=media_type, headers=SECURITY_HEADERS)
 
-        app.add_api_route(path, send_file, methods=["GET"], include_in_schema=False, name=f"page:{name}")
+_METRICS_TEXT = ("request counts by route, method and status, a request latency histogram by route, queries per "
+                 "encoder batch, queries answered, the index size and the process's resident memory")
 
+
+def _add_page_routes(app: FastAPI) -> None:
+    """The search page and its static files (left out of the API schema)."""
     for path, (name, media_type) in _PAGE_FILES.items():
-        page_route(path, name, media_type)
+        content = resources.files("uit_reid.serve").joinpath("static", name).read_bytes()
+        app.add_api_route(path, _static_file(content, media_type), methods=["GET"], include_in_schema=False,
+                          name=f"page:{name}")
 
-    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
-    if limits.rate > 0:
-        app.add_middleware(RateLimit, rate=limits.rate, burst=limits.burst)
-    app.add_middleware(AllowedHosts, hosts=tuple(allowed_hosts))  # added last: runs first
-    return app
+
+def _static_file(content: bytes, media_type: str) -> Callable[[], Awaitable[Response]]:
+    async def send_file() -> Response:
+        return Response(content, media_type=media_type, headers=SECURITY_HEADERS)
+
+    return send_file

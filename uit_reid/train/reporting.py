@@ -1,11 +1,13 @@
-"""Where a run's numbers go: ``metrics.jsonl`` always, TensorBoard and W&B when asked (main process only)."""
+"""Where a run's numbers go: ``metrics.jsonl`` always, TensorBoard and W&B when asked (main process only);
+its log lines go to ``out.log`` beside them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +15,41 @@ import torch
 
 from uit_reid.distributed import all_reduce_mean
 
-__all__ = ["REPORTERS", "LossWindow", "RunLog"]
+__all__ = ["LOG_FORMAT", "LOG_NAME", "REPORTERS", "LossWindow", "RunLog", "log_to_file"]
 
 logger = logging.getLogger(__name__)
 
 REPORTERS = ("tensorboard", "wandb")
 """The services ``train.report_to`` can name."""
+
+
+LOG_NAME = "out.log"
+"""The run's text log, beside ``metrics.jsonl``."""
+LOG_FORMAT = "%(asctime)s | %(levelname)s | %(name)s | %(message)s"
+
+
+@contextlib.contextmanager
+def log_to_file(path: str | Path, fresh: bool, enabled: bool = True) -> Iterator[None]:
+    """Copy the records of the ``uit_reid`` loggers to ``path`` (`LOG_FORMAT`) for the block.
+
+    The handler is attached to the package logger for the block only and removed after it, however
+    the block ends; it takes what that logger lets through (INFO under ``uit-reid train``) and sets no
+    level. ``fresh`` starts the file anew (a resumed run appends); ``enabled=False`` does nothing.
+    """
+    if not enabled:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w" if fresh else "a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    package = logging.getLogger("uit_reid")
+    package.addHandler(handler)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        handler.close()
 
 
 class RunLog:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from uit_reid import augment
 from uit_reid.data import JSONL_NAME, PedesDataset, Split, build_train_loader, load_dataset, make_synthetic
 from uit_reid.device import amp_dtype, autocast, resolve_device
-from uit_reid.distributed import init_from_torchrun, is_distributed, rank, world_size
+from uit_reid.distributed import is_distributed, rank, require_process_group, world_size
 from uit_reid.evaluation import evaluate_model
 from uit_reid.factory import build_model
 from uit_reid.io import FolderLock, atomic_write_text, remove_stale_temp_files
@@ -33,7 +33,7 @@ from uit_reid.tables import metrics_line
 from uit_reid.train import checkpoint as ckpt
 from uit_reid.train.config import TrainConfig
 from uit_reid.train.optim import build_optimizer, warmup_cosine
-from uit_reid.train.reporting import LossWindow, RunLog
+from uit_reid.train.reporting import LOG_NAME, LossWindow, RunLog, log_to_file
 from uit_reid.train.selection import SELECT_ON_TEST_LABEL, ModelSelection, test_summary
 
 __all__ = ["NonFiniteLossError", "Trainer"]
@@ -45,13 +45,13 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped before the optimiser step."""
 
 
-def _is_launch_rank_zero() -> bool:
-    """Rank 0 of a torchrun launch (or a single process), before the process group exists."""
-    return rank() == 0 if is_distributed() else int(os.environ.get("RANK", "0")) == 0
-
-
 class Trainer:
     """Train a `UITModel` as a `TrainConfig` describes.
+
+    Under torchrun the process group must exist before the trainer is built (`uit-reid train`
+    creates it; see `uit_reid.distributed.torchrun_process_group`). The trainer draws its random
+    numbers from its own streams seeded with ``train.seed + rank`` (`RngStreams`): building it,
+    `fit` and `evaluate` leave the caller's torch, Python and NumPy generators as they were.
 
     Args:
         config: the recipe.
@@ -64,16 +64,23 @@ class Trainer:
         self, config: TrainConfig, resume: bool | str | os.PathLike = False,
         dataset: PedesDataset | None = None, overwrite: bool = False,
     ) -> None:
+        require_process_group()
         self.config = config
         self.run_dir = Path(config.train.output_dir)
         # one run per folder: fit() holds the lock (so a Trainer built twice in one session does not lock
         # itself out); here it is only tried, so that a run going on in the folder is named at once
-        self._lock = FolderLock(self.run_dir, "uit-reid train run") if _is_launch_rank_zero() else None
+        self._lock = FolderLock(self.run_dir, "uit-reid train run") if rank() == 0 else None
         if self._lock is not None:
             self._lock.acquire().release()
         ckpt.check_run_dir(self.run_dir, bool(resume), overwrite)  # before any rank writes anything
         self._saved_step: int | None = None  # step of the last checkpoint written or resumed from
         self._setup_process()
+        with self.rng.active():
+            self._setup(resume, dataset)
+
+    def _setup(self, resume: bool | str | os.PathLike, dataset: PedesDataset | None) -> None:
+        """Data, model, loader, optimiser, logs and (``resume``) the saved state, in that order."""
+        config = self.config
         self.dataset = self._load_dataset() if dataset is None else dataset
         if self.dataset.train is None:
             raise ValueError(f"{self.dataset.root}: the dataset has no train split")
@@ -90,15 +97,18 @@ class Trainer:
             self._restore(self.run_dir / "last.pt" if resume is True else Path(resume))
 
     def _setup_process(self) -> None:
-        """Process group (under torchrun), rank, device, precision and seeds."""
-        self._owns_process_group = init_from_torchrun(self.config.train.device)
+        """Rank, device, precision and this trainer's random streams (the process group is the caller's)."""
         self.rank, self.world_size = rank(), world_size()
         self.is_main = self.rank == 0
         self.device = resolve_device(self.config.train.device)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+        if is_distributed() and self.device.type == "cuda" and self.device.index is not None:
+            current = torch.cuda.current_device()
+            if current != self.device.index:  # NCCL's collectives run on the current device
+                raise RuntimeError(
+                    f"train.device is {self.device} but this process's current CUDA device is cuda:{current}: "
+                    f"call torch.cuda.set_device({self.device.index}) before building the Trainer")
         self.amp_dtype = amp_dtype(self.config.train.precision, self.device)
-        ckpt.seed_everything(self.config.train.seed + self.rank)
+        self.rng = ckpt.RngStreams(self.config.train.seed + self.rank, self.device)
 
     def _setup_model(self) -> None:
         """The model, its DDP wrapper and (optionally) the compiled forward."""
@@ -176,16 +186,17 @@ class Trainer:
         """Train to the end, evaluate, and return ``{"test": metrics, "val_best_R1": ..., "model_dir": ...}``.
 
         Holds the run folder's `FolderLock` while it runs: another process's run into the same folder
-        stops at once, naming this one.
+        stops at once, naming this one. The ``uit_reid`` log records of the run go to ``out.log`` too.
         """
         if self._lock is not None:
             self._lock.acquire()
         try:
-            if self._lock is not None:
-                for folder in (self.run_dir, self.run_dir / "best", self.run_dir / "last"):
-                    if folder.is_dir():  # what a killed run's writes left behind: nobody else writes here
-                        remove_stale_temp_files(folder)
-            return self._fit()
+            with self.rng.active(), log_to_file(self.run_dir / LOG_NAME, fresh=self.step == 0, enabled=self.is_main):
+                if self._lock is not None:
+                    for folder in (self.run_dir, self.run_dir / "best", self.run_dir / "last"):
+                        if folder.is_dir():  # what a killed run's writes left behind: nobody else writes here
+                            remove_stale_temp_files(folder)
+                return self._fit()
         finally:
             self._release_lock()
 
@@ -277,7 +288,8 @@ class Trainer:
     def evaluate(self, split: Split, model: UITModel | None = None) -> dict[str, float]:
         """Text-to-image metrics of ``model`` (default: the model being trained) on ``split``."""
         d, model = self.config.data, self.model if model is None else model
-        return evaluate_model(model, split, d.eval_batch_size, self.device, min(d.num_workers, 4), self.amp_dtype)
+        with self.rng.active():
+            return evaluate_model(model, split, d.eval_batch_size, self.device, min(d.num_workers, 4), self.amp_dtype)
 
     def _validate(self, epoch: int) -> None:
         if self.config.train.select_on_test and self.dataset.test is not None and self.is_main:
@@ -325,7 +337,5 @@ class Trainer:
         self.log.close()
         if is_distributed():
             dist.barrier()
-        if self._owns_process_group:
-            dist.destroy_process_group()
         return result
 

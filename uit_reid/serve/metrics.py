@@ -1,0 +1,113 @@
+"""Prometheus figures of the service, served at ``GET /metrics`` beside the JSON of ``GET /stats``.
+
+Every app gets its own `CollectorRegistry`, never prometheus_client's process-wide one, so two apps
+in one process (tests, a notebook) count apart and importing this module registers nothing.
+
+- ``uit_reid_http_requests_total{route, method, status}``: requests answered, by route template
+  (``/image/{image_id}``, never the raw path; ``unmatched`` for paths no route serves). Refusals
+  by the limits (400, 413, 429) are counted too: the middleware runs before them.
+- ``uit_reid_http_request_duration_seconds{route}``: a histogram of the time to answer.
+- ``uit_reid_batch_size``: queries per text-encoder call (a summary: ``_count`` calls, ``_sum`` queries).
+- ``uit_reid_queries_total`` and ``uit_reid_index_size``, read from the engine when scraped.
+- ``process_resident_memory_bytes`` and the other ``process_*`` figures (Linux).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.process_collector import ProcessCollector
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from uit_reid.serve.engine import SearchEngine
+
+__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "RequestMetrics", "ServiceMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""Prometheus' classic text format, which every scraper reads (what ``/metrics`` answers with)."""
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds (seconds) of the request latency histogram: a search takes milliseconds on a CPU."""
+UNMATCHED = "unmatched"
+"""The route label of requests for a path that no route serves."""
+
+
+class _EngineCollector:
+    """The engine's own counters, read when ``/metrics`` is scraped (nothing is copied per request)."""
+
+    def __init__(self, engine: SearchEngine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self.engine
+        yield GaugeMetricFamily("uit_reid_index_size", "images in the gallery index", value=len(engine))
+        yield CounterMetricFamily("uit_reid_queries", "queries answered since start", value=engine.queries_served)
+        yield SummaryMetricFamily(
+            "uit_reid_batch_size", "queries per text-encoder call (micro-batch): _count calls, _sum queries",
+            count_value=engine.batcher.batches, sum_value=engine.batcher.items,
+        )
+
+
+class ServiceMetrics:
+    """One app's Prometheus registry: request counts and latencies, engine figures, process figures."""
+
+    def __init__(self, engine: SearchEngine) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "uit_reid_http_requests", "HTTP requests answered, by route template, method and status",
+            ("route", "method", "status"), registry=self.registry,
+        )
+        self.latency = Histogram(
+            "uit_reid_http_request_duration_seconds", "seconds from a request's arrival to its answer, by route",
+            ("route",), buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.registry.register(_EngineCollector(engine))
+        ProcessCollector(registry=self.registry)
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        """The registry in Prometheus' text format."""
+        return generate_latest(self.registry)
+
+
+def _route_of(scope: Scope) -> str:
+    """The path template of the route that serves ``scope`` (a wrong method still names its route)."""
+    app = scope.get("app")
+    for route in getattr(getattr(app, "router", None), "routes", ()):
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            return getattr(route, "path", UNMATCHED)
+    return UNMATCHED
+
+
+class RequestMetrics:
+    """ASGI middleware that counts and times every HTTP request into a `ServiceMetrics`."""
+
+    def __init__(self, app: ASGIApp, *, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500  # an exception that escapes becomes a 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.observe(_route_of(scope), scope["method"], status, time.perf_counter() - start)
