@@ -20,12 +20,6 @@ SETTINGS = ("umask", "matplotlib backend", "open_clip registry", "faiss threads"
             "numpy rng", "uit_reid logger handlers", "root logger handlers", "prometheus global registry")
 CALLS = ("import uit_reid.encoders", "atomic_write_bytes", "FolderLock", "demo.plot_training_curve",
          "Trainer build, evaluate, fit", "GalleryIndex search", "service app")
-# settings other helpers of the same pass clear: seen failing here until their work lands
-KNOWN = {
-    ("import uit_reid.encoders", "open_clip registry"): "h3: open_clip.add_model_config at import of encoders",
-    ("Trainer build, evaluate, fit", "root logger handlers"):
-        "h3: open_clip.get_tokenizer logs through the root logger, whose first record runs logging.basicConfig",
-}
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +36,7 @@ def changed(tmp_path_factory) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("call", CALLS)
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_a_library_call_leaves_the_setting_as_it_was(changed, call, setting, request) -> None:
-    if (call, setting) in KNOWN:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN[call, setting], strict=False))
+def test_a_library_call_leaves_the_setting_as_it_was(changed, call, setting) -> None:
     assert setting not in changed[call], f"{call} changed the process's {setting}"
 
 
