@@ -166,7 +166,7 @@ def serve_startup(path: Path) -> float:
         "from uit_reid.serve.gallery import GalleryImages;"
         f"i=GalleryIndex.load({str(path)!r}, mmap=True);"
         "e=SearchEngine(i, lambda t: None, fingerprint=None);"
-        "g=GalleryImages(i.ids(), '.');"
+        "g=GalleryImages(i, '.');"
         "print(time.perf_counter()-t)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

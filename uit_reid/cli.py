@@ -90,12 +90,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from uit_reid.convert import convert_checkpoint
-    from uit_reid.io import check_writable
+    from uit_reid.io import check_writable, folder_names
     from uit_reid.model import CONFIG_NAME, WEIGHTS_NAME
     from uit_reid.model_card import MODEL_CARD_NAME
 
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+    if out.exists() and (not out.is_dir() or folder_names(out)) and not args.force:
         raise CLIError(f"{out} already exists and is not empty; pass --force to write the model files into it")
     source = Path(args.checkpoint).resolve()
     for name in (WEIGHTS_NAME, CONFIG_NAME, MODEL_CARD_NAME):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from uit_reid.io import LOCK_NAME, atomic_write_bytes, atomic_write_text
+from uit_reid.io import atomic_write_bytes, atomic_write_text, folder_names
 
 __all__ = [
     "EmbeddingShards",
@@ -197,7 +197,7 @@ def encode_shards(
                         f"{out} holds shards of another run ({key}: {old.get(key)!r} there, {value!r} now); "
                         "use a new --out folder"
                     )
-        elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):  # the CLI's lock may be there
+        elif out.exists() and folder_names(out):
             raise ValueError(f"{out} is not empty and has no {MANIFEST}: use a new --out folder")
         else:
             atomic_write_text(manifest_path, json.dumps({**identity, "complete": False, **(metadata or {})}, indent=1))

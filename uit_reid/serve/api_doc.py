@@ -179,7 +179,7 @@ def reference_schema() -> dict[str, Any]:
         return torch.ones(len(texts), 2)
 
     engine = SearchEngine(index, encode, fingerprint="api-doc")
-    return create_app(engine, GalleryImages(index.ids(), "."), ServeLimits()).openapi()
+    return create_app(engine, GalleryImages(index, "."), ServeLimits()).openapi()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,8 +69,6 @@ class SearchEngine:
         self.index = index
         self.encode = encode
         self.fingerprint = fingerprint
-        ids = index.ids()
-        self.number_of = {id_: n for n, id_ in enumerate(ids)}
         self.batcher: MicroBatcher[tuple[str, int], list[RankedHit]] = MicroBatcher(
             self._search_batch, max_batch=max_batch, max_wait=max_wait
         )
@@ -87,15 +85,17 @@ class SearchEngine:
         texts = [q for q, _ in items]
         k_max = max(k for _, k in items)
         feats = self.encode(texts)
-        scores, ids = self.index.search(feats.detach().float().cpu().numpy(), k_max, fingerprint=self.fingerprint)
+        q = feats.detach().float().cpu().numpy()
+        scores, numbers = self.index.search(q, k_max, fingerprint=self.fingerprint, positions=True)
+        ids = self.index.ids_at(numbers)  # numbers, not ids, come back: no id -> number table is kept
         out = []
         for row, (_, k) in enumerate(items):
             hits = []
-            for score, id_ in zip(scores[row, :k], ids[row, :k]):
-                if id_ is None or not np.isfinite(score):
+            for score, number, id_ in zip(scores[row, :k], numbers[row, :k].tolist(), ids[row, :k]):
+                if number < 0 or not np.isfinite(score):
                     continue
                 id_ = id_ if isinstance(id_, str) else int(id_)
-                hits.append(RankedHit(len(hits) + 1, id_, self.number_of[id_], float(score)))
+                hits.append(RankedHit(len(hits) + 1, id_, number, float(score)))
             out.append(hits)
         return out
 

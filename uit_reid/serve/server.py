@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from uit_reid.errors import EncoderMismatchError
 from uit_reid.retrieval import GalleryIndex
 from uit_reid.serve.app import LOOPBACK_HOSTS, ServeLimits, create_app
 from uit_reid.serve.connections import guarded_protocol
@@ -38,7 +39,7 @@ def build_service(
 
     ``mmap``: map the index's lists from its file instead of reading them (default: yes for IVF
     kinds, whose lists are most of the file; other kinds are read either way).
-    Raises ValueError when the index was built with another model (its fingerprint differs).
+    Raises `EncoderMismatchError` (a ValueError) when the index was built with another model.
     """
     from uit_reid.factory import load_model
 
@@ -47,10 +48,8 @@ def build_service(
     index_path = Path(index_path)
     try:
         index = GalleryIndex.load(index_path, expected_fingerprint=fingerprint, mmap=mmap is not False)
-    except ValueError as err:
-        if "fingerprint" not in str(err):
-            raise
-        raise ValueError(
+    except EncoderMismatchError as err:
+        raise EncoderMismatchError(
             f"refusing to serve {index_path}: it was not built with the checkpoint {checkpoint} ({err})"
         ) from err
     if len(index) == 0:
@@ -60,7 +59,7 @@ def build_service(
         return model.encode_texts(model.encoder.tokenize(texts).to(device), normalize=False)
 
     engine = SearchEngine(index, encode, fingerprint=fingerprint, max_batch=max_batch, max_wait=max_wait)
-    images = GalleryImages(index.ids(), index_path.resolve().parent, thumb_size=thumb_size)
+    images = GalleryImages(index, index_path.resolve().parent, thumb_size=thumb_size)
     logger.info("serving %d images from %s with model %s", len(index), index_path, fingerprint)
     return create_app(engine, images, limits, allowed_hosts=allowed_hosts)
 
