@@ -29,7 +29,7 @@ __all__ = ["IdMap", "IdMapError"]
 
 _PRIME = np.uint64(0x100000001B3)  # odd, so every power is invertible mod 2**64
 _MIX = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
-_HASH_CHUNK_BYTES = 1 << 23  # bytes hashed per vectorised pass (bounds the temporary arrays)
+_HASH_CHUNK_BYTES = 1 << 20  # bytes hashed per vectorised pass (bounds the temporary arrays)
 
 
 class IdMapError(ValueError):
@@ -208,7 +208,13 @@ class IdMap:
         else:
             self._values = np.concatenate([self._values, np.asarray(values, dtype=np.int64)])
         self._count += len(values)
-        self._keys = self._key_slots = None
+        if self._keys is not None and self._key_slots is not None:  # merge the new keys into the built table
+            slots = np.arange(start, start + len(values), dtype=np.int64)
+            keys, _ = self._query_keys(values)
+            order = np.argsort(keys, kind="stable")
+            at = np.searchsorted(self._keys, keys[order], side="right")
+            self._keys = np.insert(self._keys, at, keys[order])
+            self._key_slots = np.insert(self._key_slots, at, slots[order])
         return start
 
     def remove_slots(self, slots: np.ndarray) -> None:
