@@ -270,7 +270,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     def encode_text(texts: list[str]):
         return model.encode_texts(model.encoder.tokenize(texts).to(device), normalize=False)
 
-    hits = search_text(index, encode_text, [args.query], k=args.k, fingerprint=fingerprint)[0]
+    rerank = _reranker(index, args.rerank)
+    hits = search_text(index, encode_text, [args.query], k=args.k, fingerprint=fingerprint, rerank=rerank,
+                       candidates=args.rerank or 100)[0]
     if args.json:
         results = [{"rank": r, "score": h.score, "id": h.id, "path": h.path} for r, h in enumerate(hits, start=1)]
         print(json.dumps({"query": args.query, "results": results}))
@@ -282,6 +284,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         render_results(args.query, hits).save(out)
         logger.info("results grid -> %s", out)
     return 0
+
+
+def _reranker(index, candidates: int | None):
+    """`ShardVectors` over the embedding files ``index`` was built from when ``--rerank`` is given."""
+    from uit_reid.retrieval import ShardVectors
+
+    if candidates is None:
+        return None
+    try:
+        return ShardVectors(index)
+    except (ValueError, OSError) as err:
+        raise CLIError(f"--rerank: {err}") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -301,6 +315,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     forwarded = tuple(ip.strip() for ip in (args.forwarded_allow_ips or "").split(",") if ip.strip())
     serve(args.index, args.checkpoint, host=args.host, port=args.port, device=_device(args.device),
           limits=limits, max_batch=args.max_batch, max_wait=args.batch_wait_ms / 1000.0, mmap=not args.no_mmap,
+          rerank=args.rerank,
           allowed_hosts=tuple(args.allowed_host or ()), forwarded_allow_ips=forwarded)
     return 0
 
@@ -434,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_index_add)
     index_parser.set_defaults(func=functools.partial(_missing_action, index_parser))
 
+    rerank_help = ("re-score the top K candidates of each query exactly from the float16 embedding files the "
+                   "index was built from (for compressed kinds such as IVF-PQ; default: no re-ranking)")
     p = sub.add_parser("search", help="search an index with a sentence")
     p.add_argument("query", help="the description, e.g. 'a woman in a red coat'")
     p.add_argument("--index", required=True, help="index file written by 'uit-reid index build'")
@@ -442,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the results grid (PNG) here")
     p.add_argument("--device", default="auto", help=device_help)
     p.add_argument("--json", action="store_true", help="print the results as one JSON object instead of lines")
+    p.add_argument("--rerank", type=_bounded(int, 1), metavar="K", default=None, help=rerank_help)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("serve", help="a search service and web page over an index (needs uit_reid[serve])")
@@ -476,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connections", type=_bounded(int, 1), default=None,
                    help="most connections open at once; above it the longest-idle one is closed "
                         "(default: 512, or less where ulimit -n requires)")
+    p.add_argument("--rerank", type=_bounded(int, 1), metavar="K", default=None, help=rerank_help)
     p.add_argument("--no-mmap", action="store_true",
                    help="read an IVF index's lists into memory instead of mapping them from the file")
     p.set_defaults(func=cmd_serve)

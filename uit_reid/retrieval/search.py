@@ -251,8 +251,13 @@ def search_text(
     batch_size: int = 256,
     pids: Mapping[Any, Any] | Callable[[Any], Any] | None = None,
     query_pids: Sequence[Any] | None = None,
+    rerank: Callable[[np.ndarray], np.ndarray] | None = None,
+    candidates: int = 100,
 ) -> list[list[Hit]]:
     """Top-``k`` gallery hits for each text query.
+
+    ``rerank`` / ``candidates``: exact re-ranking of that many candidates per query from their full
+    vectors (`GalleryIndex.search`; e.g. `uit_reid.retrieval.ShardVectors` for a compressed index).
 
     ``pids`` (a mapping or a function from gallery id to pid) fills ``Hit.pid``; with ``query_pids``
     as well, ``Hit.correct`` says whether the hit shares the query's pid. String ids are taken as
@@ -275,7 +280,7 @@ def search_text(
                 f"text_encoder must return a (B, D) tensor, got {getattr(out, 'shape', type(out))}"
             )
         parts.append(out.detach().float().cpu())
-    scores, ids = index.search(torch.cat(parts), k, fingerprint=fingerprint)
+    scores, ids = index.search(torch.cat(parts), k, fingerprint=fingerprint, rerank=rerank, candidates=candidates)
 
     def pid_of(id_: Any) -> Any:
         if pids is None:

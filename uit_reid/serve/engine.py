@@ -54,6 +54,7 @@ class SearchEngine:
         fingerprint: the encoder's fingerprint.
         max_batch, max_wait: micro-batching (see `MicroBatcher`).
         latency_window: how many recent request latencies the percentiles are taken over.
+        rerank, candidates: exact re-ranking of ``candidates`` hits per query (`GalleryIndex.search`).
     """
 
     def __init__(
@@ -65,10 +66,14 @@ class SearchEngine:
         max_batch: int = 64,
         max_wait: float = 0.002,
         latency_window: int = 2000,
+        rerank: Callable[[np.ndarray], np.ndarray] | None = None,
+        candidates: int = 100,
     ) -> None:
         self.index = index
         self.encode = encode
         self.fingerprint = fingerprint
+        self.rerank = rerank
+        self.candidates = candidates
         self.batcher: MicroBatcher[tuple[str, int], list[RankedHit]] = MicroBatcher(
             self._search_batch, max_batch=max_batch, max_wait=max_wait
         )
@@ -86,7 +91,8 @@ class SearchEngine:
         k_max = max(k for _, k in items)
         feats = self.encode(texts)
         q = feats.detach().float().cpu().numpy()
-        scores, numbers = self.index.search(q, k_max, fingerprint=self.fingerprint, positions=True)
+        scores, numbers = self.index.search(q, k_max, fingerprint=self.fingerprint, positions=True,
+                                            rerank=self.rerank, candidates=self.candidates)
         ids = self.index.ids_at(numbers)  # numbers, not ids, come back: no id -> number table is kept
         out = []
         for row, (_, k) in enumerate(items):

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from uit_reid.errors import EncoderMismatchError
-from uit_reid.retrieval import GalleryIndex
+from uit_reid.retrieval import GalleryIndex, ShardVectors
 from uit_reid.serve.app import LOOPBACK_HOSTS, ServeLimits, create_app
 from uit_reid.serve.connections import guarded_protocol
 from uit_reid.serve.engine import SearchEngine
@@ -34,11 +34,14 @@ def build_service(
     thumb_size: tuple[int, int] = (256, 128),
     mmap: bool | None = None,
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
+    rerank: int | None = None,
 ):
     """The app for ``index_path`` searched with the model at ``checkpoint``.
 
     ``mmap``: map the index's lists from its file instead of reading them (default: yes for IVF
     kinds, whose lists are most of the file; other kinds are read either way).
+    ``rerank``: re-score that many candidates per query exactly from the embedding files the index
+    was built from (`uit_reid.retrieval.ShardVectors`); None: no re-ranking.
     Raises `EncoderMismatchError` (a ValueError) when the index was built with another model.
     """
     from uit_reid.factory import load_model
@@ -58,7 +61,9 @@ def build_service(
     def encode(texts: list[str]) -> torch.Tensor:
         return model.encode_texts(model.encoder.tokenize(texts).to(device), normalize=False)
 
-    engine = SearchEngine(index, encode, fingerprint=fingerprint, max_batch=max_batch, max_wait=max_wait)
+    reranker = None if rerank is None else ShardVectors(index)
+    engine = SearchEngine(index, encode, fingerprint=fingerprint, max_batch=max_batch, max_wait=max_wait,
+                          rerank=reranker, candidates=rerank or 100)
     images = GalleryImages(index, index_path.resolve().parent, thumb_size=thumb_size)
     logger.info("serving %d images from %s with model %s", len(index), index_path, fingerprint)
     return create_app(engine, images, limits, allowed_hosts=allowed_hosts)
