@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -67,7 +66,10 @@ def sample(clusters: tuple[np.ndarray, np.ndarray], n: int, rng: np.random.Gener
     dim, rank = centres.shape[1], directions.shape[1]
     c = rng.integers(0, len(centres), n)
     z = rng.standard_normal((n, rank)).astype(np.float32) * np.float32(spread / np.sqrt(rank))
-    x = centres[c] + np.einsum("nr,nrd->nd", z, directions[c])
+    x = centres[c]
+    for start in range(0, n, 4096):  # directions[c] of all n rows at once would be n * rank * dim floats
+        part = slice(start, start + 4096)
+        x[part] += np.einsum("nr,nrd->nd", z[part], directions[c[part]])
     x += rng.standard_normal((n, dim)).astype(np.float32) * np.float32(noise / np.sqrt(dim))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
@@ -108,8 +110,22 @@ def recall_at_10(found_rows: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(f.tolist()) & set(e.tolist())) / 10 for f, e in zip(found_rows, exact)]))
 
 
+def own_peak_rss_mb() -> float:
+    """This process's peak resident set (``VmHWM`` of /proc/self/status) in MiB.
+
+    Not ``wait4``'s ``ru_maxrss`` of a child: Linux folds the parent's high-water mark at fork time
+    into it (the copied address space is the child's until ``exec``), so a child started by a
+    4.4 GB parent reported 4.4 GB whatever it did itself.
+    """
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child(argv: list[str]) -> tuple[dict[str, Any], float]:
-    """Run this script's ``_child`` mode; returns its JSON answer and its peak RSS in MB."""
+    """Run this script's ``_child`` mode; returns its JSON answer and its own peak RSS in MB (`own_peak_rss_mb`)."""
     proc = subprocess.Popen([sys.executable, __file__, "_child", *argv], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     out = proc.stdout.read()
@@ -117,7 +133,9 @@ def child(argv: list[str]) -> tuple[dict[str, Any], float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"child {argv[:2]} failed with status {proc.returncode}")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024.0
+    del usage
+    answer = json.loads(out.strip().splitlines()[-1])
+    return answer, answer["peak_rss_mb"]
 
 
 def run_child(argv: list[str]) -> None:
@@ -143,11 +161,11 @@ def run_child(argv: list[str]) -> None:
             index.metadata["embeddings"] = [{"folder": str(Path(folder).resolve()), "first_slot": 0, "rows": len(shards)}]
         build_s = time.perf_counter() - start
         index.save(out)
-        print(json.dumps({"build_s": build_s, "factory": index.factory}))
+        print(json.dumps({"build_s": build_s, "factory": index.factory, "peak_rss_mb": own_peak_rss_mb()}))
     elif mode == "load":
         start = time.perf_counter()
         GalleryIndex.load(argv[1], mmap=argv[2] == "1")
-        print(json.dumps({"load_s": time.perf_counter() - start}))
+        print(json.dumps({"load_s": time.perf_counter() - start, "peak_rss_mb": own_peak_rss_mb()}))
 
 
 def measure_search(index: GalleryIndex, queries: np.ndarray, exact: np.ndarray, rerank=None) -> dict:
@@ -299,7 +317,7 @@ def main() -> None:
     if args.encode_images:
         result["encode_images_per_s"] = encode_throughput(args, work)
     result["load_after"] = [round(v, 2) for v in os.getloadavg()]
-    result["peak_rss_main_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result["peak_rss_main_mb"] = round(own_peak_rss_mb())
     print(json.dumps(result))
     print(table(result))
     if args.json:
