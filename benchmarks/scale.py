@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -67,7 +66,10 @@ def sample(clusters: tuple[np.ndarray, np.ndarray], n: int, rng: np.random.Gener
     dim, rank = centres.shape[1], directions.shape[1]
     c = rng.integers(0, len(centres), n)
     z = rng.standard_normal((n, rank)).astype(np.float32) * np.float32(spread / np.sqrt(rank))
-    x = centres[c] + np.einsum("nr,nrd->nd", z, directions[c])
+    x = centres[c]
+    for start in range(0, n, 4096):  # directions[c] of all n rows at once would be n * rank * dim floats
+        part = slice(start, start + 4096)
+        x[part] += np.einsum("nr,nrd->nd", z[part], directions[c[part]])
     x += rng.standard_normal((n, dim)).astype(np.float32) * np.float32(noise / np.sqrt(dim))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
@@ -108,8 +110,22 @@ def recall_at_10(found_rows: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(f.tolist()) & set(e.tolist())) / 10 for f, e in zip(found_rows, exact)]))
 
 
+def own_peak_rss_mb() -> float:
+    """This process's peak resident set (``VmHWM`` of /proc/self/status) in MiB.
+
+    Not ``wait4``'s ``ru_maxrss`` of a child: Linux folds the parent's high-water mark at fork time
+    into it (the copied address space is the child's until ``exec``), so a child started by a
+    4.4 GB parent reported 4.4 GB whatever it did itself.
+    """
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child(argv: list[str]) -> tuple[dict[str, Any], float]:
-    """Run this script's ``_child`` mode; returns its JSON answer and its peak RSS in MB."""
+    """Run this script's ``_child`` mode; returns its JSON answer and its own peak RSS in MB (`own_peak_rss_mb`)."""
     proc = subprocess.Popen([sys.executable, __file__, "_child", *argv], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     out = proc.stdout.read()
@@ -117,7 +133,9 @@ def child(argv: list[str]) -> tuple[dict[str, Any], float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"child {argv[:2]} failed with status {proc.returncode}")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024.0
+    del usage
+    answer = json.loads(out.strip().splitlines()[-1])
+    return answer, answer["peak_rss_mb"]
 
 
 def run_child(argv: list[str]) -> None:
@@ -143,18 +161,19 @@ def run_child(argv: list[str]) -> None:
             index.metadata["embeddings"] = [{"folder": str(Path(folder).resolve()), "first_slot": 0, "rows": len(shards)}]
         build_s = time.perf_counter() - start
         index.save(out)
-        print(json.dumps({"build_s": build_s, "factory": index.factory}))
+        print(json.dumps({"build_s": build_s, "factory": index.factory, "peak_rss_mb": own_peak_rss_mb()}))
     elif mode == "load":
         start = time.perf_counter()
         GalleryIndex.load(argv[1], mmap=argv[2] == "1")
-        print(json.dumps({"load_s": time.perf_counter() - start}))
+        print(json.dumps({"load_s": time.perf_counter() - start, "peak_rss_mb": own_peak_rss_mb()}))
 
 
-def measure_search(index: GalleryIndex, queries: np.ndarray, exact: np.ndarray, rows_of_id, rerank=None) -> dict:
+def measure_search(index: GalleryIndex, queries: np.ndarray, exact: np.ndarray, rerank=None) -> dict:
+    """Recall@10 and queries/s; the index's item positions are the shards' global rows (added in order)."""
     start = time.perf_counter()
-    _, ids = index.search(queries, 10, rerank=rerank, candidates=100)
+    _, rows = index.search(queries, 10, rerank=rerank, candidates=100, positions=True)
     seconds = time.perf_counter() - start
-    return {"recall10": round(recall_at_10(rows_of_id(ids), exact), 4), "qps": round(len(queries) / seconds, 1)}
+    return {"recall10": round(recall_at_10(rows, exact), 4), "qps": round(len(queries) / seconds, 1)}
 
 
 def serve_startup(path: Path) -> float:
@@ -166,7 +185,7 @@ def serve_startup(path: Path) -> float:
         "from uit_reid.serve.gallery import GalleryImages;"
         f"i=GalleryIndex.load({str(path)!r}, mmap=True);"
         "e=SearchEngine(i, lambda t: None, fingerprint=None);"
-        "g=GalleryImages(i.ids(), '.');"
+        "g=GalleryImages(i, '.');"
         "print(time.perf_counter()-t)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -221,10 +240,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nlist", type=int, default=None, help="IVF lists (default: default_nlist(n), at most 4096)")
     p.add_argument("--pq", type=int, default=64, help="PQ bytes per vector")
+    p.add_argument("--pq-wide", type=int, default=128, help="PQ bytes per vector of the 'ivfpqwide' kind")
     p.add_argument("--nprobe", default="8,16,32", help="nprobe values to measure")
     p.add_argument("--hnsw-n", type=int, default=1_000_000, help="HNSW is built on the first this many vectors")
     p.add_argument("--ef-search", default="64,128")
-    p.add_argument("--kinds", default="ivfpq,opq,hnsw", help="which of ivfpq, opq, hnsw, ivfflat to run")
+    p.add_argument("--kinds", default="ivfpq,ivfpqwide,opq,hnsw", help="which of ivfpq, ivfpqwide, opq, hnsw, ivfflat to run")
     p.add_argument("--encode-images", type=int, default=512, help="images for the encode throughput (0: skip)")
     p.add_argument("--work", default=None, help="work folder (default: a temporary one, deleted after)")
     p.add_argument("--keep", action="store_true", help="keep the work folder's vectors and indexes")
@@ -238,6 +258,7 @@ def main() -> None:
     factories = {
         "ivfflat": f"IVF{nlist},Flat",
         "ivfpq": f"IVF{nlist},PQ{args.pq}",
+        "ivfpqwide": f"IVF{nlist},PQ{args.pq_wide}",
         "opq": f"OPQ{args.pq},IVF{nlist},PQ{args.pq}",
         "hnsw": "HNSW32,Flat",
     }
@@ -272,11 +293,6 @@ def main() -> None:
             row[f"load_s_mmap{mm}"] = round(child(["load", str(path), str(mm)])[0]["load_s"], 3)
         index = GalleryIndex.load(path, mmap=name != "hnsw")
         truth = exact if limit is None else exact_top10(shards, queries, limit)
-        row_of = {id_: n for n, id_ in enumerate(index.ids())}
-
-        def rows_of_id(ids: np.ndarray, row_of=row_of) -> np.ndarray:
-            return np.vectorize(lambda i: row_of.get(i, -1), otypes=[np.int64])(ids)
-
         faiss.omp_set_num_threads(1)
         torch.set_num_threads(1)
         searches = []
@@ -284,24 +300,24 @@ def main() -> None:
             rerank = ShardVectors(index)
             for nprobe in [int(v) for v in args.nprobe.split(",")]:
                 index.nprobe = nprobe
-                searches.append({"nprobe": nprobe, **measure_search(index, queries, truth, rows_of_id),
-                                 "rerank100": measure_search(index, queries, truth, rows_of_id, rerank)})
+                searches.append({"nprobe": nprobe, **measure_search(index, queries, truth),
+                                 "rerank100": measure_search(index, queries, truth, rerank)})
         else:
             for ef in [int(v) for v in args.ef_search.split(",")]:
                 index.ef_search = ef
-                searches.append({"ef_search": ef, **measure_search(index, queries, truth, rows_of_id)})
+                searches.append({"ef_search": ef, **measure_search(index, queries, truth)})
         faiss.omp_set_num_threads(os.cpu_count() or 1)
         torch.set_num_threads(os.cpu_count() or 1)
         row["search"] = searches
         if "serve_startup_s" not in result and index.family == "ivf":
             result["serve_startup_s"] = round(serve_startup(path), 2)
         result["kinds"][name] = row
-        del index, row_of
+        del index
         print(json.dumps({name: row}), file=sys.stderr, flush=True)
     if args.encode_images:
         result["encode_images_per_s"] = encode_throughput(args, work)
     result["load_after"] = [round(v, 2) for v in os.getloadavg()]
-    result["peak_rss_main_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result["peak_rss_main_mb"] = round(own_peak_rss_mb())
     print(json.dumps(result))
     print(table(result))
     if args.json:

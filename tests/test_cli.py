@@ -236,3 +236,38 @@ def test_demo_quick(tmp_path, capsys, config, start) -> None:
         assert page.status_code == 200 and "<input" in page.text
     finally:
         server.stop()
+
+
+def test_search_rerank_rescoring_from_the_embedding_files(trained, capsys, tmp_path) -> None:
+    """``--rerank K`` re-scores a compressed index's candidates exactly from the float16 embedding files."""
+    import numpy as np
+
+    from uit_reid.retrieval import EmbeddingShards
+
+    best, images = trained["run"] / "best", trained["data"] / "imgs"
+    emb, index_path = tmp_path / "emb", tmp_path / "pq.faiss"
+    assert main(["encode", "--checkpoint", str(best), "--images", str(images), "--out", str(emb), "--workers", "0"]) == 0
+    assert main(["index", "build", "--embeddings", str(emb), "--kind", "IVF2,PQ4x4", "--out", str(index_path)]) == 0
+    capsys.readouterr()
+    query = "a man in a red jacket"
+    assert main(["search", "--index", str(index_path), "--checkpoint", str(best), query, "--k", "3",
+                 "--rerank", "1000", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)["results"]
+    # independently: exact cosine against every stored float16 vector
+    model = load_model(best)
+    with torch.no_grad():
+        q = torch.nn.functional.normalize(model.encode_texts(model.encoder.tokenize([query]), normalize=False), dim=-1)
+    shards = EmbeddingShards(emb)
+    vectors = shards.rows_of(np.arange(len(shards)))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    exact = vectors @ q[0].numpy()
+    top = np.argsort(-exact, kind="stable")[:3]
+    ids = [i for n in range(shards.num_shards) for i in shards.ids(n)]
+    assert [r["id"] for r in found] == [ids[t] for t in top]
+    assert [r["score"] for r in found] == pytest.approx(exact[top].tolist(), abs=1e-5)
+    # an index not built from embedding files cannot be re-ranked: one line naming the option
+    plain = tmp_path / "plain.faiss"
+    assert main(["index", "build", "--checkpoint", str(best), "--images", str(images), "--out", str(plain)]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(plain), query, "--rerank", "10"]) == 1
+    assert "--rerank: this index records no embedding folders" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`uit_reid.io.folder_contents`: what the refusals say a folder holds."""
+"""`uit_reid.io.folder_contents` and `folder_names`: what the refusals say a folder holds."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uit_reid.io import folder_contents
+from uit_reid.io import FolderLock, folder_contents, folder_names
 
 
 @settings(max_examples=30, deadline=None)
@@ -27,3 +27,10 @@ def test_an_empty_folder_lists_nothing(tmp_path) -> None:
     (tmp_path / "b").write_text("x")
     (tmp_path / "a").mkdir()
     assert folder_contents(tmp_path, 1) == "a, ..."
+
+
+def test_a_folder_lock_file_does_not_count(tmp_path) -> None:
+    with FolderLock(tmp_path, "a test"):
+        assert folder_names(tmp_path) == [] and folder_contents(tmp_path, 3) == ""
+        (tmp_path / "x").write_text("x")
+        assert folder_names(tmp_path) == ["x"]

@@ -92,12 +92,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from uit_reid.convert import convert_checkpoint
-    from uit_reid.io import check_writable
+    from uit_reid.io import check_writable, folder_names
     from uit_reid.model import CONFIG_NAME, WEIGHTS_NAME
     from uit_reid.model_card import MODEL_CARD_NAME
 
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+    if out.exists() and (not out.is_dir() or folder_names(out)) and not args.force:
         raise CLIError(f"{out} already exists and is not empty; pass --force to write the model files into it")
     source = Path(args.checkpoint).resolve()
     for name in (WEIGHTS_NAME, CONFIG_NAME, MODEL_CARD_NAME):
@@ -263,7 +263,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     model = load_model(checkpoint, device=device)
     fingerprint = model.encoder.fingerprint()
     encode_text = functools.partial(model.encode_captions, normalize=False)
-    hits = search_text(index, encode_text, [args.query], k=args.k, fingerprint=fingerprint)[0]
+    rerank = _reranker(index, args.rerank)
+    hits = search_text(index, encode_text, [args.query], k=args.k, fingerprint=fingerprint, rerank=rerank,
+                       candidates=args.rerank or 100)[0]
     if args.json:
         results = [{"rank": h.rank, "score": h.score, "id": h.id, "path": h.path} for h in hits]
         print(json.dumps({"query": args.query, "results": results}))
@@ -275,6 +277,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         render_results(args.query, hits).save(out)
         logger.info("results grid -> %s", out)
     return 0
+
+
+def _reranker(index, candidates: int | None):
+    """`ShardVectors` over the embedding files ``index`` was built from when ``--rerank`` is given."""
+    from uit_reid.retrieval import ShardVectors
+
+    if candidates is None:
+        return None
+    try:
+        return ShardVectors(index)
+    except (ValueError, OSError) as err:
+        raise CLIError(f"--rerank: {err}") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -294,6 +308,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     forwarded = tuple(ip.strip() for ip in (args.forwarded_allow_ips or "").split(",") if ip.strip())
     serve(args.index, args.checkpoint, host=args.host, port=args.port, device=_device(args.device),
           limits=limits, max_batch=args.max_batch, max_wait=args.batch_wait_ms / 1000.0, mmap=not args.no_mmap,
+          rerank=args.rerank,
           allowed_hosts=tuple(args.allowed_host or ()), forwarded_allow_ips=forwarded)
     return 0
 
@@ -451,6 +466,11 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     index_parser.set_defaults(func=functools.partial(_missing_action, index_parser))
 
 
+
+_RERANK_HELP = ("re-score the top K candidates of each query exactly from the float16 embedding files the "
+                "index was built from (for compressed kinds such as IVF-PQ; default: no re-ranking)")
+
+
 def _search_parser(sub: argparse._SubParsersAction) -> None:
     """The ``search`` sub-command's arguments."""
     p = sub.add_parser("search", help="search an index with a sentence")
@@ -461,6 +481,7 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the results grid (PNG) here")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="print the results as one JSON object instead of lines")
+    p.add_argument("--rerank", type=_bounded(int, 1), metavar="K", default=None, help=_RERANK_HELP)
     p.set_defaults(func=cmd_search)
 
 
@@ -498,6 +519,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-connections", type=_bounded(int, 1), default=None,
                    help="most connections open at once; above it the longest-idle one is closed "
                         "(default: 512, or less where ulimit -n requires)")
+    p.add_argument("--rerank", type=_bounded(int, 1), metavar="K", default=None, help=_RERANK_HELP)
     p.add_argument("--no-mmap", action="store_true",
                    help="read an IVF index's lists into memory instead of mapping them from the file")
     p.set_defaults(func=cmd_serve)

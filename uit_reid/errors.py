@@ -1,6 +1,6 @@
 """Error types shared across subpackages without importing them (no torch, no PIL).
 
-`uit_reid.data.records` re-exports both; they live here so that `uit_reid.images` (used by
+`uit_reid.data.records` re-exports the data errors; they live here so that `uit_reid.images` (used by
 `uit_reid.retrieval` as well as `uit_reid.data`) can raise them without importing the data package.
 """
 
@@ -13,3 +13,11 @@ class DataError(Exception):
 
 class CorruptImageError(DataError, OSError):
     """An image file exists but cannot be decoded, or is too large to decode safely (its path is named)."""
+
+
+class EncoderMismatchError(ValueError):
+    """Features or an index of one encoder met another encoder (their fingerprints differ).
+
+    A ``ValueError`` subclass, so callers that catch ``ValueError`` keep working; callers that must
+    tell this case apart (the service) catch it by type.
+    """

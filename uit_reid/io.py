@@ -21,7 +21,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 __all__ = ["LOCK_NAME", "FolderInUseError", "FolderLock", "atomic_torch_save", "atomic_write_bytes",
-           "atomic_write_text", "check_writable", "file_sha256", "folder_contents", "remove_stale_temp_files"]
+           "atomic_write_text", "check_writable", "file_sha256", "folder_contents",
+           "folder_names", "remove_stale_temp_files"]
 
 _NEW_FILE_MODE = 0o666
 """What ``open()`` asks for; the kernel takes the umask off, so no caller ever reads or sets it."""
@@ -97,12 +98,17 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def folder_names(folder: str | os.PathLike) -> list[str]:
+    """The sorted names in ``folder``, a `FolderLock` file left out (holding a lock leaves a folder empty)."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.name != LOCK_NAME)
+
+
 def folder_contents(folder: str | os.PathLike, shown: int) -> str:
     """The first ``shown`` names in ``folder`` (sorted), ", ..." after them if there are more; "" if empty.
 
     For refusals that name what a folder already holds (a `FolderLock` file does not count).
     """
-    names = sorted(p.name for p in Path(folder).iterdir() if p.name != LOCK_NAME)
+    names = folder_names(folder)
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 

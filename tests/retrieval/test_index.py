@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from uit_reid.errors import EncoderMismatchError
 from uit_reid.retrieval import GalleryIndex, IndexFormatError, default_nlist
 
 DIM = 16
@@ -157,14 +158,14 @@ def test_dimension_and_fingerprint_mismatches(data, tmp_path):
         index.search(np.ones((1, 8)), 1)
     with pytest.raises(ValueError, match="features has dimension 8"):
         index.add(np.ones((1, 8)), [99])
-    with pytest.raises(ValueError, match="'enc-A'.*'enc-B'"):
+    with pytest.raises(EncoderMismatchError, match="'enc-A'.*'enc-B'"):
         index.search(xb[:1], 1, fingerprint="enc-B")
-    with pytest.raises(ValueError, match="fingerprint mismatch in add"):
+    with pytest.raises(EncoderMismatchError, match="fingerprint mismatch in add"):
         index.add(xb[10:11], [10], fingerprint="enc-B")
     index.save(tmp_path / "g.faiss")
     with pytest.raises(ValueError, match="has dim 16, expected 32"):
         GalleryIndex.load(tmp_path / "g.faiss", expected_dim=32)
-    with pytest.raises(ValueError, match="built with 'enc-A', expected 'enc-B'"):
+    with pytest.raises(EncoderMismatchError, match="built with 'enc-A', expected 'enc-B'"):
         GalleryIndex.load(tmp_path / "g.faiss", expected_fingerprint="enc-B")
     loaded = GalleryIndex.load(tmp_path / "g.faiss")
     with pytest.raises(ValueError, match="'enc-A'.*'enc-C'"):
@@ -228,3 +229,22 @@ def test_bad_arguments():
         index.nprobe = 4
     with pytest.raises(ValueError, match="cannot save an empty"):
         GalleryIndex(DIM, "ivf").save("unused.faiss")
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_search_positions_number_items_in_ids_order(kind) -> None:
+    """``positions=True`` gives each hit's position in ``ids()`` (what the service numbers), removals included."""
+    rng = np.random.default_rng(3)
+    index = GalleryIndex(16, kind)
+    names = [f"p{i}.jpg" for i in range(50)]
+    index.add(rng.standard_normal((50, 16)), names)
+    index.remove(["p0.jpg", "p7.jpg", "p20.jpg"])
+    q = rng.standard_normal((5, 16))
+    scores, ids = index.search(q, 10)
+    same, positions = index.search(q, 10, positions=True)
+    listed = index.ids()
+    assert np.array_equal(scores, same)
+    assert [[listed[p] for p in row] for row in positions.tolist()] == ids.tolist()
+    assert index.ids_at(positions).tolist() == ids.tolist()
+    with pytest.raises(IndexError, match="positions must be in 0..46"):
+        index.ids_at([47])

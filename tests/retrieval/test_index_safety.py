@@ -200,6 +200,7 @@ def test_crafted_string_id_maps_refused(tmp_path, parts, write_header) -> None:
         "going backwards": (live, np.array([0, 5, 5, 3, 17], "<u8"), text, "offsets are out of range"),
         "a removed slot with text": (live, np.array([0, 2, 5, 12, 17], "<u8"), text, "offsets are out of range"),
         "invalid UTF-8": (live, offsets, b"\xff" + text[1:], "not str ids"),
+        "a character split across two ids": (live, offsets, b"a.jpgccc.jp\xc3\xa9.jpg", "not str ids"),
         "the same id twice": (live, offsets, b"d.jpgccc.jpgd.jpg", "the same id twice"),
         "truncated offsets": (live, offsets[:2], b"", "offsets are truncated"),
     }

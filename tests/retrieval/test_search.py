@@ -142,7 +142,7 @@ def test_bad_inputs(folder, tmp_path):
 def test_ranked_hits_is_the_one_post_processing() -> None:
     # an approximate index pads a short row with -1 / -inf (int ids) or None (string ids)
     scores = np.array([0.9, 0.5, -np.inf], np.float32)
-    hits = ranked_hits(scores, np.array([7, 3, -1]), number_of={7: 0, 3: 1}, pid_of=lambda i: i % 2, query_pid=1)
+    hits = ranked_hits(scores, np.array([7, 3, -1]), numbers=[0, 1, -1], pid_of=lambda i: i % 2, query_pid=1)
     assert [(h.rank, h.id, h.number, h.correct) for h in hits] == [(1, 7, 0, True), (2, 3, 1, True)]
     assert all(type(h.id) is int and type(h.score) is float for h in hits)
     paths = ranked_hits(scores, np.array(["a.png", "b.png", None], dtype=object))

@@ -282,3 +282,34 @@ def test_serve_process_reports_a_start_that_fails(gallery, tmp_path) -> None:
     assert message.startswith("uit-reid serve exited with 1:\n"), message
     assert str(missing) in message and "uit-reid: error:" in message
     assert message.endswith((tmp_path / "serve.log").read_text()[-200:])
+
+
+def test_serve_rerank_scores_exactly_from_the_embedding_files(gallery, tmp_path) -> None:
+    """``serve --rerank K`` over an IVF-PQ index: hits and scores of an exact search over the stored vectors."""
+    from uit_reid.cli import main
+    from uit_reid.factory import load_model
+    from uit_reid.retrieval import EmbeddingShards
+
+    emb, index = tmp_path / "emb", tmp_path / "pq.faiss"
+    checkpoint = str(gallery["checkpoint"])
+    assert main(["encode", "--checkpoint", checkpoint, "--images", str(gallery["images"]), "--out", str(emb),
+                 "--workers", "0", "--device", "cpu"]) == 0
+    assert main(["index", "build", "--embeddings", str(emb), "--kind", "IVF2,PQ4x4", "--out", str(index)]) == 0
+    srv = start_server({**gallery, "index": index}, "rerank", "--rerank", "1000")
+    try:
+        r = get(srv, "/search", params={"q": QUERY, "k": 4})
+        assert r.status_code == 200, r.text
+        hits = r.json()["results"][0]["results"]
+    finally:
+        srv.stop()
+    model = load_model(checkpoint)
+    with torch.no_grad():
+        t = torch.nn.functional.normalize(model.encode_texts(model.encoder.tokenize([QUERY]), normalize=False), dim=-1)
+    shards = EmbeddingShards(emb)
+    vectors = shards.rows_of(np.arange(len(shards)))
+    exact = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)) @ t[0].numpy()
+    top = np.argsort(-exact, kind="stable")[:4]
+    ids = [i for n in range(shards.num_shards) for i in shards.ids(n)]
+    assert [h["id"] for h in hits] == [ids[i] for i in top]
+    assert [h["image_url"] for h in hits] == [f"/image/{i}" for i in top]  # numbered in the files' row order
+    np.testing.assert_allclose([h["score"] for h in hits], exact[top], atol=1e-5)

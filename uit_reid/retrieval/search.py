@@ -68,25 +68,26 @@ def ranked_hits(
     scores: Sequence[float],
     ids: Sequence[Any],
     *,
-    number_of: Mapping[Any, int] | None = None,
+    numbers: Sequence[int] | None = None,
     pid_of: Callable[[Any], Any] | None = None,
     query_pid: Any = None,
 ) -> list[Hit]:
     """One query's row of `GalleryIndex.search` results as ranked `Hit` s, best first.
 
     The padding an approximate index returns (id ``None`` or ``-1`` with a non-finite score) is
-    dropped; numpy ids become plain ``int`` s; string ids are image paths. ``number_of`` maps an id
-    to its position in the index (``Hit.number``); ``pid_of`` gives an id's pid and, with
+    dropped; numpy ids become plain ``int`` s; string ids are image paths. ``numbers`` are the hits'
+    positions in the index (``Hit.number``; ``search(..., positions=True)``); ``pid_of`` gives an id's pid and, with
     ``query_pid``, ``Hit.correct``.
     """
     hits: list[Hit] = []
-    for score, id_ in zip(scores, ids):
-        if id_ is None or not np.isfinite(score):
+    for i, (score, id_) in enumerate(zip(scores, ids)):
+        number = None if numbers is None else int(numbers[i])
+        if id_ is None or not np.isfinite(score) or (number is not None and number < 0):
             continue
         id_ = id_ if isinstance(id_, str) else int(id_)
         pid = pid_of(id_) if pid_of is not None else None
         correct = bool(pid == query_pid) if query_pid is not None and pid is not None else None
-        hits.append(Hit(len(hits) + 1, id_, float(score), number=number_of[id_] if number_of is not None else None,
+        hits.append(Hit(len(hits) + 1, id_, float(score), number=number,
                         path=id_ if isinstance(id_, str) else None, pid=pid, correct=correct))
     return hits
 
@@ -290,8 +291,13 @@ def search_text(
     batch_size: int = 256,
     pids: Mapping[Any, Any] | Callable[[Any], Any] | None = None,
     query_pids: Sequence[Any] | None = None,
+    rerank: Callable[[np.ndarray], np.ndarray] | None = None,
+    candidates: int = 100,
 ) -> list[list[Hit]]:
     """Top-``k`` gallery hits for each text query.
+
+    ``rerank`` / ``candidates``: exact re-ranking of that many candidates per query from their full
+    vectors (`GalleryIndex.search`; e.g. `uit_reid.retrieval.ShardVectors` for a compressed index).
 
     ``pids`` (a mapping or a function from gallery id to pid) fills ``Hit.pid``; with ``query_pids``
     as well, ``Hit.correct`` says whether the hit shares the query's pid. String ids are taken as
@@ -314,7 +320,7 @@ def search_text(
                 f"text_encoder must return a (B, D) tensor, got {getattr(out, 'shape', type(out))}"
             )
         parts.append(out.detach().float().cpu())
-    scores, ids = index.search(torch.cat(parts), k, fingerprint=fingerprint)
+    scores, ids = index.search(torch.cat(parts), k, fingerprint=fingerprint, rerank=rerank, candidates=candidates)
 
     def pid_of(id_: Any) -> Any:
         return pids(id_) if callable(pids) else pids.get(id_)  # type: ignore[union-attr]

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from uit_reid.io import LOCK_NAME, atomic_write_bytes, atomic_write_text
+from uit_reid.io import atomic_write_bytes, atomic_write_text, folder_names
 
 __all__ = [
     "EmbeddingShards",
@@ -187,20 +187,8 @@ def encode_shards(
         "num_shards": plan.num_shards,
         "images_sha256": plan.images_sha256,
     }
-    manifest_path = out / MANIFEST
     if rank == 0:
-        if manifest_path.exists():
-            old = _read_manifest(out)
-            for key, value in identity.items():
-                if old.get(key) != value:
-                    raise ValueError(
-                        f"{out} holds shards of another run ({key}: {old.get(key)!r} there, {value!r} now); "
-                        "use a new --out folder"
-                    )
-        elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):  # the CLI's lock may be there
-            raise ValueError(f"{out} is not empty and has no {MANIFEST}: use a new --out folder")
-        else:
-            atomic_write_text(manifest_path, json.dumps({**identity, "complete": False, **(metadata or {})}, indent=1))
+        _start_manifest(out, identity, metadata or {})
     barrier()
     mine = [n for n in range(plan.num_shards) if n % world_size == rank]
     todo = [n for n in mine if not (out / _names(n, plan.width)[2]).is_file()]
@@ -211,35 +199,64 @@ def encode_shards(
             shard_files, image_encoder, transform, batch_size=batch_size, device=device, progress=progress,
             image_size=image_size, num_workers=num_workers, desc=f"shard {n}",
         )
-        if paths:
-            vectors = torch.nn.functional.normalize(torch.from_numpy(feats), dim=1).numpy().astype(np.float16)
-        else:
-            vectors = np.zeros((0, 0), np.float16)
-        write_shard(out, n, vectors, paths, plan.width)
-        log = _names(n, plan.width)[2]
-        record = {"shard": n, "rank": rank, "images": len(shard_files), "encoded": len(paths),
-                  "dim": int(vectors.shape[1]), "skipped": skipped}
-        atomic_write_text(out / log, json.dumps(record, indent=1))  # last: the shard is now complete
-        if skipped:
-            logger.warning("shard %d: skipped %d unreadable image(s), named in %s", n, len(skipped), out / log)
+        _write_encoded_shard(out, n, plan.width, rank, len(shard_files), feats, paths, skipped)
     barrier()
     if rank == 0:
-        logs = [_read_log(out, n, plan.width) for n in range(plan.num_shards)]
-        dims = {r["dim"] for r in logs if r["encoded"]}
-        if len(dims) > 1:
-            raise ShardFormatError(f"{out}: shards of different dimensions {sorted(dims)}")
-        manifest = {
-            **identity,
-            **(metadata or {}),
-            "complete": True,
-            "dim": dims.pop() if dims else None,
-            "encoded": sum(r["encoded"] for r in logs),
-            "skipped": sum(len(r["skipped"]) for r in logs),
-            "shards": [{"rows": r["encoded"], "skipped": len(r["skipped"])} for r in logs],
-        }
-        atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+        _finish_manifest(out, identity, metadata or {}, plan)
     barrier()
     return _read_manifest(out)
+
+
+def _start_manifest(out: Path, identity: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """Write the incomplete manifest of a new run, or check that ``out`` holds this very run (resume)."""
+    manifest_path = out / MANIFEST
+    if manifest_path.exists():
+        old = _read_manifest(out)
+        for key, value in identity.items():
+            if old.get(key) != value:
+                raise ValueError(
+                    f"{out} holds shards of another run ({key}: {old.get(key)!r} there, {value!r} now); "
+                    "use a new --out folder"
+                )
+    elif out.exists() and folder_names(out):
+        raise ValueError(f"{out} is not empty and has no {MANIFEST}: use a new --out folder")
+    else:
+        atomic_write_text(manifest_path, json.dumps({**identity, "complete": False, **metadata}, indent=1))
+
+
+def _write_encoded_shard(
+    out: Path, n: int, width: int, rank: int, images: int, feats: np.ndarray, paths: list[str], skipped: list[str]
+) -> None:
+    """Shard ``n``'s normalised float16 vectors and ids, then its log (written last: the shard is complete)."""
+    if paths:
+        vectors = torch.nn.functional.normalize(torch.from_numpy(feats), dim=1).numpy().astype(np.float16)
+    else:
+        vectors = np.zeros((0, 0), np.float16)
+    write_shard(out, n, vectors, paths, width)
+    log = _names(n, width)[2]
+    record = {"shard": n, "rank": rank, "images": images, "encoded": len(paths),
+              "dim": int(vectors.shape[1]), "skipped": skipped}
+    atomic_write_text(out / log, json.dumps(record, indent=1))
+    if skipped:
+        logger.warning("shard %d: skipped %d unreadable image(s), named in %s", n, len(skipped), out / log)
+
+
+def _finish_manifest(out: Path, identity: dict[str, Any], metadata: dict[str, Any], plan: _Plan) -> None:
+    """Sum the shards' logs into the complete manifest (rank 0, after every rank is done)."""
+    logs = [_read_log(out, n, plan.width) for n in range(plan.num_shards)]
+    dims = {r["dim"] for r in logs if r["encoded"]}
+    if len(dims) > 1:
+        raise ShardFormatError(f"{out}: shards of different dimensions {sorted(dims)}")
+    manifest = {
+        **identity,
+        **metadata,
+        "complete": True,
+        "dim": dims.pop() if dims else None,
+        "encoded": sum(r["encoded"] for r in logs),
+        "skipped": sum(len(r["skipped"]) for r in logs),
+        "shards": [{"rows": r["encoded"], "skipped": len(r["skipped"])} for r in logs],
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:

@@ -21,9 +21,13 @@ from tqdm.auto import tqdm
 from uit_reid.retrieval.index import GalleryIndex, default_nlist
 from uit_reid.retrieval.shards import EmbeddingShards
 
-__all__ = ["ShardVectors", "add_shards", "build_index_from_shards", "training_sample"]
+__all__ = ["ADD_ROWS", "ShardVectors", "add_shards", "build_index_from_shards", "training_sample"]
 
 logger = logging.getLogger(__name__)
+
+ADD_ROWS = 32768
+"""Rows handed to `GalleryIndex.add` at a time: its float32 copy and FAISS's per-add buffers
+(residuals, list assignments) scale with this, not with the shard size (64 MB of float32 at 512-d)."""
 
 
 def training_sample(shards: EmbeddingShards, size: int, seed: int = 0) -> np.ndarray:
@@ -69,8 +73,13 @@ def add_shards(index: GalleryIndex, shards: EmbeddingShards, *, progress: bool =
         raise ValueError(f"{shards.folder} holds no vectors")
     first = index.num_slots
     for n in tqdm(range(shards.num_shards), desc="adding shards", unit="shard", disable=not progress):
-        if shards.rows[n]:
-            index.add(np.asarray(shards.vectors(n), dtype=np.float32), shards.ids(n), fingerprint=shards.fingerprint)
+        if not shards.rows[n]:
+            continue
+        vectors, ids = shards.vectors(n), shards.ids(n)
+        for start in range(0, shards.rows[n], ADD_ROWS):  # float16 rows -> float32 one block at a time
+            stop = start + ADD_ROWS
+            index.add(vectors[start:stop], ids[start:stop], fingerprint=shards.fingerprint)
+        del vectors  # unmaps the shard: its pages stop counting as resident
     entries = list(index.metadata.get("embeddings", []))
     entries.append({"folder": str(shards.folder.resolve()), "first_slot": first, "rows": len(shards)})
     index.metadata["embeddings"] = entries

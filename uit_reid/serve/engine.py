@@ -43,6 +43,7 @@ class SearchEngine:
         fingerprint: the encoder's fingerprint.
         max_batch, max_wait: micro-batching (see `MicroBatcher`).
         latency_window: how many recent request latencies the percentiles are taken over.
+        rerank, candidates: exact re-ranking of ``candidates`` hits per query (`GalleryIndex.search`).
     """
 
     def __init__(
@@ -54,12 +55,14 @@ class SearchEngine:
         max_batch: int = 64,
         max_wait: float = 0.002,
         latency_window: int = 2000,
+        rerank: Callable[[np.ndarray], np.ndarray] | None = None,
+        candidates: int = 100,
     ) -> None:
         self.index = index
         self.encode = encode
         self.fingerprint = fingerprint
-        ids = index.ids()
-        self.number_of = {id_: n for n, id_ in enumerate(ids)}
+        self.rerank = rerank
+        self.candidates = candidates
         self.batcher: MicroBatcher[tuple[str, int], list[Hit]] = MicroBatcher(
             self._search_batch, max_batch=max_batch, max_wait=max_wait
         )
@@ -76,8 +79,11 @@ class SearchEngine:
         texts = [q for q, _ in items]
         k_max = max(k for _, k in items)
         feats = self.encode(texts)
-        scores, ids = self.index.search(feats.detach().float().cpu().numpy(), k_max, fingerprint=self.fingerprint)
-        return [ranked_hits(scores[row, :k], ids[row, :k], number_of=self.number_of) for row, (_, k) in enumerate(items)]
+        q = feats.detach().float().cpu().numpy()
+        scores, numbers = self.index.search(q, k_max, fingerprint=self.fingerprint, positions=True,
+                                            rerank=self.rerank, candidates=self.candidates)
+        ids = self.index.ids_at(numbers)  # numbers, not ids, come back: no id -> number table is kept
+        return [ranked_hits(scores[row, :k], ids[row, :k], numbers=numbers[row, :k]) for row, (_, k) in enumerate(items)]
 
     async def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         """Top-``k`` hits of each query (validated by the caller), timed for the stats."""

@@ -13,12 +13,13 @@ import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from uit_reid.errors import CorruptImageError
 from uit_reid.images import load_image
+from uit_reid.retrieval import GalleryIndex
 
 __all__ = ["GalleryImages", "UnknownImage"]
 
@@ -33,7 +34,8 @@ class GalleryImages:
     """Numbered gallery items with their files and a thumbnail cache.
 
     Args:
-        ids: the index's ids, in index order (the position is the item's number).
+        index: the gallery index; an item's number is its position in ``index.ids()`` order, and its
+            path is read from the index on request (`GalleryIndex.ids_at`), so no id list is held.
         base: folder that relative path ids are taken from (the index file's folder).
         thumb_size: the thumbnail's bounding box, (height, width); the aspect ratio is kept.
         cache_size: most thumbnails kept in memory.
@@ -41,7 +43,7 @@ class GalleryImages:
 
     def __init__(
         self,
-        ids: list[Any],
+        index: GalleryIndex,
         base: str | os.PathLike[str],
         *,
         thumb_size: tuple[int, int] = (256, 128),
@@ -49,7 +51,7 @@ class GalleryImages:
     ) -> None:
         if thumb_size[0] < 8 or thumb_size[1] < 8:
             raise ValueError(f"thumb_size must be at least 8x8 (height, width), got {thumb_size}")
-        self.ids = list(ids)
+        self.index = index
         self.base = Path(base)
         self.thumb_size = (int(thumb_size[0]), int(thumb_size[1]))
         self.cache_size = int(cache_size)
@@ -59,13 +61,13 @@ class GalleryImages:
         self.misses = 0
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.index)
 
     def path(self, key: str) -> Path:
         """The file of item ``key`` (its number as text); `UnknownImage` if there is none."""
-        if not _NUMBER.fullmatch(key) or int(key) >= len(self.ids):
-            raise UnknownImage(f"unknown image id {key!r}: ids are the numbers 0..{len(self.ids) - 1} of this gallery")
-        id_ = self.ids[int(key)]
+        if not _NUMBER.fullmatch(key) or int(key) >= len(self.index):
+            raise UnknownImage(f"unknown image id {key!r}: ids are the numbers 0..{len(self.index) - 1} of this gallery")
+        id_ = self.index.ids_at(np.array([int(key)]))[0]
         if not isinstance(id_, str):
             raise UnknownImage(f"image {key} has no file: this index stores numeric ids, not image paths")
         path = Path(id_)

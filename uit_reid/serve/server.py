@@ -10,7 +10,8 @@ import os
 import resource
 from pathlib import Path
 
-from uit_reid.retrieval import GalleryIndex
+from uit_reid.errors import EncoderMismatchError
+from uit_reid.retrieval import GalleryIndex, ShardVectors
 from uit_reid.serve.app import LOOPBACK_HOSTS, ServeLimits, create_app
 from uit_reid.serve.connections import guarded_protocol
 from uit_reid.serve.engine import SearchEngine
@@ -32,12 +33,15 @@ def build_service(
     thumb_size: tuple[int, int] = (256, 128),
     mmap: bool | None = None,
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
+    rerank: int | None = None,
 ):
     """The app for ``index_path`` searched with the model at ``checkpoint``.
 
     ``mmap``: map the index's lists from its file instead of reading them (default: yes for IVF
     kinds, whose lists are most of the file; other kinds are read either way).
-    Raises ValueError when the index was built with another model (its fingerprint differs).
+    ``rerank``: re-score that many candidates per query exactly from the embedding files the index
+    was built from (`uit_reid.retrieval.ShardVectors`); None: no re-ranking.
+    Raises `EncoderMismatchError` (a ValueError) when the index was built with another model.
     """
     from uit_reid.factory import load_model
 
@@ -46,18 +50,18 @@ def build_service(
     index_path = Path(index_path)
     try:
         index = GalleryIndex.load(index_path, expected_fingerprint=fingerprint, mmap=mmap is not False)
-    except ValueError as err:
-        if "fingerprint" not in str(err):
-            raise
-        raise ValueError(
+    except EncoderMismatchError as err:
+        raise EncoderMismatchError(
             f"refusing to serve {index_path}: it was not built with the checkpoint {checkpoint} ({err})"
         ) from err
     if len(index) == 0:
         raise ValueError(f"refusing to serve {index_path}: the index is empty")
 
     encode = functools.partial(model.encode_captions, normalize=False)
-    engine = SearchEngine(index, encode, fingerprint=fingerprint, max_batch=max_batch, max_wait=max_wait)
-    images = GalleryImages(index.ids(), index_path.resolve().parent, thumb_size=thumb_size)
+    reranker = None if rerank is None else ShardVectors(index)
+    engine = SearchEngine(index, encode, fingerprint=fingerprint, max_batch=max_batch, max_wait=max_wait,
+                          rerank=reranker, candidates=rerank or 100)
+    images = GalleryImages(index, index_path.resolve().parent, thumb_size=thumb_size)
     logger.info("serving %d images from %s with model %s", len(index), index_path, fingerprint)
     return create_app(engine, images, limits, allowed_hosts=allowed_hosts)
 

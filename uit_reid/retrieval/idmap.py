@@ -1,0 +1,324 @@
+"""IdMap: a gallery index's slot -> id map held as compact arrays, never one Python object per id.
+
+Every vector of a `GalleryIndex` has a sequential int64 *slot*; the map gives each slot its user id
+(an int64 number or a string) and a live flag (0 once removed). Storage:
+
+- ``live``: one uint8 per slot;
+- int ids: one int64 per slot;
+- string ids: int64 offsets (slots + 1) into one UTF-8 blob.
+
+So a million ids cost ~9 bytes each plus their text, and loading a saved map is a few array views of
+the file (memory-mapped with ``load(..., mmap=True)``), with no Python string per id. The reverse
+map (id -> slot) is a sorted array of 64-bit keys (the int id itself, or a hash of the string's
+bytes, verified against the bytes on a match), built only when something asks for it (``add``,
+``remove``, ``in``), so loading and serving never build it.
+
+The binary form (`IdMap.to_bytes`) is one live byte per slot, then int64 ids or uint64 offsets and
+the UTF-8 text; `IdMap.from_buffer` checks it fully (sizes, live flags, offsets, UTF-8, no id twice,
+no int id -1) without creating per-id objects, so a hand-crafted file is refused at load time.
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import Any
+
+import numpy as np
+
+__all__ = ["IdMap", "IdMapError"]
+
+_PRIME = np.uint64(0x100000001B3)  # odd, so every power is invertible mod 2**64
+_MIX = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
+_HASH_CHUNK_BYTES = 1 << 20  # bytes hashed per vectorised pass (bounds the temporary arrays)
+
+
+class IdMapError(ValueError):
+    """A binary id map is malformed (the message says what is wrong, without the file's name)."""
+
+
+def _finalise(h: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Mix the length in and scramble the bits (murmur3's finaliser), all with uint64 wrap-around."""
+    h = h ^ (lengths.astype(np.uint64) * _MIX[0])
+    h ^= h >> np.uint64(33)
+    h *= _MIX[0]
+    h ^= h >> np.uint64(33)
+    h *= _MIX[1]
+    h ^= h >> np.uint64(33)
+    return h
+
+
+def hash_strings(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """64-bit keys of the byte strings ``blob[offsets[i]:offsets[i+1]]``, vectorised in bounded chunks.
+
+    A polynomial hash of the bytes (wrap-around uint64 arithmetic) plus the length; equal strings
+    always get equal keys, and unequal ones rarely do (callers compare the bytes on a key match).
+    """
+    n = offsets.size - 1
+    out = np.zeros(n, dtype=np.uint64)
+    lengths = np.diff(offsets)
+    i = 0
+    while i < n:
+        # ids [i, j) whose bytes fit the chunk (at least one id, however long)
+        j = int(np.searchsorted(offsets, offsets[i] + _HASH_CHUNK_BYTES, side="right")) - 1
+        j = min(n, max(j, i + 1))
+        start, stop = int(offsets[i]), int(offsets[j])
+        part = lengths[i:j]
+        if stop > start:
+            data = blob[start:stop].astype(np.uint64) + np.uint64(1)
+            heads = offsets[i:j] - start
+            pos = np.arange(stop - start, dtype=np.int64) - np.repeat(heads, part)
+            powers = np.ones(int(part.max()), dtype=np.uint64)
+            powers[1:] = np.cumprod(np.full(powers.size - 1, _PRIME, dtype=np.uint64))
+            data *= powers[pos]
+            full = part > 0
+            sums = np.add.reduceat(data, heads[full]) if full.any() else np.zeros(0, np.uint64)
+            out[i:j][full] = sums
+        out[i:j] = _finalise(out[i:j], part)
+        i = j
+    return out
+
+
+class IdMap:
+    """Slot -> id (and lazily id -> slot) over compact arrays; see the module docstring.
+
+    Args:
+        id_type: ``"int"``, ``"str"`` or None (no id added yet).
+        live: uint8 per slot (1 live, 0 removed).
+        values: int64 id per slot (int ids).
+        offsets, blob: int64 offsets (slots + 1) into the uint8 UTF-8 blob (string ids).
+    Arrays may be read-only views of a file; the map copies them before its first change.
+    """
+
+    def __init__(
+        self,
+        id_type: str | None = None,
+        live: np.ndarray | None = None,
+        values: np.ndarray | None = None,
+        offsets: np.ndarray | None = None,
+        blob: np.ndarray | None = None,
+    ) -> None:
+        if id_type not in ("int", "str", None):
+            raise ValueError(f"id_type must be 'int', 'str' or None, got {id_type!r}")
+        self.id_type = id_type
+        self._live = np.zeros(0, np.uint8) if live is None else live
+        self._values = np.zeros(0, np.int64) if values is None else values
+        self._offsets = np.zeros(1, np.int64) if offsets is None else offsets
+        self._blob_parts: list[np.ndarray] = [np.zeros(0, np.uint8) if blob is None else blob]
+        self._count = int(np.count_nonzero(self._live))
+        self._keys: np.ndarray | None = None  # sorted 64-bit keys of the live ids (lazy)
+        self._key_slots: np.ndarray | None = None
+
+    # -- reading ------------------------------------------------------------------------------
+    @property
+    def num_slots(self) -> int:
+        """Slots handed out so far, removed ones included."""
+        return int(self._live.size)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _blob(self) -> np.ndarray:
+        if len(self._blob_parts) > 1:
+            self._blob_parts = [np.concatenate(self._blob_parts)]
+        return self._blob_parts[0]
+
+    def live_slots(self) -> np.ndarray:
+        """The live slots, ascending (int64)."""
+        return np.flatnonzero(self._live).astype(np.int64)
+
+    def dead_slots(self) -> np.ndarray:
+        """The removed slots, ascending (int64)."""
+        return np.flatnonzero(self._live == 0).astype(np.int64)
+
+    def ids_at(self, slots: np.ndarray) -> np.ndarray:
+        """Ids of ``slots`` (any shape; -1 or a removed slot gives -1 / None): int64 or object array."""
+        slots = np.asarray(slots, dtype=np.int64)
+        flat = slots.reshape(-1)
+        ok = flat >= 0
+        ok[ok] = self._live[flat[ok]] == 1
+        if self.id_type != "str":
+            out = np.full(flat.shape, -1, np.int64)
+            out[ok] = self._values[flat[ok]]
+            return out.reshape(slots.shape)
+        blob = self._blob()
+        text = np.empty(flat.shape, dtype=object)
+        for n in np.flatnonzero(ok).tolist():
+            s = int(flat[n])
+            text[n] = codecs.decode(blob[self._offsets[s] : self._offsets[s + 1]].tobytes(), "utf-8", "surrogatepass")
+        return text.reshape(slots.shape)
+
+    def ids(self) -> list[Any]:
+        """The live ids in slot order, as Python objects (one per id: for callers that want a list)."""
+        return self.ids_at(self.live_slots()).tolist()
+
+    def _query_keys(self, keys: list[Any]) -> tuple[np.ndarray, list[bytes] | None]:
+        if self.id_type == "str":
+            encoded = [k.encode("utf-8", "surrogatepass") for k in keys]
+            offsets = np.zeros(len(encoded) + 1, np.int64)
+            np.cumsum([len(e) for e in encoded], out=offsets[1:])
+            blob = np.frombuffer(b"".join(encoded), np.uint8)
+            return hash_strings(blob, offsets), encoded
+        return np.asarray(keys, dtype=np.int64).view(np.uint64), None
+
+    def _table(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._keys is None or self._key_slots is None:
+            slots = self.live_slots()
+            if self.id_type == "str":
+                keys = hash_strings(self._blob(), self._offsets)[slots]
+            else:
+                keys = self._values[slots].view(np.uint64)
+            order = np.argsort(keys, kind="stable")
+            self._keys, self._key_slots = keys[order], slots[order]
+        return self._keys, self._key_slots
+
+    def slots_of(self, keys: list[Any]) -> np.ndarray:
+        """The slot of each id in ``keys`` (already of this map's type), -1 where it is not in the map."""
+        out = np.full(len(keys), -1, np.int64)
+        if not keys or not self._count:
+            return out
+        table, table_slots = self._table()
+        query, encoded = self._query_keys(keys)
+        lo = np.searchsorted(table, query, side="left")
+        hi = np.searchsorted(table, query, side="right")
+        hit = hi > lo
+        if encoded is None:
+            out[hit] = table_slots[lo[hit]]
+            return out
+        blob = self._blob()
+        for n in np.flatnonzero(hit).tolist():  # a key match is a candidate: compare the bytes
+            for s in table_slots[lo[n] : hi[n]].tolist():
+                if blob[self._offsets[s] : self._offsets[s + 1]].tobytes() == encoded[n]:
+                    out[n] = s
+                    break
+        return out
+
+    # -- changing -----------------------------------------------------------------------------
+    def append(self, values: list[Any], id_type: str) -> int:
+        """Add ``values`` (checked unique and new by the caller) at the next slots; returns the first."""
+        start = self.num_slots
+        if not values:
+            return start
+        self.id_type = id_type
+        self._live = np.concatenate([self._live, np.ones(len(values), np.uint8)])
+        if id_type == "str":
+            encoded = [v.encode("utf-8", "surrogatepass") for v in values]
+            ends = np.cumsum([len(e) for e in encoded], dtype=np.int64) + self._offsets[-1]
+            self._offsets = np.concatenate([self._offsets, ends])
+            self._blob_parts.append(np.frombuffer(b"".join(encoded), np.uint8))
+        else:
+            self._values = np.concatenate([self._values, np.asarray(values, dtype=np.int64)])
+        self._count += len(values)
+        if self._keys is not None and self._key_slots is not None:  # merge the new keys into the built table
+            slots = np.arange(start, start + len(values), dtype=np.int64)
+            keys, _ = self._query_keys(values)
+            order = np.argsort(keys, kind="stable")
+            at = np.searchsorted(self._keys, keys[order], side="right")
+            self._keys = np.insert(self._keys, at, keys[order])
+            self._key_slots = np.insert(self._key_slots, at, slots[order])
+        return start
+
+    def remove_slots(self, slots: np.ndarray) -> None:
+        """Mark ``slots`` (live, distinct) removed."""
+        if not self._live.flags.writeable:
+            self._live = self._live.copy()
+        self._live[slots] = 0
+        self._count -= int(slots.size)
+        self._keys = self._key_slots = None
+
+    # -- binary form ----------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """The binary form saved in an index file (module docstring)."""
+        live = self._live.astype(np.uint8).tobytes()
+        if self.id_type == "str":
+            dead = np.flatnonzero(self._live == 0)
+            lengths = np.diff(self._offsets)
+            if dead.size:  # removed ids keep no text
+                keep = np.repeat(self._live.astype(bool), lengths)
+                blob = self._blob()[keep]
+                lengths = np.where(self._live == 1, lengths, 0)
+            else:
+                blob = self._blob()
+            offsets = np.zeros(self.num_slots + 1, dtype="<u8")
+            np.cumsum(lengths, out=offsets[1:])
+            return live + offsets.tobytes() + blob.tobytes()
+        values = np.where(self._live == 1, self._values, 0).astype("<i8")
+        return live + values.tobytes()
+
+    @classmethod
+    def from_buffer(cls, raw: Any, slots: int, id_type: str | None) -> IdMap:
+        """Parse and check a binary id map held in ``raw`` (bytes or a memory map: viewed, not copied).
+
+        Raises `IdMapError` naming what is wrong.
+        """
+        if id_type not in ("int", "str", None):
+            raise IdMapError(f"unknown id_type {id_type!r}")
+        size = len(raw)
+        if slots < 0 or size < slots:
+            raise IdMapError(f"the id map is shorter than its {slots} slots")
+        live = np.frombuffer(raw, dtype=np.uint8, count=slots)
+        if ((live != 1) & (live != 0)).any():
+            raise IdMapError("the id map's live flags are not 0 or 1")
+        alive = live.astype(bool)
+        body = size - slots
+        if id_type is None:
+            if slots or body:
+                raise IdMapError("unknown id_type None for a non-empty id map")
+            return cls()
+        if id_type == "int":
+            if body != 8 * slots:
+                raise IdMapError(f"the id map holds {body} id bytes for {slots} slots")
+            values = np.frombuffer(raw, dtype="<i8", count=slots, offset=slots)
+            if (values[alive] == -1).any():
+                raise IdMapError("the id map holds the id -1, which means 'no result'")
+            result = cls("int", live, values=values)
+        else:
+            if body < 8 * (slots + 1):
+                raise IdMapError("the id map's string offsets are truncated")
+            offsets = np.frombuffer(raw, dtype="<u8", count=slots + 1, offset=slots)
+            text_start = slots + 8 * (slots + 1)
+            blob = np.frombuffer(raw, dtype=np.uint8, offset=text_start)
+            if offsets[-1] > np.uint64(2**62):
+                raise IdMapError("the id map's string offsets are out of range")
+            offsets = offsets.astype(np.int64)
+            lengths = np.diff(offsets)
+            if offsets[0] != 0 or (lengths < 0).any() or offsets[-1] != blob.size or (lengths[~alive] != 0).any():
+                raise IdMapError("the id map's string offsets are out of range")
+            _check_utf8(blob, offsets)
+            result = cls("str", live, offsets=offsets, blob=blob)
+        if result._has_duplicates():
+            raise IdMapError("the id map names the same id twice (edited or corrupted)")
+        return result
+
+    def _has_duplicates(self) -> bool:
+        keys, slots = self._table()
+        same = np.flatnonzero(keys[1:] == keys[:-1])
+        if not same.size:
+            return False
+        if self.id_type != "str":
+            return True
+        blob = self._blob()
+        group_starts = np.unique(np.searchsorted(keys, keys[same], side="left"))
+        for g in group_starts.tolist():  # equal keys: compare the bytes of that group
+            members = slots[g : int(np.searchsorted(keys, keys[g], side="right"))].tolist()
+            texts = sorted(blob[self._offsets[s] : self._offsets[s + 1]].tobytes() for s in members)
+            if any(a == b for a, b in zip(texts, texts[1:])):
+                return True
+        return False
+
+
+def _check_utf8(blob: np.ndarray, offsets: np.ndarray) -> None:
+    """Refuse ids that are not UTF-8 (surrogates allowed, as ``save`` writes them), without one object per id.
+
+    The whole blob must decode (in chunks), and no id may start inside a character (on a
+    continuation byte 0b10xxxxxx): then every id decodes on its own.
+    """
+    heads = offsets[:-1][np.diff(offsets) > 0]
+    if heads.size and ((blob[heads] & 0xC0) == 0x80).any():
+        raise IdMapError("the id map holds ids that are not str ids (invalid UTF-8)")
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+    try:
+        for start in range(0, blob.size, _HASH_CHUNK_BYTES):
+            decoder.decode(blob[start : start + _HASH_CHUNK_BYTES].tobytes())
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise IdMapError("the id map holds ids that are not str ids (invalid UTF-8)") from None
