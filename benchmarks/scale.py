@@ -184,7 +184,7 @@ def encode_throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if not model.exists():
         torch.manual_seed(0)
         UITModel(CLIPDualEncoder.from_open_clip("uit-tiny", image_size=(96, 32)), num_classes=0,
-                 tir=False).save_pretrained(model)
+                 tir_head=False).save_pretrained(model)
     images = work / "images"
     rng = np.random.default_rng(0)
     images.mkdir(exist_ok=True)

@@ -139,7 +139,7 @@ def test_unknown_layout_names_what_it_found(tmp_path) -> None:
 
 
 def test_own_model_files_need_no_conversion(tmp_path, tiny_encoder) -> None:
-    UITModel(tiny_encoder, num_classes=0, tir=False).save_pretrained(tmp_path)
+    UITModel(tiny_encoder, num_classes=0, tir_head=False).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="is a uit_reid model file: load its folder with UITModel.from_pretrained"):
         convert_checkpoint(tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="is a folder; convert reads one checkpoint file"):

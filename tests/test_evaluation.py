@@ -55,7 +55,7 @@ def _share(model: UITModel, split, pairs: dict[int, tuple[str, str]]) -> float:
 
 
 def test_binding_matches_an_independent_computation(tiny_encoder, hand_split) -> None:
-    model = UITModel(tiny_encoder, num_classes=0, tir=False).eval()
+    model = UITModel(tiny_encoder, num_classes=0, tir_head=False).eval()
     got = evaluate_binding(model, hand_split, batch_size=2)
     garments = {
         0: ("a person wearing red jacket and black trousers", "a person wearing black jacket and red trousers"),
@@ -84,7 +84,7 @@ class BagOfWords(UITModel):
     """Text features from token counts alone (integer weights, so equal counts give bit-equal features)."""
 
     def __init__(self, encoder) -> None:
-        super().__init__(encoder, num_classes=0, tir=False)
+        super().__init__(encoder, num_classes=0, tir_head=False)
         gen = torch.Generator().manual_seed(0)
         vocab = encoder.clip.token_embedding.num_embeddings
         self.register_buffer("words", torch.randint(-3, 4, (vocab, encoder.embed_dim), generator=gen).float())
@@ -101,7 +101,7 @@ def test_a_model_blind_to_word_order_scores_chance(tiny_encoder, hand_split) -> 
 
 
 def test_evaluate_model_adds_binding_only_where_records_carry_attributes(tiny_encoder, hand_split) -> None:
-    model = UITModel(tiny_encoder, num_classes=0, tir=False).eval()
+    model = UITModel(tiny_encoder, num_classes=0, tir_head=False).eval()
     metrics = evaluate_model(model, hand_split)
     assert set(metrics) == {"R1", "R5", "R10", "mAP", "mINP", *BINDING_KEYS}
     assert {k: metrics[k] for k in BINDING_KEYS} == pytest.approx(evaluate_binding(model, hand_split), abs=1e-6)

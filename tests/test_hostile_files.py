@@ -27,7 +27,7 @@ TINY_CFG = {"embed_dim": 128, "vision_cfg": {"image_size": [96, 32], "layers": 4
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
-    model = build_model(ModelConfig(name="uit-tiny", pretrained="none", image_size=(96, 32), tir=False),
+    model = build_model(ModelConfig(name="uit-tiny", pretrained="none", image_size=(96, 32), tir_head=False),
                         LossConfig(), num_classes=4)
     return model.save_pretrained(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -146,4 +146,4 @@ def test_a_config_without_weights_is_refused_before_building(saved, tmp_path) ->
 def test_the_model_refuses_the_same_values_from_code(saved, kwargs, message) -> None:
     encoder = UITModel.from_pretrained(saved).encoder
     with pytest.raises(ValueError, match=f"^{__import__('re').escape(message)}$"):
-        UITModel(encoder, **{"num_classes": 4, "tir": False, **kwargs})
+        UITModel(encoder, **{"num_classes": 4, "tir_head": False, **kwargs})

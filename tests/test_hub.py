@@ -51,7 +51,7 @@ CLIENT = textwrap.dedent("""
 
     encoder = ur.CLIPDualEncoder.from_open_clip("hf-hub:laion/tiny-clip", image_size=(96, 32))
     record("open_clip", encoder)
-    ur.UITModel(encoder, num_classes=0, tir=False).save_pretrained(base + "/from_hub_name")
+    ur.UITModel(encoder, num_classes=0, tir_head=False).save_pretrained(base + "/from_hub_name")
 
     model = ur.UITModel.from_pretrained("uit/tiny")
     out["commit_url"] = model.push_to_hub("someone/pushed")
@@ -88,7 +88,7 @@ def hub_run(tmp_path_factory) -> dict:
     for name, seed in [("main", 0), ("v1", 1)]:
         torch.manual_seed(seed)
         encoder = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=SIZE)
-        models[name] = UITModel(encoder, num_classes=5, tir=False).eval()
+        models[name] = UITModel(encoder, num_classes=5, tir_head=False).eval()
         models[name].save_pretrained(base / name)
     torch.manual_seed(2)
     clip = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=SIZE).clip

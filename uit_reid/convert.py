@@ -507,7 +507,7 @@ def _build_and_load(converted: Converted, source: str) -> UITModel:
             enc["name"], image_size=tuple(enc["image_size"]), context_length=enc["context_length"]
         )
     tir = converted.config.get("tir")
-    model = UITModel(encoder, num_classes=converted.config["num_classes"], tir=TIRHead(**tir) if tir else False,
+    model = UITModel(encoder, num_classes=converted.config["num_classes"], tir_head=TIRHead(**tir) if tir else False,
                      interpolation=converted.config.get("interpolation"))
     clip_state = {k[len(_CLIP) :]: v for k, v in converted.state.items() if k.startswith(_CLIP)}
     encoder.load_clip_state(clip_state, source)

@@ -52,8 +52,8 @@ class UITModel(nn.Module):
     Args:
         encoder: the dual encoder.
         num_classes: number of training identities (the ID classifier's outputs); ``0`` disables it.
-        tir: ``True`` builds a `TIRHead` of UIT's size for this encoder, ``False`` disables
-            TIR, or pass a configured `TIRHead`.
+        tir_head: ``True`` builds a `TIRHead` of UIT's size for this encoder, ``False`` disables
+            TIR, or pass a configured `TIRHead` (the TIR loss's weight is ``loss_weights["tir"]``).
         loss_weights: overrides of the recipe's `uit_reid.recipe.LOSS_WEIGHTS` (unknown names are an error).
         logit_scale: fixed inverse temperature of SDM and ITC (UIT: 50).
         cmt_margin: margin of the cross-modal triplet loss (UIT: 0.05).
@@ -73,7 +73,7 @@ class UITModel(nn.Module):
         self,
         encoder: CLIPDualEncoder,
         num_classes: int,
-        tir: bool | TIRHead = True,
+        tir_head: bool | TIRHead = True,
         loss_weights: Mapping[str, float] | None = None,
         logit_scale: float = recipe.LOGIT_SCALE,
         cmt_margin: float = recipe.CMT_MARGIN,
@@ -108,9 +108,9 @@ class UITModel(nn.Module):
         elif weights["id"] > 0:
             logger.info("num_classes=0: the ID loss is disabled")
             weights["id"] = 0.0
-        if tir is True:
-            tir = TIRHead(encoder.embed_dim, encoder.grid_size, encoder.patch_size, text_dim=encoder.embed_dim)
-        self.tir_head: TIRHead | None = tir if isinstance(tir, TIRHead) else None
+        if tir_head is True:
+            tir_head = TIRHead(encoder.embed_dim, encoder.grid_size, encoder.patch_size, text_dim=encoder.embed_dim)
+        self.tir_head: TIRHead | None = tir_head if isinstance(tir_head, TIRHead) else None
         if self.tir_head is None:
             weights["tir"] = 0.0
         elif self.tir_head.grid_size != encoder.grid_size or self.tir_head.patch_size != encoder.patch_size:
@@ -330,7 +330,7 @@ class UITModel(nn.Module):
         return cls(
             encoder,
             num_classes=cfg["num_classes"],
-            tir=tir,
+            tir_head=tir,
             loss_weights=cfg["loss_weights"],
             logit_scale=cfg["logit_scale"],
             cmt_margin=cfg["cmt_margin"],

@@ -39,7 +39,7 @@ def gallery(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("shards")
     torch.manual_seed(0)
     encoder = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=(96, 32))
-    UITModel(encoder, num_classes=0, tir=False).save_pretrained(base / "model")
+    UITModel(encoder, num_classes=0, tir_head=False).save_pretrained(base / "model")
     rng = np.random.default_rng(0)
     images = base / "images"
     for i in range(22):

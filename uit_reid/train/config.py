@@ -50,7 +50,7 @@ class ModelConfig:
     pretrained: str | None = "openai"
     image_size: tuple[int, int] = (384, 128)
     context_length: int = 77
-    tir: bool = True
+    tir_head: bool = True
     tir_width: int = recipe.TIR_WIDTH
     tir_depth: int = recipe.TIR_DEPTH
     tir_heads: int = recipe.TIR_HEADS
@@ -225,6 +225,9 @@ class TrainConfig:
             section_cls = _SECTION_TYPES[name]
             known = {f.name: f for f in dataclasses.fields(section_cls)}
             for key in value:
+                if f"{name}.{key}" in RENAMED_KEYS:
+                    where = source_for.get(f"{name}.{key}", source)
+                    raise ConfigError(f"{where}: '{name}.{key}' is now '{RENAMED_KEYS[name + '.' + key]}'")
                 if key not in known:
                     raise ConfigError(f"{source}: unknown key '{name}.{key}'; known: {sorted(known)}")
             hints = _hints(section_cls)
@@ -278,6 +281,9 @@ class TrainConfig:
             lines.append("")
         return "\n".join(lines)
 
+
+RENAMED_KEYS = {"model.tir": "model.tir_head"}
+"""Keys that were renamed: reading the old one is an error that names the new one."""
 
 _SECTION_TYPES = {
     "model": ModelConfig,
