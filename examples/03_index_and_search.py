@@ -67,7 +67,7 @@ def main() -> None:
 
     index = build_index_from_folder(
         images,
-        lambda x: model.encode_images(x, normalize=False),
+        lambda x: model.encode_image(x, normalize=False),
         augment.build_eval_transform(model.image_size, interpolation=model.interpolation),
         kind=args.kind,
         fingerprint=fingerprint,

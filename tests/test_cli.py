@@ -88,7 +88,7 @@ def test_index_build_and_search_match_a_direct_index_search(trained, capsys) -> 
     model = load_model(trained["run"] / "best")
     index = GalleryIndex.load(index_path)
     with torch.no_grad():
-        feats = model.encode_texts(model.encoder.tokenize([query]), normalize=False)
+        feats = model.encode_text(model.encoder.tokenize([query]), normalize=False)
     scores, ids = index.search(torch.nn.functional.normalize(feats, dim=-1).numpy(), k=k)
     assert found["query"] == query
     assert [r["id"] for r in found["results"]] == list(ids[0])

@@ -36,12 +36,12 @@ def hand_split(tmp_path_factory):
 def _image_feature(model: UITModel, path: Path) -> torch.Tensor:
     transform = build_eval_transform(model.image_size, interpolation=model.interpolation)
     with torch.no_grad():
-        return model.encode_images(transform(load_image(path))[None])[0]
+        return model.encode_image(transform(load_image(path))[None], normalize=True)[0]
 
 
 def _text_feature(model: UITModel, caption: str) -> torch.Tensor:
     with torch.no_grad():
-        return model.encode_texts(model.encoder.tokenize([caption]))[0]
+        return model.encode_text(model.encoder.tokenize([caption]), normalize=True)[0]
 
 
 def _share(model: UITModel, split, pairs: dict[int, tuple[str, str]]) -> float:
@@ -89,7 +89,7 @@ class BagOfWords(UITModel):
         vocab = encoder.clip.token_embedding.num_embeddings
         self.register_buffer("words", torch.randint(-3, 4, (vocab, encoder.embed_dim), generator=gen).float())
 
-    def encode_texts(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         counts = torch.zeros(ids.shape[0], self.words.shape[0]).scatter_add_(1, ids, torch.ones(ids.shape))
         counts[:, 0] = 0  # padding
         return F.normalize(counts @ self.words, dim=-1)

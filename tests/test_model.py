@@ -86,8 +86,9 @@ def test_inference_features_are_normalised_and_skip_tir(tiny_encoder_factory) ->
     masked_forward = enc.encode_masked_image
     enc.encode_masked_image = lambda *a, **k: calls.append("masked") or masked_forward(*a, **k)
     batch = _batch(enc)
-    v = model.encode_images(batch["images"])
-    t = model.encode_texts(batch["text_ids"])
+    with torch.no_grad():
+        v = model.encode_image(batch["images"], normalize=True)
+        t = model.encode_text(batch["text_ids"], normalize=True)
     assert calls == []  # retrieval features never run the masked forward or the TIR decoder
     assert torch.allclose(v.norm(dim=-1), torch.ones(8), atol=1e-5)
     assert torch.allclose(t.norm(dim=-1), torch.ones(8), atol=1e-5)
@@ -95,6 +96,29 @@ def test_inference_features_are_normalised_and_skip_tir(tiny_encoder_factory) ->
     assert not v.requires_grad
     model.train()(batch)  # the training forward does use both: the hooks see it
     assert calls == ["masked", "tir_head"]
+
+
+def test_feature_calls_follow_open_clip(tiny_encoder_factory) -> None:
+    """``encode_image``/``encode_text``: the raw tower's features (gradients flow), or exactly the tower's
+    features through ``F.normalize`` with ``normalize=True``; the old plural names say what replaced them."""
+    enc = tiny_encoder_factory()
+    model = UITModel(enc, num_classes=0, tir_head=False).eval()
+    batch = _batch(enc)
+    assert model.encode_image(batch["images"]).requires_grad and model.encode_text(batch["text_ids"]).requires_grad
+    with torch.no_grad():
+        raw_v, raw_t = model.encode_image(batch["images"]), model.encode_text(batch["text_ids"])
+        v = model.encode_image(batch["images"], normalize=True)
+        t = model.encode_text(batch["text_ids"], normalize=True)
+        tower_v = enc.encode_image(batch["images"])
+        tower_t = enc.encode_text(enc.trim_padding(batch["text_ids"]))
+    assert torch.equal(raw_v, tower_v) and torch.equal(raw_t, tower_t)
+    assert torch.equal(v, torch.nn.functional.normalize(tower_v.float(), dim=-1))
+    assert torch.equal(t, torch.nn.functional.normalize(tower_t.float(), dim=-1))
+    for old, new in (("encode_images", "encode_image"), ("encode_texts", "encode_text")):
+        with pytest.raises(AttributeError, match=rf"UITModel.{old} is now {new}\(.*normalize=True\), called under torch.no_grad\(\)"):
+            getattr(model, old)
+    with pytest.raises(AttributeError, match="has no attribute 'nonsense'"):
+        model.nonsense  # noqa: B018
 
 
 def test_tir_weight_zero_skips_the_head(tiny_encoder_factory) -> None:

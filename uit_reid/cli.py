@@ -185,7 +185,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, device=device)
     index = build_index_from_folder(
         args.images,
-        lambda x: model.encode_images(x, normalize=False),
+        lambda x: model.encode_image(x, normalize=False),
         model.eval_transform(),
         kind=args.kind or "flat",
         fingerprint=model.encoder.fingerprint(),
@@ -232,7 +232,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             files = read_image_list(args.images)
             model = load_model(args.checkpoint, device=device)
             manifest = encode_shards(
-                files, args.out, lambda x: model.encode_images(x, normalize=False),
+                files, args.out, lambda x: model.encode_image(x, normalize=False),
                 model.eval_transform(),
                 fingerprint=model.encoder.fingerprint(), shard_size=args.shard_size, batch_size=args.batch_size,
                 device=device, image_size=model.image_size, num_workers=args.workers, rank=rank,

@@ -40,6 +40,11 @@ CONFIG_NAME = "config.json"
 
 logger = logging.getLogger(__name__)
 
+_RENAMED_METHODS = {
+    "encode_images": "encode_image(images, normalize=True), called under torch.no_grad()",
+    "encode_texts": "encode_text(ids, normalize=True), called under torch.no_grad()",
+}
+
 
 class UITModel(nn.Module):
     """Encoder + shared identity classifier + optional TIR head → a dict of losses.
@@ -192,27 +197,39 @@ class UITModel(nn.Module):
         )
         return tir_loss(pred, patchify(images, self.encoder.patch_size), masked.mask)
 
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Gallery features for retrieval (no TIR cost); L2-normalised by default."""
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Pooled image features (no TIR cost); ``normalize``: L2-normalised, as float32.
+
+        open_clip's convention: gradients flow, so retrieval calls it under ``torch.no_grad()``.
+        """
         feats = self.encoder.encode_image(images)
         return F.normalize(feats.float(), dim=-1) if normalize else feats
 
-    @torch.no_grad()
-    def encode_texts(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Query features for retrieval; L2-normalised by default (padding trimmed: `trim_padding`)."""
+    def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Pooled caption features (padding trimmed: `trim_padding`); ``normalize``: L2-normalised, as float32.
+
+        open_clip's convention: gradients flow, so retrieval calls it under ``torch.no_grad()``.
+        """
         feats = self.encoder.encode_text(self.encoder.trim_padding(ids))
         return F.normalize(feats.float(), dim=-1) if normalize else feats
 
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in _RENAMED_METHODS:
+                raise AttributeError(f"UITModel.{name} is now {_RENAMED_METHODS[name]}") from None
+            raise
+
     @torch.no_grad()
     def encode_captions(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
-        """Query features of caption strings: tokenized, moved to the model's device, `encode_texts`.
+        """Query features of caption strings: tokenized, moved to the model's device, `encode_text`.
 
         The text encoder that `uit_reid.retrieval.search_text` and the service take, e.g.
         ``functools.partial(model.encode_captions, normalize=False)`` (the index normalises).
         """
         device = next(self.encoder.parameters()).device
-        return self.encode_texts(self.encoder.tokenize(list(texts)).to(device), normalize=normalize)
+        return self.encode_text(self.encoder.tokenize(list(texts)).to(device), normalize=normalize)
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def test_shards_equal_a_direct_encode(gallery) -> None:
     model = load_model(gallery["model"])
     transform = build_eval_transform(model.image_size, interpolation=model.interpolation)
     with torch.no_grad():
-        direct = torch.cat([model.encode_images(transform(load_image(p))[None]) for p in ids]).numpy()
+        direct = torch.cat([model.encode_image(transform(load_image(p))[None], normalize=True) for p in ids]).numpy()
     stored = np.concatenate([shards.vectors(n) for n in range(shards.num_shards)])
     assert stored.dtype == np.float16
     np.testing.assert_allclose(stored.astype(np.float32), direct, rtol=0, atol=2e-3)

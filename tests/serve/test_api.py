@@ -37,9 +37,9 @@ def expected_top(gallery, query: str, k: int) -> tuple[list[str], np.ndarray]:
     transform = augment.build_eval_transform(size, interpolation="bilinear")  # the training default, as indexed
     with torch.no_grad():
         images = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
-        v = torch.nn.functional.normalize(model.encode_images(images, normalize=False).float(), dim=-1)
+        v = torch.nn.functional.normalize(model.encode_image(images, normalize=False).float(), dim=-1)
         t = torch.nn.functional.normalize(
-            model.encode_texts(model.encoder.tokenize([query]), normalize=False).float(), dim=-1
+            model.encode_text(model.encoder.tokenize([query]), normalize=False).float(), dim=-1
         )
     scores = (t @ v.t())[0].numpy()
     order = np.argsort(-scores, kind="stable")[:k]
