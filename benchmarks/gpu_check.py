@@ -270,7 +270,7 @@ def encode_shards_run(setup: Setup, workdir: Path) -> list[dict[str, Any]]:
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "uit_reid.cli",
-         "encode", "--checkpoint", str(model_dir), "--images", str(root), "--out", str(out), "--shard-size", "1024",
+         "encode", "--model", str(model_dir), "--images", str(root), "--out", str(out), "--shard-size", "1024",
          "--batch-size", str(256 if setup.device.type == "cuda" else 16), "--workers", str(workers),
          "--device", setup.device.type],
         capture_output=True, text=True, timeout=600,

@@ -43,8 +43,8 @@ def variant(saved: Path, tmp_path: Path, edit) -> Path:
 
 
 def limited_load(model_dir: Path):
-    """`uit-reid evaluate --checkpoint MODEL_DIR` (which loads the model first) under ``ulimit -v``."""
-    return run_cli_limited(["evaluate", "--checkpoint", str(model_dir), "--dataset", str(model_dir / "no-dataset"),
+    """`uit-reid evaluate --model MODEL_DIR` (which loads the model first) under ``ulimit -v``."""
+    return run_cli_limited(["evaluate", "--model", str(model_dir), "--dataset", str(model_dir / "no-dataset"),
                             "--device", "cpu"])
 
 

@@ -58,13 +58,13 @@ CLIENT = textwrap.dedent("""
     record("pushed", ur.UITModel.from_pretrained("someone/pushed").encoder)
     save_file(feats, base + "/features.safetensors")
 
-    from uit_reid.cli import main  # the commands take Hub ids as --checkpoint
+    from uit_reid.cli import main  # the commands take Hub ids as --model
     from PIL import Image
     import os
     os.makedirs(base + "/photos", exist_ok=True)
     for i, colour in enumerate(["red", "blue"]):
         Image.new("RGB", (32, 96), colour).save(base + f"/photos/{i}.png")
-    out["index_build"] = main(["index", "build", "--checkpoint", "hf-hub:uit/tiny", "--images", base + "/photos",
+    out["index_build"] = main(["index", "build", "--model", "hf-hub:uit/tiny", "--images", base + "/photos",
                                "--out", base + "/gallery.faiss", "--device", "cpu"])
     out["search"] = main(["search", "a person in red", "--index", base + "/gallery.faiss", "--k", "1",
                           "--device", "cpu"])
@@ -221,4 +221,4 @@ def test_commands_take_hub_ids(hub_run) -> None:
     from uit_reid.retrieval import GalleryIndex
 
     meta = GalleryIndex.load(hub_run["base"] / "gallery.faiss").metadata
-    assert meta["checkpoint"] == "hf-hub:uit/tiny"  # remembered as given, not as a local path
+    assert meta["model"] == "hf-hub:uit/tiny"  # remembered as given, not as a local path

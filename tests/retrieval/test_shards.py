@@ -48,13 +48,13 @@ def gallery(tmp_path_factory) -> dict[str, Path]:
         Image.fromarray(rng.integers(0, 255, (40 + i, 20, 3), dtype=np.uint8)).save(sub / f"{i:03d}.png")
     (images / "cam1" / "007b.jpg").write_bytes(b"not a jpeg at all")
     ref = base / "ref"
-    assert main(["encode", "--checkpoint", str(base / "model"), "--images", str(images), "--out", str(ref),
+    assert main(["encode", "--model", str(base / "model"), "--images", str(images), "--out", str(ref),
                  "--shard-size", str(SHARD), "--workers", "0", "--device", "cpu"]) == 0
     return {"model": base / "model", "images": images, "ref": ref, "base": base}
 
 
 def _cmd(gallery: dict[str, Path], out: Path) -> list[str]:
-    return ["encode", "--checkpoint", str(gallery["model"]), "--images", str(gallery["images"]),
+    return ["encode", "--model", str(gallery["model"]), "--images", str(gallery["images"]),
             "--out", str(out), "--shard-size", str(SHARD), "--workers", "0", "--device", "cpu"]
 
 
@@ -73,7 +73,7 @@ def _assert_same_shards(a: Path, b: Path) -> None:
         np.testing.assert_allclose(x.vectors(n).astype(np.float32), y.vectors(n).astype(np.float32), rtol=0,
                                    atol=2e-3)  # float16 rounding of unit vectors (|x| <= 1: ulp <= 2**-11)
     ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
-    assert {k: v for k, v in ma.items() if k != "checkpoint"} == {k: v for k, v in mb.items() if k != "checkpoint"}
+    assert {k: v for k, v in ma.items() if k != "model"} == {k: v for k, v in mb.items() if k != "model"}
 
 
 def test_shards_equal_a_direct_encode(gallery) -> None:

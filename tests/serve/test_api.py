@@ -31,7 +31,7 @@ def expected_top(gallery, query: str, k: int) -> tuple[list[str], np.ndarray]:
     from uit_reid.factory import load_model
     from uit_reid.retrieval import list_images
 
-    model = load_model(gallery["checkpoint"])
+    model = load_model(gallery["model"])
     size = model.image_size
     paths = list_images(gallery["images"])
     transform = augment.build_eval_transform(size, interpolation="bilinear")  # the training default, as indexed
@@ -258,7 +258,7 @@ def test_refuses_an_index_of_another_model(gallery, tmp_path) -> None:
     assert "Traceback" not in stderr and "Uvicorn running" not in stderr
     errors = [line for line in stderr.splitlines() if "error" in line.lower()]
     assert errors == [
-        f"uit-reid: error: refusing to serve {other_path}: it was not built with the checkpoint {gallery['checkpoint']} "
+        f"uit-reid: error: refusing to serve {other_path}: it was not built with the model {gallery['model']} "
         f"(encoder fingerprint mismatch: index at {other_path} was built with 'uit-tiny-0123456789abcdef', "
         f"expected {model_fp!r})"
     ], stderr
@@ -276,7 +276,7 @@ def test_serve_process_reports_a_start_that_fails(gallery, tmp_path) -> None:
 
     missing = tmp_path / "missing.faiss"
     with pytest.raises(RuntimeError) as exc:
-        ServeProcess(["--index", str(missing), "--checkpoint", str(gallery["checkpoint"]), "--device", "cpu"],
+        ServeProcess(["--index", str(missing), "--model", str(gallery["model"]), "--device", "cpu"],
                      log=tmp_path / "serve.log", env=serve_env(), startup_timeout=90)
     message = str(exc.value)
     assert message.startswith("uit-reid serve exited with 1:\n"), message

@@ -130,7 +130,7 @@ def test_bad_checkpoint_gets_our_message(tmp_path, capsys, tiny_dataset) -> None
         (text, "not a torch zip file"),
         (weights, "no version 1 state"),
     ]:
-        assert main(["evaluate", "--checkpoint", str(path), "--dataset", str(tiny_dataset)]) == 1
+        assert main(["evaluate", "--model", str(path), "--dataset", str(tiny_dataset)]) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"uit-reid: error: {path} is not a uit_reid") and what in err, err
         assert "weights_only" not in err and "\n" not in err and "a last.pt written by uit-reid train" in err
