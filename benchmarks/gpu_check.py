@@ -225,7 +225,7 @@ def torchrun_smoke(setup: Setup, workdir: Path) -> list[dict[str, Any]]:
 
     run, steps = workdir / "smoke", 20 if setup.device.type == "cuda" else 2
     config = TrainConfig.from_dict({
-        "model": {"name": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir_head": True,
+        "model": {"tower": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir_head": True,
                   "tir_width": 64, "tir_depth": 1, "tir_heads": 4},
         "data": {"root": str(workdir / "synthetic"), "batch_size": 32, "num_workers": 2},
         "synthetic": {"generate": True, "num_ids": 64, "images_per_id": 2, "num_val_ids": 8,

@@ -79,7 +79,7 @@ def build_gallery(work: Path, num_ids: int) -> dict[str, Path]:
         torch.manual_seed(0)
         assert main(["synth", "--out", str(data), "--num-ids", str(num_ids), "--images-per-id", "2",
                      "--num-val-ids", "4", "--num-test-ids", "4"]) == 0
-        model = build_model(ModelConfig(name="uit-tiny", pretrained="none", image_size=(96, 32), tir_head=False),
+        model = build_model(ModelConfig(tower="uit-tiny", pretrained="none", image_size=(96, 32), tir_head=False),
                             LossConfig(), num_classes=num_ids)
         model.save_pretrained(model_dir)
         assert main(["index", "build", "--model", str(model_dir), "--images", str(data / "imgs"),

@@ -30,7 +30,7 @@ SMALL = os.environ.get("UIT_EXAMPLES_SMALL") == "1"
 def make_config(out: Path, device: str, losses: str = "uit") -> TrainConfig:
     """The recipe: UIT's losses (or ITC alone), scaled down to a tiny model and a CPU budget."""
     config: dict[str, Any] = {
-        "model": {"name": "uit-tiny", "pretrained": "none", "image_size": [96, 32],
+        "model": {"tower": "uit-tiny", "pretrained": "none", "image_size": [96, 32],
                   "tir_head": True, "tir_width": 64, "tir_depth": 1, "tir_heads": 4, "mask_ratio": 0.7},
         # UIT's weights would be sdm 1, id 1, tir 10, cmt 10; from random init a tiny model learns
         # faster with the TIR and CMT terms turned down, so they are 1 here.

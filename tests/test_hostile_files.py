@@ -27,7 +27,7 @@ TINY_CFG = {"embed_dim": 128, "vision_cfg": {"image_size": [96, 32], "layers": 4
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
-    model = build_model(ModelConfig(name="uit-tiny", pretrained="none", image_size=(96, 32), tir_head=False),
+    model = build_model(ModelConfig(tower="uit-tiny", pretrained="none", image_size=(96, 32), tir_head=False),
                         LossConfig(), num_classes=4)
     return model.save_pretrained(tmp_path_factory.mktemp("tiny") / "model")
 

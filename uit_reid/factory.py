@@ -38,7 +38,7 @@ def build_model(
     """The `UITModel` that a ``[model]`` and a ``[loss]`` config section describe.
 
     Args:
-        model: ``ModelConfig`` or a dict with its keys (name, pretrained, image_size, context_length,
+        model: ``ModelConfig`` or a dict with its keys (tower, pretrained, image_size, context_length,
             tir_head, tir_width, tir_depth, tir_heads, tir_layout, tir_grayscale, mask_ratio).
         loss: ``LossConfig`` or a dict with its keys (the five loss weights, logit_scale, cmt_margin).
         num_classes: training identities (the ID classifier's size; unused when the ID weight is 0).
@@ -48,7 +48,7 @@ def build_model(
     """
     m, lw = _as_dict(model), _as_dict(loss)
     encoder = CLIPDualEncoder.from_open_clip(
-        m["name"],
+        m["tower"],
         pretrained=m["pretrained"] if pretrained is _UNSET else pretrained,
         image_size=tuple(m["image_size"]),
         context_length=m["context_length"],

@@ -17,7 +17,7 @@ def test_bundled_configs_load(name: str) -> None:
     config = load_config(name)
     assert config == TrainConfig.from_toml(bundled_config(name))
     if not name.startswith("demo"):  # the paper's recipe
-        assert config.model.name == "ViT-B-16-quickgelu" and tuple(config.model.image_size) == (384, 128)
+        assert config.model.tower == "ViT-B-16-quickgelu" and tuple(config.model.image_size) == (384, 128)
         assert (config.loss.sdm, config.loss.id, config.loss.tir, config.loss.cmt) == (1.0, 1.0, 10.0, 10.0)
         assert config.optim.lr == 1e-5 and config.optim.eps == 1e-3 and config.optim.weight_decay == 4e-5
         assert config.data.batch_size == 128 and config.train.epochs == 60
@@ -69,6 +69,9 @@ def test_renamed_key_names_the_new_one(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"--set model.tir=false: 'model.tir' is now 'model.tir_head'"):
         TrainConfig().override(["model.tir=false"])
     assert TrainConfig.from_dict({"loss": {"tir": 2.0}}).loss.tir == 2.0  # [loss] tir is the TIR weight
+    path.write_text('[model]\nname = "uit-tiny"\n')
+    with pytest.raises(ConfigError, match=r"old.toml: 'model.name' is now 'model.tower'"):
+        TrainConfig.from_toml(path)
 
 
 def test_invalid_files_and_values(tmp_path) -> None:

@@ -46,7 +46,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "ViT-B-16-quickgelu"
+    """The ``[model]`` table: ``tower`` is an open_clip architecture (``ViT-B-16-quickgelu``, ``uit-tiny``,
+    ``hf-hub:org/name``) with its ``pretrained`` tag; ``tir_head`` switches the TIR decoder on."""
+
+    tower: str = "ViT-B-16-quickgelu"
     pretrained: str | None = "openai"
     image_size: tuple[int, int] = (384, 128)
     context_length: int = 77
@@ -282,7 +285,7 @@ class TrainConfig:
         return "\n".join(lines)
 
 
-RENAMED_KEYS = {"model.tir": "model.tir_head"}
+RENAMED_KEYS = {"model.tir": "model.tir_head", "model.name": "model.tower"}
 """Keys that were renamed: reading the old one is an error that names the new one."""
 
 _SECTION_TYPES = {
