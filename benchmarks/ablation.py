@@ -56,16 +56,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from uit_reid.augment import build_eval_transform  # noqa: E402
-from uit_reid.data import (  # noqa: E402
-    PedesDataset,
-    binding_probes,
-    build_batch_sampler,
-    load_dataset,
-    load_image,
-    make_synthetic,
-)
+from uit_reid.data import PedesDataset, binding_probes, build_batch_sampler, load_dataset, make_synthetic  # noqa: E402
 from uit_reid.evaluation import evaluate_model  # noqa: E402
 from uit_reid.factory import build_model, load_model  # noqa: E402
+from uit_reid.images import load_image  # noqa: E402
 from uit_reid.model import UITModel  # noqa: E402
 from uit_reid.tir import patchify, tir_loss, to_grayscale  # noqa: E402
 from uit_reid.train import TrainConfig, Trainer, load_config  # noqa: E402

@@ -48,7 +48,7 @@ def independent_metrics():
     `uit_reid.retrieval.evaluate`, whose other figures are tested against the field's evaluator.
     """
     from uit_reid.augment import build_eval_transform
-    from uit_reid.data import load_image
+    from uit_reid.images import load_image
     from uit_reid.retrieval import evaluate
 
     def run(model, split, interpolation: str = "bicubic") -> dict[str, float]:

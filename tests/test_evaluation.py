@@ -13,8 +13,10 @@ from binding_case import hand_built
 
 from uit_reid import UITModel
 from uit_reid.augment import build_eval_transform
-from uit_reid.data import load_dataset, load_image, render_person
+from uit_reid.data import load_dataset
+from uit_reid.data.synthetic import render_person
 from uit_reid.evaluation import BINDING_KEYS, binding_table, evaluate_binding, evaluate_model
+from uit_reid.images import load_image
 
 
 @pytest.fixture(scope="module")

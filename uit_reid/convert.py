@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from uit_reid.bounds import (
+from uit_reid._bounds import (
     check_image_size,
     check_int,
     check_model_cfg,

@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uit_reid import losses, recipe
-from uit_reid._version import __version__
-from uit_reid.bounds import (
+from uit_reid._bounds import (
     MAX_SIZES,
     check_image_size,
     check_int,
@@ -25,6 +24,7 @@ from uit_reid.bounds import (
     check_weights_hold,
     clip_parameter_count,
 )
+from uit_reid._version import __version__
 from uit_reid.distributed import gather_no_grad, gather_with_grad
 from uit_reid.encoders import CLIPDualEncoder, load_state_dict_file
 from uit_reid.images import INTERPOLATIONS

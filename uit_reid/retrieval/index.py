@@ -13,7 +13,7 @@ encoders can hand over raw pooled features. The kind is a FAISS factory string, 
 
 Compressed kinds for large galleries: ``"IVF4096,PQ64"`` (64-byte codes), ``"OPQ64,IVF4096,PQ64"``
 (a learnt rotation first), and ``search(..., rerank=...)`` re-scores the top candidates exactly from
-the full vectors (see `uit_reid.retrieval.shards`). `uit_reid.retrieval.faiss_check.parse_factory`
+the full vectors (see `uit_reid.retrieval.shards`). `uit_reid.retrieval._faiss_check.parse_factory`
 names the supported strings.
 
 Ids are int64 numbers or strings (image paths, say); the two cannot be mixed in one index. Internally
@@ -30,7 +30,7 @@ FAISS index bytes (``faiss.write_index`` format, never pickle).
 Loading checks, in this order and before FAISS sees a byte: the magic and sizes, the header
 checksum, the fields, the id map's checksum and contents (unique ids of the right type, offsets in
 range, valid UTF-8), the FAISS bytes' checksum, and then the FAISS bytes' structure
-(`uit_reid.retrieval.faiss_check`: the layout the header's factory string builds, the header's
+(`uit_reid.retrieval._faiss_check`: the layout the header's factory string builds, the header's
 dimension, every declared size within the file, graph links in range, the stored labels exactly the
 live slots). The checksums catch accidents; the structural checks keep a hand-crafted file from
 making FAISS allocate or read out of bounds. Neither makes the *contents* trustworthy: someone who
@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from uit_reid.io import atomic_write_bytes
-from uit_reid.retrieval.faiss_check import FaissBytesError, Layout, check_index_bytes, parse_factory
+from uit_reid.retrieval._faiss_check import FaissBytesError, Layout, check_index_bytes, parse_factory
 
 __all__ = ["FORMAT_VERSION", "KIND_ALIASES", "GalleryIndex", "IndexFormatError", "default_nlist"]
 
@@ -96,7 +96,7 @@ class GalleryIndex:
     Args:
         dim: feature dimension.
         kind: ``"flat"`` (exact), ``"ivf"``, ``"hnsw"`` or a FAISS factory string such as
-            ``"IVF4096,PQ64"`` or ``"OPQ64,IVF4096,PQ64"`` (`uit_reid.retrieval.faiss_check.parse_factory`).
+            ``"IVF4096,PQ64"`` or ``"OPQ64,IVF4096,PQ64"`` (`uit_reid.retrieval._faiss_check.parse_factory`).
         fingerprint: optional string naming the encoder that produced the features; stored and
             checked on ``add``, ``search`` and ``load`` so features of different encoders never mix.
         nlist: IVF list count of ``kind="ivf"`` (default: chosen from the first batch added; a

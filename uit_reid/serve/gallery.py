@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from uit_reid.errors import CorruptImageError
+from uit_reid._errors import CorruptImageError
 from uit_reid.images import load_image
 
 __all__ = ["GalleryImages", "UnknownImage"]

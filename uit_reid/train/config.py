@@ -319,7 +319,7 @@ CHOICES: dict[str, Registry] = {
     "data.erasing_fill": Registry("uit_reid.augment", "ERASING_FILLS"),
     "data.on_missing": Registry("uit_reid.data.readers", "ON_MISSING"),
     "train.precision": Registry("uit_reid.device", "PRECISIONS", extra=("auto",)),
-    "train.report_to": Registry("uit_reid.train.reporting", "REPORTERS"),
+    "train.report_to": Registry("uit_reid.train._reporting", "REPORTERS"),
     "synthetic.world": Registry("uit_reid.data.synthetic", "WORLD_NAMES"),
 }
 """The keys that name a choice and the registry whose keys are the allowed values. Registries are

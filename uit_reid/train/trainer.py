@@ -31,10 +31,10 @@ from uit_reid.factory import build_model
 from uit_reid.io import FolderLock, atomic_write_text, remove_stale_temp_files
 from uit_reid.model import UITModel
 from uit_reid.tables import metrics_line
+from uit_reid.train._reporting import LOG_NAME, LossWindow, RunLog, log_to_file
+from uit_reid.train._selection import SELECT_ON_TEST_LABEL, ModelSelection, test_summary
 from uit_reid.train.config import TrainConfig
 from uit_reid.train.optim import build_optimizer, warmup_cosine
-from uit_reid.train.reporting import LOG_NAME, LossWindow, RunLog, log_to_file
-from uit_reid.train.selection import SELECT_ON_TEST_LABEL, ModelSelection, test_summary
 
 __all__ = ["NonFiniteLossError", "Trainer"]
 
