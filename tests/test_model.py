@@ -119,6 +119,8 @@ def test_feature_calls_follow_open_clip(tiny_encoder_factory) -> None:
             getattr(model, old)
     with pytest.raises(AttributeError, match="has no attribute 'nonsense'"):
         model.nonsense  # noqa: B018
+    with pytest.raises(TypeError, match=r"^UITModel\(tir=...\) is now UITModel\(tir_head=...\)$"):
+        UITModel(enc, num_classes=0, tir=False)
 
 
 def test_tir_weight_zero_skips_the_head(tiny_encoder_factory) -> None:

@@ -74,6 +74,11 @@ class UITModel(nn.Module):
             that `eval_transform` gives evaluation and indexing the same preprocessing.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> UITModel:
+        if "tir" in kwargs:  # renamed: 'tir' is only the loss weight (loss_weights["tir"])
+            raise TypeError(f"{cls.__name__}(tir=...) is now {cls.__name__}(tir_head=...)")
+        return super().__new__(cls)
+
     def __init__(
         self,
         encoder: CLIPDualEncoder,
