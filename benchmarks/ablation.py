@@ -56,16 +56,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from uit_reid.augment import build_eval_transform  # noqa: E402
-from uit_reid.data import (  # noqa: E402
-    PedesDataset,
-    binding_probes,
-    build_batch_sampler,
-    load_dataset,
-    load_image,
-    make_synthetic,
-)
+from uit_reid.data import PedesDataset, binding_probes, build_batch_sampler, load_dataset, make_synthetic  # noqa: E402
 from uit_reid.evaluation import evaluate_model  # noqa: E402
 from uit_reid.factory import build_model, load_model  # noqa: E402
+from uit_reid.images import load_image  # noqa: E402
 from uit_reid.model import UITModel  # noqa: E402
 from uit_reid.tir import patchify, tir_loss, to_grayscale  # noqa: E402
 from uit_reid.train import TrainConfig, Trainer, load_config  # noqa: E402
@@ -97,7 +91,7 @@ def recipe(parts: set[str], full: dict[str, float]) -> dict[str, Any]:
     return {
         "loss.itc": 1.0 if "itc" in parts else 0.0,
         **{f"loss.{k}": (full[k] if k in parts else 0.0) for k in ("sdm", "id", "cmt", "tir")},
-        "model.tir": "tir" in parts,
+        "model.tir_head": "tir" in parts,
         "data.text_augment_p": TEXT_AUGMENT_P if "aug" in parts else 0.0,
         "data.token_corruption": "corrupt" in parts,
     }
@@ -124,7 +118,7 @@ def base_config(pretrained: str | None) -> tuple[TrainConfig, dict[str, float]]:
     """The demo's config (the decoder sized for the tiny model) and the full-UIT loss weights."""
     config = load_config("demo_uit")
     full = {k: getattr(config.loss, k) or w for k, w in PAPER_WEIGHTS.items()}
-    if not config.model.tir:
+    if not config.model.tir_head:
         config = config.override([f"model.{k}={v}" for k, v in TINY_TIR.items()])
     if pretrained is not None:
         config = config.override([f"model.pretrained={json.dumps(pretrained)}"])

@@ -1,7 +1,7 @@
 """Convert a full-size IRRA/SEN-layout checkpoint (ViT-B/16 at 384x128, random weights) and check it.
 
 Builds the checkpoint the peers' trainers write (fp16 linear/attention weights, ``configs.yaml``
-beside it, SEN's decoder with 4 blocks), then times `uit_reid.convert_checkpoint` and
+beside it, SEN's decoder with 4 blocks), then times `uit_reid.convert_model` and
 `UITModel.save_pretrained`, and compares the converted image and text features, and the SEN
 decoder's pixels, with the independent OpenAI-CLIP forward pass of the test suite
 (``tests/peer_layouts.py``). Usage:
@@ -33,7 +33,7 @@ from peer_layouts import (  # noqa: E402
     sen_decoder_state,
 )
 
-from uit_reid import UITModel, convert_checkpoint  # noqa: E402
+from uit_reid import UITModel, convert_model  # noqa: E402
 
 GRID, PATCH, EMBED = (24, 8), 16, 512
 
@@ -60,7 +60,7 @@ def main() -> None:
                                                            "dataset_name": "CUHK-PEDES"}))
         size_mb = path.stat().st_size / 2**20
         start = time.perf_counter()
-        model = convert_checkpoint(path)
+        model = convert_model(path)
         convert_s = time.perf_counter() - start
         start = time.perf_counter()
         model.save_pretrained(Path(tmp) / "model")
@@ -79,7 +79,7 @@ def main() -> None:
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, no GPU used")
     print(f"{args.layout} checkpoint, ViT-B/16 at 384x128: {size_mb:.0f} MiB")
-    print(f"convert_checkpoint {convert_s:.1f} s, save_pretrained {save_s:.1f} s, from_pretrained {load_s:.1f} s")
+    print(f"convert_model {convert_s:.1f} s, save_pretrained {save_s:.1f} s, from_pretrained {load_s:.1f} s")
     print(f"max |feature difference| vs the reference forward (fp32, batch {args.batch}): "
           f"image {image_diff:.2e}, text {text_diff:.2e}")
     if decoder:

@@ -170,7 +170,7 @@ def jpeg_inference(setup: Setup, workdir: Path) -> list[dict[str, Any]]:
     split = load_dataset(root).train
     torch.manual_seed(0)
     encoder = CLIPDualEncoder.from_open_clip(setup.model, image_size=setup.image_size)
-    model = UITModel(encoder, 0, tir=False).to(setup.device).eval()
+    model = UITModel(encoder, 0, tir_head=False).to(setup.device).eval()
     workers = min(8, os.cpu_count() or 1)
     batch_size = 256 if setup.device.type == "cuda" else 16
     loader, _ = build_eval_loaders(split, encoder.tokenize, setup.image_size, batch_size=batch_size,
@@ -180,18 +180,18 @@ def jpeg_inference(setup: Setup, workdir: Path) -> list[dict[str, Any]]:
     def one_pass() -> int:
         n = 0
         for batch in loader:
-            model.encode_images(batch["images"].to(setup.device, non_blocking=True))
+            model.encode_image(batch["images"].to(setup.device, non_blocking=True), normalize=True)
             n += batch["images"].shape[0]
         _sync(setup.device)
         return n
 
-    with amp:
+    with amp, torch.no_grad():
         one_pass()  # warm-up: worker start-up, kernel selection, page cache
         start = time.perf_counter()
         n = one_pass()
         end_to_end = n / (time.perf_counter() - start)
         images = next(iter(loader))["images"].to(setup.device)
-        encode = _timed(setup, lambda: model.encode_images(images), 2, images.shape[0])
+        encode = _timed(setup, lambda: model.encode_image(images, normalize=True), 2, images.shape[0])
     return [
         {"part": "inference_jpeg_end_to_end", "precision": "bf16", "workers": workers, "images": n,
          "images_per_s": end_to_end},
@@ -225,7 +225,7 @@ def torchrun_smoke(setup: Setup, workdir: Path) -> list[dict[str, Any]]:
 
     run, steps = workdir / "smoke", 20 if setup.device.type == "cuda" else 2
     config = TrainConfig.from_dict({
-        "model": {"name": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir": True,
+        "model": {"tower": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir_head": True,
                   "tir_width": 64, "tir_depth": 1, "tir_heads": 4},
         "data": {"root": str(workdir / "synthetic"), "batch_size": 32, "num_workers": 2},
         "synthetic": {"generate": True, "num_ids": 64, "images_per_id": 2, "num_val_ids": 8,
@@ -264,13 +264,13 @@ def encode_shards_run(setup: Setup, workdir: Path) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     model_dir = workdir / "encode-model"
     UITModel(CLIPDualEncoder.from_open_clip(setup.model, image_size=setup.image_size), 0,
-             tir=False).save_pretrained(model_dir)
+             tir_head=False).save_pretrained(model_dir)
     out = workdir / "emb"
     workers = min(8, os.cpu_count() or 1)
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "uit_reid.cli",
-         "encode", "--checkpoint", str(model_dir), "--images", str(root), "--out", str(out), "--shard-size", "1024",
+         "encode", "--model", str(model_dir), "--images", str(root), "--out", str(out), "--shard-size", "1024",
          "--batch-size", str(256 if setup.device.type == "cuda" else 16), "--workers", str(workers),
          "--device", setup.device.type],
         capture_output=True, text=True, timeout=600,

@@ -203,7 +203,7 @@ def encode_throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if not model.exists():
         torch.manual_seed(0)
         UITModel(CLIPDualEncoder.from_open_clip("uit-tiny", image_size=(96, 32)), num_classes=0,
-                 tir=False).save_pretrained(model)
+                 tir_head=False).save_pretrained(model)
     images = work / "images"
     rng = np.random.default_rng(0)
     images.mkdir(exist_ok=True)
@@ -216,7 +216,7 @@ def encode_throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         target = work / f"emb-{procs}"
         subprocess.run(["rm", "-rf", str(target)], check=True)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-               "-m", "uit_reid.cli", "encode", "--checkpoint", str(model), "--images", str(images), "--out",
+               "-m", "uit_reid.cli", "encode", "--model", str(model), "--images", str(images), "--out",
                str(target), "--shard-size", "256", "--workers", "0", "--device", "cpu", "--batch-size", "64"]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT),

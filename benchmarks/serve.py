@@ -79,19 +79,19 @@ def build_gallery(work: Path, num_ids: int) -> dict[str, Path]:
         torch.manual_seed(0)
         assert main(["synth", "--out", str(data), "--num-ids", str(num_ids), "--images-per-id", "2",
                      "--num-val-ids", "4", "--num-test-ids", "4"]) == 0
-        model = build_model(ModelConfig(name="uit-tiny", pretrained="none", image_size=(96, 32), tir=False),
+        model = build_model(ModelConfig(tower="uit-tiny", pretrained="none", image_size=(96, 32), tir_head=False),
                             LossConfig(), num_classes=num_ids)
         model.save_pretrained(model_dir)
-        assert main(["index", "build", "--checkpoint", str(model_dir), "--images", str(data / "imgs"),
+        assert main(["index", "build", "--model", str(model_dir), "--images", str(data / "imgs"),
                      "--out", str(index), "--device", "cpu"]) == 0
-    return {"index": index, "checkpoint": model_dir}
+    return {"index": index, "model": model_dir}
 
 
 # ---------------------------------------------------------------------------------------- server
 def start_service(gallery: dict[str, Path], log: Path, extra: list[str], env: dict[str, str]) -> ServeProcess:
     """A `uit-reid serve` process over ``gallery`` with the rate limit off."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    args = ["--index", str(gallery["index"]), "--checkpoint", str(gallery["checkpoint"]), "--device", "cpu",
+    args = ["--index", str(gallery["index"]), "--model", str(gallery["model"]), "--device", "cpu",
             "--rate-limit", "0", "--max-k", "100", *extra]
     return ServeProcess(args, log=log, env={**os.environ, **env, "PYTHONPATH": path})
 
@@ -189,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--num-ids", type=int, default=100, help="synthetic identities in the gallery (2 images each)")
     ap.add_argument("--warmup", type=int, default=200, help="requests before each configuration's rows")
-    ap.add_argument("--index", type=Path, default=None, help="serve this index (with --checkpoint) instead of building one")
-    ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--index", type=Path, default=None, help="serve this index (with --model) instead of building one")
+    ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--goal", type=float, default=4.0,
                     help="exit 1 unless the default service at the most clients reaches this multiple of 1 client")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -200,13 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         ap.error(f"--configs: unknown configuration {unknown[0]!r}; known: {', '.join(CONFIGS)}")
-    if (args.index is None) != (args.checkpoint is None):
-        ap.error("--index and --checkpoint go together")
+    if (args.index is None) != (args.model is None):
+        ap.error("--index and --model go together")
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="uit_serve_bench_") as tmp:
         work = Path(tmp)
-        gallery = ({"index": args.index, "checkpoint": args.checkpoint} if args.index
+        gallery = ({"index": args.index, "model": args.model} if args.index
                    else build_gallery(work, args.num_ids))
         for name in names:
             label, extra, env = CONFIGS[name]

@@ -56,7 +56,7 @@ HOST = "127.0.0.1"  # the only target this script ever connects to
 def start_server(gallery: dict[str, Path], source: Path, nofile: int, log: Path) -> tuple[subprocess.Popen, int]:
     """`uit-reid serve` from ``source`` with the rate limit off and RLIMIT_NOFILE at ``nofile``."""
     port = free_port(HOST)
-    args = ["--index", str(gallery["index"]), "--checkpoint", str(gallery["checkpoint"]), "--device", "cpu",
+    args = ["--index", str(gallery["index"]), "--model", str(gallery["model"]), "--device", "cpu",
             "--rate-limit", "0"]
     env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": "1"}
     with log.open("wb") as out:
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-ids", type=int, default=100)
     ap.add_argument("--source", type=Path, default=ROOT, help="the checkout the server runs from")
     ap.add_argument("--index", type=Path, default=None)
-    ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if not 1 <= args.seconds <= 600 or args.idle > 5000 or args.clients > 512:
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))  # this script's own sockets
     with tempfile.TemporaryDirectory() as tmp:
-        gallery = ({"index": args.index, "checkpoint": args.checkpoint} if args.index
+        gallery = ({"index": args.index, "model": args.model} if args.index
                    else build_gallery(Path(tmp), args.num_ids))
         proc, port = start_server(gallery, args.source.resolve(), args.nofile, Path(tmp) / "serve.log")
         load_before = os.getloadavg()
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc.kill()
     report.update(source=str(args.source), server_code=_server_code(args.source), machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
                   load_before=[round(x, 2) for x in load_before], load_after=[round(x, 2) for x in os.getloadavg()],
-                  settings={k: v for k, v in vars(args).items() if k not in ("index", "checkpoint", "json", "source")})
+                  settings={k: v for k, v in vars(args).items() if k not in ("index", "model", "json", "source")})
     print(json.dumps(report, indent=2, default=str))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -64,7 +64,7 @@ def run_case(case: Case, device: torch.device, warmup: int, steps: int) -> dict[
         else False
     )
     weights = {"tir": 10.0 if case.tir else 0.0}
-    model = UITModel(encoder, num_classes=case.batch_size // 2, tir=head, loss_weights=weights).to(device)
+    model = UITModel(encoder, num_classes=case.batch_size // 2, tir_head=head, loss_weights=weights).to(device)
     optimizer = build_optimizer(model, lr=1e-5, weight_decay=4e-5)
     forward = torch.compile(model) if case.compile else model
     batch = _random_batch(encoder, case.batch_size, device)

@@ -30,8 +30,8 @@ SMALL = os.environ.get("UIT_EXAMPLES_SMALL") == "1"
 def make_config(out: Path, device: str, losses: str = "uit") -> TrainConfig:
     """The recipe: UIT's losses (or ITC alone), scaled down to a tiny model and a CPU budget."""
     config: dict[str, Any] = {
-        "model": {"name": "uit-tiny", "pretrained": "none", "image_size": [96, 32],
-                  "tir": True, "tir_width": 64, "tir_depth": 1, "tir_heads": 4, "mask_ratio": 0.7},
+        "model": {"tower": "uit-tiny", "pretrained": "none", "image_size": [96, 32],
+                  "tir_head": True, "tir_width": 64, "tir_depth": 1, "tir_heads": 4, "mask_ratio": 0.7},
         # UIT's weights would be sdm 1, id 1, tir 10, cmt 10; from random init a tiny model learns
         # faster with the TIR and CMT terms turned down, so they are 1 here.
         "loss": {"sdm": 1.0, "id": 1.0, "tir": 1.0, "cmt": 1.0, "itc": 0.0, "logit_scale": 20.0},
@@ -44,7 +44,7 @@ def make_config(out: Path, device: str, losses: str = "uit") -> TrainConfig:
                       "num_test_ids": 100, "seed": 0},
     }
     if losses == "itc":  # the demo's choice: CLIP's InfoNCE alone, no TIR
-        config["model"]["tir"] = False
+        config["model"]["tir_head"] = False
         config["loss"] = {"sdm": 0.0, "id": 0.0, "tir": 0.0, "cmt": 0.0, "itc": 1.0, "logit_scale": 20.0}
     if SMALL:
         config["data"].update(batch_size=8, eval_batch_size=64)

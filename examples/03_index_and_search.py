@@ -1,7 +1,7 @@
 """Index a folder of person images with FAISS, search it with a sentence and save the results grid.
 
-With ``--checkpoint`` (a model directory written by ``save_pretrained``, or a trainer's ``last.pt``)
-and ``--images DIR`` it searches your own photos. Without ``--checkpoint`` it first trains the tiny
+With ``--model`` (a model directory written by ``save_pretrained``, or a trainer's ``last.pt``)
+and ``--images DIR`` it searches your own photos. Without ``--model`` it first trains the tiny
 model for a short while on synthetic pedestrians (a few steps with ``UIT_EXAMPLES_SMALL=1``, so the
 ranking is then close to random: the point is the mechanics); without ``--images`` it indexes the
 synthetic images, and draws correct hits green and wrong ones red.
@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("queries", nargs="*", help="descriptions to search for (default: two test captions)")
     parser.add_argument("--out", type=Path, default=Path("runs/examples/03_search"))
-    parser.add_argument("--checkpoint", type=Path, help="model directory or last.pt (default: train briefly)")
+    parser.add_argument("--model", type=Path, help="model directory or last.pt (default: train briefly)")
     parser.add_argument("--images", type=Path, help="folder of images to index (default: the synthetic ones)")
     parser.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"])
     parser.add_argument("--k", type=int, default=5)
@@ -41,9 +41,9 @@ def main() -> None:
     logging.getLogger("uit_reid").setLevel(logging.INFO)  # the trainer reports through logging
     args.out.mkdir(parents=True, exist_ok=True)
 
-    checkpoint = args.checkpoint
+    checkpoint = args.model
     if checkpoint is None:
-        print("no --checkpoint: training the tiny model briefly on synthetic pedestrians first")
+        print("no --model: training the tiny model briefly on synthetic pedestrians first")
         checkpoint = quick_train(args.out) / "best"
     model = load_model(checkpoint, device=args.device)
     fingerprint = model.encoder.fingerprint()  # stored in the index: features of another model never mix
@@ -67,7 +67,7 @@ def main() -> None:
 
     index = build_index_from_folder(
         images,
-        lambda x: model.encode_images(x, normalize=False),
+        lambda x: model.encode_image(x, normalize=False),
         augment.build_eval_transform(model.image_size, interpolation=model.interpolation),
         kind=args.kind,
         fingerprint=fingerprint,

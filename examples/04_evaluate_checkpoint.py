@@ -5,11 +5,11 @@ Uses the three public pieces the ``uit-reid evaluate`` command is made of: ``loa
 image features with their pids) and ``uit_reid.retrieval.evaluate`` (metrics from a similarity
 matrix whose rows are queries).
 
-Without ``--checkpoint`` it first trains the tiny model for a few steps on synthetic pedestrians and
+Without ``--model`` it first trains the tiny model for a few steps on synthetic pedestrians and
 evaluates the resulting ``last.pt`` (so the numbers are those of a barely trained model).
 With ``UIT_EXAMPLES_SMALL=1`` that training (``examples/_quick_train.py``) uses tiny sizes.
 
-Run: ``python examples/04_evaluate_checkpoint.py --checkpoint runs/cuhk_pedes/best --dataset
+Run: ``python examples/04_evaluate_checkpoint.py --model runs/cuhk_pedes/best --dataset
 /path/to/CUHK-PEDES --out runs/examples/04_eval``. Writes ``metrics.json`` under ``--out``.
 """
 
@@ -32,7 +32,7 @@ from uit_reid.retrieval import evaluate, metrics_table
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/examples/04_eval"))
-    parser.add_argument("--checkpoint", type=Path, help="model directory or last.pt (default: train briefly)")
+    parser.add_argument("--model", type=Path, help="model directory or last.pt (default: train briefly)")
     parser.add_argument("--dataset", type=Path, help="dataset root or annotation file")
     parser.add_argument("--format", default="auto", help="auto, cuhk-pedes, icfg-pedes, rstpreid or jsonl")
     parser.add_argument("--split", default="test", choices=["val", "test"])
@@ -43,13 +43,13 @@ def main() -> None:
     logging.getLogger("uit_reid").setLevel(logging.INFO)  # the trainer reports through logging
     args.out.mkdir(parents=True, exist_ok=True)
 
-    checkpoint, dataset_root = args.checkpoint, args.dataset
+    checkpoint, dataset_root = args.model, args.dataset
     if checkpoint is None:
-        print("no --checkpoint: training the tiny model for a few steps on synthetic pedestrians first")
+        print("no --model: training the tiny model for a few steps on synthetic pedestrians first")
         checkpoint = quick_train(args.out) / "last.pt"
         dataset_root = dataset_root or args.out / "data"
     if dataset_root is None:
-        parser.error("--dataset is required with --checkpoint")
+        parser.error("--dataset is required with --model")
 
     model = load_model(checkpoint, device=args.device)
     split = getattr(load_dataset(dataset_root, format=args.format, progress=False), args.split)

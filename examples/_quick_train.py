@@ -14,7 +14,7 @@ def quick_train(out: Path) -> Path:
     """Train the tiny model briefly on synthetic pedestrians in ``out`` (data in ``out/data``, run in
     ``out/run``); return the run directory, which holds ``last.pt`` and the chosen model."""
     config = TrainConfig.from_dict({
-        "model": {"name": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir": False},
+        "model": {"tower": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir_head": False},
         "loss": {"sdm": 0.0, "id": 0.0, "tir": 0.0, "cmt": 0.0, "itc": 1.0, "logit_scale": 20.0},
         "data": {"root": str(out / "data"), "format": "jsonl", "batch_size": 8 if SMALL else 64,
                  "num_workers": 0, "padding": 4, "erasing_p": 0.0, "text_augment_p": 0.0},

@@ -48,14 +48,14 @@ def independent_metrics():
     `uit_reid.retrieval.evaluate`, whose other figures are tested against the field's evaluator.
     """
     from uit_reid.augment import build_eval_transform
-    from uit_reid.data import load_image
+    from uit_reid.images import load_image
     from uit_reid.retrieval import evaluate
 
     def run(model, split, interpolation: str = "bicubic") -> dict[str, float]:
         transform = build_eval_transform(model.image_size, interpolation=interpolation)
         with torch.no_grad():
-            g = torch.cat([model.encode_images(transform(load_image(r.image_path))[None]) for r in split.records])
-            q = torch.cat([model.encode_texts(model.encoder.tokenize([c])) for c in split.queries.captions])
+            g = torch.cat([model.encode_image(transform(load_image(r.image_path))[None], normalize=True) for r in split.records])
+            q = torch.cat([model.encode_text(model.encoder.tokenize([c]), normalize=True) for c in split.queries.captions])
         q_pids, g_pids = torch.tensor(split.queries.pids), torch.tensor([r.pid for r in split.records])
         similarity = q @ g.t()
         metrics = evaluate(similarity, q_pids, g_pids)

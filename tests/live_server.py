@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def gallery_args(gallery: dict[str, Path], *extra: str) -> list[str]:
-    """`uit-reid serve` arguments for ``gallery["index"]`` with ``gallery["checkpoint"]`` on the CPU."""
-    return ["--index", str(gallery["index"]), "--checkpoint", str(gallery["checkpoint"]), "--device", "cpu", *extra]
+    """`uit-reid serve` arguments for ``gallery["index"]`` with ``gallery["model"]`` on the CPU."""
+    return ["--index", str(gallery["index"]), "--model", str(gallery["model"]), "--device", "cpu", *extra]
 
 
 def serve_command(gallery: dict[str, Path], port: int, *extra: str) -> list[str]:

@@ -92,7 +92,7 @@ def train(work: Path) -> None:
     data = work / "data"
     make_synthetic(data, num_ids=16, images_per_id=2, seed=0, num_val_ids=4, num_test_ids=4, progress=False)
     config = TrainConfig.from_dict({
-        "model": {"name": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir": True,
+        "model": {"tower": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir_head": True,
                   "tir_width": 32, "tir_depth": 1, "tir_heads": 4},
         "loss": {"sdm": 1.0, "id": 1.0, "tir": 1.0, "cmt": 1.0, "itc": 1.0, "logit_scale": 20.0},
         "data": {"root": str(data), "batch_size": 8, "num_workers": 0, "text_augment_p": 0.5},

@@ -39,7 +39,7 @@ def test_recipes_switch_exactly_their_parts() -> None:
     ab = _module()
     full = {"sdm": 1.0, "id": 1.0, "cmt": 10.0, "tir": 10.0}
     assert ab.recipe(ab.ROWS["SDM + ID"], full) == {
-        "loss.itc": 0.0, "loss.sdm": 1.0, "loss.id": 1.0, "loss.cmt": 0.0, "loss.tir": 0.0, "model.tir": False,
+        "loss.itc": 0.0, "loss.sdm": 1.0, "loss.id": 1.0, "loss.cmt": 0.0, "loss.tir": 0.0, "model.tir_head": False,
         "data.text_augment_p": 0.0, "data.token_corruption": False}
     every = ab.recipe(ab.ROWS["full UIT"], full)
     for name, parts in ab.ROWS.items():

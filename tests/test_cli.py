@@ -48,7 +48,7 @@ def test_synth_and_train_outputs(trained) -> None:
 @pytest.mark.parametrize("checkpoint", ["best", "last.pt"])
 def test_evaluate_matches_an_independent_evaluation(trained, capsys, checkpoint, independent_metrics) -> None:
     out = trained["base"] / f"eval_{checkpoint}.json"
-    code = main(["evaluate", "--checkpoint", str(trained["run"] / checkpoint), "--dataset", str(trained["data"]),
+    code = main(["evaluate", "--model", str(trained["run"] / checkpoint), "--dataset", str(trained["data"]),
                  "--i2t", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
@@ -65,7 +65,7 @@ def test_evaluate_matches_an_independent_evaluation(trained, capsys, checkpoint,
 
 
 def test_evaluate_json_goes_to_stdout_alone(trained, capsys) -> None:
-    assert main(["evaluate", "--checkpoint", str(trained["run"] / "best"), "--dataset", str(trained["data"]),
+    assert main(["evaluate", "--model", str(trained["run"] / "best"), "--dataset", str(trained["data"]),
                  "--json"]) == 0
     captured = capsys.readouterr()
     rows = json.loads(captured.out)  # nothing but the JSON object on stdout
@@ -77,7 +77,7 @@ def test_index_build_and_search_match_a_direct_index_search(trained, capsys) -> 
     index_path = trained["base"] / "gallery.faiss"
     images = trained["data"] / "imgs"
     (images / "broken.png").write_bytes(b"not a png")  # skipped and counted, not fatal
-    assert main(["index", "build", "--checkpoint", str(trained["run"] / "best"), "--images", str(images),
+    assert main(["index", "build", "--model", str(trained["run"] / "best"), "--images", str(images),
                  "--out", str(index_path)]) == 0
     assert "indexed 40 images" in capsys.readouterr().out
     query, k = "a man in a red jacket", 3
@@ -88,7 +88,7 @@ def test_index_build_and_search_match_a_direct_index_search(trained, capsys) -> 
     model = load_model(trained["run"] / "best")
     index = GalleryIndex.load(index_path)
     with torch.no_grad():
-        feats = model.encode_texts(model.encoder.tokenize([query]), normalize=False)
+        feats = model.encode_text(model.encoder.tokenize([query]), normalize=False)
     scores, ids = index.search(torch.nn.functional.normalize(feats, dim=-1).numpy(), k=k)
     assert found["query"] == query
     assert [r["id"] for r in found["results"]] == list(ids[0])
@@ -126,7 +126,7 @@ def test_index_paths_work_from_any_directory(trained, capsys, tmp_path, monkeypa
 
     monkeypatch.chdir(trained["data"])
     index = tmp_path / "g.faiss"
-    assert main(["index", "build", "--checkpoint", str(trained["run"] / "best"), "--images", "imgs",
+    assert main(["index", "build", "--model", str(trained["run"] / "best"), "--images", "imgs",
                  "--out", str(index)]) == 0
     ids = GalleryIndex.load(index).ids()
     assert ids and all(Path(i).is_absolute() and Path(i).is_file() for i in ids)
@@ -138,7 +138,7 @@ def test_index_paths_work_from_any_directory(trained, capsys, tmp_path, monkeypa
     assert main(["search", "--index", "g.faiss", "a person", "--k", "0"]) == 1
     assert "--k must be at least 1, got 0" in capsys.readouterr().err
     # an existing index is replaced by a build, and stays loadable: the old .model.json is no more
-    assert main(["index", "build", "--checkpoint", str(trained["run"] / "best"), "--images",
+    assert main(["index", "build", "--model", str(trained["run"] / "best"), "--images",
                  str(trained["data"] / "imgs"), "--out", str(index), "--kind", "hnsw"]) == 0
     assert GalleryIndex.load(index).kind == "hnsw" and sorted(p.name for p in tmp_path.iterdir()) == [
         "g.faiss", "grid.png"]
@@ -149,12 +149,12 @@ def test_unwritable_outputs_fail_before_work(trained, capsys, tmp_path) -> None:
     blocker.write_text("x")
     out = blocker / "sub" / "out.json"  # a folder that cannot exist: its parent is a file
     missing_ckpt = str(tmp_path / "no-such-checkpoint")  # proves the output is checked first
-    assert main(["evaluate", "--checkpoint", missing_ckpt, "--dataset", str(trained["data"]), "--out", str(out)]) == 1
+    assert main(["evaluate", "--model", missing_ckpt, "--dataset", str(trained["data"]), "--out", str(out)]) == 1
     assert capsys.readouterr().err.strip().startswith(f"uit-reid: error: cannot write {out}:")
-    assert main(["index", "build", "--checkpoint", missing_ckpt, "--images", str(trained["data"]),
+    assert main(["index", "build", "--model", missing_ckpt, "--images", str(trained["data"]),
                  "--out", str(out)]) == 1
     assert capsys.readouterr().err.strip().startswith(f"uit-reid: error: cannot write {out}:")
-    assert main(["evaluate", "--checkpoint", missing_ckpt, "--dataset", str(trained["data"]),
+    assert main(["evaluate", "--model", missing_ckpt, "--dataset", str(trained["data"]),
                  "--out", str(tmp_path)]) == 1
     assert f"cannot write {tmp_path}: it is a folder" in capsys.readouterr().err
 
@@ -167,7 +167,7 @@ def test_index_without_action_prints_index_usage(capsys) -> None:
 
 
 def test_bad_inputs_give_one_line_errors(trained, capsys, tmp_path) -> None:
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "nope"), "--dataset", str(trained["data"])]) == 1
+    assert main(["evaluate", "--model", str(tmp_path / "nope"), "--dataset", str(trained["data"])]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("uit-reid: error: checkpoint not found") and "nope" in err and "\n" not in err
 
@@ -176,7 +176,7 @@ def test_bad_inputs_give_one_line_errors(trained, capsys, tmp_path) -> None:
     assert main(["train", "--config", str(bad)]) == 1
     assert "unknown key 'train.epochz'" in capsys.readouterr().err
 
-    assert main(["evaluate", "--checkpoint", str(trained["run"] / "best"), "--dataset", str(tmp_path)]) == 1
+    assert main(["evaluate", "--model", str(trained["run"] / "best"), "--dataset", str(tmp_path)]) == 1
     assert "uit-reid: error:" in capsys.readouterr().err
 
     assert main(["search", "--index", str(tmp_path / "missing.faiss"), "hello"]) == 1
@@ -187,6 +187,14 @@ def test_bad_inputs_give_one_line_errors(trained, capsys, tmp_path) -> None:
     assert exc.value.code == 2
 
 
+@pytest.mark.parametrize("command", [["evaluate"], ["encode"], ["index", "build"], ["search", "q"], ["serve"]])
+def test_the_old_checkpoint_flag_names_the_new_one(capsys, command) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--checkpoint", "runs/x/best"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"uit-reid {command[0]}{' build' if command[0] == 'index' else ''}: error: --checkpoint is now --model"
+
+
 def test_evaluate_names_a_decompression_bomb(trained, capsys, tmp_path) -> None:
     import shutil
 
@@ -194,7 +202,7 @@ def test_evaluate_names_a_decompression_bomb(trained, capsys, tmp_path) -> None:
     shutil.copytree(trained["data"], data)
     rec = next(r for r in map(json.loads, (data / "annotations.jsonl").read_text().splitlines()) if r["split"] == "test")
     Image.new("1", (30000, 30000)).save(data / rec["image"])  # 110 KB, 900 M pixels
-    assert main(["evaluate", "--checkpoint", str(trained["run"] / "best"), "--dataset", str(data)]) == 1
+    assert main(["evaluate", "--model", str(trained["run"] / "best"), "--dataset", str(data)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"uit-reid: error: refusing image {data / rec['image']}: too many pixels"), err
 
@@ -212,7 +220,7 @@ def test_demo_quick(tmp_path, capsys, config, start) -> None:
     assert table == metrics_table(rows, label="test (t2i)", keys=("R1", "R5", "mAP", "binding", "presence"))
     assert zero_shot != metrics and {"R1", "binding"} <= zero_shot.keys() & metrics.keys()
     assert hint.startswith("search the test gallery in a browser")
-    assert command.split() == ["uit-reid", "serve", "--index", str(out / "gallery.faiss"), "--checkpoint", str(out / "best")]
+    assert command.split() == ["uit-reid", "serve", "--index", str(out / "gallery.faiss"), "--model", str(out / "best")]
     assert Image.open(out / "results.png").size[1] > 200
     assert (out / "training_curve.png").is_file()
     if config != "demo":
@@ -246,17 +254,17 @@ def test_search_rerank_rescoring_from_the_embedding_files(trained, capsys, tmp_p
 
     best, images = trained["run"] / "best", trained["data"] / "imgs"
     emb, index_path = tmp_path / "emb", tmp_path / "pq.faiss"
-    assert main(["encode", "--checkpoint", str(best), "--images", str(images), "--out", str(emb), "--workers", "0"]) == 0
+    assert main(["encode", "--model", str(best), "--images", str(images), "--out", str(emb), "--workers", "0"]) == 0
     assert main(["index", "build", "--embeddings", str(emb), "--kind", "IVF2,PQ4x4", "--out", str(index_path)]) == 0
     capsys.readouterr()
     query = "a man in a red jacket"
-    assert main(["search", "--index", str(index_path), "--checkpoint", str(best), query, "--k", "3",
+    assert main(["search", "--index", str(index_path), "--model", str(best), query, "--k", "3",
                  "--rerank", "1000", "--json"]) == 0
     found = json.loads(capsys.readouterr().out)["results"]
     # independently: exact cosine against every stored float16 vector
     model = load_model(best)
     with torch.no_grad():
-        q = torch.nn.functional.normalize(model.encode_texts(model.encoder.tokenize([query]), normalize=False), dim=-1)
+        q = torch.nn.functional.normalize(model.encode_text(model.encoder.tokenize([query]), normalize=False), dim=-1)
     shards = EmbeddingShards(emb)
     vectors = shards.rows_of(np.arange(len(shards)))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -267,7 +275,7 @@ def test_search_rerank_rescoring_from_the_embedding_files(trained, capsys, tmp_p
     assert [r["score"] for r in found] == pytest.approx(exact[top].tolist(), abs=1e-5)
     # an index not built from embedding files cannot be re-ranked: one line naming the option
     plain = tmp_path / "plain.faiss"
-    assert main(["index", "build", "--checkpoint", str(best), "--images", str(images), "--out", str(plain)]) == 0
+    assert main(["index", "build", "--model", str(best), "--images", str(images), "--out", str(plain)]) == 0
     capsys.readouterr()
     assert main(["search", "--index", str(plain), query, "--rerank", "10"]) == 1
     assert "--rerank: this index records no embedding folders" in capsys.readouterr().err

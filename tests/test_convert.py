@@ -1,4 +1,4 @@
-"""`convert_checkpoint` / `uit-reid convert`: IRRA-, SEN- and OpenAI-layout checkpoints built from random
+"""`convert_model` / `uit-reid convert`: IRRA-, SEN- and OpenAI-layout checkpoints built from random
 weights give models whose features equal an independent OpenAI-CLIP forward pass."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from peer_layouts import (
 )
 from PIL import Image
 
-from uit_reid import UITModel, convert_checkpoint
+from uit_reid import UITModel, convert_model
 from uit_reid.cli import main
 from uit_reid.convert import clip_config_from_state_dict, detect_layout
 
@@ -82,7 +82,7 @@ def test_irra_checkpoint_features_equal_reference(tmp_path, caplog) -> None:
     state = irra_state()
     path = write_irra(tmp_path / "irra", state)
     with caplog.at_level(logging.INFO, logger="uit_reid"):
-        model = convert_checkpoint(path)
+        model = convert_model(path)
     assert not model.training and model.encoder.image_size == SIZE and model.encoder.grid_size == GRID
     assert model.interpolation == "bilinear"  # IRRA resizes with torchvision's default
     assert model.encoder.clip.visual.transformer.resblocks[0].mlp.gelu.__class__.__name__ == "QuickGELU"
@@ -103,14 +103,14 @@ def test_irra_checkpoint_features_equal_reference(tmp_path, caplog) -> None:
 def test_explicit_image_size_without_configs(tmp_path) -> None:
     state = irra_state(seed=1, mlm=False)
     path = write_irra(tmp_path / "bare", state, configs=False)
-    model = convert_checkpoint(path, format="irra", image_size=SIZE)
+    model = convert_model(path, format="irra", image_size=SIZE)
     assert_features_match(model, clip_part(state))
 
 
 def test_geometry_errors_are_one_line(tmp_path) -> None:
     path = write_irra(tmp_path / "bare", irra_state(mlm=False), configs=False)
     with pytest.raises(ValueError) as exc:
-        convert_checkpoint(path)
+        convert_model(path)
     assert str(exc.value) == (
         f"{path}: the position embedding has 8 patch positions, which fits several image sizes at patch 16 "
         "(128x16, 64x32); pass image_size (--image-size H W) or keep the configs.yaml written with the "
@@ -118,32 +118,40 @@ def test_geometry_errors_are_one_line(tmp_path) -> None:
     )
     with pytest.raises(ValueError, match=r"image size 96x32 at patch 16 gives a 6x2 grid \(12 patches\) but the "
                                          r"checkpoint has 8 patch positions"):
-        convert_checkpoint(path, image_size=(96, 32))
+        convert_model(path, image_size=(96, 32))
     with pytest.raises(ValueError, match="stride 12 differs from patch size 16 .overlapping patches.; uit_reid's ViT "
                                          "supports stride == patch size only"):
-        convert_checkpoint(path, image_size=SIZE, stride=12)
+        convert_model(path, image_size=SIZE, stride=12)
 
 
 def test_unknown_layout_names_what_it_found(tmp_path) -> None:
     path = tmp_path / "other.pt"
     torch.save({"state_dict": {"backbone.stem.weight": torch.zeros(2), "head.fc.weight": torch.zeros(2)}}, path)
     with pytest.raises(ValueError) as exc:
-        convert_checkpoint(path)
+        convert_model(path)
     message = str(exc.value)
     assert "\n" not in message
     assert message.startswith(f"{path}: no known checkpoint layout (2 tensors, top-level names backbone, head); "
                               "known layouts: irra (IRRA/RDE: base_model.visual.conv1.weight, ...), sen (")
     assert "openai (visual.conv1.weight, token_embedding.weight, ...), open_clip (pass the architecture name)" in message
     with pytest.raises(ValueError, match="the keys do not follow the irra layout .detected: none."):
-        convert_checkpoint(path, format="irra")
+        convert_model(path, format="irra")
+
+
+def test_the_old_function_name_names_the_new_one() -> None:
+    import uit_reid
+
+    with pytest.raises(AttributeError, match=r"^uit_reid.convert_checkpoint is now uit_reid.convert_model$"):
+        uit_reid.convert_checkpoint  # noqa: B018
+    assert uit_reid.convert_model is convert_model
 
 
 def test_own_model_files_need_no_conversion(tmp_path, tiny_encoder) -> None:
-    UITModel(tiny_encoder, num_classes=0, tir=False).save_pretrained(tmp_path)
+    UITModel(tiny_encoder, num_classes=0, tir_head=False).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="is a uit_reid model file: load its folder with UITModel.from_pretrained"):
-        convert_checkpoint(tmp_path / "model.safetensors")
+        convert_model(tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="is a folder; convert reads one checkpoint file"):
-        convert_checkpoint(tmp_path)
+        convert_model(tmp_path)
 
 
 class _Payload:
@@ -156,7 +164,7 @@ def test_pickled_code_is_refused(tmp_path, capsys) -> None:
     with path.open("wb") as fh:
         pickle.dump({"model": _Payload()}, fh, protocol=2)
     with pytest.raises(ValueError, match=r"could not read checkpoint .*evil\.pth"):
-        convert_checkpoint(path)
+        convert_model(path)
     assert "unpickled code ran" not in capsys.readouterr().out
 
 
@@ -167,11 +175,11 @@ def test_openai_weights_square_and_resized(tmp_path) -> None:
     state["logit_scale"] = torch.tensor(4.6052)
     path = tmp_path / "clip.safetensors"
     save_file(state, str(path))
-    model = convert_checkpoint(path)
+    model = convert_model(path)
     assert model.encoder.image_size == (32, 32) and model.num_classes == 0
     assert_features_match(model, state)
     # person-shaped input: the 2x2 grid is resized to 4x2, nothing else changes
-    tall = convert_checkpoint(path, format="openai", image_size=SIZE)
+    tall = convert_model(path, format="openai", image_size=SIZE)
     assert tall.encoder.grid_size == GRID
     with torch.no_grad():
         torch.testing.assert_close(tall.encoder.encode_text(tall.encoder.tokenize(CAPTIONS)),
@@ -222,7 +230,7 @@ def test_cli_convert_then_evaluate_index_search(tmp_path, capsys) -> None:
     for i, colour in enumerate(["red", "blue", "green"]):
         Image.new("RGB", (32, 64), colour).save(photos / f"p{i}.jpg")
     index = tmp_path / "gallery.faiss"
-    assert main(["index", "build", "--checkpoint", str(out), "--images", str(photos), "--out", str(index),
+    assert main(["index", "build", "--model", str(out), "--images", str(photos), "--out", str(index),
                  "--device", "cpu"]) == 0
     capsys.readouterr()
     assert main(["search", "a person in red", "--index", str(index), "--k", "2", "--device", "cpu"]) == 0
@@ -247,7 +255,7 @@ def test_sen_checkpoint_encoder_classifier_and_log(tmp_path, caplog) -> None:
     state = sen_state()
     path = write_irra(tmp_path / "sen", state)
     with caplog.at_level(logging.INFO, logger="uit_reid"):
-        model = convert_checkpoint(path)
+        model = convert_model(path)
     assert_features_match(model, clip_part(state))
     assert model.num_classes == 5
     assert ("ignored modules SEN builds but never uses: cross_attn_TextImage, cross_attn_Image, norm_3, norm_5"
@@ -277,8 +285,8 @@ def test_open_clip_checkpoint_needs_and_uses_the_architecture(tmp_path, tiny_enc
     path = tmp_path / "tiny.pt"
     torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in tiny_encoder.clip.state_dict().items()}}, path)
     with pytest.raises(ValueError, match=r"format open_clip needs the architecture name \(model_name / --model\)"):
-        convert_checkpoint(path, format="open_clip")
-    model = convert_checkpoint(path, format="open_clip", model_name="uit-tiny", image_size=(96, 32))
+        convert_model(path, format="open_clip")
+    model = convert_model(path, format="open_clip", model_name="uit-tiny", image_size=(96, 32))
     images = torch.randn(2, 3, 96, 32)
     ids = tiny_encoder.tokenize(CAPTIONS[:2])
     with torch.no_grad():

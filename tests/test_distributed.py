@@ -37,7 +37,7 @@ def build(case: str) -> UITModel:
     torch.manual_seed(0)
     encoder = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=SIZE)
     tir = TIRHead(encoder.embed_dim, encoder.grid_size, encoder.patch_size, width=32, depth=1, heads=4)
-    return UITModel(encoder, num_classes=6, tir=tir if CASES[case]["tir"] else False, loss_weights=CASES[case],
+    return UITModel(encoder, num_classes=6, tir_head=tir if CASES[case]["tir"] else False, loss_weights=CASES[case],
                     logit_scale=20.0)
 
 

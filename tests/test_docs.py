@@ -24,7 +24,7 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
     for name in ("sdm_loss", "cmt_loss", "GalleryIndex", "CLIPDualEncoder", "TIRHead", "UITModel", "Trainer",
-                 "load_dataset", "evaluate", "convert_checkpoint", "render_model_card"):
+                 "load_dataset", "evaluate", "convert_model", "render_model_card"):
         assert name in api, f"{name} missing from the API page"
     for page in ("concepts", "training", "search", "pretrained", "distributed", "custom_loop", "faq", "benchmarks"):
         assert (site / page / "index.html").is_file(), page

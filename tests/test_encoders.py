@@ -204,7 +204,7 @@ before = open_clip.list_models()
 import uit_reid
 from uit_reid import CLIPDualEncoder, UITModel
 enc = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=(64, 32), context_length=52)
-UITModel(enc, num_classes=0, tir=False).save_pretrained({str(tmp_path)!r})
+UITModel(enc, num_classes=0, tir_head=False).save_pretrained({str(tmp_path)!r})
 UITModel.from_pretrained({str(tmp_path)!r})
 CLIPDualEncoder.from_open_clip("uit-tiny", pretrained="synthetic", image_size=(64, 32))
 assert open_clip.list_models() == before, sorted(set(open_clip.list_models()) - set(before))

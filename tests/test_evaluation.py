@@ -13,8 +13,10 @@ from binding_case import hand_built
 
 from uit_reid import UITModel
 from uit_reid.augment import build_eval_transform
-from uit_reid.data import load_dataset, load_image, render_person
+from uit_reid.data import load_dataset
+from uit_reid.data.synthetic import render_person
 from uit_reid.evaluation import BINDING_KEYS, binding_table, evaluate_binding, evaluate_model
+from uit_reid.images import load_image
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +38,12 @@ def hand_split(tmp_path_factory):
 def _image_feature(model: UITModel, path: Path) -> torch.Tensor:
     transform = build_eval_transform(model.image_size, interpolation=model.interpolation)
     with torch.no_grad():
-        return model.encode_images(transform(load_image(path))[None])[0]
+        return model.encode_image(transform(load_image(path))[None], normalize=True)[0]
 
 
 def _text_feature(model: UITModel, caption: str) -> torch.Tensor:
     with torch.no_grad():
-        return model.encode_texts(model.encoder.tokenize([caption]))[0]
+        return model.encode_text(model.encoder.tokenize([caption]), normalize=True)[0]
 
 
 def _share(model: UITModel, split, pairs: dict[int, tuple[str, str]]) -> float:
@@ -55,7 +57,7 @@ def _share(model: UITModel, split, pairs: dict[int, tuple[str, str]]) -> float:
 
 
 def test_binding_matches_an_independent_computation(tiny_encoder, hand_split) -> None:
-    model = UITModel(tiny_encoder, num_classes=0, tir=False).eval()
+    model = UITModel(tiny_encoder, num_classes=0, tir_head=False).eval()
     got = evaluate_binding(model, hand_split, batch_size=2)
     garments = {
         0: ("a person wearing red jacket and black trousers", "a person wearing black jacket and red trousers"),
@@ -84,12 +86,12 @@ class BagOfWords(UITModel):
     """Text features from token counts alone (integer weights, so equal counts give bit-equal features)."""
 
     def __init__(self, encoder) -> None:
-        super().__init__(encoder, num_classes=0, tir=False)
+        super().__init__(encoder, num_classes=0, tir_head=False)
         gen = torch.Generator().manual_seed(0)
         vocab = encoder.clip.token_embedding.num_embeddings
         self.register_buffer("words", torch.randint(-3, 4, (vocab, encoder.embed_dim), generator=gen).float())
 
-    def encode_texts(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         counts = torch.zeros(ids.shape[0], self.words.shape[0]).scatter_add_(1, ids, torch.ones(ids.shape))
         counts[:, 0] = 0  # padding
         return F.normalize(counts @ self.words, dim=-1)
@@ -101,7 +103,7 @@ def test_a_model_blind_to_word_order_scores_chance(tiny_encoder, hand_split) -> 
 
 
 def test_evaluate_model_adds_binding_only_where_records_carry_attributes(tiny_encoder, hand_split) -> None:
-    model = UITModel(tiny_encoder, num_classes=0, tir=False).eval()
+    model = UITModel(tiny_encoder, num_classes=0, tir_head=False).eval()
     metrics = evaluate_model(model, hand_split)
     assert set(metrics) == {"R1", "R5", "R10", "mAP", "mINP", *BINDING_KEYS}
     assert {k: metrics[k] for k in BINDING_KEYS} == pytest.approx(evaluate_binding(model, hand_split), abs=1e-6)

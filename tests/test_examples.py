@@ -75,7 +75,7 @@ def test_03_index_and_search(tmp_path: Path) -> None:
     test = load_dataset(tmp_path / "data", progress=False).test.queries
     queries = [test.captions[0], test.captions[len(test.captions) // 2]]
     with torch.no_grad():
-        feats = torch.nn.functional.normalize(model.encode_texts(model.encoder.tokenize(queries)), dim=-1)
+        feats = torch.nn.functional.normalize(model.encode_text(model.encoder.tokenize(queries), normalize=True), dim=-1)
     _, ids = index.search(feats.numpy(), k=5)
     blocks = stdout.split("query ")[1:]
     assert len(blocks) == 2

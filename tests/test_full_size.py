@@ -50,7 +50,7 @@ def _two_steps(model: UITModel, forward, batch: dict[str, torch.Tensor]) -> list
 def full_model() -> UITModel:
     torch.manual_seed(0)
     encoder = CLIPDualEncoder.from_open_clip("ViT-B-16", image_size=(384, 128))
-    return UITModel(encoder, num_classes=3, tir=True)
+    return UITModel(encoder, num_classes=3, tir_head=True)
 
 
 def _check(history: list[dict[str, float]]) -> None:

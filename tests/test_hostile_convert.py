@@ -9,7 +9,7 @@ import yaml
 from limited_cli import run_cli_limited
 from test_convert import SIZE, irra_state, write_irra
 
-from uit_reid import convert_checkpoint
+from uit_reid import convert_model
 from uit_reid.cli import main
 
 
@@ -36,7 +36,7 @@ def test_shapes_declaring_a_huge_model_are_refused_before_building(tmp_path) -> 
 
 
 def test_convert_never_writes_over_its_own_input(tmp_path, capsys) -> None:
-    model = convert_checkpoint(write_irra(tmp_path / "irra", irra_state(mlm=False)))
+    model = convert_model(write_irra(tmp_path / "irra", irra_state(mlm=False)))
     folder = tmp_path / "mine"
     model.save_pretrained(folder)
     weights = folder / "model.safetensors"
@@ -72,7 +72,7 @@ def test_configs_yaml_errors_name_the_file_and_field(tmp_path, img_size, message
     configs = path.parent / "configs.yaml"
     configs.write_text(yaml.dump({"img_size": img_size, "stride_size": 16}))
     with pytest.raises(ValueError) as exc:
-        convert_checkpoint(path)
+        convert_model(path)
     assert str(exc.value) == f"{configs}: {message}"
 
 
@@ -83,7 +83,7 @@ def test_configs_yaml_errors_name_the_file_and_field(tmp_path, img_size, message
 def test_image_size_argument_is_checked(tmp_path, image_size, message) -> None:
     path = write_irra(tmp_path / "irra", irra_state(mlm=False), configs=False)
     with pytest.raises(ValueError, match=f"^{__import__('re').escape(message)}$"):
-        convert_checkpoint(path, image_size=image_size)
+        convert_model(path, image_size=image_size)
 
 
 def test_dataset_name_from_configs_yaml_is_plain_text_in_the_model_card(tmp_path) -> None:
@@ -91,7 +91,7 @@ def test_dataset_name_from_configs_yaml_is_plain_text_in_the_model_card(tmp_path
     configs = path.parent / "configs.yaml"
     hostile = "CUHK](http://evil.example)<script>x</script>\n# Owned ![i](http://evil.example/p.png)"
     configs.write_text(yaml.dump({"img_size": list(SIZE), "stride_size": 16, "dataset_name": hostile}))
-    card = (convert_checkpoint(path).save_pretrained(tmp_path / "out") / "README.md").read_text()
+    card = (convert_model(path).save_pretrained(tmp_path / "out") / "README.md").read_text()
     line = next(li for li in card.splitlines() if li.startswith("- Training data:"))
     assert line == ("- Training data: CUHK\\](http://evil.example)\\<script\\>x\\</script\\> \\# Owned "
                     "\\!\\[i\\](http://evil.example/p.png) (from configs.yaml)")

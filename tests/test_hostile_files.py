@@ -27,7 +27,7 @@ TINY_CFG = {"embed_dim": 128, "vision_cfg": {"image_size": [96, 32], "layers": 4
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
-    model = build_model(ModelConfig(name="uit-tiny", pretrained="none", image_size=(96, 32), tir=False),
+    model = build_model(ModelConfig(tower="uit-tiny", pretrained="none", image_size=(96, 32), tir_head=False),
                         LossConfig(), num_classes=4)
     return model.save_pretrained(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -43,8 +43,8 @@ def variant(saved: Path, tmp_path: Path, edit) -> Path:
 
 
 def limited_load(model_dir: Path):
-    """`uit-reid evaluate --checkpoint MODEL_DIR` (which loads the model first) under ``ulimit -v``."""
-    return run_cli_limited(["evaluate", "--checkpoint", str(model_dir), "--dataset", str(model_dir / "no-dataset"),
+    """`uit-reid evaluate --model MODEL_DIR` (which loads the model first) under ``ulimit -v``."""
+    return run_cli_limited(["evaluate", "--model", str(model_dir), "--dataset", str(model_dir / "no-dataset"),
                             "--device", "cpu"])
 
 
@@ -146,4 +146,4 @@ def test_a_config_without_weights_is_refused_before_building(saved, tmp_path) ->
 def test_the_model_refuses_the_same_values_from_code(saved, kwargs, message) -> None:
     encoder = UITModel.from_pretrained(saved).encoder
     with pytest.raises(ValueError, match=f"^{__import__('re').escape(message)}$"):
-        UITModel(encoder, **{"num_classes": 4, "tir": False, **kwargs})
+        UITModel(encoder, **{"num_classes": 4, "tir_head": False, **kwargs})

@@ -51,20 +51,20 @@ CLIENT = textwrap.dedent("""
 
     encoder = ur.CLIPDualEncoder.from_open_clip("hf-hub:laion/tiny-clip", image_size=(96, 32))
     record("open_clip", encoder)
-    ur.UITModel(encoder, num_classes=0, tir=False).save_pretrained(base + "/from_hub_name")
+    ur.UITModel(encoder, num_classes=0, tir_head=False).save_pretrained(base + "/from_hub_name")
 
     model = ur.UITModel.from_pretrained("uit/tiny")
     out["commit_url"] = model.push_to_hub("someone/pushed")
     record("pushed", ur.UITModel.from_pretrained("someone/pushed").encoder)
     save_file(feats, base + "/features.safetensors")
 
-    from uit_reid.cli import main  # the commands take Hub ids as --checkpoint
+    from uit_reid.cli import main  # the commands take Hub ids as --model
     from PIL import Image
     import os
     os.makedirs(base + "/photos", exist_ok=True)
     for i, colour in enumerate(["red", "blue"]):
         Image.new("RGB", (32, 96), colour).save(base + f"/photos/{i}.png")
-    out["index_build"] = main(["index", "build", "--checkpoint", "hf-hub:uit/tiny", "--images", base + "/photos",
+    out["index_build"] = main(["index", "build", "--model", "hf-hub:uit/tiny", "--images", base + "/photos",
                                "--out", base + "/gallery.faiss", "--device", "cpu"])
     out["search"] = main(["search", "a person in red", "--index", base + "/gallery.faiss", "--k", "1",
                           "--device", "cpu"])
@@ -88,7 +88,7 @@ def hub_run(tmp_path_factory) -> dict:
     for name, seed in [("main", 0), ("v1", 1)]:
         torch.manual_seed(seed)
         encoder = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=SIZE)
-        models[name] = UITModel(encoder, num_classes=5, tir=False).eval()
+        models[name] = UITModel(encoder, num_classes=5, tir_head=False).eval()
         models[name].save_pretrained(base / name)
     torch.manual_seed(2)
     clip = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=SIZE).clip
@@ -221,4 +221,4 @@ def test_commands_take_hub_ids(hub_run) -> None:
     from uit_reid.retrieval import GalleryIndex
 
     meta = GalleryIndex.load(hub_run["base"] / "gallery.faiss").metadata
-    assert meta["checkpoint"] == "hf-hub:uit/tiny"  # remembered as given, not as a local path
+    assert meta["model"] == "hf-hub:uit/tiny"  # remembered as given, not as a local path

@@ -16,7 +16,7 @@ def _front_matter(card: str) -> dict:
 
 
 def test_card_states_architecture_origin_metrics_and_uses(tiny_encoder, tmp_path) -> None:
-    model = UITModel(tiny_encoder, num_classes=11, tir=True)
+    model = UITModel(tiny_encoder, num_classes=11, tir_head=True)
     info = ModelCardInfo(training_data="CUHK-PEDES train split", training_config={"lr": 1e-5, "epochs": 60},
                          metrics={"test": {"R1": 75.004, "R5": 90.0, "R10": 94.1, "mAP": 67.23, "mINP": 50.5}})
     model.save_pretrained(tmp_path, card=info)
@@ -34,13 +34,13 @@ def test_card_states_architecture_origin_metrics_and_uses(tiny_encoder, tmp_path
 
 
 def test_card_without_information_says_so(tiny_encoder) -> None:
-    card = render_model_card(UITModel(tiny_encoder, num_classes=0, tir=False).config())
+    card = render_model_card(UITModel(tiny_encoder, num_classes=0, tir_head=False).config())
     assert "- Training data: not recorded" in card and "Not measured for this folder." in card
     assert "Identity classifier" not in card and "restoration head" not in card
 
 
 def test_model_card_attribute_is_the_default(tiny_encoder, tmp_path) -> None:
-    model = UITModel(tiny_encoder, num_classes=0, tir=False)
+    model = UITModel(tiny_encoder, num_classes=0, tir_head=False)
     model.model_card = ModelCardInfo(source="`best.pth` (irra layout)")
     model.save_pretrained(tmp_path)
     assert "- Converted from: `best.pth` (irra layout)" in (tmp_path / "README.md").read_text()

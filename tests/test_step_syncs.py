@@ -36,7 +36,7 @@ def _batch(encoder, pids: list[int]) -> dict[str, torch.Tensor]:
 def test_a_training_step_has_no_host_sync(tiny_encoder_factory, pids) -> None:
     encoder = tiny_encoder_factory()
     head = TIRHead(encoder.embed_dim, encoder.grid_size, encoder.patch_size, width=32, depth=1, heads=4)
-    model = UITModel(encoder, num_classes=4, tir=head, loss_weights={"itc": 1.0})
+    model = UITModel(encoder, num_classes=4, tir_head=head, loss_weights={"itc": 1.0})
     batch = _batch(encoder, pids)
 
     def step() -> None:

@@ -14,7 +14,7 @@ def train_tiny_run(base: Path, num_ids: int) -> dict[str, Path]:
     assert main(["synth", "--out", str(data), "--num-ids", str(num_ids), "--images-per-id", "2",
                  "--num-val-ids", "4", "--num-test-ids", "4"]) == 0
     config = TrainConfig.from_dict({
-        "model": {"name": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir": False},
+        "model": {"tower": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir_head": False},
         "loss": {"tir": 0.0, "itc": 1.0, "logit_scale": 20.0},
         "data": {"root": str(data), "batch_size": 8, "num_workers": 0},
         "train": {"epochs": 1, "max_steps": 2, "device": "cpu", "output_dir": str(base / "run")},

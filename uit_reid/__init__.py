@@ -20,17 +20,19 @@ _OBJECTS = {
     "CLIPDualEncoder": "uit_reid.encoders",
     "TIRHead": "uit_reid.tir",
     "UITModel": "uit_reid.model",
-    "convert_checkpoint": "uit_reid.convert",
+    "convert_model": "uit_reid.convert",
     "build_model": "uit_reid.factory",
     "load_model": "uit_reid.factory",
     "create_model_and_transforms": "uit_reid.factory",
     "get_tokenizer": "uit_reid.factory",
 }
 _MODULES = ("augment", "data", "losses", "retrieval")
+_OLD_NAMES = {"convert_checkpoint": "convert_model"}
+"""Renamed functions: asking for the old name is an AttributeError naming the new one."""
 
 if TYPE_CHECKING:
     from uit_reid import augment, data, losses, retrieval
-    from uit_reid.convert import convert_checkpoint
+    from uit_reid.convert import convert_model
     from uit_reid.encoders import CLIPDualEncoder
     from uit_reid.factory import build_model, create_model_and_transforms, get_tokenizer, load_model
     from uit_reid.model import UITModel
@@ -43,7 +45,7 @@ __all__ = [
     "__version__",
     "augment",
     "build_model",
-    "convert_checkpoint",
+    "convert_model",
     "create_model_and_transforms",
     "data",
     "get_tokenizer",
@@ -58,6 +60,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_OBJECTS[name]), name)
     elif name in _MODULES:
         value = importlib.import_module(f"uit_reid.{name}")
+    elif name in _OLD_NAMES:
+        raise AttributeError(f"uit_reid.{name} is now uit_reid.{_OLD_NAMES[name]}")
     else:
         raise AttributeError(f"module 'uit_reid' has no attribute {name!r}")
     globals()[name] = value

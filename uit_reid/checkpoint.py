@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from uit_reid.bounds import check_torch_zip
+from uit_reid._bounds import check_torch_zip
 from uit_reid.distributed import is_distributed, world_size
 from uit_reid.io import atomic_torch_save, folder_contents, remove_stale_temp_files
 

@@ -67,7 +67,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         check_writable(args.out)
     device = _device(args.device)
-    model = load_model(args.checkpoint, device=device)
+    model = load_model(args.model, device=device)
     dataset = load_dataset(args.dataset, format=args.format)
     split = getattr(dataset, args.split)
     if split is None:
@@ -91,7 +91,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from uit_reid.convert import convert_checkpoint
+    from uit_reid.convert import convert_model
     from uit_reid.io import check_writable, folder_names
     from uit_reid.model import CONFIG_NAME, WEIGHTS_NAME
     from uit_reid.model_card import MODEL_CARD_NAME
@@ -104,7 +104,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if (out / name).resolve() == source or source.is_relative_to((out / name).resolve()):
             raise CLIError(f"--out {out} would replace the input {args.checkpoint} with its {name}; choose another --out")
     check_writable(out / CONFIG_NAME)  # before the conversion, not after it
-    model = convert_checkpoint(
+    model = convert_model(
         args.checkpoint, format=args.format, image_size=args.image_size, stride=args.stride, model_name=args.model
     )
     model.save_pretrained(out)
@@ -112,11 +112,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_ref(checkpoint: str) -> str:
+def _model_ref(source: str) -> str:
     """How an index remembers its model: a Hub id as given, a local path made absolute."""
     from uit_reid.hub import hub_repo_id
 
-    return checkpoint if hub_repo_id(checkpoint) is not None else str(Path(checkpoint).resolve())
+    return source if hub_repo_id(source) is not None else str(Path(source).resolve())
 
 
 def _bounded(kind: type[int] | type[float], low: float, high: float | None = None):
@@ -143,6 +143,24 @@ def _bounded(kind: type[int] | type[float], low: float, high: float | None = Non
 _non_negative_int = _bounded(int, 0)
 
 
+class _Renamed(argparse.Action):
+    """A flag that was renamed: giving it is argparse's one error line naming the new flag (hidden from --help)."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"{option_string} is now {self.new}")
+
+
+def _model_argument(p: argparse.ArgumentParser, help: str, required: bool = False) -> None:
+    """``--model`` (a model folder, a Hub id or a trainer's last.pt), and the old ``--checkpoint`` naming it."""
+    p.add_argument("--model", required=required, help=help)
+    p.add_argument("--checkpoint", action=_Renamed, new="--model")
+
+
 def _memory_kind(args: argparse.Namespace, n: int, dim: int) -> str:
     """--kind, or the kind --memory-budget picks for ``n`` vectors of ``dim``."""
     from uit_reid.retrieval import choose_kind, index_memory, parse_bytes
@@ -162,30 +180,30 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
     out = check_writable(args.out)
     if args.embeddings:
-        if args.images or args.checkpoint:
-            raise CLIError("give --embeddings, or --images with --checkpoint, not both")
+        if args.images or args.model:
+            raise CLIError("give --embeddings, or --images with --model, not both")
         from uit_reid.retrieval import EmbeddingShards, build_index_from_shards
 
         shards = EmbeddingShards(args.embeddings)
         kind = _memory_kind(args, len(shards), shards.dim)
         index = build_index_from_shards(shards, kind, train_size=args.train_size)
-        if shards.manifest and shards.manifest.get("checkpoint"):
-            index.metadata["checkpoint"] = shards.manifest["checkpoint"]
+        if shards.manifest and shards.manifest.get("model"):
+            index.metadata["model"] = shards.manifest["model"]
         index.save(out)
         print(f"indexed {len(index)} vectors from {args.embeddings} as {index.factory} -> {out}")
         return 0
-    if not (args.images and args.checkpoint):
-        raise CLIError("give --images and --checkpoint (or --embeddings)")
+    if not (args.images and args.model):
+        raise CLIError("give --images and --model (or --embeddings)")
     if args.memory_budget is not None:
         raise CLIError("--memory-budget works with --embeddings (encode the images with 'uit-reid encode' first)")
     from uit_reid.factory import load_model
     from uit_reid.retrieval import build_index_from_folder
 
     device = _device(args.device)
-    model = load_model(args.checkpoint, device=device)
+    model = load_model(args.model, device=device)
     index = build_index_from_folder(
         args.images,
-        lambda x: model.encode_images(x, normalize=False),
+        lambda x: model.encode_image(x, normalize=False),
         model.eval_transform(),
         kind=args.kind or "flat",
         fingerprint=model.encoder.fingerprint(),
@@ -197,7 +215,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     )
     if len(index) == 0:
         raise CLIError(f"no readable images under {args.images}")
-    index.metadata = {"checkpoint": _checkpoint_ref(args.checkpoint), "images": str(Path(args.images).resolve())}
+    index.metadata = {"model": _model_ref(args.model), "images": str(Path(args.images).resolve())}
     index.save(out)  # one file, replaced atomically: an existing index stays whole until the new one is in
     print(f"indexed {len(index)} images -> {out}")
     return 0
@@ -230,14 +248,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
         # rank 0 holds the output folder for the whole job: a second job into it refuses at once
         with FolderLock(args.out, "uit-reid encode") if rank == 0 else contextlib.nullcontext():
             files = read_image_list(args.images)
-            model = load_model(args.checkpoint, device=device)
+            model = load_model(args.model, device=device)
             manifest = encode_shards(
-                files, args.out, lambda x: model.encode_images(x, normalize=False),
+                files, args.out, lambda x: model.encode_image(x, normalize=False),
                 model.eval_transform(),
                 fingerprint=model.encoder.fingerprint(), shard_size=args.shard_size, batch_size=args.batch_size,
                 device=device, image_size=model.image_size, num_workers=args.workers, rank=rank,
                 world_size=D.world_size(), barrier=dist.barrier if D.is_distributed() else lambda: None,
-                metadata={"checkpoint": _checkpoint_ref(args.checkpoint)}, progress=rank == 0,
+                metadata={"model": _model_ref(args.model)}, progress=rank == 0,
             )
     if rank == 0:
         print(f"encoded {manifest['encoded']} images ({manifest['skipped']} unreadable, skipped) "
@@ -256,11 +274,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.out:
         check_writable(args.out)
     index = GalleryIndex.load(index_path)
-    checkpoint = args.checkpoint or index.metadata.get("checkpoint")
-    if not isinstance(checkpoint, str):
-        raise CLIError(f"{index_path}: no --checkpoint given and the index does not record its checkpoint")
+    source = args.model or index.metadata.get("model")
+    if not isinstance(source, str):
+        raise CLIError(f"{index_path}: no --model given and the index does not record its model")
     device = _device(args.device)
-    model = load_model(checkpoint, device=device)
+    model = load_model(source, device=device)
     fingerprint = model.encoder.fingerprint()
     encode_text = functools.partial(model.encode_captions, normalize=False)
     rerank = _reranker(index, args.rerank)
@@ -306,7 +324,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections or min(ServeLimits.max_connections, budget),
     )
     forwarded = tuple(ip.strip() for ip in (args.forwarded_allow_ips or "").split(",") if ip.strip())
-    serve(args.index, args.checkpoint, host=args.host, port=args.port, device=_device(args.device),
+    serve(args.index, args.model, host=args.host, port=args.port, device=_device(args.device),
           limits=limits, max_batch=args.max_batch, max_wait=args.batch_wait_ms / 1000.0, mmap=not args.no_mmap,
           rerank=args.rerank,
           allowed_hosts=tuple(args.allowed_host or ()), forwarded_allow_ips=forwarded)
@@ -345,7 +363,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(metrics_table(rows, label="test (t2i)", keys=DEMO_COLUMNS))
     model_dir = next(p for p in (out / "best", out / "last") if p.is_dir())
     print(f"search the test gallery in a browser (pip install 'uit_reid[serve]'):\n"
-          f"  uit-reid serve --index {out / 'gallery.faiss'} --checkpoint {model_dir}")
+          f"  uit-reid serve --index {out / 'gallery.faiss'} --model {model_dir}")
     return 0
 
 
@@ -385,11 +403,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     """The ``evaluate`` sub-command's arguments."""
     p = sub.add_parser(
-        "evaluate", help="text-to-image metrics of a checkpoint on a dataset split (and attribute binding where "
+        "evaluate", help="text-to-image metrics of a model on a dataset split (and attribute binding where "
         "its records carry attributes)"
     )
-    p.add_argument("--checkpoint", required=True,
-                   help="a model directory (save_pretrained), a Hub id org/name or hf-hub:org/name, or last.pt")
+    _model_argument(p, "a model directory (save_pretrained), a Hub id org/name or hf-hub:org/name, or last.pt",
+                    required=True)
     p.add_argument("--dataset", required=True, help="dataset root or annotation file")
     p.add_argument("--format", default="auto", help="auto, cuhk-pedes, icfg-pedes, rstpreid or jsonl (default: %(default)s)")
     p.add_argument("--split", default="test", choices=["val", "test"], help="split to evaluate (default: %(default)s)")
@@ -422,7 +440,7 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
 def _encode_parser(sub: argparse._SubParsersAction) -> None:
     """The ``encode`` sub-command's arguments."""
     p = sub.add_parser("encode", help="encode images into embedding shards (resumable; runs under torchrun)")
-    p.add_argument("--checkpoint", required=True, help="a model directory (save_pretrained) or last.pt")
+    _model_argument(p, "a model directory (save_pretrained), a Hub id or last.pt", required=True)
     p.add_argument("--images", required=True,
                    help="a folder of images (searched recursively) or a text file naming one image per line")
     p.add_argument("--out", required=True,
@@ -441,7 +459,7 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     index_parser = sub.add_parser("index", help="gallery index commands")
     index_sub = index_parser.add_subparsers(dest="index_command", metavar="ACTION")
     b = index_sub.add_parser("build", help="a FAISS index from a folder of images or from embedding shards")
-    b.add_argument("--checkpoint", help="a model directory (save_pretrained) or last.pt (with --images)")
+    _model_argument(b, "a model directory (save_pretrained), a Hub id or last.pt (with --images)")
     b.add_argument("--images", help="folder of images (searched recursively), encoded now")
     b.add_argument("--embeddings", help="embedding folder written by 'uit-reid encode' (or clip-retrieval), "
                    "streamed shard by shard")
@@ -476,7 +494,7 @@ def _search_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search an index with a sentence")
     p.add_argument("query", help="the description, e.g. 'a woman in a red coat'")
     p.add_argument("--index", required=True, help="index file written by 'uit-reid index build'")
-    p.add_argument("--checkpoint", help="defaults to the checkpoint the index was built with")
+    _model_argument(p, "defaults to the model the index was built with")
     p.add_argument("--k", type=int, default=5, help="results to show (at most the number of indexed images; default: %(default)s)")
     p.add_argument("--out", help="write the results grid (PNG) here")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
@@ -489,7 +507,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     """The ``serve`` sub-command's arguments."""
     p = sub.add_parser("serve", help="a search service and web page over an index (needs uit_reid[serve])")
     p.add_argument("--index", required=True, help="index file written by 'uit-reid index build' or the demo")
-    p.add_argument("--checkpoint", required=True, help="the model the index was built with")
+    _model_argument(p, "the model the index was built with", required=True)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=_bounded(int, 0, 65535), default=8000,
                    help="port to listen on, 0 for any free one (default: %(default)s)")

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from uit_reid.bounds import (
+from uit_reid._bounds import (
     check_image_size,
     check_int,
     check_model_cfg,
@@ -42,12 +42,12 @@ from uit_reid.model import UITModel
 from uit_reid.model_card import ModelCardInfo, markdown_text
 from uit_reid.tir import SEN_TIR_KEY_MAP, SEN_TIR_UNUSED_PREFIXES, TIRHead, sincos_2d_position_embedding
 
-__all__ = ["LAYOUTS", "clip_config_from_state_dict", "convert_checkpoint", "detect_layout"]
+__all__ = ["LAYOUTS", "clip_config_from_state_dict", "convert_model", "detect_layout"]
 
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("irra", "sen", "openai", "open_clip")
-"""Checkpoint layouts `convert_checkpoint` reads (``format=`` values besides ``"auto"``)."""
+"""Checkpoint layouts `convert_model` reads (``format=`` values besides ``"auto"``)."""
 
 _BASE = "base_model."
 _CLIP = "encoder.clip."  # the CLIP weights' place in a UITModel state dict
@@ -429,7 +429,7 @@ assert tuple(LAYOUT_FILTERS) == LAYOUTS
 
 
 # ---------------------------------------------------------------------------------------------- shared path
-def convert_checkpoint(
+def convert_model(
     path: str | os.PathLike,
     format: str = "auto",
     *,
@@ -507,7 +507,7 @@ def _build_and_load(converted: Converted, source: str) -> UITModel:
             enc["name"], image_size=tuple(enc["image_size"]), context_length=enc["context_length"]
         )
     tir = converted.config.get("tir")
-    model = UITModel(encoder, num_classes=converted.config["num_classes"], tir=TIRHead(**tir) if tir else False,
+    model = UITModel(encoder, num_classes=converted.config["num_classes"], tir_head=TIRHead(**tir) if tir else False,
                      interpolation=converted.config.get("interpolation"))
     clip_state = {k[len(_CLIP) :]: v for k, v in converted.state.items() if k.startswith(_CLIP)}
     encoder.load_clip_state(clip_state, source)
@@ -522,4 +522,4 @@ def _build_and_load(converted: Converted, source: str) -> UITModel:
 
 
 def _describe_source(path: Path, layout: str) -> str:
-    return f"{markdown_text(path.name)} ({layout} layout, sha256 {file_sha256(path)}) by `uit_reid.convert_checkpoint`"
+    return f"{markdown_text(path.name)} ({layout} layout, sha256 {file_sha256(path)}) by `uit_reid.convert_model`"

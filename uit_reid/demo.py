@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from uit_reid.data import Split
 from uit_reid.evaluation import encode_split
 from uit_reid.factory import load_model
 from uit_reid.io import atomic_write_text
 from uit_reid.retrieval import GalleryIndex, ranked_hits, render_results
 from uit_reid.tables import metrics_line
-from uit_reid.train import Trainer, load_config
+from uit_reid.train import TrainConfig, Trainer, load_config
 
 __all__ = ["DEMO_COLUMNS", "ZERO_SHOT_KEY", "run_demo", "plot_training_curve"]
 
@@ -54,7 +55,27 @@ def run_demo(
     previous = (out / DEMO_MARKER).is_file()
     if out.is_dir() and not previous and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty and is not an earlier demo's output: choose an empty folder (--out)")
-    config = load_config(config)
+    config = _demo_config(config, out, device, quick)
+    trainer = Trainer(config, overwrite=previous)
+    atomic_write_text(out / DEMO_MARKER, "written by uit-reid demo\n")
+    test = trainer.dataset.test
+    if test is None:
+        raise ValueError(f"{config.data.root}: the demo dataset has no test split")
+    zero_shot = trainer.evaluate(test)
+    logger.info("zero-shot (%s weights): %s", config.model.pretrained, metrics_line(zero_shot))
+    result = trainer.fit()
+    logger.info("trained in %.0f s", time.perf_counter() - start)
+    fine_tuned = result["test"]
+    summary = json.loads((out / "metrics.json").read_text())  # the trainer's: fine-tuned test metrics
+    atomic_write_text(out / "metrics.json", json.dumps({**summary, ZERO_SHOT_KEY: zero_shot}, indent=2) + "\n")
+
+    _index_and_show(out, result["model_dir"], test, device)
+    logger.info("demo finished in %.0f s; results in %s", time.perf_counter() - start, out)
+    return {ZERO_SHOT_KEY: zero_shot, "fine_tuned": fine_tuned}
+
+
+def _demo_config(config: str | Path, out: Path, device: str, quick: bool) -> TrainConfig:
+    """The demo's config: data and run folders under ``out``; ``quick``: a few steps on a small dataset."""
     overrides = [
         f"data.root={json.dumps(str(out / 'data'))}",
         f"train.output_dir={json.dumps(str(out))}",
@@ -71,21 +92,13 @@ def run_demo(
             "synthetic.num_test_ids=8",
             "data.batch_size=16",
         ]
-    config = config.override(overrides)
-    trainer = Trainer(config, overwrite=previous)
-    atomic_write_text(out / DEMO_MARKER, "written by uit-reid demo\n")
-    test = trainer.dataset.test
-    if test is None:
-        raise ValueError(f"{config.data.root}: the demo dataset has no test split")
-    zero_shot = trainer.evaluate(test)
-    logger.info("zero-shot (%s weights): %s", config.model.pretrained, metrics_line(zero_shot))
-    result = trainer.fit()
-    logger.info("trained in %.0f s", time.perf_counter() - start)
-    fine_tuned = result["test"]
-    summary = json.loads((out / "metrics.json").read_text())  # the trainer's: fine-tuned test metrics
-    atomic_write_text(out / "metrics.json", json.dumps({**summary, ZERO_SHOT_KEY: zero_shot}, indent=2) + "\n")
+    return load_config(config).override(overrides)
 
-    model = load_model(result["model_dir"], device=device)
+
+def _index_and_show(out: Path, model_dir: Path, test: Split, device: str) -> None:
+    """Index the test gallery with the trained model (``gallery.faiss``), draw a few queries' top 5
+    (``results.png``) and the training curve (``training_curve.png``)."""
+    model = load_model(model_dir, device=device)
     q, q_pids, g, g_pids = encode_split(model, test, device=device)
     paths = [str(Path(r.image_path).resolve()) for r in test.records]
     index = GalleryIndex(dim=g.shape[1], kind="flat", fingerprint=model.encoder.fingerprint())
@@ -105,8 +118,6 @@ def run_demo(
     _stack_vertically(panels).save(out / "results.png")
     plot_training_curve(out / "metrics.jsonl", out / "training_curve.png")
     index.save(out / "gallery.faiss")
-    logger.info("demo finished in %.0f s; results in %s", time.perf_counter() - start, out)
-    return {ZERO_SHOT_KEY: zero_shot, "fine_tuned": fine_tuned}
 
 
 def _stack_vertically(images: list[Image.Image]) -> Image.Image:

@@ -31,7 +31,7 @@ from open_clip.transformer import VisionTransformer, text_global_pool
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from uit_reid.bounds import check_torch_zip
+from uit_reid._bounds import check_torch_zip
 from uit_reid.pretrained import SHIPPED, shipped_tags, shipped_weights
 from uit_reid.tir import random_masking
 

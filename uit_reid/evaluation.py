@@ -31,7 +31,7 @@ def _loaders(model: UITModel, split: Split, batch_size: int, num_workers: int, i
 def _encode_gallery(model: UITModel, loader, device: torch.device, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     feats, pids = [], []
     for batch in tqdm(loader, desc="encoding gallery", unit="batch", disable=None if progress else True):
-        feats.append(model.encode_images(batch["images"].to(device, non_blocking=True)).float().cpu())
+        feats.append(model.encode_image(batch["images"].to(device, non_blocking=True), normalize=True).float().cpu())
         pids.append(batch["pids"])
     return torch.cat(feats), torch.cat(pids)
 
@@ -62,7 +62,7 @@ def encode_split(
     with autocast(device, amp_dtype):
         g_feats, g_pids = _encode_gallery(model, gallery_loader, device, progress)
         for batch in query_loader:
-            q_feats.append(model.encode_texts(batch["text_ids"].to(device, non_blocking=True)).float().cpu())
+            q_feats.append(model.encode_text(batch["text_ids"].to(device, non_blocking=True), normalize=True).float().cpu())
             q_pids.append(batch["pids"])
     model.train(was_training)
     return torch.cat(q_feats), torch.cat(q_pids), g_feats, g_pids
@@ -124,7 +124,7 @@ def evaluate_binding(
             image_features = _encode_gallery(model, loader, device, progress=False)[0]
         for start in range(0, len(captions), batch_size):
             ids = model.encoder.tokenize(captions[start : start + batch_size]).to(device)
-            feats.append(model.encode_texts(ids).float().cpu())
+            feats.append(model.encode_text(ids, normalize=True).float().cpu())
     model.train(was_training)
     text = dict(zip(captions, torch.cat(feats), strict=True))
     out: dict[str, float] = {}

@@ -38,8 +38,8 @@ def build_model(
     """The `UITModel` that a ``[model]`` and a ``[loss]`` config section describe.
 
     Args:
-        model: ``ModelConfig`` or a dict with its keys (name, pretrained, image_size, context_length,
-            tir, tir_width, tir_depth, tir_heads, tir_layout, tir_grayscale, mask_ratio).
+        model: ``ModelConfig`` or a dict with its keys (tower, pretrained, image_size, context_length,
+            tir_head, tir_width, tir_depth, tir_heads, tir_layout, tir_grayscale, mask_ratio).
         loss: ``LossConfig`` or a dict with its keys (the five loss weights, logit_scale, cmt_margin).
         num_classes: training identities (the ID classifier's size; unused when the ID weight is 0).
         pretrained: overrides ``model["pretrained"]`` (e.g. None when weights are loaded afterwards).
@@ -48,13 +48,13 @@ def build_model(
     """
     m, lw = _as_dict(model), _as_dict(loss)
     encoder = CLIPDualEncoder.from_open_clip(
-        m["name"],
+        m["tower"],
         pretrained=m["pretrained"] if pretrained is _UNSET else pretrained,
         image_size=tuple(m["image_size"]),
         context_length=m["context_length"],
     )
     tir: bool | TIRHead = False
-    if m["tir"] and lw["tir"] > 0:
+    if m["tir_head"] and lw["tir"] > 0:
         tir = TIRHead(
             encoder.embed_dim,
             encoder.grid_size,
@@ -67,7 +67,7 @@ def build_model(
     return UITModel(
         encoder,
         num_classes=num_classes if lw["id"] > 0 else 0,
-        tir=tir,
+        tir_head=tir,
         loss_weights={name: lw[name] for name in ("sdm", "id", "tir", "cmt", "itc")},
         logit_scale=lw["logit_scale"],
         cmt_margin=lw["cmt_margin"],
@@ -135,7 +135,7 @@ def create_model_and_transforms(
         encoder = CLIPDualEncoder.from_open_clip(
             os.fspath(source), pretrained=pretrained, image_size=image_size, context_length=context_length
         )
-        model = UITModel(encoder, num_classes=0, tir=False).to(device).eval()
+        model = UITModel(encoder, num_classes=0, tir_head=False).to(device).eval()
     else:
         model = load_model(source, device=device)
     return model, model.train_transform(), model.eval_transform()

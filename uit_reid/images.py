@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from uit_reid.errors import CorruptImageError
+from uit_reid._errors import CorruptImageError
 
 __all__ = ["BACKGROUND", "CLIP_MEAN", "CLIP_STD", "INTERPOLATIONS", "CorruptImageError", "load_image", "to_rgb"]
 

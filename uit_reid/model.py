@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uit_reid import losses, recipe
-from uit_reid._version import __version__
-from uit_reid.bounds import (
+from uit_reid._bounds import (
     MAX_SIZES,
     check_image_size,
     check_int,
@@ -25,6 +24,7 @@ from uit_reid.bounds import (
     check_weights_hold,
     clip_parameter_count,
 )
+from uit_reid._version import __version__
 from uit_reid.distributed import gather_no_grad, gather_with_grad
 from uit_reid.encoders import CLIPDualEncoder, load_state_dict_file
 from uit_reid.images import INTERPOLATIONS
@@ -40,6 +40,11 @@ CONFIG_NAME = "config.json"
 
 logger = logging.getLogger(__name__)
 
+_RENAMED_METHODS = {
+    "encode_images": "encode_image(images, normalize=True), called under torch.no_grad()",
+    "encode_texts": "encode_text(ids, normalize=True), called under torch.no_grad()",
+}
+
 
 class UITModel(nn.Module):
     """Encoder + shared identity classifier + optional TIR head → a dict of losses.
@@ -52,8 +57,8 @@ class UITModel(nn.Module):
     Args:
         encoder: the dual encoder.
         num_classes: number of training identities (the ID classifier's outputs); ``0`` disables it.
-        tir: ``True`` builds a `TIRHead` of UIT's size for this encoder, ``False`` disables
-            TIR, or pass a configured `TIRHead`.
+        tir_head: ``True`` builds a `TIRHead` of UIT's size for this encoder, ``False`` disables
+            TIR, or pass a configured `TIRHead` (the TIR loss's weight is ``loss_weights["tir"]``).
         loss_weights: overrides of the recipe's `uit_reid.recipe.LOSS_WEIGHTS` (unknown names are an error).
         logit_scale: fixed inverse temperature of SDM and ITC (UIT: 50).
         cmt_margin: margin of the cross-modal triplet loss (UIT: 0.05).
@@ -69,11 +74,16 @@ class UITModel(nn.Module):
             that `eval_transform` gives evaluation and indexing the same preprocessing.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> UITModel:
+        if "tir" in kwargs:  # renamed: 'tir' is only the loss weight (loss_weights["tir"])
+            raise TypeError(f"{cls.__name__}(tir=...) is now {cls.__name__}(tir_head=...)")
+        return super().__new__(cls)
+
     def __init__(
         self,
         encoder: CLIPDualEncoder,
         num_classes: int,
-        tir: bool | TIRHead = True,
+        tir_head: bool | TIRHead = True,
         loss_weights: Mapping[str, float] | None = None,
         logit_scale: float = recipe.LOGIT_SCALE,
         cmt_margin: float = recipe.CMT_MARGIN,
@@ -108,9 +118,9 @@ class UITModel(nn.Module):
         elif weights["id"] > 0:
             logger.info("num_classes=0: the ID loss is disabled")
             weights["id"] = 0.0
-        if tir is True:
-            tir = TIRHead(encoder.embed_dim, encoder.grid_size, encoder.patch_size, text_dim=encoder.embed_dim)
-        self.tir_head: TIRHead | None = tir if isinstance(tir, TIRHead) else None
+        if tir_head is True:
+            tir_head = TIRHead(encoder.embed_dim, encoder.grid_size, encoder.patch_size, text_dim=encoder.embed_dim)
+        self.tir_head: TIRHead | None = tir_head if isinstance(tir_head, TIRHead) else None
         if self.tir_head is None:
             weights["tir"] = 0.0
         elif self.tir_head.grid_size != encoder.grid_size or self.tir_head.patch_size != encoder.patch_size:
@@ -192,27 +202,39 @@ class UITModel(nn.Module):
         )
         return tir_loss(pred, patchify(images, self.encoder.patch_size), masked.mask)
 
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Gallery features for retrieval (no TIR cost); L2-normalised by default."""
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Pooled image features (no TIR cost); ``normalize``: L2-normalised, as float32.
+
+        open_clip's convention: gradients flow, so retrieval calls it under ``torch.no_grad()``.
+        """
         feats = self.encoder.encode_image(images)
         return F.normalize(feats.float(), dim=-1) if normalize else feats
 
-    @torch.no_grad()
-    def encode_texts(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Query features for retrieval; L2-normalised by default (padding trimmed: `trim_padding`)."""
+    def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Pooled caption features (padding trimmed: `trim_padding`); ``normalize``: L2-normalised, as float32.
+
+        open_clip's convention: gradients flow, so retrieval calls it under ``torch.no_grad()``.
+        """
         feats = self.encoder.encode_text(self.encoder.trim_padding(ids))
         return F.normalize(feats.float(), dim=-1) if normalize else feats
 
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in _RENAMED_METHODS:
+                raise AttributeError(f"UITModel.{name} is now {_RENAMED_METHODS[name]}") from None
+            raise
+
     @torch.no_grad()
     def encode_captions(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
-        """Query features of caption strings: tokenized, moved to the model's device, `encode_texts`.
+        """Query features of caption strings: tokenized, moved to the model's device, `encode_text`.
 
         The text encoder that `uit_reid.retrieval.search_text` and the service take, e.g.
         ``functools.partial(model.encode_captions, normalize=False)`` (the index normalises).
         """
         device = next(self.encoder.parameters()).device
-        return self.encode_texts(self.encoder.tokenize(list(texts)).to(device), normalize=normalize)
+        return self.encode_text(self.encoder.tokenize(list(texts)).to(device), normalize=normalize)
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
@@ -330,7 +352,7 @@ class UITModel(nn.Module):
         return cls(
             encoder,
             num_classes=cfg["num_classes"],
-            tir=tir,
+            tir_head=tir,
             loss_weights=cfg["loss_weights"],
             logit_scale=cfg["logit_scale"],
             cmt_margin=cfg["cmt_margin"],

@@ -90,7 +90,7 @@ _USE_AND_LIMITS = (
     'model = ur.UITModel.from_pretrained("path/or/org-name").eval()',
     "```",
     "",
-    "or `uit-reid index build --checkpoint DIR --images PHOTOS --out gallery.faiss` and "
+    "or `uit-reid index build --model DIR --images PHOTOS --out gallery.faiss` and "
     '`uit-reid search "a woman in a red coat" --index gallery.faiss`.',
     "",
     "## Intended use",

@@ -15,13 +15,13 @@ from uit_reid.data import (
     CorruptImageError,
     GalleryDataset,
     QueryDataset,
-    TrainCollate,
     TrainDataset,
     build_eval_loaders,
     build_train_loader,
     load_dataset,
     make_synthetic,
 )
+from uit_reid.data.datasets import TrainCollate
 
 SIZE = (96, 32)
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uit_reid.data import load_dataset, make_caption, make_synthetic, render_person, sample_identities
+from uit_reid.data import load_dataset, make_synthetic
 from uit_reid.data import synthetic as syn
+from uit_reid.data.synthetic import make_caption, render_person, sample_identities
 
 
 def _tree(root: Path) -> dict[str, bytes]:

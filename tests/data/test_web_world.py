@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uit_reid.data import load_dataset, make_synthetic, sample_identities
+from uit_reid.data import load_dataset, make_synthetic
 from uit_reid.data import synthetic as syn
+from uit_reid.data.synthetic import sample_identities
 from uit_reid.data.web_world import PARK, make_web_caption
 
 _COLOUR = {w: c for c, ws in syn.COLOUR_WORDS.items() for w in ws}

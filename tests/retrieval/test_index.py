@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from uit_reid.errors import EncoderMismatchError
+from uit_reid._errors import EncoderMismatchError
 from uit_reid.retrieval import GalleryIndex, IndexFormatError, default_nlist
 
 DIM = 16

@@ -260,7 +260,7 @@ def test_missing_fingerprint_is_a_mismatch(tmp_path, saved, write_header) -> Non
 
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
 def test_saved_files_respect_the_umask(tmp_path, mask) -> None:
-    from uit_reid.train.checkpoint import save_checkpoint
+    from uit_reid.checkpoint import save_checkpoint
 
     old = os.umask(mask)
     try:

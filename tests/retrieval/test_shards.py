@@ -39,7 +39,7 @@ def gallery(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("shards")
     torch.manual_seed(0)
     encoder = CLIPDualEncoder.from_open_clip("uit-tiny", image_size=(96, 32))
-    UITModel(encoder, num_classes=0, tir=False).save_pretrained(base / "model")
+    UITModel(encoder, num_classes=0, tir_head=False).save_pretrained(base / "model")
     rng = np.random.default_rng(0)
     images = base / "images"
     for i in range(22):
@@ -48,13 +48,13 @@ def gallery(tmp_path_factory) -> dict[str, Path]:
         Image.fromarray(rng.integers(0, 255, (40 + i, 20, 3), dtype=np.uint8)).save(sub / f"{i:03d}.png")
     (images / "cam1" / "007b.jpg").write_bytes(b"not a jpeg at all")
     ref = base / "ref"
-    assert main(["encode", "--checkpoint", str(base / "model"), "--images", str(images), "--out", str(ref),
+    assert main(["encode", "--model", str(base / "model"), "--images", str(images), "--out", str(ref),
                  "--shard-size", str(SHARD), "--workers", "0", "--device", "cpu"]) == 0
     return {"model": base / "model", "images": images, "ref": ref, "base": base}
 
 
 def _cmd(gallery: dict[str, Path], out: Path) -> list[str]:
-    return ["encode", "--checkpoint", str(gallery["model"]), "--images", str(gallery["images"]),
+    return ["encode", "--model", str(gallery["model"]), "--images", str(gallery["images"]),
             "--out", str(out), "--shard-size", str(SHARD), "--workers", "0", "--device", "cpu"]
 
 
@@ -73,7 +73,7 @@ def _assert_same_shards(a: Path, b: Path) -> None:
         np.testing.assert_allclose(x.vectors(n).astype(np.float32), y.vectors(n).astype(np.float32), rtol=0,
                                    atol=2e-3)  # float16 rounding of unit vectors (|x| <= 1: ulp <= 2**-11)
     ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
-    assert {k: v for k, v in ma.items() if k != "checkpoint"} == {k: v for k, v in mb.items() if k != "checkpoint"}
+    assert {k: v for k, v in ma.items() if k != "model"} == {k: v for k, v in mb.items() if k != "model"}
 
 
 def test_shards_equal_a_direct_encode(gallery) -> None:
@@ -91,7 +91,7 @@ def test_shards_equal_a_direct_encode(gallery) -> None:
     model = load_model(gallery["model"])
     transform = build_eval_transform(model.image_size, interpolation=model.interpolation)
     with torch.no_grad():
-        direct = torch.cat([model.encode_images(transform(load_image(p))[None]) for p in ids]).numpy()
+        direct = torch.cat([model.encode_image(transform(load_image(p))[None], normalize=True) for p in ids]).numpy()
     stored = np.concatenate([shards.vectors(n) for n in range(shards.num_shards)])
     assert stored.dtype == np.float16
     np.testing.assert_allclose(stored.astype(np.float32), direct, rtol=0, atol=2e-3)

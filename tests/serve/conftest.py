@@ -22,9 +22,9 @@ def gallery(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("serve")
     data = train_tiny_run(base, num_ids=16)["data"]
     index = base / "gallery.faiss"
-    assert main(["index", "build", "--checkpoint", str(base / "run" / "best"), "--images", str(data / "imgs"),
+    assert main(["index", "build", "--model", str(base / "run" / "best"), "--images", str(data / "imgs"),
                  "--out", str(index), "--device", "cpu"]) == 0
-    return {"base": base, "index": index, "checkpoint": base / "run" / "best", "images": data / "imgs"}
+    return {"base": base, "index": index, "model": base / "run" / "best", "images": data / "imgs"}
 
 
 def start_server(gallery: dict[str, Path], name: str, *extra: str) -> ServeProcess:

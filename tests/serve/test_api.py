@@ -31,15 +31,15 @@ def expected_top(gallery, query: str, k: int) -> tuple[list[str], np.ndarray]:
     from uit_reid.factory import load_model
     from uit_reid.retrieval import list_images
 
-    model = load_model(gallery["checkpoint"])
+    model = load_model(gallery["model"])
     size = model.image_size
     paths = list_images(gallery["images"])
     transform = augment.build_eval_transform(size, interpolation="bilinear")  # the training default, as indexed
     with torch.no_grad():
         images = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
-        v = torch.nn.functional.normalize(model.encode_images(images, normalize=False).float(), dim=-1)
+        v = torch.nn.functional.normalize(model.encode_image(images, normalize=False).float(), dim=-1)
         t = torch.nn.functional.normalize(
-            model.encode_texts(model.encoder.tokenize([query]), normalize=False).float(), dim=-1
+            model.encode_text(model.encoder.tokenize([query]), normalize=False).float(), dim=-1
         )
     scores = (t @ v.t())[0].numpy()
     order = np.argsort(-scores, kind="stable")[:k]
@@ -258,7 +258,7 @@ def test_refuses_an_index_of_another_model(gallery, tmp_path) -> None:
     assert "Traceback" not in stderr and "Uvicorn running" not in stderr
     errors = [line for line in stderr.splitlines() if "error" in line.lower()]
     assert errors == [
-        f"uit-reid: error: refusing to serve {other_path}: it was not built with the checkpoint {gallery['checkpoint']} "
+        f"uit-reid: error: refusing to serve {other_path}: it was not built with the model {gallery['model']} "
         f"(encoder fingerprint mismatch: index at {other_path} was built with 'uit-tiny-0123456789abcdef', "
         f"expected {model_fp!r})"
     ], stderr
@@ -276,7 +276,7 @@ def test_serve_process_reports_a_start_that_fails(gallery, tmp_path) -> None:
 
     missing = tmp_path / "missing.faiss"
     with pytest.raises(RuntimeError) as exc:
-        ServeProcess(["--index", str(missing), "--checkpoint", str(gallery["checkpoint"]), "--device", "cpu"],
+        ServeProcess(["--index", str(missing), "--model", str(gallery["model"]), "--device", "cpu"],
                      log=tmp_path / "serve.log", env=serve_env(), startup_timeout=90)
     message = str(exc.value)
     assert message.startswith("uit-reid serve exited with 1:\n"), message
@@ -291,8 +291,8 @@ def test_serve_rerank_scores_exactly_from_the_embedding_files(gallery, tmp_path)
     from uit_reid.retrieval import EmbeddingShards
 
     emb, index = tmp_path / "emb", tmp_path / "pq.faiss"
-    checkpoint = str(gallery["checkpoint"])
-    assert main(["encode", "--checkpoint", checkpoint, "--images", str(gallery["images"]), "--out", str(emb),
+    checkpoint = str(gallery["model"])
+    assert main(["encode", "--model", checkpoint, "--images", str(gallery["images"]), "--out", str(emb),
                  "--workers", "0", "--device", "cpu"]) == 0
     assert main(["index", "build", "--embeddings", str(emb), "--kind", "IVF2,PQ4x4", "--out", str(index)]) == 0
     srv = start_server({**gallery, "index": index}, "rerank", "--rerank", "1000")
@@ -304,7 +304,7 @@ def test_serve_rerank_scores_exactly_from_the_embedding_files(gallery, tmp_path)
         srv.stop()
     model = load_model(checkpoint)
     with torch.no_grad():
-        t = torch.nn.functional.normalize(model.encode_texts(model.encoder.tokenize([QUERY]), normalize=False), dim=-1)
+        t = torch.nn.functional.normalize(model.encode_text(model.encoder.tokenize([QUERY]), normalize=False), dim=-1)
     shards = EmbeddingShards(emb)
     vectors = shards.rows_of(np.arange(len(shards)))
     exact = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)) @ t[0].numpy()

@@ -226,7 +226,7 @@ def test_forwarded_for_is_believed_from_a_named_proxy(gallery) -> None:
 
 
 # ------------------------------------------------------------------------------------ finding 5
-SERVE = ["serve", "--index", "gallery.faiss", "--checkpoint", "model"]
+SERVE = ["serve", "--index", "gallery.faiss", "--model", "model"]
 BAD_FLAGS = [
     (["--burst", "0"], "argument --burst: must be 1 or more, got 0"),
     (["--max-body-bytes", "0"], "argument --max-body-bytes: must be 1 or more, got 0"),

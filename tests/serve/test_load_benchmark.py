@@ -14,7 +14,7 @@ SCRIPT = ROOT / "benchmarks" / "serve.py"
 def test_load_benchmark_reports_every_row(gallery, tmp_path) -> None:
     out = tmp_path / "serve.json"
     run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--index", str(gallery["index"]), "--checkpoint", str(gallery["checkpoint"]),
+        [sys.executable, str(SCRIPT), "--index", str(gallery["index"]), "--model", str(gallery["model"]),
          "--requests", "24", "--clients", "1,4", "--repeats", "1", "--warmup", "4", "--k", "3",
          "--configs", "default,no-batching", "--goal", "0", "--json", str(out)],
         env=serve_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path,

@@ -20,7 +20,7 @@ def tiny_dataset(tmp_path_factory) -> Path:
 def tiny_config_dict(root: Path, out: Path, **train: object) -> dict:
     """All four UIT losses (plus ITC) on the tiny model, small enough for a few seconds per run."""
     return {
-        "model": {"name": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir": True,
+        "model": {"tower": "uit-tiny", "pretrained": "none", "image_size": [96, 32], "tir_head": True,
                   "tir_width": 32, "tir_depth": 1, "tir_heads": 4},
         "loss": {"sdm": 1.0, "id": 1.0, "tir": 1.0, "cmt": 1.0, "itc": 1.0, "logit_scale": 20.0},
         "data": {"root": str(root), "batch_size": 8, "num_workers": 0, "padding": 2, "text_augment_p": 0.5,

@@ -17,7 +17,7 @@ def test_bundled_configs_load(name: str) -> None:
     config = load_config(name)
     assert config == TrainConfig.from_toml(bundled_config(name))
     if not name.startswith("demo"):  # the paper's recipe
-        assert config.model.name == "ViT-B-16-quickgelu" and tuple(config.model.image_size) == (384, 128)
+        assert config.model.tower == "ViT-B-16-quickgelu" and tuple(config.model.image_size) == (384, 128)
         assert (config.loss.sdm, config.loss.id, config.loss.tir, config.loss.cmt) == (1.0, 1.0, 10.0, 10.0)
         assert config.optim.lr == 1e-5 and config.optim.eps == 1e-3 and config.optim.weight_decay == 4e-5
         assert config.data.batch_size == 128 and config.train.epochs == 60
@@ -38,7 +38,7 @@ def test_demo_config_fine_tunes_with_all_four_uit_losses(tiny_dataset, tmp_path)
     config = load_config("demo_uit")
     weights = {k: getattr(config.loss, k) for k in ("sdm", "id", "cmt", "tir")}
     assert all(v > 0 for v in weights.values()), weights
-    assert config.loss.itc == 0 and config.model.tir and config.model.tir_layout == "sen"
+    assert config.loss.itc == 0 and config.model.tir_head and config.model.tir_layout == "sen"
     assert config.data.sampler == "identity_groups" and config.data.token_corruption and config.data.text_augment_p > 0
     run = config.override([
         f"data.root={json.dumps(str(tiny_dataset))}", f"train.output_dir={json.dumps(str(tmp_path / 'run'))}",
@@ -58,6 +58,19 @@ def test_unknown_key_names_the_key_and_file(tmp_path) -> None:
         TrainConfig.from_toml(path)
     path.write_text("[optimiser]\nlr = 1e-4\n")
     with pytest.raises(ConfigError, match=r"unknown section \[optimiser\]"):
+        TrainConfig.from_toml(path)
+
+
+def test_renamed_key_names_the_new_one(tmp_path) -> None:
+    path = tmp_path / "old.toml"
+    path.write_text("[model]\ntir = false\n")
+    with pytest.raises(ConfigError, match=r"old.toml: 'model.tir' is now 'model.tir_head'"):
+        TrainConfig.from_toml(path)
+    with pytest.raises(ConfigError, match=r"--set model.tir=false: 'model.tir' is now 'model.tir_head'"):
+        TrainConfig().override(["model.tir=false"])
+    assert TrainConfig.from_dict({"loss": {"tir": 2.0}}).loss.tir == 2.0  # [loss] tir is the TIR weight
+    path.write_text('[model]\nname = "uit-tiny"\n')
+    with pytest.raises(ConfigError, match=r"old.toml: 'model.name' is now 'model.tower'"):
         TrainConfig.from_toml(path)
 
 

@@ -15,7 +15,7 @@ from uit_reid.train import build_optimizer, lr_factor, param_groups, param_role,
 
 def test_groups_follow_the_uit_recipe(tiny_encoder_factory) -> None:
     enc = tiny_encoder_factory()
-    model = UITModel(enc, num_classes=5, tir=TIRHead(enc.embed_dim, enc.grid_size, enc.patch_size, width=32, depth=1, heads=4))
+    model = UITModel(enc, num_classes=5, tir_head=TIRHead(enc.embed_dim, enc.grid_size, enc.patch_size, width=32, depth=1, heads=4))
     groups = {g["name"]: g for g in param_groups(model, lr=1e-5, weight_decay=4e-5)}
     want = {  # name: (lr, weight decay)
         "encoder": (1e-5, 4e-5), "encoder_bias": (2e-5, 0.0),
@@ -58,7 +58,7 @@ def test_lr_factor_shape(total: int, warmup: int, start: float) -> None:
 
 
 def test_scheduler_drives_every_group(tiny_encoder_factory) -> None:
-    model = UITModel(tiny_encoder_factory(), num_classes=3, tir=False)
+    model = UITModel(tiny_encoder_factory(), num_classes=3, tir_head=False)
     optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.0)
     scheduler = warmup_cosine(optimizer, total_steps=10, warmup_steps=2, warmup_factor=0.1)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([g["initial_lr"] * 0.1 for g in optimizer.param_groups])

@@ -12,10 +12,10 @@ from pathlib import Path, PurePosixPath
 import pytest
 import torch
 
+from uit_reid.checkpoint import CheckpointError, load_checkpoint, previous_checkpoint
 from uit_reid.cli import main
 from uit_reid.data import AnnotationError, load_dataset, make_synthetic
-from uit_reid.train import NonFiniteLossError, TrainConfig, Trainer, load_checkpoint
-from uit_reid.train.checkpoint import CheckpointError, previous_checkpoint
+from uit_reid.train import NonFiniteLossError, TrainConfig, Trainer
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
 
@@ -88,7 +88,7 @@ def test_non_finite_loss_says_what_is_true(tiny_dataset, tmp_path, config_dict) 
         ("train.epochs=1.5", "train.epochs must be an integer, got 1.5"),
         ('data.batch_size="abc"', "data.batch_size must be an integer, got 'abc'"),
         ("model.image_size=[96]", "model.image_size must be a list of 2 integers, got [96]"),
-        ("model.tir=1", "model.tir must be true or false, got 1"),
+        ("model.tir_head=1", "model.tir_head must be true or false, got 1"),
     ],
 )
 def test_config_values_checked_at_load(tiny_dataset, tmp_path, capsys, config_dict, override, message) -> None:
@@ -130,7 +130,7 @@ def test_bad_checkpoint_gets_our_message(tmp_path, capsys, tiny_dataset) -> None
         (text, "not a torch zip file"),
         (weights, "no version 1 state"),
     ]:
-        assert main(["evaluate", "--checkpoint", str(path), "--dataset", str(tiny_dataset)]) == 1
+        assert main(["evaluate", "--model", str(path), "--dataset", str(tiny_dataset)]) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"uit-reid: error: {path} is not a uit_reid") and what in err, err
         assert "weights_only" not in err and "\n" not in err and "a last.pt written by uit-reid train" in err

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from uit_reid import UITModel
+from uit_reid.checkpoint import load_checkpoint
 from uit_reid.data import load_dataset
 from uit_reid.evaluation import BINDING_KEYS, evaluate_binding
 from uit_reid.factory import load_model
-from uit_reid.train import NonFiniteLossError, TrainConfig, Trainer, load_checkpoint
+from uit_reid.train import NonFiniteLossError, TrainConfig, Trainer
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -208,7 +209,7 @@ def test_two_process_torchrun_gloo_run_equals_one_process_with_the_global_batch(
 
     def config(out: Path, batch_size: int) -> dict:
         cfg = config_dict(tiny_dataset, out, max_steps=3)
-        cfg["model"]["tir"] = False
+        cfg["model"]["tir_head"] = False
         cfg["loss"]["tir"] = 0.0
         cfg["data"].update(batch_size=batch_size, sampler="random", token_corruption=False)
         return cfg

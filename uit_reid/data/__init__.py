@@ -9,17 +9,13 @@ from __future__ import annotations
 
 from uit_reid.data.datasets import (
     GalleryDataset,
-    QueryCollate,
     QueryDataset,
-    TrainCollate,
     TrainDataset,
     build_eval_loaders,
     build_train_loader,
-    load_image,
 )
-from uit_reid.data.epochs import EpochBatchSampler, SeededItems
 from uit_reid.data.probes import PROBE_KINDS, Probes, binding_probes
-from uit_reid.data.readers import FORMATS, JSONL_NAME, load_dataset, safe_relative_path
+from uit_reid.data.readers import FORMATS, JSONL_NAME, load_dataset
 from uit_reid.data.records import (
     AnnotationError,
     AnnotationNotFoundError,
@@ -41,7 +37,7 @@ from uit_reid.data.samplers import (
     RandomBatchSampler,
     build_batch_sampler,
 )
-from uit_reid.data.synthetic import make_caption, make_synthetic, render_person, sample_identities
+from uit_reid.data.synthetic import make_synthetic
 
 __all__ = [
     "FORMATS",
@@ -53,7 +49,6 @@ __all__ = [
     "Attributes",
     "CorruptImageError",
     "DataError",
-    "EpochBatchSampler",
     "Gallery",
     "GalleryDataset",
     "IdentityGroupSampler",
@@ -63,12 +58,9 @@ __all__ = [
     "PersonRecord",
     "Probes",
     "Queries",
-    "QueryCollate",
     "QueryDataset",
     "RandomBatchSampler",
-    "SeededItems",
     "Split",
-    "TrainCollate",
     "TrainDataset",
     "UnsafePathError",
     "binding_probes",
@@ -76,10 +68,5 @@ __all__ = [
     "build_eval_loaders",
     "build_train_loader",
     "load_dataset",
-    "load_image",
-    "make_caption",
     "make_synthetic",
-    "render_person",
-    "safe_relative_path",
-    "sample_identities",
 ]

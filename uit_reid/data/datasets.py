@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from uit_reid import recipe
-from uit_reid.data.epochs import EpochBatchSampler, SeededItems, mix_seed
+from uit_reid.data._epochs import EpochBatchSampler, SeededItems, mix_seed
 from uit_reid.data.records import CorruptImageError, Split
 from uit_reid.data.samplers import build_batch_sampler
 from uit_reid.images import load_image
@@ -212,7 +212,7 @@ def build_train_loader(
     ``num_instances`` pairs per batch; ``"random"`` gives random pairs. Call
     ``loader.batch_sampler.set_epoch(epoch)`` before each epoch (``set_epoch(epoch, start=b)`` skips
     the first ``b`` batches, to resume mid-epoch). Every sample's augmentation is drawn from its own
-    RNG stream seeded by ``(seed, epoch, index)`` (see `uit_reid.data.epochs`), so an epoch is the
+    RNG stream seeded by ``(seed, epoch, index)`` (see `uit_reid.data._epochs`), so an epoch is the
     same whatever the number of workers and whether or not the run was resumed. ``batch_multiple``
     cuts each epoch to a multiple of that many batches (for gradient accumulation). ``token_augment``
     edits each batch's token ids, e.g. ``uit_reid.augment.TokenCorruption.for_tokenizer(tokenizer)``

@@ -332,22 +332,9 @@ def load_dataset(
     """
     if on_missing not in ON_MISSING:
         raise ValueError(f"on_missing must be one of {list(ON_MISSING)}, got {on_missing!r}")
-    fmt = _normalise_format(format)
-    root = Path(root).expanduser()
-    if root.is_file():
-        ann = root
-        root = root.parent
-        if fmt == "auto":
-            fmt = _format_for_file(ann)
-            logger.info("load_dataset: format %r from file name %s", fmt, ann.name)
-    else:
-        detected, ann = _find_annotation(root, fmt)
-        if fmt == "auto":
-            logger.info("load_dataset: detected format %r from %s", detected, ann)
-        fmt = detected
+    root, ann, fmt = _locate_annotations(Path(root).expanduser(), _normalise_format(format))
     spec = FORMATS[fmt]
     base = root / spec.image_dir if spec.image_dir else root
-
     if ann.suffix == ".jsonl":
         raw, lines = _read_jsonl(ann)
     else:
@@ -355,20 +342,10 @@ def load_dataset(
     if not raw:
         raise AnnotationError(f"{ann}: no records")
     parsed = _parse_records(raw, spec, ann, base, lines)
-
-    def drop(bad: list[Path], what: str, error: type[DataError]) -> None:
-        nonlocal parsed
-        if not bad:
-            return
-        if on_missing == "error":
-            raise error(f"{len(bad)} {what} image file(s) named in {ann}: {_describe(bad)}")
-        logger.warning("load_dataset: skipping %d %s image(s) named in %s", len(bad), what, ann)
-        bad_set = set(bad)
-        parsed = [row for row in parsed if row[2] not in bad_set]
-
-    drop([row[2] for row in parsed if not row[2].is_file()], "missing", MissingImagesError)
+    parsed = _drop_unusable(parsed, ann, on_missing, "missing", [row[2] for row in parsed if not row[2].is_file()])
     if verify_images:
-        drop(check_images_decode([row[2] for row in parsed], progress), "corrupt", CorruptImageError)
+        corrupt = check_images_decode([row[2] for row in parsed], progress)
+        parsed = _drop_unusable(parsed, ann, on_missing, "corrupt", corrupt)
 
     by_split: dict[str, list[_SplitRow]] = {s: [] for s in spec.splits}
     for split, rid, p, caps, attrs in parsed:
@@ -379,9 +356,8 @@ def load_dataset(
     }
     if all(s is None for s in splits.values()):
         raise AnnotationError(f"{ann}: no records left after skipping missing images")
-    name = spec.display_name if fmt != "jsonl" else root.resolve().name or "jsonl"
     ds = PedesDataset(
-        name=name,
+        name=spec.display_name if fmt != "jsonl" else root.resolve().name or "jsonl",
         root=root,
         format=fmt,
         annotation_file=ann,
@@ -391,3 +367,29 @@ def load_dataset(
     )
     logger.info("%s", ds.summary())
     return ds
+
+
+def _locate_annotations(root: Path, fmt: str) -> tuple[Path, Path, str]:
+    """(dataset folder, annotation file, format) for ``root`` (a folder or the annotation file itself)."""
+    if root.is_file():
+        ann = root
+        if fmt == "auto":
+            fmt = _format_for_file(ann)
+            logger.info("load_dataset: format %r from file name %s", fmt, ann.name)
+        return root.parent, ann, fmt
+    detected, ann = _find_annotation(root, fmt)
+    if fmt == "auto":
+        logger.info("load_dataset: detected format %r from %s", detected, ann)
+    return root, ann, detected
+
+
+def _drop_unusable(parsed: list[_Row], ann: Path, on_missing: OnMissing, what: str, bad: list[Path]) -> list[_Row]:
+    """``parsed`` without the rows of the ``bad`` images (``on_missing="skip"``), or an error naming them."""
+    if not bad:
+        return parsed
+    if on_missing == "error":
+        error: type[DataError] = MissingImagesError if what == "missing" else CorruptImageError
+        raise error(f"{len(bad)} {what} image file(s) named in {ann}: {_describe(bad)}")
+    logger.warning("load_dataset: skipping %d %s image(s) named in %s", len(bad), what, ann)
+    bad_set = set(bad)
+    return [row for row in parsed if row[2] not in bad_set]

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from uit_reid.errors import CorruptImageError, DataError
+from uit_reid._errors import CorruptImageError, DataError
 
 __all__ = [
     "AnnotationError",

@@ -363,133 +363,187 @@ def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return img + blot[:, :, None]
 
 
-def render_person(
-    attrs: dict[str, Any], seed: Sequence[int], size: tuple[int, int] = (192, 64), style: RenderStyle = STREET
-) -> Image.Image:
-    """Draw one image of the person ``attrs`` (pose, scale, background and lighting from ``seed``).
+@dataclass
+class _Body:
+    """One drawn person's geometry and colours (all random draws made up front, in `render_person`'s order)."""
 
-    ``size`` is (height, width); ``style`` sets the person's height range, back views and background.
-    Parts are at least ~4 px thick at 192x64 so they survive downscaling to 96x32.
-    """
-    h, w = size
-    rng = np.random.default_rng(list(seed))
-    bg = _park_background(h, w, rng) if style.background == "park" else _background(h, w, rng)
-    im = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), mode="RGB")
-    d = ImageDraw.Draw(im)
+    d: ImageDraw.ImageDraw
+    attrs: dict[str, Any]
+    cx: float  # centre column
+    top: float  # row of the head's top
+    u: float  # one body unit: a hundredth of the person's height
+    view: str  # "front" or "back"
+    side: int  # which side the bag hangs on
+    stride: float
+    swing: float
+    skin: tuple[int, int, int]
+    hair: tuple[int, int, int]
+    upper: tuple[int, int, int]
+    lower: tuple[int, int, int]
+    shoes: tuple[int, int, int]
 
-    ph = h * rng.uniform(*style.person_height)  # person height in pixels
-    u = ph / 100.0  # one body unit
-    top = (h - ph) * rng.uniform(0.2, 0.8)
-    cx = w / 2 + rng.uniform(-0.07, 0.07) * w
-    view = "back" if rng.random() < style.back_view_p else "front"
-    side = 1 if rng.random() < 0.5 else -1  # which side the bag hangs on
-    stride = rng.uniform(0, 9) * u
-    swing = rng.uniform(-4, 4) * u
+    def y(self, f: float) -> float:
+        """Body fraction (0 top, 100 soles) -> pixel row."""
+        return self.top + f * self.u
 
-    skin = _jitter(SKIN_TONES[attrs["skin"]], rng, 8)
-    hair = _jitter(HAIR_COLOURS[attrs["hair_colour"]], rng, 8)
-    upper = _jitter(PALETTE[attrs["upper_colour"]], rng)
-    lower = _jitter(PALETTE[attrs["lower_colour"]], rng)
-    shoes = _jitter(PALETTE[attrs["shoes_colour"]], rng)
-    y = lambda f: top + f * u  # noqa: E731  (body fraction -> pixel row)
+    @property
+    def shoulder_w(self) -> float:
+        return 12.0 * self.u
 
-    shoulder_w, hip_w = 12.0 * u, 9.5 * u
-    limb = max(int(round(5.2 * u)), 3)
-    arm = max(int(round(4.2 * u)), 3)
-    utype, ltype = attrs["upper_type"], attrs["lower_type"]
+    @property
+    def hip_w(self) -> float:
+        return 9.5 * self.u
 
-    # long hair hangs behind the head and shoulders
-    head_w, head_top, head_bot = 8.5 * u, y(1.5), y(13.5)
-    if attrs["hair_length"] == "long":
-        d.rectangle([cx - head_w * 0.62, y(5), cx + head_w * 0.62, y(27)], fill=hair)
+    @property
+    def limb(self) -> int:
+        return max(int(round(5.2 * self.u)), 3)
 
-    # legs (hip -> knee -> ankle), drawn as thick lines
+    @property
+    def arm(self) -> int:
+        return max(int(round(4.2 * self.u)), 3)
+
+    @property
+    def head(self) -> tuple[float, float, float]:
+        """Head width, top and bottom rows."""
+        return 8.5 * self.u, self.y(1.5), self.y(13.5)
+
+
+def _draw_legs(b: _Body) -> None:
+    """Legs (hip -> knee -> ankle, thick lines) with trousers or shorts and shoes; then skirt or pelvis."""
+    d, u, cx, y, limb, hip_w, ltype = b.d, b.u, b.cx, b.y, b.limb, b.hip_w, b.attrs["lower_type"]
     for s in (-1, 1):
         hip = (cx + s * hip_w / 2 - s * limb / 2, y(50))
-        ankle = (cx + s * (hip_w / 2 - limb / 2 + stride / 2), y(93.5))
+        ankle = (cx + s * (hip_w / 2 - limb / 2 + b.stride / 2), y(93.5))
         knee = ((hip[0] + ankle[0]) / 2, y(71))
-        d.line([hip, knee, ankle], fill=skin, width=limb)
+        d.line([hip, knee, ankle], fill=b.skin, width=limb)
         if ltype == "trousers":
-            d.line([hip, knee, ankle], fill=lower, width=limb + 1)
+            d.line([hip, knee, ankle], fill=b.lower, width=limb + 1)
         elif ltype == "shorts":
             k = (hip[0] + (ankle[0] - hip[0]) * 0.38, y(66.5))
-            d.line([hip, k], fill=lower, width=limb + 2)
+            d.line([hip, k], fill=b.lower, width=limb + 2)
         # shoes
-        d.rectangle([ankle[0] - limb / 2 - 1.2 * u, y(93.5), ankle[0] + limb / 2 + 1.2 * u, y(99.5)], fill=shoes)
+        d.rectangle([ankle[0] - limb / 2 - 1.2 * u, y(93.5), ankle[0] + limb / 2 + 1.2 * u, y(99.5)], fill=b.shoes)
     if ltype == "skirt":
         d.polygon([(cx - hip_w / 2 - u, y(47)), (cx + hip_w / 2 + u, y(47)), (cx + hip_w / 2 + 4.5 * u, y(72)),
-                   (cx - hip_w / 2 - 4.5 * u, y(72))], fill=lower)
+                   (cx - hip_w / 2 - 4.5 * u, y(72))], fill=b.lower)
     else:  # pelvis
-        d.rectangle([cx - hip_w / 2, y(47), cx + hip_w / 2, y(54)], fill=lower)
+        d.rectangle([cx - hip_w / 2, y(47), cx + hip_w / 2, y(54)], fill=b.lower)
 
-    # backpack seen from behind sits on the torso later; from the front it peeks out at one side
-    bag, bag_rgb = attrs["bag"], _jitter(PALETTE[attrs["bag_colour"]], rng) if attrs["bag"] else None
-    if bag == "backpack" and view == "front":
-        d.rectangle([cx + side * shoulder_w / 2 - (0 if side > 0 else 4 * u), y(18),
-                     cx + side * shoulder_w / 2 + (4 * u if side > 0 else 0), y(44)], fill=bag_rgb)
 
-    # arms (shoulder -> elbow -> hand) with sleeves
-    sleeve_end = {"t-shirt": 0.35, "tank top": 0.0}.get(utype, 0.88)
+def _draw_arms(b: _Body) -> list[tuple[float, float]]:
+    """Arms (shoulder -> hand) with sleeves for the upper garment; returns the two hands."""
+    sleeve_end = {"t-shirt": 0.35, "tank top": 0.0}.get(b.attrs["upper_type"], 0.88)
     hands = []
     for s in (-1, 1):
-        sh = (cx + s * (shoulder_w / 2 + arm / 2 - 0.5 * u), y(17.5))
-        hand = (cx + s * (shoulder_w / 2 + arm / 2 + 0.8 * u) + s * swing * 0.3, y(50) + abs(swing) * 0.2)
-        d.line([sh, hand], fill=skin, width=arm)
+        sh = (b.cx + s * (b.shoulder_w / 2 + b.arm / 2 - 0.5 * b.u), b.y(17.5))
+        hand = (b.cx + s * (b.shoulder_w / 2 + b.arm / 2 + 0.8 * b.u) + s * b.swing * 0.3, b.y(50) + abs(b.swing) * 0.2)
+        b.d.line([sh, hand], fill=b.skin, width=b.arm)
         if sleeve_end > 0:
             e = (sh[0] + (hand[0] - sh[0]) * sleeve_end, sh[1] + (hand[1] - sh[1]) * sleeve_end)
-            d.line([sh, e], fill=upper, width=arm + 1)
+            b.d.line([sh, e], fill=b.upper, width=b.arm + 1)
         hands.append(hand)
+    return hands
 
-    # torso
+
+def _draw_torso(b: _Body) -> None:
+    """The upper garment's body (a tank top shows the shoulders), with a zip line and collar from the front."""
+    d, u, cx, y, shoulder_w, hip_w = b.d, b.u, b.cx, b.y, b.shoulder_w, b.hip_w
+    utype, upper = b.attrs["upper_type"], b.upper
     bottom = {"coat": 72.0, "jacket": 53.0}.get(utype, 50.0)
     flare = 2.5 * u if utype == "coat" else 0.0
     if utype == "tank top":
         d.polygon([(cx - shoulder_w / 2 + 1.5 * u, y(16)), (cx + shoulder_w / 2 - 1.5 * u, y(16)),
                    (cx + hip_w / 2 + 0.8 * u, y(bottom)), (cx - hip_w / 2 - 0.8 * u, y(bottom))], fill=upper)
-        d.rectangle([cx - shoulder_w / 2, y(15.5), cx - shoulder_w / 2 + 1.5 * u, y(20)], fill=skin)
-        d.rectangle([cx + shoulder_w / 2 - 1.5 * u, y(15.5), cx + shoulder_w / 2, y(20)], fill=skin)
+        d.rectangle([cx - shoulder_w / 2, y(15.5), cx - shoulder_w / 2 + 1.5 * u, y(20)], fill=b.skin)
+        d.rectangle([cx + shoulder_w / 2 - 1.5 * u, y(15.5), cx + shoulder_w / 2, y(20)], fill=b.skin)
     else:
         d.polygon([(cx - shoulder_w / 2, y(15.5)), (cx + shoulder_w / 2, y(15.5)),
                    (cx + hip_w / 2 + 0.8 * u + flare, y(bottom)), (cx - hip_w / 2 - 0.8 * u - flare, y(bottom))],
                   fill=upper)
-    if utype in ("jacket", "coat") and view == "front":  # zip / button line and collar
+    if utype in ("jacket", "coat") and b.view == "front":  # zip / button line and collar
         dark = tuple(int(c * 0.55) for c in upper)
         d.line([(cx, y(17)), (cx, y(bottom))], fill=dark, width=max(int(1.6 * u), 2))
         d.polygon([(cx - 3.5 * u, y(15.5)), (cx, y(20.5)), (cx + 3.5 * u, y(15.5))], fill=dark)
 
-    # neck and head
-    d.rectangle([cx - 1.8 * u, y(12), cx + 1.8 * u, y(16)], fill=skin)
-    d.ellipse([cx - head_w / 2, head_top, cx + head_w / 2, head_bot], fill=skin)
-    if view == "back":
-        d.ellipse([cx - head_w / 2, head_top, cx + head_w / 2, head_bot - (0 if attrs["hair_length"] == "long"
-                                                                          else 2.5 * u)], fill=hair)
+
+def _draw_head(b: _Body, hat: tuple[int, int, int] | None) -> None:
+    """Neck, face, hair (back or front view) and the hat."""
+    d, u, cx = b.d, b.u, b.cx
+    head_w, head_top, head_bot = b.head
+    d.rectangle([cx - 1.8 * u, b.y(12), cx + 1.8 * u, b.y(16)], fill=b.skin)
+    d.ellipse([cx - head_w / 2, head_top, cx + head_w / 2, head_bot], fill=b.skin)
+    if b.view == "back":
+        d.ellipse([cx - head_w / 2, head_top, cx + head_w / 2, head_bot - (0 if b.attrs["hair_length"] == "long"
+                                                                          else 2.5 * u)], fill=b.hair)
     else:
-        d.chord([cx - head_w / 2, head_top, cx + head_w / 2, head_top + 7 * u], 180, 360, fill=hair)
-        d.rectangle([cx - head_w / 2, head_top + 2.5 * u, cx - head_w / 2 + 1.3 * u, y(9)], fill=hair)
-        d.rectangle([cx + head_w / 2 - 1.3 * u, head_top + 2.5 * u, cx + head_w / 2, y(9)], fill=hair)
-    if attrs["hat_colour"]:
-        hat = _jitter(PALETTE[attrs["hat_colour"]], rng)
+        d.chord([cx - head_w / 2, head_top, cx + head_w / 2, head_top + 7 * u], 180, 360, fill=b.hair)
+        d.rectangle([cx - head_w / 2, head_top + 2.5 * u, cx - head_w / 2 + 1.3 * u, b.y(9)], fill=b.hair)
+        d.rectangle([cx + head_w / 2 - 1.3 * u, head_top + 2.5 * u, cx + head_w / 2, b.y(9)], fill=b.hair)
+    if hat is not None:
         d.chord([cx - head_w / 2 - 0.4 * u, head_top - 2.5 * u, cx + head_w / 2 + 0.4 * u, head_top + 7 * u],
                 180, 360, fill=hat)
         d.rectangle([cx - head_w / 2 - 1.8 * u, head_top + 1.8 * u, cx + head_w / 2 + 1.8 * u,
                      head_top + 3.6 * u], fill=hat)
 
-    # bags in front of the body
-    if bag == "backpack" and view == "back":
-        d.rectangle([cx - shoulder_w * 0.38, y(19), cx + shoulder_w * 0.38, y(45)], fill=bag_rgb)
+
+def _draw_bag_in_front(b: _Body, bag_rgb: tuple[int, int, int] | None, hands: list[tuple[float, float]]) -> None:
+    """The bag's parts in front of the body: a backpack from behind or its straps, a handbag, a shoulder bag."""
+    d, u, cx, y, bag, side = b.d, b.u, b.cx, b.y, b.attrs["bag"], b.side
+    if bag == "backpack" and b.view == "back":
+        d.rectangle([cx - b.shoulder_w * 0.38, y(19), cx + b.shoulder_w * 0.38, y(45)], fill=bag_rgb)
     elif bag == "backpack":  # straps
         for s in (-1, 1):
-            d.line([(cx + s * shoulder_w * 0.3, y(16)), (cx + s * shoulder_w * 0.32, y(38))], fill=bag_rgb,
+            d.line([(cx + s * b.shoulder_w * 0.3, y(16)), (cx + s * b.shoulder_w * 0.32, y(38))], fill=bag_rgb,
                    width=max(int(1.6 * u), 2))
     elif bag == "handbag":
         hx, hy = hands[0 if side < 0 else 1]
         d.line([(hx, hy), (hx, hy + 4 * u)], fill=bag_rgb, width=max(int(u), 2))
         d.rectangle([hx - 4 * u, hy + 3.5 * u, hx + 4 * u, hy + 13 * u], fill=bag_rgb)
     elif bag == "shoulder bag":
-        sx = cx - side * shoulder_w * 0.35
-        bx = cx + side * (hip_w / 2 + 2.5 * u)
+        sx = cx - side * b.shoulder_w * 0.35
+        bx = cx + side * (b.hip_w / 2 + 2.5 * u)
         d.line([(sx, y(16)), (bx, y(46))], fill=bag_rgb, width=max(int(1.6 * u), 2))
         d.rectangle([bx - 4.5 * u, y(43), bx + 4.5 * u, y(54)], fill=bag_rgb)
+
+
+def render_person(
+    attrs: dict[str, Any], seed: Sequence[int], size: tuple[int, int] = (192, 64), style: RenderStyle = STREET
+) -> Image.Image:
+    """Draw one image of the person ``attrs`` (pose, scale, background and lighting from ``seed``).
+
+    ``size`` is (height, width); ``style`` sets the person's height range, back views and background.
+    Parts are at least ~4 px thick at 192x64 so they survive downscaling to 96x32. The random draws
+    are made here, in a fixed order (the images of a seed never change); the parts are drawn back to front.
+    """
+    h, w = size
+    rng = np.random.default_rng(list(seed))
+    bg = _park_background(h, w, rng) if style.background == "park" else _background(h, w, rng)
+    im = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), mode="RGB")
+    ph = h * rng.uniform(*style.person_height)  # person height in pixels
+    top = (h - ph) * rng.uniform(0.2, 0.8)
+    b = _Body(
+        d=ImageDraw.Draw(im), attrs=attrs, u=ph / 100.0, top=top, cx=w / 2 + rng.uniform(-0.07, 0.07) * w,
+        view="back" if rng.random() < style.back_view_p else "front", side=1 if rng.random() < 0.5 else -1,
+        stride=rng.uniform(0, 9) * (ph / 100.0), swing=rng.uniform(-4, 4) * (ph / 100.0),
+        skin=_jitter(SKIN_TONES[attrs["skin"]], rng, 8), hair=_jitter(HAIR_COLOURS[attrs["hair_colour"]], rng, 8),
+        upper=_jitter(PALETTE[attrs["upper_colour"]], rng), lower=_jitter(PALETTE[attrs["lower_colour"]], rng),
+        shoes=_jitter(PALETTE[attrs["shoes_colour"]], rng),
+    )
+    bag_rgb = _jitter(PALETTE[attrs["bag_colour"]], rng) if attrs["bag"] else None
+    hat = _jitter(PALETTE[attrs["hat_colour"]], rng) if attrs["hat_colour"] else None
+
+    if attrs["hair_length"] == "long":  # long hair hangs behind the head and shoulders
+        head_w = b.head[0]
+        b.d.rectangle([b.cx - head_w * 0.62, b.y(5), b.cx + head_w * 0.62, b.y(27)], fill=b.hair)
+    _draw_legs(b)
+    if attrs["bag"] == "backpack" and b.view == "front":  # from the front a backpack peeks out at one side
+        s = b.side
+        b.d.rectangle([b.cx + s * b.shoulder_w / 2 - (0 if s > 0 else 4 * b.u), b.y(18),
+                       b.cx + s * b.shoulder_w / 2 + (4 * b.u if s > 0 else 0), b.y(44)], fill=bag_rgb)
+    hands = _draw_arms(b)
+    _draw_torso(b)
+    _draw_head(b, hat)
+    _draw_bag_in_front(b, bag_rgb, hands)
 
     # global lighting: brightness and a mild colour cast
     arr = np.asarray(im).astype(np.float32)
@@ -569,6 +623,41 @@ def check_synthetic_target(root: Path, force: bool = False) -> None:
         )
 
 
+def _plan_images(
+    root: Path, kind: World, identities: list[dict[str, Any]], split_of: list[str], images_per_id: int,
+    captions_per_image: int, image_size: tuple[int, int], seed: int,
+) -> tuple[list[dict[str, Any]], list[_Job]]:
+    """Each image's annotation record (captions drawn from its own seeded stream) and render job."""
+    width = max(5, len(str(len(identities) - 1)))
+    records: list[dict[str, Any]] = []
+    jobs: list[_Job] = []
+    for pid, attrs in enumerate(identities):
+        for k in range(images_per_id):
+            rel = f"imgs/{pid:0{width}d}_{k:02d}.png"
+            cap_rng = random.Random(f"{kind.key}-cap-{seed}-{pid}-{k}")
+            captions = [kind.caption(attrs, cap_rng) for _ in range(captions_per_image)]
+            records.append(
+                {"image": rel, "pid": pid, "captions": captions, "split": split_of[pid], "attributes": attrs}
+            )
+            render_seed = (seed, pid, k) if kind is PEDESTRIANS else (seed, pid, k, *kind.key.encode())
+            jobs.append(_Job(str(root / rel), attrs, render_seed, tuple(image_size), kind.style))  # type: ignore[arg-type]
+    return records, jobs
+
+
+def _render_all(jobs: list[_Job], workers: int, progress: bool) -> None:
+    """Render and write every job's image, in ``workers`` processes (each image depends on its job alone)."""
+    bar = tqdm(total=len(jobs), desc="synthetic pedestrians", disable=not progress, unit="img")
+    if workers <= 1:
+        for job in jobs:
+            _render_job(job)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            for _ in ex.map(_render_job, jobs, chunksize=64):
+                bar.update()
+    bar.close()
+
+
 def make_synthetic(
     root: str | os.PathLike[str],
     num_ids: int = 1000,
@@ -614,31 +703,8 @@ def make_synthetic(
 
     identities = sample_identities(num_ids, random.Random(f"{kind.key}-ids-{seed}"), family_size or kind.family_size)
     split_of = ["test"] * n_test + ["val"] * n_val + ["train"] * n_train
-    width = max(5, len(str(num_ids - 1)))
-    records: list[dict[str, Any]] = []
-    jobs: list[_Job] = []
-    for pid, attrs in enumerate(identities):
-        for k in range(images_per_id):
-            rel = f"imgs/{pid:0{width}d}_{k:02d}.png"
-            cap_rng = random.Random(f"{kind.key}-cap-{seed}-{pid}-{k}")
-            captions = [kind.caption(attrs, cap_rng) for _ in range(captions_per_image)]
-            records.append(
-                {"image": rel, "pid": pid, "captions": captions, "split": split_of[pid], "attributes": attrs}
-            )
-            render_seed = (seed, pid, k) if kind is PEDESTRIANS else (seed, pid, k, *kind.key.encode())
-            jobs.append(_Job(str(root / rel), attrs, render_seed, tuple(image_size), kind.style))  # type: ignore[arg-type]
-
-    bar = tqdm(total=len(jobs), desc="synthetic pedestrians", disable=not progress, unit="img")
-    if workers <= 1:
-        for job in jobs:
-            _render_job(job)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as ex:
-            for _ in ex.map(_render_job, jobs, chunksize=64):
-                bar.update()
-    bar.close()
-
+    records, jobs = _plan_images(root, kind, identities, split_of, images_per_id, captions_per_image, image_size, seed)
+    _render_all(jobs, workers, progress)
     ann = root / JSONL_NAME
     atomic_write_text(ann, "".join(json.dumps(rec, sort_keys=True, ensure_ascii=False) + "\n" for rec in records))
     logger.info(

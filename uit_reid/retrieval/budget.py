@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from uit_reid.retrieval.faiss_check import parse_factory
+from uit_reid.retrieval._faiss_check import parse_factory
 from uit_reid.retrieval.index import default_nlist
 
 __all__ = ["FLAT_LIMIT", "choose_kind", "index_memory", "parse_bytes"]

@@ -13,7 +13,7 @@ encoders can hand over raw pooled features. The kind is a FAISS factory string, 
 
 Compressed kinds for large galleries: ``"IVF4096,PQ64"`` (64-byte codes), ``"OPQ64,IVF4096,PQ64"``
 (a learnt rotation first), and ``search(..., rerank=...)`` re-scores the top candidates exactly from
-the full vectors (see `uit_reid.retrieval.shards`). `uit_reid.retrieval.faiss_check.parse_factory`
+the full vectors (see `uit_reid.retrieval.shards`). `uit_reid.retrieval._faiss_check.parse_factory`
 names the supported strings.
 
 Ids are int64 numbers or strings (image paths, say); the two cannot be mixed in one index. Internally
@@ -42,8 +42,8 @@ import faiss
 import numpy as np
 import torch
 
-from uit_reid.errors import EncoderMismatchError
-from uit_reid.retrieval.faiss_check import Layout, parse_factory
+from uit_reid._errors import EncoderMismatchError
+from uit_reid.retrieval._faiss_check import Layout, parse_factory
 from uit_reid.retrieval.idmap import IdMap
 from uit_reid.retrieval.index_build import (
     build_faiss_index,
@@ -78,7 +78,7 @@ class GalleryIndex:
     Args:
         dim: feature dimension.
         kind: ``"flat"`` (exact), ``"ivf"``, ``"hnsw"`` or a FAISS factory string such as
-            ``"IVF4096,PQ64"`` or ``"OPQ64,IVF4096,PQ64"`` (`uit_reid.retrieval.faiss_check.parse_factory`).
+            ``"IVF4096,PQ64"`` or ``"OPQ64,IVF4096,PQ64"`` (`uit_reid.retrieval._faiss_check.parse_factory`).
         fingerprint: optional string naming the encoder that produced the features; stored and
             checked on ``add``, ``search`` and ``load`` so features of different encoders never mix.
         nlist: IVF list count of ``kind="ivf"`` (default: chosen from the first batch added; a
@@ -587,7 +587,7 @@ class GalleryIndex:
         searched but not changed); other kinds are read into memory either way.
         Raises ``FileNotFoundError`` (no file), `IndexFormatError` (not a GalleryIndex file, truncated,
         edited, corrupted or hand-crafted), ``ValueError`` (dimension mismatch) or
-        `uit_reid.errors.EncoderMismatchError` (a ValueError: fingerprint mismatch).
+        `uit_reid._errors.EncoderMismatchError` (a ValueError: fingerprint mismatch).
         """
         path = Path(path)
         saved = read_index_file(path, expected_dim=expected_dim, expected_fingerprint=expected_fingerprint, mmap=mmap)

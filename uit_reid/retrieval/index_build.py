@@ -13,7 +13,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from uit_reid.retrieval.faiss_check import Layout
+from uit_reid.retrieval._faiss_check import Layout
 
 __all__ = ["OPQ_ITERATIONS", "OPQ_TRAIN_POINTS", "build_faiss_index", "default_nlist", "default_nprobe",
            "set_search_parameter"]

@@ -8,7 +8,7 @@ binary id map (`uit_reid.retrieval.idmap.IdMap.to_bytes`) and the FAISS index by
 
 `read_index_file` checks, in this order and before FAISS sees a byte: the magic and sizes, the
 header checksum, the fields, the expected dimension and encoder fingerprint, the id map's checksum
-and contents, the FAISS bytes' checksum and structure (`uit_reid.retrieval.faiss_check`), and that
+and contents, the FAISS bytes' checksum and structure (`uit_reid.retrieval._faiss_check`), and that
 the stored labels are exactly the live slots.
 """
 
@@ -26,9 +26,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from uit_reid.errors import EncoderMismatchError
+from uit_reid._errors import EncoderMismatchError
 from uit_reid.io import atomic_write_bytes
-from uit_reid.retrieval.faiss_check import FaissBytesError, Layout, check_index_bytes, parse_factory
+from uit_reid.retrieval._faiss_check import FaissBytesError, Layout, check_index_bytes, parse_factory
 from uit_reid.retrieval.idmap import IdMap, IdMapError
 
 __all__ = ["FORMAT_VERSION", "IndexFile", "IndexFormatError", "read_index_file", "write_index_file"]

@@ -1,6 +1,6 @@
 """``uit-reid serve``: a search service and a web page over a gallery index (``pip install 'uit_reid[serve]'``).
 
-`build_service` loads a checkpoint and an index (refusing a pair whose fingerprints differ) and
+`build_service` loads a model and an index (refusing a pair whose fingerprints differ) and
 returns a FastAPI app; `serve` runs it with uvicorn. The parts: `MicroBatcher` (concurrent queries
 share one encoder call), `SearchEngine` (encoding, index search and the ``/stats`` figures),
 `GalleryImages` (numbered images and cached thumbnails), the limits middleware and `create_app`.

@@ -170,7 +170,7 @@ def reference_schema() -> dict[str, Any]:
     """The OpenAPI schema of the real app with the default `ServeLimits`.
 
     The routes, parameters and models do not depend on the model or the gallery, so the app is built
-    over an engine stand-in and an empty gallery: no checkpoint, index or encoder is needed.
+    over an engine stand-in and an empty gallery: no model, index or encoder is needed.
     """
     from uit_reid.serve.app import ServeLimits, create_app
     from uit_reid.serve.gallery import GalleryImages

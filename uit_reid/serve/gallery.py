@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from uit_reid.errors import CorruptImageError
+from uit_reid._errors import CorruptImageError
 from uit_reid.images import load_image
 from uit_reid.retrieval import GalleryIndex
 

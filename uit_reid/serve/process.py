@@ -2,7 +2,7 @@
 
 For notebooks, scripts and load tests that want a real service beside them::
 
-    with ServeProcess(["--index", "gallery.faiss", "--checkpoint", "runs/demo/best"], log="serve.log") as srv:
+    with ServeProcess(["--index", "gallery.faiss", "--model", "runs/demo/best"], log="serve.log") as srv:
         urllib.request.urlopen(srv.url + "/search?q=a+man+in+a+red+jacket")
 """
 
@@ -38,7 +38,7 @@ class ServeProcess:
     """`uit-reid serve SERVE_ARGS --port PORT` as a child process; ``url`` is its loopback address.
 
     Args:
-        serve_args: the arguments after ``serve`` (``--index``, ``--checkpoint``, limits, ...).
+        serve_args: the arguments after ``serve`` (``--index``, ``--model``, limits, ...).
         log: file that receives the process's output (created or replaced).
         env: the child's environment (default: this process's).
         cwd: the child's working directory.

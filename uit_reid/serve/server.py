@@ -1,4 +1,4 @@
-"""Load a checkpoint and an index, check that they belong together, and run the service with uvicorn."""
+"""Load a model and an index, check that they belong together, and run the service with uvicorn."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import resource
 from pathlib import Path
 
-from uit_reid.errors import EncoderMismatchError
+from uit_reid._errors import EncoderMismatchError
 from uit_reid.retrieval import GalleryIndex, ShardVectors
 from uit_reid.serve.app import LOOPBACK_HOSTS, ServeLimits, create_app
 from uit_reid.serve.connections import guarded_protocol
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 def build_service(
     index_path: str | os.PathLike[str],
-    checkpoint: str | os.PathLike[str],
+    model_path: str | os.PathLike[str],
     *,
     device: str = "cpu",
     limits: ServeLimits | None = None,
@@ -35,7 +35,7 @@ def build_service(
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
     rerank: int | None = None,
 ):
-    """The app for ``index_path`` searched with the model at ``checkpoint``.
+    """The app for ``index_path`` searched with the model at ``model_path`` (what `load_model` reads).
 
     ``mmap``: map the index's lists from its file instead of reading them (default: yes for IVF
     kinds, whose lists are most of the file; other kinds are read either way).
@@ -45,14 +45,14 @@ def build_service(
     """
     from uit_reid.factory import load_model
 
-    model = load_model(checkpoint, device=device)
+    model = load_model(model_path, device=device)
     fingerprint = model.encoder.fingerprint()
     index_path = Path(index_path)
     try:
         index = GalleryIndex.load(index_path, expected_fingerprint=fingerprint, mmap=mmap is not False)
     except EncoderMismatchError as err:
         raise EncoderMismatchError(
-            f"refusing to serve {index_path}: it was not built with the checkpoint {checkpoint} ({err})"
+            f"refusing to serve {index_path}: it was not built with the model {model_path} ({err})"
         ) from err
     if len(index) == 0:
         raise ValueError(f"refusing to serve {index_path}: the index is empty")
@@ -86,7 +86,7 @@ def connection_budget() -> int:
 
 def serve(
     index_path: str | os.PathLike[str],
-    checkpoint: str | os.PathLike[str],
+    model_path: str | os.PathLike[str],
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -111,7 +111,7 @@ def serve(
         raise ValueError(f"max_connections: {limits.max_connections} is more than the open-file limit "
                          f"(ulimit -n) leaves room for ({budget})")
     hosts = (*LOOPBACK_HOSTS, *([host] if host not in ("0.0.0.0", "::", "") else []), *allowed_hosts)
-    app = build_service(index_path, checkpoint, limits=limits, allowed_hosts=hosts, **service_kwargs)
+    app = build_service(index_path, model_path, limits=limits, allowed_hosts=hosts, **service_kwargs)
     # The model, tokenizer and index are millions of long-lived objects: a full garbage collection
     # walking them all took ~200 ms on a 2-core CPU and stalled every request in flight. Frozen
     # objects are never scanned; what requests allocate is still collected.

@@ -1,4 +1,6 @@
-"""The reference trainer: config, optimiser groups and schedule, checkpoints, ``Trainer``.
+"""The reference trainer: config, optimiser groups and schedule, ``Trainer``.
+
+Its training checkpoints (``last.pt``) are read and written by `uit_reid.checkpoint`.
 
 Names are imported on first use, so ``uit_reid.train.config`` (and reading a config) imports no torch.
 """
@@ -9,13 +11,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _OBJECTS = {
-    # moved to uit_reid.factory and uit_reid.evaluation; still importable from here
-    "encode_split": "uit_reid.evaluation",
-    "evaluate_model": "uit_reid.evaluation",
-    "build_model": "uit_reid.factory",
-    "load_model": "uit_reid.factory",
-    "load_checkpoint": "uit_reid.train.checkpoint",
-    "save_checkpoint": "uit_reid.train.checkpoint",
     "ConfigError": "uit_reid.train.config",
     "TrainConfig": "uit_reid.train.config",
     "bundled_config": "uit_reid.train.config",
@@ -31,11 +26,6 @@ _OBJECTS = {
 }
 
 if TYPE_CHECKING:
-    from uit_reid.evaluation import encode_split as encode_split
-    from uit_reid.evaluation import evaluate_model as evaluate_model
-    from uit_reid.factory import build_model as build_model
-    from uit_reid.factory import load_model as load_model
-    from uit_reid.train.checkpoint import load_checkpoint, save_checkpoint
     from uit_reid.train.config import ConfigError, TrainConfig, bundled_config, load_config
     from uit_reid.train.optim import (
         PARAM_ROLES,
@@ -55,12 +45,10 @@ __all__ = [
     "Trainer",
     "build_optimizer",
     "bundled_config",
-    "load_checkpoint",
     "load_config",
     "lr_factor",
     "param_groups",
     "param_role",
-    "save_checkpoint",
     "warmup_cosine",
 ]
 

@@ -46,11 +46,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "ViT-B-16-quickgelu"
+    """The ``[model]`` table: ``tower`` is an open_clip architecture (``ViT-B-16-quickgelu``, ``uit-tiny``,
+    ``hf-hub:org/name``) with its ``pretrained`` tag; ``tir_head`` switches the TIR decoder on."""
+
+    tower: str = "ViT-B-16-quickgelu"
     pretrained: str | None = "openai"
     image_size: tuple[int, int] = (384, 128)
     context_length: int = 77
-    tir: bool = True
+    tir_head: bool = True
     tir_width: int = recipe.TIR_WIDTH
     tir_depth: int = recipe.TIR_DEPTH
     tir_heads: int = recipe.TIR_HEADS
@@ -225,6 +228,9 @@ class TrainConfig:
             section_cls = _SECTION_TYPES[name]
             known = {f.name: f for f in dataclasses.fields(section_cls)}
             for key in value:
+                if f"{name}.{key}" in RENAMED_KEYS:
+                    where = source_for.get(f"{name}.{key}", source)
+                    raise ConfigError(f"{where}: '{name}.{key}' is now '{RENAMED_KEYS[name + '.' + key]}'")
                 if key not in known:
                     raise ConfigError(f"{source}: unknown key '{name}.{key}'; known: {sorted(known)}")
             hints = _hints(section_cls)
@@ -279,6 +285,9 @@ class TrainConfig:
         return "\n".join(lines)
 
 
+RENAMED_KEYS = {"model.tir": "model.tir_head", "model.name": "model.tower"}
+"""Keys that were renamed: reading the old one is an error that names the new one."""
+
 _SECTION_TYPES = {
     "model": ModelConfig,
     "loss": LossConfig,
@@ -310,7 +319,7 @@ CHOICES: dict[str, Registry] = {
     "data.erasing_fill": Registry("uit_reid.augment", "ERASING_FILLS"),
     "data.on_missing": Registry("uit_reid.data.readers", "ON_MISSING"),
     "train.precision": Registry("uit_reid.device", "PRECISIONS", extra=("auto",)),
-    "train.report_to": Registry("uit_reid.train.reporting", "REPORTERS"),
+    "train.report_to": Registry("uit_reid.train._reporting", "REPORTERS"),
     "synthetic.world": Registry("uit_reid.data.synthetic", "WORLD_NAMES"),
 }
 """The keys that name a choice and the registry whose keys are the allowed values. Registries are

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from uit_reid import augment
+from uit_reid import checkpoint as ckpt
 from uit_reid.data import JSONL_NAME, PedesDataset, Split, build_train_loader, load_dataset, make_synthetic
 from uit_reid.device import amp_dtype, autocast, resolve_device
 from uit_reid.distributed import is_distributed, rank, require_process_group, world_size
@@ -30,11 +31,10 @@ from uit_reid.factory import build_model
 from uit_reid.io import FolderLock, atomic_write_text, remove_stale_temp_files
 from uit_reid.model import UITModel
 from uit_reid.tables import metrics_line
-from uit_reid.train import checkpoint as ckpt
+from uit_reid.train._reporting import LOG_NAME, LossWindow, RunLog, log_to_file
+from uit_reid.train._selection import SELECT_ON_TEST_LABEL, ModelSelection, test_summary
 from uit_reid.train.config import TrainConfig
 from uit_reid.train.optim import build_optimizer, warmup_cosine
-from uit_reid.train.reporting import LOG_NAME, LossWindow, RunLog, log_to_file
-from uit_reid.train.selection import SELECT_ON_TEST_LABEL, ModelSelection, test_summary
 
 __all__ = ["NonFiniteLossError", "Trainer"]
 
