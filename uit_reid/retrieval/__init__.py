@@ -8,6 +8,7 @@ embedding-shard modules encode galleries to files and build compressed indexes f
 
 from __future__ import annotations
 
+from uit_reid._errors import EncoderMismatchError
 from uit_reid.retrieval.budget import choose_kind, index_memory, parse_bytes
 from uit_reid.retrieval.index import (
     FORMAT_VERSION,
@@ -38,6 +39,7 @@ __all__ = [
     "KIND_ALIASES",
     "METRIC_KEYS",
     "EmbeddingShards",
+    "EncoderMismatchError",
     "GalleryIndex",
     "Hit",
     "IndexFormatError",
