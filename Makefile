@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export NO_MKDOCS_2_WARNING ?= 1
+# pytest-xdist workers for `make test` (the suite is mostly single-threaded: two workers halve it on 2 cores)
+TEST_WORKERS ?= 2
 
 .PHONY: setup browser test lint docs api-doc demo gpu-check clean
 
@@ -33,7 +35,7 @@ browser:
 test: setup browser
 	$(BIN)/ruff check uit_reid tests benchmarks examples
 	$(BIN)/mkdocs build --strict --quiet -d $(VENV)/site
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 lint: setup
 	$(BIN)/ruff check uit_reid tests benchmarks examples
