@@ -247,7 +247,8 @@ def main() -> None:
     p.add_argument("--kinds", default="ivfpq,ivfpqwide,opq,hnsw", help="which of ivfpq, ivfpqwide, opq, hnsw, ivfflat to run")
     p.add_argument("--encode-images", type=int, default=512, help="images for the encode throughput (0: skip)")
     p.add_argument("--work", default=None, help="work folder (default: a temporary one, deleted after)")
-    p.add_argument("--keep", action="store_true", help="keep the work folder's vectors and indexes")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the work folder's vectors and indexes; a re-run with --keep reuses them and only re-measures")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     args = p.parse_args()
@@ -280,13 +281,20 @@ def main() -> None:
     start = time.perf_counter()
     exact = exact_top10(shards, queries)
     result["exact_stream_s"] = round(time.perf_counter() - start, 1)
+    result["load_after_generation"] = [round(v, 2) for v in os.getloadavg()]
     import faiss
 
     for name in [k.strip() for k in args.kinds.split(",") if k.strip()]:
         factory = factories[name]
         path = work / f"{name}.faiss"
         limit = min(args.hnsw_n, args.n) if name == "hnsw" else None
-        built, peak_mb = child(["build", str(folder), factory, str(path), *([str(limit)] if limit else [])])
+        record = work / f"{name}.build.json"
+        if args.keep and path.exists() and record.exists():  # re-measure a kept index without rebuilding it
+            built, peak_mb = json.loads(record.read_text()), json.loads(record.read_text())["peak_rss_mb"]
+            print(f"{name}: reusing the kept build ({record})", file=sys.stderr, flush=True)
+        else:
+            built, peak_mb = child(["build", str(folder), factory, str(path), *([str(limit)] if limit else [])])
+            record.write_text(json.dumps(built))
         row: dict[str, Any] = {"factory": factory, "vectors": limit or args.n, "build_s": round(built["build_s"], 1),
                                "peak_rss_mb": round(peak_mb), "file_mb": round(path.stat().st_size / 1e6, 1)}
         for mm in (0, 1):

@@ -13,8 +13,9 @@ import secrets
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -42,18 +43,27 @@ def _create_temp_file(path: Path) -> tuple[int, Path]:
     raise FileExistsError(f"cannot create a temporary file beside {path}: 100 names were taken")  # pragma: no cover
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview, *more: bytes | memoryview) -> None:
+Part = bytes | memoryview | Callable[[BinaryIO], None]
+"""A piece of a file `atomic_write_bytes` writes: bytes, or a function that streams them into the file."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: Part, *more: Part) -> None:
     """Write ``data`` (then each of ``more``) to a temporary file beside ``path``, fsync it, then
-    ``os.replace`` it into place. The file gets the permissions ``open()`` would give it (0666 minus
-    the umask, applied by the kernel), not the owner-only mode of ``tempfile`` files."""
+    ``os.replace`` it into place. A part may be a function ``write(fh)`` that streams its bytes into
+    the open file (a large serialisation need not exist in memory at once); if it raises, the
+    temporary file is removed and ``path`` is untouched. The file gets the permissions ``open()``
+    would give it (0666 minus the umask, applied by the kernel), not the owner-only mode of
+    ``tempfile`` files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            for chunk in more:
-                fh.write(chunk)
+            for chunk in (data, *more):
+                if callable(chunk):
+                    chunk(fh)
+                else:
+                    fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -25,6 +25,14 @@ def clustered(n: int, dim: int, rng: np.random.Generator, n_centers: int = 32) -
     return (centers[rng.integers(0, n_centers, n)] + 0.3 * rng.standard_normal((n, dim))).astype(np.float32)
 
 
+def saved(kind, xb, path):
+    """An index of ``kind`` over ``xb`` (ids 0..n-1), saved at ``path``."""
+    index = GalleryIndex(DIM, kind)
+    index.add(xb, np.arange(xb.shape[0]))
+    index.save(path)
+    return index
+
+
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)
@@ -173,11 +181,8 @@ def test_dimension_and_fingerprint_mismatches(data, tmp_path):
 
 
 def test_truncated_or_corrupted_files_fail_clearly(data, tmp_path, read_header, write_header):
-    xb, _ = data
-    index = GalleryIndex(DIM, "ivf")
-    index.add(xb, np.arange(xb.shape[0]))
     path = tmp_path / "g.faiss"
-    index.save(path)
+    saved("ivf", data[0], path)
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(IndexFormatError, match="truncated"):
@@ -248,3 +253,38 @@ def test_search_positions_number_items_in_ids_order(kind) -> None:
     assert index.ids_at(positions).tolist() == ids.tolist()
     with pytest.raises(IndexError, match="positions must be in 0..46"):
         index.ids_at([47])
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_saved_faiss_bytes_are_faiss_own_serialisation(kind, data, tmp_path, read_header) -> None:
+    """The streamed write gives byte for byte what ``faiss.serialize_index`` gives, at the header's size and checksum."""
+    import hashlib
+
+    import faiss
+
+    path = tmp_path / "gallery.faiss"
+    index = saved(kind, data[0], path)
+    meta = read_header(path)
+    expected = faiss.serialize_index(index._index).tobytes()
+    stored = path.read_bytes()[-meta["index_bytes"]:]
+    assert meta["index_bytes"] == len(expected) and stored == expected
+    assert meta["index_sha256"] == hashlib.sha256(expected).hexdigest()
+
+
+def test_a_save_whose_second_pass_differs_writes_nothing(data, tmp_path, monkeypatch) -> None:
+    import uit_reid.retrieval.index_file as index_file
+
+    path = tmp_path / "gallery.faiss"
+    index = saved("flat", data[0], path)
+    before = path.read_bytes()
+    real, calls = index_file._stream_index, []
+
+    def drifting(idx, sink):  # the second serialisation of a save gives other bytes
+        calls.append(1)
+        digest, size = real(idx, sink)
+        return (digest, size) if len(calls) % 2 else ("0" * 64, size)
+
+    monkeypatch.setattr(index_file, "_stream_index", drifting)
+    with pytest.raises(RuntimeError, match=r"FAISS serialised the index differently twice; nothing was written$"):
+        index.save(path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["gallery.faiss"]
