@@ -561,12 +561,12 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
     """The ``demo`` sub-command's arguments."""
-    p = sub.add_parser("demo", help="synthetic data -> train the tiny model on CPU -> evaluate -> index -> search")
+    p = sub.add_parser("demo", help="synthetic data -> fine-tune the tiny CLIP with UIT on CPU -> evaluate -> index -> search")
     p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
-    p.add_argument("--config", default="demo",
-                   help="demo (the tiny model from random init, InfoNCE) or demo_uit (fine-tune the shipped "
-                        "pre-trained uit-tiny with the UIT losses), or a TOML file (default: %(default)s)")
+    p.add_argument("--config", default="demo_uit",
+                   help="demo_uit (fine-tune the shipped pre-trained uit-tiny with the UIT losses) or demo (the "
+                        "tiny model from random init with InfoNCE, the baseline), or a TOML file (default: %(default)s)")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.set_defaults(func=cmd_demo)
 

@@ -1,6 +1,6 @@
 """The demo: synthetic pedestrians → zero-shot shipped `uit-tiny` → fine-tune with UIT → evaluate → index.
 
-The bundled ``demo`` config starts from the pre-trained tiny CLIP shipped in the package
+The default bundled config, ``demo_uit``, starts from the pre-trained tiny CLIP shipped in the package
 (``model.pretrained = "synthetic"``, see `uit_reid.pretrained`), measures it zero-shot on the test
 split, fine-tunes it with the paper's losses and evaluates again. Writes into the output folder:
 ``data/`` (the synthetic dataset), the trainer's run files, ``metrics.json`` (the fine-tuned test
@@ -41,13 +41,14 @@ DEMO_MARKER = ".uit_reid_demo"
 
 
 def run_demo(
-    out: Path, quick: bool = False, device: str = "cpu", config: str | Path = "demo"
+    out: Path, quick: bool = False, device: str = "cpu", config: str | Path = "demo_uit"
 ) -> dict[str, dict[str, float]]:
     """Run the whole demo into ``out``; return the test metrics ``{"zero_shot": ..., "fine_tuned": ...}``.
 
-    ``config`` is a bundled config name or a TOML file: ``"demo"`` trains the tiny model from random
-    initialisation with InfoNCE (its "zero-shot" row is the untrained model, at chance), ``"demo_uit"``
-    fine-tunes the shipped pre-trained ``uit-tiny`` with the UIT recipe. ``out`` must be empty, missing
+    ``config`` is a bundled config name or a TOML file: ``"demo_uit"`` (the default, what ``make demo``
+    runs) fine-tunes the shipped pre-trained ``uit-tiny`` with the UIT recipe; ``"demo"`` trains the
+    tiny model from random initialisation with InfoNCE (its "zero-shot" row is the untrained model, at
+    chance), the baseline. ``out`` must be empty, missing
     or an earlier demo's output; any other folder is refused, naming it.
     """
     start = time.perf_counter()
