@@ -290,7 +290,8 @@ def main() -> None:
         limit = min(args.hnsw_n, args.n) if name == "hnsw" else None
         record = work / f"{name}.build.json"
         if args.keep and path.exists() and record.exists():  # re-measure a kept index without rebuilding it
-            built, peak_mb = json.loads(record.read_text()), json.loads(record.read_text())["peak_rss_mb"]
+            built = json.loads(record.read_text())
+            peak_mb = built["peak_rss_mb"]
             print(f"{name}: reusing the kept build ({record})", file=sys.stderr, flush=True)
         else:
             built, peak_mb = child(["build", str(folder), factory, str(path), *([str(limit)] if limit else [])])
