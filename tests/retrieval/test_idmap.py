@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import tracemalloc
+from unittest.mock import patch
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uit_reid.retrieval import GalleryIndex
-from uit_reid.retrieval.idmap import IdMap
+from uit_reid.retrieval import GalleryIndex, idmap
+from uit_reid.retrieval.idmap import IdMap, hash_strings
 
 _TEXT = st.text(st.characters(codec="utf-8") | st.sampled_from("é/\ud800"), max_size=12)
 
@@ -48,6 +49,39 @@ def test_int_ids_match_a_dict(ids, probes) -> None:
     assert loaded.ids() == ids
     assert loaded.slots_of(ids + probes).tolist() == [expected.get(v, -1) for v in ids + probes]
     assert loaded.ids_at(np.array([-1, *range(len(ids))])).tolist() == [-1, *ids]
+
+
+def _reference_key(data: bytes) -> int:
+    """The documented key of one string, in plain Python integers (independent of the vectorised code)."""
+    mod, prime, mix0, mix1 = 2**64, 0x100000001B3, 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53
+    padded = data + bytes(-len(data) % 8)
+    h = 0
+    for j in range(len(padded) // 8):
+        w = int.from_bytes(padded[8 * j : 8 * j + 8], "little") * mix1 % mod
+        w ^= w >> 31
+        h = (h + w * pow(prime, j, mod)) % mod
+    h ^= len(data) * mix0 % mod
+    for mix in (mix0, mix1, None):
+        h ^= h >> 33
+        if mix is not None:
+            h = h * mix % mod
+    return h
+
+
+@settings(max_examples=40, deadline=None)
+@given(texts=st.lists(st.binary(max_size=40) | st.sampled_from([b"", b"a" * 8, b"a" * 9, b"img/000000001.jpg"]),
+                      max_size=30),
+       big=st.integers(0, 3))
+def test_string_keys_are_the_documented_hash(texts, big) -> None:
+    """Keys equal a per-string computation, wherever the string sits in the blob and whatever its neighbours."""
+    texts = texts + [bytes(range(256)) * big]  # a long id (many words)
+    offsets = np.zeros(len(texts) + 1, np.int64)
+    np.cumsum([len(t) for t in texts], out=offsets[1:])
+    expected = [_reference_key(t) for t in texts]
+    for chunk in (idmap._HASH_CHUNK_BYTES, 16):  # also one id per vectorised pass
+        with patch.object(idmap, "_HASH_CHUNK_BYTES", chunk):
+            keys = hash_strings(np.frombuffer(b"".join(texts), np.uint8), offsets)
+        assert keys.tolist() == expected
 
 
 def test_load_holds_no_python_object_per_id(tmp_path) -> None:

@@ -185,3 +185,18 @@ def test_a_foreign_or_changed_embedding_folder_is_refused(folders, tmp_path) -> 
     assert "embeddings" in manifest_less
     with pytest.raises(ValueError, match="ids already in the index"):
         add_shards(index, EmbeddingShards(folders["a"]), progress=False)
+
+
+def test_streamed_ids_are_checked_in_one_pass_and_repeats_still_refused(folders, tmp_path) -> None:
+    """Shards whose ids are all new are added without an id lookup table; a repeated id is still refused."""
+    index = build_index_from_shards(EmbeddingShards(folders["a"]), "IVF16,PQ8", progress=False)
+    assert index._ids._keys is None  # no lookup table was built for the 4,000 new ids
+    assert index.ids() == [i for _, ids in EmbeddingShards(folders["a"]) for i in ids]
+    repeated = tmp_path / "repeated"
+    source = EmbeddingShards(folders["b"])
+    write_shard(repeated, 0, np.asarray(source.vectors(0)), source.ids(0))
+    write_shard(repeated, 1, np.asarray(source.vectors(1)), source.ids(1)[:-1] + [source.ids(0)[7]])
+    with pytest.raises(ValueError, match=r"ids already in the index: \['img/4007.jpg'\]"):
+        build_index_from_shards(EmbeddingShards(repeated), "flat", progress=False)
+    with pytest.raises(ValueError, match=r"ids already in the index: \['img/4007.jpg'\]"):
+        add_shards(index, EmbeddingShards(repeated), progress=False)

@@ -80,15 +80,18 @@ def write_index_file(path: Path, fields: dict[str, Any], ids: IdMap, index: Any)
     second pass must give the same checksum, or nothing is written.
     """
     index_sha256, index_bytes = _stream_index(index, lambda chunk: None)
-    id_map = ids.to_bytes()
+    id_map = ids.to_parts()
+    id_map_digest = hashlib.sha256()
+    for part in id_map:
+        id_map_digest.update(part)
     meta = {
         "format": _FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         **fields,
         "id_type": ids.id_type,
         "slots": ids.num_slots,
-        "id_map_bytes": len(id_map),
-        "id_map_sha256": hashlib.sha256(id_map).hexdigest(),
+        "id_map_bytes": sum(part.nbytes for part in id_map),
+        "id_map_sha256": id_map_digest.hexdigest(),
         "index_bytes": index_bytes,
         "index_sha256": index_sha256,
         "faiss_version": faiss.__version__,
@@ -100,7 +103,7 @@ def write_index_file(path: Path, fields: dict[str, Any], ids: IdMap, index: Any)
         if _stream_index(index, fh.write) != (index_sha256, index_bytes):
             raise RuntimeError(f"{path}: FAISS serialised the index differently twice; nothing was written")
 
-    atomic_write_bytes(path, _MAGIC + _LEN.pack(len(header)) + header, id_map, write_faiss)
+    atomic_write_bytes(path, _MAGIC + _LEN.pack(len(header)) + header, *id_map, write_faiss)
 
 
 def read_index_file(
