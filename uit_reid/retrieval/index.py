@@ -396,9 +396,9 @@ class GalleryIndex:
 
         FAISS grows a list like a ``std::vector``, by doubling and copying, so a streamed build's lists
         held more than their entries (a replay of a 10M build's pattern, 4,096 lists and 8 entries per
-        list per add: 1.37x the entries' bytes resident; benchmarks/ivf_list_growth.py). Counting each list's vectors first (one extra
-        pass of the coarse quantizer) lets every list be allocated once, at its final size. Other
-        kinds, untrained or read-only indexes: nothing to do.
+        list per add: 1.37x the entries' bytes resident; benchmarks/ivf_list_growth.py). Counting each
+        list's vectors first (one extra pass of the coarse quantizer) lets every list be allocated
+        once, at its final size. Other kinds, untrained or read-only indexes: nothing to do.
         """
         if self._index is None or self.family != "ivf" or self.read_only:
             return
@@ -406,13 +406,14 @@ class GalleryIndex:
         lists = faiss.downcast_InvertedLists(ivf.invlists)
         if not isinstance(lists, faiss.ArrayInvertedLists):
             return
-        chain = faiss.downcast_index(self._index).chain if isinstance(
-            faiss.downcast_index(self._index), faiss.IndexPreTransform) else None
+        outer = faiss.downcast_index(self._index)  # OPQ kinds rotate vectors before the IVF sees them
+        chain = outer.chain if isinstance(outer, faiss.IndexPreTransform) else None
+        transforms = [chain.at(t) for t in range(chain.size())] if chain is not None else []
         counts = np.zeros(ivf.nlist, np.int64)
         for block in blocks:
             x = self._features(block, "features")
-            for t in range(chain.size() if chain is not None else 0):
-                x = chain.at(t).apply(x)
+            for transform in transforms:
+                x = transform.apply(x)
             _, assigned = ivf.quantizer.search(x, 1)
             counts += np.bincount(assigned.ravel(), minlength=ivf.nlist)
         for list_no in np.flatnonzero(counts).tolist():
