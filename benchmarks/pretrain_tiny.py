@@ -1,11 +1,12 @@
 """Pre-train the shipped `uit-tiny` checkpoint on the "web" synthetic world and export it.
 
     python benchmarks/pretrain_tiny.py                  # the shipped run (bundled config pretrain_tiny)
+    python benchmarks/pretrain_tiny.py --tag synthetic-bag   # the second one (config pretrain_tiny_bag)
     python benchmarks/pretrain_tiny.py --quick          # a smoke run into runs/pretrain_tiny_quick
 
 Trains contrastively (symmetric InfoNCE) from random init with the bundled `pretrain_tiny` config,
 which generates the pre-training world (`uit_reid.data.web_world`) first. Then it stores the CLIP
-weights in fp16 as ``uit_reid/pretrained/uit-tiny-synthetic.safetensors`` (``--export``, default
+weights in fp16 as ``uit_reid/pretrained/uit-tiny-<tag>.safetensors`` (``--export``, default
 on for the full run), prints the file's SHA-256 for `uit_reid.pretrained.SHIPPED`, and measures the
 zero-shot figures the model card records: on the demo's test split (250 identities) and on the small
 fixed split `tests/test_pretrained.py` checks. Wall times go to the log and ``pretrain_summary.json``.
@@ -30,10 +31,13 @@ from uit_reid.encoders import CLIPDualEncoder  # noqa: E402
 from uit_reid.evaluation import evaluate_model  # noqa: E402
 from uit_reid.factory import build_model, load_model  # noqa: E402
 from uit_reid.io import atomic_write_bytes, atomic_write_text, file_sha256  # noqa: E402
-from uit_reid.pretrained import CHECK_SPLIT, SHIPPED, SHIPPED_DIR  # noqa: E402
+from uit_reid.pretrained import CHECK_SPLIT, SHIPPED_DIR  # noqa: E402
 from uit_reid.train import Trainer, load_config  # noqa: E402
 
 logger = logging.getLogger("pretrain_tiny")
+
+PRETRAIN_CONFIGS = {"synthetic": "pretrain_tiny", "synthetic-bag": "pretrain_tiny_bag"}
+"""Shipped tag -> the bundled config that pre-trains it."""
 
 
 
@@ -72,11 +76,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few steps on a small world, no export")
     parser.add_argument("--export", action=argparse.BooleanOptionalAction, default=None,
                         help="write the shipped file (default: on for the full run, off for --quick)")
+    parser.add_argument("--tag", choices=sorted(PRETRAIN_CONFIGS), default="synthetic",
+                        help="which shipped checkpoint to pre-train (its bundled config: %(default)s -> pretrain_tiny)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     export = (not args.quick) if args.export is None else args.export
 
-    config = load_config("pretrain_tiny")
+    config = load_config(PRETRAIN_CONFIGS[args.tag])
     out = Path(args.out or (config.train.output_dir + ("_quick" if args.quick else "")))
     overrides = [f"train.output_dir={json.dumps(str(out))}", f"data.root={json.dumps(str(out / 'data'))}"]
     if args.quick:
@@ -91,9 +97,8 @@ def main() -> None:
     train_s = time.perf_counter() - start - data_s
     logger.info("data %.0f s, training %.0f s", data_s, train_s)
 
-    weights = str(out / "uit-tiny-synthetic.safetensors")
-    if export:
-        weights = str(SHIPPED_DIR / SHIPPED[("uit-tiny", "synthetic")].file)
+    name = f"uit-tiny-{args.tag}.safetensors"
+    weights = str((SHIPPED_DIR if export else out) / name)
     digest = export_weights(Path(result["model_dir"]), Path(weights))
     logger.info("wrote %s (sha256 %s)", weights, digest)
 

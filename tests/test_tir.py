@@ -263,5 +263,5 @@ def test_sen_layout_restores_only_through_the_caption() -> None:
 
 
 def test_tir_head_rejects_an_unknown_layout() -> None:
-    with pytest.raises(ValueError, match="unknown TIR layout 'mae'; known: \\['residual', 'sen'\\]"):
+    with pytest.raises(ValueError, match="unknown TIR layout 'mae'; known: \\['residual', 'sen', 'sen_masked'\\]"):
         TIRHead(32, (6, 4), 4, width=32, depth=1, heads=4, layout="mae")

@@ -59,7 +59,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from uit_reid.data import load_dataset
-    from uit_reid.evaluation import binding_table, encode_split, evaluate_binding
+    from uit_reid.evaluation import (
+        binding_table,
+        encode_split,
+        evaluate_binding,
+        evaluate_text_use,
+        text_use_table,
+    )
     from uit_reid.factory import load_model
     from uit_reid.io import check_writable
     from uit_reid.retrieval import evaluate, metrics_table
@@ -82,6 +88,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if binding:  # the split's records carry attributes
         rows[f"{args.split} binding"] = binding
         table += "\n\n" + binding_table(binding)
+    text_use = evaluate_text_use(model, split, args.batch_size, device)
+    if text_use:  # the model has a TIR head and the records carry garment colours
+        rows[f"{args.split} TIR text use"] = text_use
+        table += "\n\n" + text_use_table(text_use)
     print(json.dumps(rows) if args.json else table)
     if args.out:
         from uit_reid.io import atomic_write_text

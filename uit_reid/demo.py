@@ -5,7 +5,8 @@ The default bundled config, ``demo_uit``, starts from the pre-trained tiny CLIP 
 split, fine-tunes it with the paper's losses and evaluates again. Writes into the output folder:
 ``data/`` (the synthetic dataset), the trainer's run files, ``metrics.json`` (the fine-tuned test
 R1/R5/R10/mAP/mINP and binding accuracy, with the zero-shot row under ``"zero_shot"``),
-``results.png`` (three queries with their top-5), ``training_curve.png`` and ``gallery.faiss`` (the
+``results.png`` (three queries with their top-5), ``tir.png`` (six test people restored from grey by the
+TIR decoder, from the true caption and from the colours swapped), ``training_curve.png`` and ``gallery.faiss`` (the
 test gallery's index, which ``uit-reid serve`` can serve: the demo ends by printing that command).
 """
 
@@ -25,6 +26,7 @@ from uit_reid.factory import load_model
 from uit_reid.io import atomic_write_text
 from uit_reid.retrieval import GalleryIndex, ranked_hits, render_results
 from uit_reid.tables import metrics_line
+from uit_reid.tir_figure import restoration_figure
 from uit_reid.train import TrainConfig, Trainer, load_config
 
 __all__ = ["DEMO_COLUMNS", "ZERO_SHOT_KEY", "run_demo", "plot_training_curve"]
@@ -34,8 +36,9 @@ logger = logging.getLogger(__name__)
 NUM_QUERIES = 3
 ZERO_SHOT_KEY = "zero_shot"
 """Where ``metrics.json`` keeps the shipped checkpoint's test metrics before fine-tuning."""
-DEMO_COLUMNS = ("R1", "R5", "mAP", "binding", "presence")
-"""The columns the demo prints for its two rows (zero-shot, fine-tuned)."""
+DEMO_COLUMNS = ("R1", "R5", "mAP", "binding", "presence", "text_use")
+"""The columns the demo prints for its two rows (zero-shot, fine-tuned); ``text_use``: the TIR decoder's
+(`uit_reid.evaluation.evaluate_text_use`), absent without one."""
 DEMO_MARKER = ".uit_reid_demo"
 """File the demo leaves in its output folder: running the demo again may replace that folder's run."""
 
@@ -117,6 +120,8 @@ def _index_and_show(out: Path, model_dir: Path, test: Split, device: str) -> Non
         logger.info("query: %s\n  top-5 (+ right person, - wrong): [%s]", text, marks)
         panels.append(render_results(text, hits))
     _stack_vertically(panels).save(out / "results.png")
+    if model.tir_head is not None:
+        restoration_figure(model, test).save(out / "tir.png")
     plot_training_curve(out / "metrics.jsonl", out / "training_curve.png")
     index.save(out / "gallery.faiss")
 

@@ -17,13 +17,21 @@ from typing import Any
 
 import torch
 
+from uit_reid import recipe
 from uit_reid.checkpoint import CheckpointError, load_checkpoint
 from uit_reid.encoders import CLIPDualEncoder, get_model_config
 from uit_reid.encoders import get_tokenizer as _tower_tokenizer
 from uit_reid.model import UITModel
 from uit_reid.tir import TIRHead
 
-__all__ = ["build_model", "create_model_and_transforms", "get_tokenizer", "load_model"]
+__all__ = [
+    "build_model",
+    "create_model_and_transforms",
+    "get_tokenizer",
+    "load_model",
+    "load_tir_head_weights",
+    "save_tir_head",
+]
 
 _UNSET = object()
 
@@ -39,7 +47,7 @@ def build_model(
 
     Args:
         model: ``ModelConfig`` or a dict with its keys (tower, pretrained, image_size, context_length,
-            tir_head, tir_width, tir_depth, tir_heads, tir_layout, tir_grayscale, mask_ratio).
+            tir_head, tir_width, tir_depth, tir_heads, tir_layout, tir_grayscale, tir_target, mask_ratio).
         loss: ``LossConfig`` or a dict with its keys (the five loss weights, logit_scale, cmt_margin).
         num_classes: training identities (the ID classifier's size; unused when the ID weight is 0).
         pretrained: overrides ``model["pretrained"]`` (e.g. None when weights are loaded afterwards).
@@ -64,6 +72,8 @@ def build_model(
             heads=m["tir_heads"],
             layout=m["tir_layout"],
         )
+        if m.get("tir_pretrained"):
+            load_tir_head_weights(tir, m["tir_pretrained"], m["tower"])
     return UITModel(
         encoder,
         num_classes=num_classes if lw["id"] > 0 else 0,
@@ -74,7 +84,44 @@ def build_model(
         mask_ratio=m["mask_ratio"],
         tir_grayscale=m["tir_grayscale"],
         interpolation=interpolation,
+        tir_target=m.get("tir_target", recipe.TIR_TARGET),
     )
+
+
+def load_tir_head_weights(head: TIRHead, source: str | os.PathLike, tower: str | None = None) -> TIRHead:
+    """Load pre-trained decoder weights into ``head``: a tag shipped for ``tower``
+    (`uit_reid.pretrained.SHIPPED_TIR_HEADS`) or a ``.safetensors`` file written by `save_tir_head`.
+
+    The file records the `TIRHead` configuration it was trained with; a head built differently is refused
+    with both configurations named (a decoder of another width or layout cannot be loaded).
+    """
+    from safetensors import safe_open
+
+    from uit_reid.pretrained import SHIPPED_TIR_HEADS, shipped_tir_head
+
+    source = str(source)
+    is_tag = tower is not None and (tower, source) in SHIPPED_TIR_HEADS
+    if not is_tag and not Path(source).is_file():
+        raise ValueError(f"model.tir_pretrained: {source!r} is neither a TIR decoder shipped for {tower} "
+                         f"({sorted(t for a, t in SHIPPED_TIR_HEADS if a == tower)}) nor a file")
+    path = shipped_tir_head(tower, source) if is_tag else Path(source)
+    with safe_open(str(path), framework="pt") as f:
+        recorded = json.loads((f.metadata() or {}).get("tir_head", "null"))
+        state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    if recorded != json.loads(json.dumps(head.config())):
+        raise ValueError(f"{path}: a TIR decoder trained as {recorded}; this model's decoder is {head.config()}")
+    head.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return head
+
+
+def save_tir_head(head: TIRHead, path: str | os.PathLike) -> None:
+    """Write ``head``'s weights and configuration as ``.safetensors`` (for ``model.tir_pretrained``), atomically."""
+    from safetensors.torch import save
+
+    from uit_reid.io import atomic_write_bytes
+
+    state = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
+    atomic_write_bytes(path, save(state, metadata={"tir_head": json.dumps(head.config())}))
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> UITModel:

@@ -26,11 +26,11 @@ from uit_reid._bounds import (
 )
 from uit_reid._version import __version__
 from uit_reid.distributed import gather_no_grad, gather_with_grad
-from uit_reid.encoders import CLIPDualEncoder, load_state_dict_file
+from uit_reid.encoders import CLIPDualEncoder, MaskedImageOutput, load_state_dict_file
 from uit_reid.images import INTERPOLATIONS
 from uit_reid.io import atomic_write_bytes, atomic_write_text
 from uit_reid.model_card import MODEL_CARD_NAME, ModelCardInfo, render_model_card
-from uit_reid.tir import TIR_GRAYSCALES, TIRHead, patchify, tir_loss, to_grayscale
+from uit_reid.tir import TIR_GRAYSCALES, TIR_TARGETS, TIRHead, tir_loss, tir_target, to_grayscale
 
 __all__ = ["PRETRAINED_FORMAT_VERSION", "UITModel"]
 
@@ -69,6 +69,8 @@ class UITModel(nn.Module):
         tir_grayscale: how TIR's grayscale input is formed. ``"normalised"`` (the authors' code):
             the luma weights applied to the normalised tensor, one channel repeated three times;
             ``"pixels"``: grayscale of the de-normalised pixels, normalised again.
+        tir_target: what TIR restores (`uit_reid.tir.TIR_TARGETS`): ``"pixels"`` (the authors' code)
+            or ``"patch_norm"`` (each patch standardised, MAE's ``norm_pix_loss``).
         interpolation: the resize the model's images were trained with (``"bicubic"`` or
             ``"bilinear"``; by default the tower's); saved with the model (with the mean and std) so
             that `eval_transform` gives evaluation and indexing the same preprocessing.
@@ -92,6 +94,7 @@ class UITModel(nn.Module):
         image_std: Sequence[float] | None = None,
         tir_grayscale: str = recipe.TIR_GRAYSCALE,
         interpolation: str | None = None,
+        tir_target: str = recipe.TIR_TARGET,
     ) -> None:
         super().__init__()
         self.image_mean, self.image_std, self.interpolation = _preprocessing(
@@ -99,6 +102,8 @@ class UITModel(nn.Module):
         )
         if tir_grayscale not in TIR_GRAYSCALES:
             raise ValueError(f"tir_grayscale must be one of {list(TIR_GRAYSCALES)}, got {tir_grayscale!r}")
+        if tir_target not in TIR_TARGETS:
+            raise ValueError(f"tir_target must be one of {list(TIR_TARGETS)}, got {tir_target!r}")
         check_int(num_classes, "num_classes", 0, MAX_SIZES["num_classes"])
         check_number(logit_scale, "logit_scale", 0, low_open=True)
         check_number(cmt_margin, "cmt_margin", 0)
@@ -133,6 +138,7 @@ class UITModel(nn.Module):
         self.cmt_margin = float(cmt_margin)
         self.mask_ratio = float(mask_ratio)
         self.tir_grayscale = tir_grayscale
+        self.tir_target = tir_target
         self.model_card: ModelCardInfo | None = None
         """Training data, config, metrics or origin that `save_pretrained` writes into the model card."""
 
@@ -189,18 +195,30 @@ class UITModel(nn.Module):
         out["loss"] = total
         return out
 
-    def restoration_loss(self, images: torch.Tensor, ids: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
+    def restoration_loss(
+        self, images: torch.Tensor, ids: torch.Tensor, text_tokens: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Restore the RGB pixels of masked patches of the grayscale image from the caption."""
-        assert self.tir_head is not None
+        masked = self.tir_input(images, generator)
+        pred = self.restore(masked, ids, text_tokens)
+        return tir_loss(pred, tir_target(images, self.encoder.patch_size, self.tir_target), masked.mask)
+
+    def tir_input(self, images: torch.Tensor, generator: torch.Generator | None = None) -> MaskedImageOutput:
+        """TIR's input: ``images`` turned to grayscale, a random ``mask_ratio`` of patches dropped
+        (``generator`` fixes which), the rest encoded by the image tower."""
         if self.tir_grayscale == "normalised":
             gray = to_grayscale(images)
         else:
             gray = to_grayscale(images, self.image_mean, self.image_std)
-        masked = self.encoder.encode_masked_image(gray, self.mask_ratio)
-        pred = self.tir_head(
-            masked.tokens, masked.ids_restore, text_tokens, self.encoder.text_padding_mask(ids)
-        )
-        return tir_loss(pred, patchify(images, self.encoder.patch_size), masked.mask)
+        return self.encoder.encode_masked_image(gray, self.mask_ratio, generator)
+
+    def restore(self, masked: MaskedImageOutput, ids: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
+        """The TIR head's prediction ``(B, N, P)`` for every patch of `tir_input`'s ``masked``, read
+        from the captions ``ids`` and their token features."""
+        if self.tir_head is None:
+            raise ValueError("this model has no TIR head (tir_head=False)")
+        return self.tir_head(masked.tokens, masked.ids_restore, text_tokens, self.encoder.text_padding_mask(ids))
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Pooled image features (no TIR cost); ``normalize``: L2-normalised, as float32.
@@ -257,6 +275,7 @@ class UITModel(nn.Module):
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),
             "tir_grayscale": self.tir_grayscale,
+            "tir_target": self.tir_target,
             "interpolation": self.interpolation,
         }
 
@@ -361,6 +380,7 @@ class UITModel(nn.Module):
             image_std=cfg["image_std"],
             tir_grayscale=cfg["tir_grayscale"],
             interpolation=cfg["interpolation"],
+            tir_target=cfg.get("tir_target", "pixels"),  # models saved before 0.x restore pixels
         )
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "TIR_GRAYSCALE",
     "TIR_HEADS",
     "TIR_LAYOUT",
+    "TIR_TARGET",
     "TIR_WIDTH",
 ]
 
@@ -37,6 +38,8 @@ TIR_HEADS = 8
 """Attention heads of the TIR decoder."""
 TIR_LAYOUT = "sen"
 """The TIR decoder variant (`uit_reid.tir.TIR_LAYOUTS`): the authors' released one."""
+TIR_TARGET = "pixels"
+"""What the TIR decoder restores (`uit_reid.tir.TIR_TARGETS`): the patches' normalised RGB pixels, as the authors' code."""
 TIR_GRAYSCALE = "normalised"
 """How TIR's grayscale input is formed (`uit_reid.tir.TIR_GRAYSCALES`): as the authors' code does."""
 SAMPLER = "identity_groups"

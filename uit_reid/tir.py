@@ -6,7 +6,7 @@ Colour is only available through the text, so the restoration ties words ("red j
 regions. Used at training time only; inference pays nothing for it.
 
 Pieces, each usable alone: `to_grayscale`, `patchify` / `unpatchify`,
-`random_masking`, `TIRHead` and `tir_loss`.
+`random_masking`, `TIRHead`, `tir_target`, `tir_loss` and `tir_errors`.
 """
 
 from __future__ import annotations
@@ -25,11 +25,14 @@ __all__ = [
     "SEN_TIR_UNUSED_PREFIXES",
     "TIR_GRAYSCALES",
     "TIR_LAYOUTS",
+    "TIR_TARGETS",
     "TIRHead",
     "patchify",
     "random_masking",
     "sincos_2d_position_embedding",
+    "tir_errors",
     "tir_loss",
+    "tir_target",
     "to_grayscale",
     "unpatchify",
 ]
@@ -142,10 +145,19 @@ def sincos_2d_position_embedding(dim: int, grid_size: Sequence[int], cls_token: 
 TIR_LAYOUTS: dict[str, dict[str, bool]] = {
     "sen": {"residual": False, "mask_padding": False},
     "residual": {"residual": True, "mask_padding": True},
+    "sen_masked": {"residual": False, "mask_padding": True},
 }
 """Decoder variants by name. ``"sen"`` is the authors' released decoder (the paper configs):
 restoration must pass through the caption. ``"residual"`` adds the image tokens back after the
-cross-attention and hides caption padding from it (this library's earlier variant)."""
+cross-attention and hides caption padding from it (this library's earlier variant). ``"sen_masked"`` is
+the authors' decoder with caption padding (the positions after the end-of-text token) hidden from the
+cross-attention: restoration still passes through the caption, but only through its words."""
+
+TIR_TARGETS: tuple[str, ...] = ("pixels", "patch_norm")
+"""What the decoder restores (`tir_target`): ``"pixels"``, the normalised RGB pixels of each patch (the
+authors' code), or ``"patch_norm"``, each patch's pixels standardised by the patch's own mean and
+standard deviation (MAE's ``norm_pix_loss``). The hidden patch's brightness, which no caption carries,
+is most of the ``"pixels"`` error; ``"patch_norm"`` removes it, leaving colour and texture."""
 
 TIR_GRAYSCALES: tuple[str, ...] = ("normalised", "pixels")
 """How `UITModel` forms TIR's grayscale input from a normalised batch (`to_grayscale`): ``"normalised"``
@@ -323,6 +335,32 @@ class TIRHead(nn.Module):
         x = self.attn_norm(x + attended if self.residual else attended)
         x = self.decoder(x)
         return self.pred(self.norm(x))[:, 1:]
+
+
+def tir_target(images: torch.Tensor, patch_size: int | Sequence[int], kind: str = "pixels") -> torch.Tensor:
+    """What the decoder must restore for ``images`` ``(B, 3, H, W)``: ``(B, N, ph*pw*3)`` (see `TIR_TARGETS`).
+
+    ``"patch_norm"`` standardises every patch over all its values (MAE: mean and variance over the
+    patch's pixels and channels, ``eps`` 1e-6 inside the square root).
+    """
+    if kind not in TIR_TARGETS:
+        raise ValueError(f"unknown TIR target {kind!r}; known: {list(TIR_TARGETS)}")
+    patches = patchify(images, patch_size)
+    if kind == "pixels":
+        return patches
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True, unbiased=False)
+    return (patches - mean) / (var + 1e-6).sqrt()
+
+
+def tir_errors(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Restoration error of each image: ``(B,)``, the per-patch mean squared error averaged over that
+    image's masked patches (`tir_loss` of a batch whose images hide equally many patches is their mean)."""
+    if pred.shape != target.shape or mask.shape != pred.shape[:2]:
+        raise ValueError(f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and mask {tuple(mask.shape)} do not fit")
+    per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)
+    weights = mask.float()
+    return (per_patch * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
 def tir_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

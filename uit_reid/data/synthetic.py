@@ -569,7 +569,7 @@ class World:
 PEDESTRIANS = World("pedestrians", make_caption, STREET, (1, 4), "uit-synthetic")
 """The demo's world: full descriptions (both garments with their colours), street scenes, families of look-alikes."""
 
-WORLD_NAMES = ("pedestrians", "web")
+WORLD_NAMES = ("pedestrians", "web", "web-bag")
 """The synthetic worlds ``make_synthetic`` can write (``world=``)."""
 
 
@@ -577,10 +577,10 @@ def synthetic_world(name: str) -> World:
     """The `World` called ``name`` (one of `WORLD_NAMES`)."""
     if name == "pedestrians":
         return PEDESTRIANS
-    if name == "web":
-        from uit_reid.data.web_world import WEB
+    if name in ("web", "web-bag"):
+        from uit_reid.data.web_world import WEB, WEB_BAG
 
-        return WEB
+        return WEB if name == "web" else WEB_BAG
     raise ValueError(f"unknown synthetic world {name!r}; choose one of {list(WORLD_NAMES)}")
 
 

@@ -12,6 +12,13 @@ pre-trained model as users do. It reuses the pedestrians' attributes and rendere
   families of look-alikes are smaller (one to two members).
 
 ``make_synthetic(root, ..., world="web")`` writes it.
+
+A second captioning of the same world, ``world="web-bag"`` (`WEB_BAG`), names the colours and the
+garments as two separate lists ("black and red; trousers, a jacket"), each shuffled on its own, as
+alt-text often does: colour words and garment words are there, which colour goes where is not. The
+same seed draws the same people and images as ``"web"`` (the two worlds share their seed key), so a
+model pre-trained on it differs from the shipped ``synthetic`` one in its captions alone. It is the
+start where binding must be learnt: real CLIPs bind colours to objects barely above chance.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from uit_reid.data.synthetic import (
     _colour_word,
 )
 
-__all__ = ["PARK", "WEB", "make_web_caption"]
+__all__ = ["PARK", "WEB", "WEB_BAG", "make_bag_caption", "make_web_caption"]
 
 PARK = RenderStyle(person_height=(0.62, 0.85), back_view_p=0.5, background="park")
 """The web world's staging: smaller people, more back views, park backgrounds."""
@@ -84,3 +91,35 @@ def make_web_caption(attrs: dict[str, Any], rng: random.Random) -> str:
 
 WEB = World("web", make_web_caption, PARK, (1, 2), "uit-web")
 """The pre-training world (see the module docstring)."""
+
+
+_BAG_TEMPLATES = (
+    "{colours}; {items}",
+    "a person in {colours}, {items}",
+    "{items} in {colours}",
+    "someone wearing {colours}: {items}",
+    "pedestrian, {colours}, {items}",
+    "colours {colours}, clothes {items}",
+)
+
+
+def make_bag_caption(attrs: dict[str, Any], rng: random.Random) -> str:
+    """The colours and the garments of ``attrs`` as two separately shuffled lists (a bag of words).
+
+    Both garments' colours are always named, and both garments; shoes (half the time) add their
+    colour to the colour list and "shoes" to the items. Nothing in the caption says which colour
+    belongs to which item, so captions teach which colours a person wears but not where.
+    """
+    colours = [_colour_word(attrs["upper_colour"], rng), _colour_word(attrs["lower_colour"], rng)]
+    items = [_article(rng.choice(UPPER_WORDS[attrs["upper_type"]])), rng.choice(LOWER_WORDS[attrs["lower_type"]])]
+    if rng.random() < 0.5:
+        colours.append(_colour_word(attrs["shoes_colour"], rng))
+        items.append(rng.choice(SHOE_WORDS))
+    colours = list(dict.fromkeys(colours))  # a colour worn twice is named once
+    rng.shuffle(colours)
+    rng.shuffle(items)
+    return rng.choice(_BAG_TEMPLATES).format(colours=" and ".join(colours), items=", ".join(items))
+
+
+WEB_BAG = World("web-bag", make_bag_caption, PARK, (1, 2), "uit-web")
+"""The web world's people captioned as bags of colour and garment words (see the module docstring)."""

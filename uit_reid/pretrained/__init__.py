@@ -13,7 +13,16 @@ from pathlib import Path
 
 from uit_reid.io import file_sha256
 
-__all__ = ["CHECK_SPLIT", "SHIPPED", "SHIPPED_DIR", "ShippedWeights", "shipped_tags", "shipped_weights"]
+__all__ = [
+    "CHECK_SPLIT",
+    "SHIPPED",
+    "SHIPPED_DIR",
+    "SHIPPED_TIR_HEADS",
+    "ShippedWeights",
+    "shipped_tags",
+    "shipped_tir_head",
+    "shipped_weights",
+]
 
 SHIPPED_DIR = Path(__file__).resolve().parent
 """The folder the shipped files live in."""
@@ -36,6 +45,11 @@ SHIPPED: dict[tuple[str, str], ShippedWeights] = {
 }
 """(architecture, tag) -> the shipped weights (see ``uit-tiny-synthetic.md`` for the card)."""
 
+SHIPPED_TIR_HEADS: dict[tuple[str, str], ShippedWeights] = {}
+"""(architecture, tag) -> a TIR decoder pre-trained on the frozen encoders of those shipped weights
+(``model.tir_pretrained``), so that a short fine-tune starts with a decoder that reads the caption.
+Its `TIRHead` configuration is stored in the file's metadata; see the card beside the CLIP weights."""
+
 
 CHECK_SPLIT = {"num_ids": 60, "images_per_id": 2, "seed": 5, "num_val_ids": 0, "num_test_ids": 60}
 """``make_synthetic`` arguments of the small fixed split whose zero-shot figures each model card
@@ -52,10 +66,25 @@ def shipped_weights(name: str, tag: str) -> Path:
 
     Raises ``ValueError`` naming the file when it is missing or its SHA-256 differs from the record.
     """
-    entry = SHIPPED[(name, tag)]
+    return _verified(SHIPPED[(name, tag)], f"the shipped weights for {name} pretrained={tag!r}")
+
+
+def shipped_tir_head(name: str, tag: str) -> Path:
+    """The verified path of the TIR decoder shipped for ``name`` pretrained=``tag`` (`SHIPPED_TIR_HEADS`).
+
+    Raises ``ValueError`` naming the tags that have one when there is none, or naming the file when it
+    is missing or altered.
+    """
+    if (name, tag) not in SHIPPED_TIR_HEADS:
+        have = sorted(t for arch, t in SHIPPED_TIR_HEADS if arch == name)
+        raise ValueError(f"no TIR decoder is shipped for {name} pretrained={tag!r}; shipped for: {have}")
+    return _verified(SHIPPED_TIR_HEADS[(name, tag)], f"the shipped TIR decoder for {name} pretrained={tag!r}")
+
+
+def _verified(entry: ShippedWeights, what: str) -> Path:
     path = SHIPPED_DIR / entry.file
     if not path.is_file():
-        raise ValueError(f"{path}: the shipped weights for {name} pretrained={tag!r} are missing; reinstall uit_reid")
+        raise ValueError(f"{path}: {what} is missing; reinstall uit_reid")
     digest = file_sha256(path)
     if digest != entry.sha256:
         raise ValueError(

@@ -60,11 +60,17 @@ class ModelConfig:
     tir_layout: str = recipe.TIR_LAYOUT
     mask_ratio: float = recipe.MASK_RATIO
     tir_grayscale: str = recipe.TIR_GRAYSCALE
+    tir_target: str = recipe.TIR_TARGET
+    tir_pretrained: str | None = None
+    """Start the TIR decoder from pre-trained weights: a tag shipped for ``tower`` (`uit_reid.pretrained.
+    SHIPPED_TIR_HEADS`) or a ``.safetensors`` file of a `TIRHead`; none (the authors' recipe): a fresh decoder."""
 
     def __post_init__(self) -> None:
         # TOML has no null: "none" (or "") means random initialisation.
         if isinstance(self.pretrained, str) and self.pretrained.lower() in ("", "none", "random"):
             self.pretrained = None
+        if isinstance(self.tir_pretrained, str) and self.tir_pretrained.lower() in ("", "none", "random"):
+            self.tir_pretrained = None
 
 
 @dataclass
@@ -125,6 +131,10 @@ class TrainLoopConfig:
     output_dir: str = "runs/uit"
     device: str = "auto"
     max_steps: int = 0
+    tir_warmup_steps: int = 0
+    """Steps of the TIR decoder alone on the frozen encoders before joint training (`uit_reid.train.tir_warmup`)."""
+    tir_warmup_lr: float = 0.0
+    """The warm-up's constant learning rate for the whole decoder; 0: ``optim.lr * optim.head_lr_mult``."""
     select_on_test: bool = False
     report_to: tuple[str, ...] = ()
     """Where metrics go besides ``metrics.jsonl``: any of ``"tensorboard"``, ``"wandb"`` (none by default)."""
@@ -169,6 +179,8 @@ class TrainConfig:
             (r.log_every >= 1, f"train.log_every must be >= 1, got {r.log_every}"),
             (r.max_steps >= 0, f"train.max_steps must be >= 0 (0 = no limit), got {r.max_steps}"),
             (r.checkpoint_every_steps >= 0, f"train.checkpoint_every_steps must be >= 0, got {r.checkpoint_every_steps}"),
+            (r.tir_warmup_steps >= 0, f"train.tir_warmup_steps must be >= 0, got {r.tir_warmup_steps}"),
+            (r.tir_warmup_lr >= 0, f"train.tir_warmup_lr must be >= 0 (0 = optim.lr * optim.head_lr_mult), got {r.tir_warmup_lr}"),
             (d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}"),
             (d.eval_batch_size > 0, f"data.eval_batch_size must be positive, got {d.eval_batch_size}"),
             (d.num_instances >= 1, f"data.num_instances must be >= 1, got {d.num_instances}"),
@@ -314,6 +326,7 @@ class Registry(typing.NamedTuple):
 CHOICES: dict[str, Registry] = {
     "model.tir_layout": Registry("uit_reid.tir", "TIR_LAYOUTS"),
     "model.tir_grayscale": Registry("uit_reid.tir", "TIR_GRAYSCALES"),
+    "model.tir_target": Registry("uit_reid.tir", "TIR_TARGETS"),
     "data.sampler": Registry("uit_reid.data.samplers", "SAMPLERS"),
     "data.interpolation": Registry("uit_reid.images", "INTERPOLATIONS"),
     "data.erasing_fill": Registry("uit_reid.augment", "ERASING_FILLS"),

@@ -35,6 +35,7 @@ from uit_reid.train._reporting import LOG_NAME, LossWindow, RunLog, log_to_file
 from uit_reid.train._selection import SELECT_ON_TEST_LABEL, ModelSelection, test_summary
 from uit_reid.train.config import TrainConfig
 from uit_reid.train.optim import build_optimizer, warmup_cosine
+from uit_reid.train.tir_warmup import warm_up_decoder
 
 __all__ = ["NonFiniteLossError", "Trainer"]
 
@@ -205,6 +206,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.toml", self.config.to_toml())
         self.log.open(fresh=self.step == 0)  # a fresh run in a used folder starts a fresh log
+        if self.step == 0:
+            self._warm_up_tir()
         self.model.train()
         progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
         window = LossWindow()
@@ -212,6 +215,22 @@ class Trainer:
             self._train_epoch(progress, window)
         progress.close()
         return self._finish()
+
+    def _warm_up_tir(self) -> None:
+        """``train.tir_warmup_steps`` steps of the TIR decoder alone (before step 1; a resumed run has
+        its warmed decoder in the checkpoint). Every rank warms its own copy from the same start on its
+        own batches; rank 0's decoder is then broadcast, so DDP's replicas stay equal."""
+        t, o = self.config.train, self.config.optim
+        if t.tir_warmup_steps == 0 or self.model.tir_head is None:
+            return
+        self.loader.batch_sampler.set_epoch(0)
+        losses = warm_up_decoder(self.model, self.loader, t.tir_warmup_steps, t.tir_warmup_lr or o.lr * o.head_lr_mult,
+                                 self.device, self.amp_dtype)
+        if is_distributed():
+            for tensor in self.model.tir_head.state_dict().values():
+                dist.broadcast(tensor, src=0)
+        self.log.write({"step": 0, "epoch": 0, "split": "tir_warmup", "steps": len(losses),
+                        "tir_first": losses[0], "tir_last": losses[-1]})
 
     def _release_lock(self) -> None:
         if self._lock is not None:
