@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2.5e-3)
     parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--layout", default=None, help="decoder layout (default: the demo config's)")
     parser.add_argument("--export", action="store_true", help="write the shipped file into uit_reid/pretrained/")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -75,7 +76,8 @@ def main() -> None:
     config = load_config("demo_uit").override([
         f"data.root={json.dumps(str(data))}", f"train.output_dir={json.dumps(str(out / 'run'))}",
         "synthetic.generate=false", f"data.batch_size={args.batch}", 'data.sampler="random"',
-        "data.text_augment_p=0.0", "data.token_corruption=false",
+        "data.text_augment_p=0.0", "data.token_corruption=false", "model.tir_pretrained=\"none\"",
+        *([f"model.tir_layout={json.dumps(args.layout)}"] if args.layout else []),
     ])
     trainer = Trainer(config, overwrite=True)
     model = trainer.model

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import uit_reid.pretrained as shipped
-from uit_reid import CLIPDualEncoder
+from uit_reid import CLIPDualEncoder, TIRHead
 from uit_reid.data import load_dataset, make_synthetic
 from uit_reid.encoders import load_state_dict_file
-from uit_reid.factory import build_model
+from uit_reid.evaluation import evaluate_text_use
+from uit_reid.factory import build_model, save_tir_head
 from uit_reid.io import file_sha256
 from uit_reid.train import load_config
 
@@ -94,3 +95,49 @@ def test_shipped_weights_reproduce_the_documented_zero_shot_figures(tmp_path: Pa
         assert measured[key] == pytest.approx(value, abs=0.5), key
     # the figures say something: far above chance on 60 identities (R1 chance ~1.7%)
     assert documented["R1"] > 5 * 100 / 60
+
+
+# ---------------------------------------------------------------------------------------------------
+# The TIR decoder shipped beside the weights (model.tir_pretrained = "synthetic" in the demo config)
+TIR_ENTRY = shipped.SHIPPED_TIR_HEADS[("uit-tiny", "synthetic")]
+
+
+def test_shipped_decoder_matches_its_record_and_loads_into_the_demo_model() -> None:
+    path = shipped.SHIPPED_DIR / TIR_ENTRY.file
+    assert path.stat().st_size <= 2 * 2**20
+    assert file_sha256(path) == TIR_ENTRY.sha256
+    assert TIR_ENTRY.sha256 in CARD.read_text()
+    demo = load_config("demo_uit")
+    assert demo.model.tir_pretrained == "synthetic"
+    model = build_model(demo.model, demo.loss, num_classes=1)
+    state = load_state_dict_file(path)
+    own = model.tir_head.state_dict()
+    assert state.keys() == own.keys() and all(torch.equal(own[k], v.float()) for k, v in state.items())
+
+
+def test_shipped_decoder_reads_the_caption_and_a_fresh_one_does_not(tmp_path: Path) -> None:
+    """On people it never saw (the demo's world, another seed), before any fine-tuning."""
+    make_synthetic(tmp_path, num_ids=40, images_per_id=2, seed=7, num_val_ids=0, num_test_ids=40, progress=False)
+    split = load_dataset(tmp_path).test
+    demo = load_config("demo_uit")
+    model = build_model(demo.model, demo.loss, num_classes=1, interpolation=demo.data.interpolation).eval()
+    reads = evaluate_text_use(model, split)
+    assert reads["text_use_n"] >= 40
+    assert reads["text_use"] >= 90 and reads["text_use_empty"] >= 90 and reads["text_use_other"] >= 90, reads
+    fresh_cfg = demo.override(['model.tir_pretrained="none"']).model
+    fresh = build_model(fresh_cfg, demo.loss, num_classes=1, interpolation=demo.data.interpolation).eval()
+    assert evaluate_text_use(fresh, split)["text_use"] < 75
+
+
+def test_a_decoder_file_of_another_shape_or_an_unknown_tag_is_refused(tmp_path: Path) -> None:
+    demo = load_config("demo_uit")
+    other = TIRHead(128, (8, 4), 8, width=64, depth=1, heads=4)
+    save_tir_head(other, tmp_path / "narrow.safetensors")
+    cfg = demo.override([f'model.tir_pretrained="{tmp_path / "narrow.safetensors"}"']).model
+    with pytest.raises(ValueError, match=r"narrow\.safetensors: a TIR decoder trained as \{.*'width': 64.*\}; "
+                                         r"this model's decoder is \{.*'width': 128"):
+        build_model(cfg, demo.loss, num_classes=1)
+    cfg = demo.override(['model.tir_pretrained="openai"']).model
+    with pytest.raises(ValueError, match=r"^model.tir_pretrained: 'openai' is neither a TIR decoder shipped for "
+                                         r"uit-tiny \(\['synthetic'\]\) nor a file$"):
+        build_model(cfg, demo.loss, num_classes=1)

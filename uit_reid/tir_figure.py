@@ -21,7 +21,7 @@ from uit_reid.tir import patchify, to_grayscale, unpatchify
 
 __all__ = ["restoration_figure"]
 
-COLUMNS = ("original", "grey input, 70% hidden", "restored: true caption", "restored: colours swapped")
+COLUMNS = ("original", "input: grey,\nhidden in white", "restored from\nthe true caption", "restored from\ncolours swapped")
 """The figure's columns, left to right."""
 
 
@@ -91,7 +91,8 @@ def restoration_figure(
         pred = _as_patch_pixels(model.restore(masked, ids, tokens).float(), truth, model.tir_target)
         restored.append(torch.where(hidden, pred, gray))
     model.train(was_training)
-    blank = torch.where(hidden, torch.zeros_like(gray), gray)
+    white = ((1 - gray.new_tensor(model.image_mean)) / gray.new_tensor(model.image_std)).repeat(gray.shape[-1] // 3)
+    blank = torch.where(hidden, white.expand_as(gray), gray)
     rows = [[truth[r], blank[r], restored[0][r], restored[1][r]] for r in range(len(picks))]
     captions = [(probes.true[i], probes.contrast[i]) for i in picks]
     return _compose(rows, captions, model, scale)
@@ -101,13 +102,12 @@ def _compose(rows: list[list[torch.Tensor]], captions: list[tuple[str, str]], mo
     font = ImageFont.load_default(size=13)
     tiles = [[_tile(_to_pixels(p, model), scale) for p in row] for row in rows]
     tw, th = tiles[0][0].size
-    gap, text_h, head_h = 8, 36, 22
+    gap, text_h, head_h = 8, 36, 34
     width = len(COLUMNS) * (tw + gap) + gap
     canvas = Image.new("RGB", (max(width, 420), head_h + len(rows) * (th + text_h + gap)), "white")
     draw = ImageDraw.Draw(canvas)
     for c, name in enumerate(COLUMNS):
-        draw.text((gap + c * (tw + gap), 4), name.replace(": ", ":\n") if len(name) > 18 else name,
-                  fill="black", font=ImageFont.load_default(size=11))
+        draw.multiline_text((gap + c * (tw + gap), 4), name, fill="black", font=ImageFont.load_default(size=11))
     y = head_h
     for row, (true, swapped) in zip(tiles, captions, strict=True):
         draw.text((gap, y + 2), f"true: {true.removeprefix('a person wearing ')}", fill="black", font=font)
