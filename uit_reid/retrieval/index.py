@@ -264,6 +264,10 @@ class GalleryIndex:
         """The ids currently in the index, in insertion order (one Python object each: see `ids_at`)."""
         return self._ids.ids()
 
+    def _all_live(self) -> bool:
+        """True when no slot was removed, so slots and positions coincide."""
+        return len(self._ids) == self._ids.num_slots
+
     def _positions(self) -> np.ndarray:
         if self._live_slots is None:
             self._live_slots = self._ids.live_slots()
@@ -277,7 +281,10 @@ class GalleryIndex:
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size and (positions.max() >= len(self) or positions.min() < -1):
             raise IndexError(f"positions must be in 0..{len(self) - 1} (or -1), got {positions.min()}..{positions.max()}")
-        slots = np.where(positions >= 0, self._positions()[np.maximum(positions, 0)] if len(self) else -1, -1)
+        if self._all_live():  # a position is its slot: no position -> slot array (a billion slots: 8 GB)
+            slots = positions
+        else:
+            slots = np.where(positions >= 0, self._positions()[np.maximum(positions, 0)] if len(self) else -1, -1)
         return self._ids.ids_at(slots)
 
     # -- input checks ---------------------------------------------------------------------------
@@ -586,6 +593,8 @@ class GalleryIndex:
         scores[empty] = -np.inf
         if not positions:
             return scores, self._ids.ids_at(slots)
+        if self._all_live():
+            return scores, np.where(empty, -1, slots).astype(np.int64)
         return scores, np.where(empty, -1, np.searchsorted(self._positions(), slots)).astype(np.int64)
 
     # -- persistence ----------------------------------------------------------------------------
