@@ -29,7 +29,7 @@ from uit_reid.retrieval import (
     build_index_from_shards,
 )
 from uit_reid.retrieval.distributed_build import build_ondisk_index, parts_folder
-from uit_reid.retrieval.idmap import IdMap, write_ids_file
+from uit_reid.retrieval.idmap import IdMap, IdMapError, write_ids_file
 from uit_reid.retrieval.ondisk import ivf_of, side_files
 from uit_reid.retrieval.shards import write_shard
 
@@ -241,3 +241,61 @@ def test_an_id_file_maps_ids_and_keys_without_reading_them(tmp_path) -> None:
         np.testing.assert_array_equal(mapped.slots_of(probe), whole.slots_of(probe))
         assert mapped.slots_of(probe).tolist() == [4, 3, 2, 1, 0, -1]
     assert json.loads(path.read_bytes()[16:].split(b"}}")[0] + b"}}")["slots"] == 5
+
+
+def _threaded_build(shards: EmbeddingShards, out: Path, world: int) -> None:
+    """``world`` ranks as threads of this process, synchronised by a real barrier (the library's hook)."""
+    import threading
+
+    barrier = threading.Barrier(world)
+    errors: list[BaseException] = []
+
+    def rank(r: int) -> None:
+        try:
+            build_ondisk_index(shards, "IVF16,PQ8", out, rank=r, world_size=world, barrier=barrier.wait, progress=False)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_any_world_size_writes_the_same_files_even_with_ranks_left_without_shards(emb, tmp_path) -> None:
+    shards = EmbeddingShards(emb["folder"])
+    reference = tmp_path / "w1" / "g.index"
+    build_ondisk_index(shards, "IVF16,PQ8", reference, progress=False)
+    for world in (3, 7):  # 7 ranks for 5 shards: ranks 5 and 6 write empty parts
+        out = tmp_path / f"w{world}" / "g.index"
+        _threaded_build(shards, out, world)
+        assert _files(out) == _files(reference), world
+
+
+def test_the_key_tables_merge_in_small_batches_as_in_one(tmp_path, monkeypatch) -> None:
+    """`write_ids_file`'s k-way merge of sorted key tables, forced into batches of 7 rows, writes the same file."""
+    from uit_reid.retrieval import idmap
+
+    rng = np.random.default_rng(5)
+    maps = []
+    for n in (40, 0, 25, 61):
+        m = IdMap()
+        if n:
+            m.append([f"cam{rng.integers(0, 9)}/{len(maps)}-{i}-{'x' * int(rng.integers(0, 20))}.jpg" for i in range(n)],
+                     "str")
+        maps.append(m)
+    pieces = [(m, 0, m.num_slots, f"p{i}") for i, m in enumerate(maps)]
+    write_ids_file(tmp_path / "one.ids", pieces)
+    monkeypatch.setattr(idmap, "_MERGE_ROWS", 7)
+    write_ids_file(tmp_path / "small.ids", pieces)
+    assert (tmp_path / "small.ids").read_bytes() == (tmp_path / "one.ids").read_bytes()
+    mapped = IdMap.open_file(tmp_path / "small.ids")
+    assert np.all(np.diff(mapped._keys.astype(np.uint64)) >= 0)
+    every = [i for m in maps for i in m.ids()]
+    assert mapped.slots_of(every).tolist() == list(range(len(every)))
+    maps[2].append([maps[0].ids()[3]], "str")  # now one id is in p0 and p2
+    with pytest.raises(IdMapError, match=f"the id {maps[0].ids()[3]!r} is in p0 and in p2"):
+        write_ids_file(tmp_path / "bad.ids", [(m, 0, m.num_slots, f"p{i}") for i, m in enumerate(maps)])

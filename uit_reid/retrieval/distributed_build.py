@@ -5,8 +5,9 @@
 1. rank 0 trains the quantizer on the seeded sample `trained_index` draws (the one a single-process
    build draws) and writes it atomically to ``OUT.parts/trained.index``; after a barrier every rank
    reads it;
-2. rank ``r`` of ``w`` adds the shards ``n % w == r`` (the split ``encode`` uses) into its part,
-   ``part-R-of-W.index``, written atomically, then its completion record ``part-R-of-W.json``;
+2. rank ``r`` of ``w`` adds the shards ``n % w == r`` (the split ``encode`` uses) into its part, held in
+   memory, and writes it as an on-disk index ``part-R-of-W.index`` (with its ``.ivfdata`` and ``.ids``),
+   then its completion record ``part-R-of-W.json``;
 3. after a barrier rank 0 merges the parts (`merge_parts`) into the on-disk index ``OUT``
    (`uit_reid.retrieval.ondisk`) and removes ``OUT.parts``.
 
@@ -20,6 +21,7 @@ share one trained state (one ``trained.index``, say) and hold distinct ids.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -39,7 +41,7 @@ from uit_reid.retrieval.ondisk import ONDISK_FIELD, emptied, ivf_of, side_files,
 from uit_reid.retrieval.shards import EmbeddingShards
 from uit_reid.retrieval.streaming import add_shard_numbers, trained_index
 
-__all__ = ["PART_RUNS", "build_ondisk_index", "merge_parts", "parts_folder"]
+__all__ = ["PART_RUNS", "build_ondisk_index", "merge_indexes", "merge_parts", "parts_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +92,9 @@ def build_ondisk_index(
     else:
         index = GalleryIndex.load(work / _TRAINED)
         add_shard_numbers(index, shards, mine, progress=progress)
-        index.metadata = {PART_RUNS: [[int(shards.offsets[n]), shards.rows[n]] for n in mine if shards.rows[n]]}
-        index.save(part)
+        runs = [[int(shards.offsets[n]), shards.rows[n]] for n in mine if shards.rows[n]]
+        # the part is on disk too, so the merge maps its lists and ids instead of reading them
+        merge_indexes([index], [part], part, metadata={PART_RUNS: runs}, progress=False)
         atomic_write_text(record, json.dumps({"rank": rank, "world_size": world_size, "shards": mine,
                                               "vectors": len(index)}))
         logger.info("rank %d/%d: %d vectors of %d shards -> %s", rank, world_size, len(index), len(mine), part)
@@ -118,8 +121,7 @@ def _start(work: Path, plan: dict[str, Any], world_size: int) -> None:
             if old.get(key) != value:
                 raise ValueError(f"{work} holds parts of another build ({key}: {old.get(key)!r} there, {value!r} now); "
                                  f"delete it or use another --out")
-        stale = [p for p in work.glob("part-*") if not p.name.endswith(f"-of-{world_size:05d}.index")
-                 and not p.name.endswith(f"-of-{world_size:05d}.json")]
+        stale = [p for p in work.glob("part-*") if f"-of-{world_size:05d}." not in p.name]
         for p in stale:
             p.unlink()
         if stale:
@@ -138,19 +140,17 @@ def _trained_digest(index: GalleryIndex) -> str:
     return digest.hexdigest()
 
 
-def _open_parts(paths: Sequence[Path]) -> list[GalleryIndex]:
-    """Load ``paths`` memory-mapped, refusing (by name) a part that cannot be merged with the first."""
-    if not paths:
+def _check_parts(parts: Sequence[GalleryIndex], paths: Sequence[Path]) -> None:
+    """Refuse (by name) a part that cannot be merged with the first."""
+    if not parts:
         raise ValueError("no parts to merge")
-    parts: list[GalleryIndex] = []
     first_digest = ""
-    for path in paths:
-        part = GalleryIndex.load(path, mmap=True)
+    for n, (part, path) in enumerate(zip(parts, paths)):
         if part.family != "ivf" or part._index is None:
             raise ValueError(f"part {path} is a {part.kind!r} index: only IVF kinds merge into an on-disk index")
         if part.num_slots != len(part):
             raise ValueError(f"part {path} has removed ids: rebuild it without them")
-        if parts:
+        if n:
             head, name = parts[0], paths[0]
             for what, mine, theirs in (("dimension", part.dim, head.dim), ("kind", part.factory, head.factory),
                                        ("encoder fingerprint", part.fingerprint, head.fingerprint)):
@@ -161,8 +161,6 @@ def _open_parts(paths: Sequence[Path]) -> list[GalleryIndex]:
                                  "share one trained index")
         else:
             first_digest = _trained_digest(part)
-        parts.append(part)
-    return parts
 
 
 def _placements(parts: list[GalleryIndex], paths: Sequence[Path]) -> list[np.ndarray]:
@@ -185,7 +183,7 @@ def _placements(parts: list[GalleryIndex], paths: Sequence[Path]) -> list[np.nda
         else:
             runs = np.array([[start, len(part)]], np.int64)
             start += len(part)
-        local = np.concatenate([[0], np.cumsum(runs[:, 1])[:-1]]).astype(np.int64)
+        local = np.concatenate([[0], np.cumsum(runs[:, 1])])[: len(runs)].astype(np.int64)
         out.append(np.column_stack([local, runs]))
     every = np.concatenate([np.column_stack([p[:, 1:], np.full(len(p), i)]) for i, p in enumerate(out)])
     every = every[np.argsort(every[:, 0], kind="stable")]
@@ -210,21 +208,31 @@ def merge_parts(
     """Merge the IVF index files ``paths`` into the on-disk index ``out`` (`uit_reid.retrieval.ondisk`).
 
     One list at a time is read from the (memory-mapped) parts and written in global-slot order, so
-    the lists never sit in memory together; the ids are streamed, their key table sorted in memory
-    (16 bytes per id). Refuses, naming the part, parts of another dimension, kind, encoder or trained
+    the lists never sit in memory together; the ids are streamed and the parts' sorted key tables
+    merged a chunk at a time (`write_ids_file`). Refuses, naming the part, parts of another dimension, kind, encoder or trained
     state, parts with removed ids, overlapping rows and ids found in two parts. ``metadata``
     (default: the parts' ``embeddings`` records, shifted to their slots) is recorded in ``out``.
     """
     paths = [Path(p) for p in paths]
-    parts = _open_parts(paths)
-    placements = _placements(parts, paths)
+    merge_indexes([GalleryIndex.load(path, mmap=True) for path in paths], paths, out, metadata=metadata,
+                  progress=progress)
+
+
+def merge_indexes(
+    parts: Sequence[GalleryIndex], paths: Sequence[Path], out: Path, *, metadata: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> None:
+    """`merge_parts` over loaded ``parts`` (named ``paths`` in messages); one part writes it as an on-disk index."""
+    _check_parts(parts, paths)
+    placements = _placements(list(parts), paths)
     ivfdata, ids_file = side_files(out)
     pieces = sorted(
         ((int(run[1]), (part._ids, int(run[0]), int(run[0] + run[2]), f"part {path}"))
          for part, path, runs in zip(parts, paths, placements) for run in runs if run[2]),
         key=lambda item: item[0])
+    sources = [(part._ids, functools.partial(_to_global, runs)) for part, runs in zip(parts, placements)]
     try:
-        write_ids_file(ids_file, [piece for _, piece in pieces])
+        write_ids_file(ids_file, [piece for _, piece in pieces], sources)
     except IdMapError as err:
         raise ValueError(str(err)) from None
     ivfs = [ivf_of(part._index) for part in parts]

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,6 +44,7 @@ _IDS_MAGIC = b"UITIDS1\n"
 _IDS_FORMAT = "uit_reid.ids"
 _LEN = struct.Struct("<Q")
 _COPY_BYTES = 1 << 26  # bytes copied per write when streaming an id file's sections
+_MERGE_ROWS = 1 << 20  # key-table rows of each source per batch of `write_ids_file`'s merge
 
 _PRIME = np.uint64(0x100000001B3)  # odd, so every power is invertible mod 2**64
 _MIX = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
@@ -448,30 +450,28 @@ def _read_ids_header(path: Path) -> tuple[dict[str, Any], int]:
     return header, len(_IDS_MAGIC) + _LEN.size + length
 
 
-def write_ids_file(path: Path, pieces: Sequence[tuple[IdMap, int, int, str]]) -> None:
+def write_ids_file(
+    path: Path,
+    pieces: Sequence[tuple[IdMap, int, int, str]],
+    sources: Sequence[tuple[IdMap, Callable[[np.ndarray], np.ndarray]]] | None = None,
+) -> None:
     """Write the ids of ``pieces`` -- (map, first slot, end slot, name), in that order -- as one
     memory-mappable ``.ids`` file (module docstring), atomically.
 
-    The text is streamed piece by piece; the key table is built in memory (16 bytes per id) and
-    sorted once. An id given twice is refused with `IdMapError` naming it and both pieces' names.
+    ``sources`` are the maps the pieces come from, each with the function that gives its slots'
+    places in the new file (default: each piece is a whole map, in order). Their sorted key tables
+    (read from an ``.ids`` file, or built) are merged a bounded chunk at a time, never all at once, and
+    the text is streamed piece by piece, so the memory the write takes does not grow with the ids'
+    number. An id given twice is refused with `IdMapError` naming it and both pieces' names.
     """
     types = {m.id_type for m, a, b, _ in pieces if b > a}
-    if len(types) != 1 or None in types:
-        raise IdMapError("the pieces hold no ids or mix integer and string ids: " + ", ".join(p[3] for p in pieces))
-    id_type = types.pop()
-    counts = [b - a for _, a, b, _ in pieces]
-    slots = sum(counts)
-    keys = np.empty(slots, np.uint64)
-    first = 0
-    for (ids, a, b, _), n in zip(pieces, counts):
-        if id_type == "str":
-            keys[first : first + n] = hash_strings(ids._blob(), ids._offsets[a : b + 1])
-        else:
-            keys[first : first + n] = ids._values[a:b].view(np.uint64)
-        first += n
-    order = np.argsort(keys, kind="stable")
-    keys = keys[order]
-    _refuse_repeats(keys, order, pieces, counts, id_type)
+    if len(types) > 1:
+        raise IdMapError("the pieces mix integer and string ids: " + ", ".join(p[3] for p in pieces))
+    id_type = types.pop() if types else "str"  # no ids at all: an empty map
+    if sources is None:
+        starts = np.cumsum([0] + [b - a for _, a, b, _ in pieces])
+        sources = [(m, lambda slots, base=int(base): slots + base) for (m, _, _, _), base in zip(pieces, starts)]
+    slots = sum(b - a for _, a, b, _ in pieces)
     text = sum(int(m._offsets[b] - m._offsets[a]) for m, a, b, _ in pieces) if id_type == "str" else 0
     layout = [("values", 8 * slots)] if id_type == "int" else [("offsets", 8 * (slots + 1)), ("blob", text)]
     layout += [("keys", 8 * slots), ("key_slots", 8 * slots)]
@@ -509,11 +509,48 @@ def write_ids_file(path: Path, pieces: Sequence[tuple[IdMap, int, int, str]]) ->
             for ids, a, b, _ in pieces:
                 _stream(fh, ids._blob()[int(ids._offsets[a]) : int(ids._offsets[b])])
         pad_to(fh, sections["keys"][0])
-        _stream(fh, keys.astype("<u8", copy=False))
-        pad_to(fh, sections["key_slots"][0])
-        _stream(fh, order.astype("<i8", copy=False))
+        done = 0
+        for keys, places in _merged_tables(sources):
+            _refuse_repeats(keys, places, pieces, id_type)
+            fh.seek(sections["keys"][0] + 8 * done)
+            fh.write(keys.astype("<u8", copy=False).tobytes())
+            fh.seek(sections["key_slots"][0] + 8 * done)
+            fh.write(places.astype("<i8", copy=False).tobytes())
+            done += keys.size
+        if done != slots:
+            raise IdMapError(f"the sources hold {done} ids, the pieces {slots}")
+        fh.seek(0, os.SEEK_END)
+        pad_to(fh, sections["key_slots"][0] + 8 * slots)
 
     atomic_write_bytes(path, _IDS_MAGIC + _LEN.pack(len(header)) + header, body)
+
+
+def _merged_tables(
+    sources: Sequence[tuple[IdMap, Callable[[np.ndarray], np.ndarray]]]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The sources' keys and their new slots in (key, slot) order, a batch at a time: a k-way merge of the
+    sources' sorted key tables taking at most `_MERGE_ROWS` rows of each per batch.
+
+    A batch takes every row of every source whose key is at most the smallest of the sources' batch
+    ends, so equal keys never straddle two batches (a repeated id is always seen within one).
+    """
+    tables = [(m._table(), place) for m, place in sources if len(m)]
+    at = [0] * len(tables)
+    while True:
+        heads = [(keys[i : i + _MERGE_ROWS], slots[i : i + _MERGE_ROWS]) for ((keys, slots), _), i in zip(tables, at)]
+        open_ends = [h[0][-1] for h, ((keys, _), _), i in zip(heads, tables, at) if h[0].size and i + h[0].size < keys.size]
+        if not any(h[0].size for h in heads):
+            return
+        bound = min(open_ends) if open_ends else None
+        batch_keys, batch_slots = [], []
+        for n, ((keys, slots), (_, place)) in enumerate(zip(heads, tables)):
+            take = keys.size if bound is None else int(np.searchsorted(keys, bound, side="right"))
+            batch_keys.append(np.asarray(keys[:take], np.uint64))
+            batch_slots.append(place(np.asarray(slots[:take], np.int64)))
+            at[n] += take
+        keys, slots = np.concatenate(batch_keys), np.concatenate(batch_slots)
+        order = np.lexsort((slots, keys))  # equal keys (a collision, or a repeat) in slot order
+        yield keys[order], slots[order]
 
 
 def _stream(fh: BinaryIO, array: np.ndarray) -> None:
@@ -524,22 +561,21 @@ def _stream(fh: BinaryIO, array: np.ndarray) -> None:
 
 
 def _refuse_repeats(
-    keys: np.ndarray, order: np.ndarray, pieces: Sequence[tuple[IdMap, int, int, str]], counts: list[int], id_type: str
+    keys: np.ndarray, places: np.ndarray, pieces: Sequence[tuple[IdMap, int, int, str]], id_type: str
 ) -> None:
     """Raise `IdMapError` naming an id that two slots share (equal sorted keys whose ids are equal)."""
     same = np.flatnonzero(keys[1:] == keys[:-1])
     if not same.size:
         return
-    ends = np.cumsum(counts)
+    ends = np.cumsum([b - a for _, a, b, _ in pieces])
 
     def locate(slot: int) -> tuple[Any, str]:
         p = int(np.searchsorted(ends, slot, side="right"))
-        ids, a, _, name = pieces[p]
-        local = a + slot - (int(ends[p]) - counts[p])
-        value = ids.ids_at(np.array([local]))[0] if id_type == "str" else int(ids._values[local])
-        return value, name
+        ids, a, b, name = pieces[p]
+        local = a + slot - (int(ends[p]) - (b - a))
+        return ids.ids_at(np.array([local]))[0], name
 
     for at in same.tolist():
-        (x, where_x), (y, where_y) = locate(int(order[at])), locate(int(order[at + 1]))
+        (x, where_x), (y, where_y) = locate(int(places[at])), locate(int(places[at + 1]))
         if x == y:
             raise IdMapError(f"the id {x!r} is in {where_x} and in {where_y}")
