@@ -87,11 +87,15 @@ def test_the_merged_on_disk_index_answers_as_an_in_memory_build(emb, tmp_path, k
     disk = GalleryIndex.load(out)  # an on-disk index is mapped even without mmap=True
     assert disk.read_only and len(disk) == len(memory) == len(shards)
     assert _lists(disk) == _lists(memory)
-    for positions in (False, True):
-        got = disk.search(emb["queries"], k=10, positions=positions)
-        want = memory.search(emb["queries"], k=10, positions=positions)
+    answers = []
+    for nprobe, positions in ((1, False), (8, False), (8, True), (16, False)):
+        disk.nprobe = memory.nprobe = nprobe
+        got = disk.search(emb["queries"], k=300, positions=positions)
+        want = memory.search(emb["queries"], k=300, positions=positions)
         np.testing.assert_array_equal(got[1], want[1])
         np.testing.assert_array_equal(got[0], want[0])
+        answers.append(got[1])
+    assert not np.array_equal(answers[0], answers[1])  # nprobe reaches the mapped lists
     rerank = ShardVectors(disk)  # the embedding folder is recorded: exact re-ranking works from disk too
     got = disk.search(emb["queries"], k=5, rerank=rerank, candidates=50)
     want = memory.search(emb["queries"], k=5, rerank=ShardVectors(memory), candidates=50)

@@ -95,9 +95,11 @@ def build_ondisk_index(
         runs = [[int(shards.offsets[n]), shards.rows[n]] for n in mine if shards.rows[n]]
         # the part is on disk too, so the merge maps its lists and ids instead of reading them
         merge_indexes([index], [part], part, metadata={PART_RUNS: runs}, progress=False)
+        vectors = len(index)
+        del index  # rank 0 merges next: its part's lists and ids are on disk now, not needed in memory
         atomic_write_text(record, json.dumps({"rank": rank, "world_size": world_size, "shards": mine,
-                                              "vectors": len(index)}))
-        logger.info("rank %d/%d: %d vectors of %d shards -> %s", rank, world_size, len(index), len(mine), part)
+                                              "vectors": vectors}))
+        logger.info("rank %d/%d: %d vectors of %d shards -> %s", rank, world_size, vectors, len(mine), part)
     barrier()
     if rank == 0:
         parts = [work / f"part-{r:05d}-of-{world_size:05d}.index" for r in range(world_size)]
