@@ -186,6 +186,15 @@ def run_child(argv: list[str]) -> None:
         print(json.dumps({"load_s": time.perf_counter() - start, "peak_rss_mb": own_peak_rss_mb()}))
 
 
+def own_rss_mb() -> float:
+    """This process's resident set now (``VmRSS``) in MiB."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
 def reset_peak_rss() -> None:
     """Start this process's ``VmHWM`` again from its current RSS (Linux: ``5`` into /proc/self/clear_refs)."""
     with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
@@ -200,12 +209,14 @@ def ondisk_rank(folder: str, factory: str, out: str) -> None:
     from uit_reid.retrieval.distributed_build import build_ondisk_index
 
     marks: list[tuple[float, float]] = []  # (seconds, peak RSS MB) at the end of each phase
+    starts: list[float] = [own_rss_mb()]  # RSS MB at the start of each phase (the peak is reset there)
 
     def barrier() -> None:
         if D.is_distributed():
             dist.barrier()
         marks.append((time.perf_counter(), own_peak_rss_mb()))
         reset_peak_rss()
+        starts.append(own_rss_mb())
 
     with D.torchrun_process_group("cpu"):
         rank, start = D.rank(), time.perf_counter()
@@ -214,7 +225,7 @@ def ondisk_rank(folder: str, factory: str, out: str) -> None:
         barrier()
     times = [t - s for (t, _), s in zip(marks, [start] + [t for t, _ in marks])]
     record = {"train_s": times[0], "add_s": times[1], "merge_s": times[2], "train_peak_rss_mb": marks[0][1],
-              "add_peak_rss_mb": marks[1][1], "merge_peak_rss_mb": marks[2][1]}
+              "add_peak_rss_mb": marks[1][1], "merge_peak_rss_mb": marks[2][1], "merge_start_rss_mb": starts[2]}
     Path(f"{out}.rank{rank}.json").write_text(json.dumps(record))
 
 
@@ -231,6 +242,7 @@ def build_on_disk(folder: Path, factory: str, path: Path, ranks: int) -> dict[st
             "train_peak_rss_mb": round(per_rank[0]["train_peak_rss_mb"]),
             "add_peak_rss_mb_per_rank": [round(r["add_peak_rss_mb"]) for r in per_rank],
             "merge_peak_rss_mb": round(per_rank[0]["merge_peak_rss_mb"]),
+            "merge_start_rss_mb": round(per_rank[0].get("merge_start_rss_mb", 0)),
             "peak_rss_mb": round(max(max(r["add_peak_rss_mb"], r["train_peak_rss_mb"]) for r in per_rank))}
 
 
@@ -439,12 +451,12 @@ def table(result: dict[str, Any]) -> str:
     disk = [row for row in result["kinds"].values() if "on_disk" in row]
     if disk:
         lines += ["", "| kind | ranks | train s | add s (slowest rank) | merge s | train peak RSS MB | add peak RSS MB per rank | "
-                  "merge peak RSS MB | serve load peak RSS MB | serve start-up s |", "|---" * 10 + "|"]
+                  "merge peak RSS MB (at its start) | serve load peak RSS MB | serve start-up s |", "|---" * 10 + "|"]
         for row in disk:
             d = row["on_disk"]
             lines.append(f"| {row['factory']} | {d['ranks']} | {d['train_s']} | {d['add_s']} | {d['merge_s']} | "
                          f"{d['train_peak_rss_mb']} | {' / '.join(map(str, d['add_peak_rss_mb_per_rank']))} | "
-                         f"{d['merge_peak_rss_mb']} | {d['serve_load_peak_rss_mb']} | {result.get('serve_startup_s', '-')} |")
+                         f"{d['merge_peak_rss_mb']} (from {d.get('merge_start_rss_mb', '-')}) | {d['serve_load_peak_rss_mb']} | {result.get('serve_startup_s', '-')} |")
     return "\n".join(lines)
 
 
