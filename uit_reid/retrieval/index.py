@@ -58,6 +58,7 @@ from uit_reid.retrieval.index_file import (
     read_index_file,
     write_index_file,
 )
+from uit_reid.retrieval.ondisk import ONDISK_FIELD
 
 __all__ = ["FORMAT_VERSION", "KIND_ALIASES", "GalleryIndex", "IndexFormatError", "default_nlist"]
 
@@ -134,6 +135,7 @@ class GalleryIndex:
         self._gpu_index: Any = None  # search-only GPU copy
         self._live_slots: np.ndarray | None = None  # cached position -> slot (ids_at, search_positions)
         self._read_only = False  # memory-mapped from a file: searchable, not changeable
+        self._on_disk = False  # lists and ids in files beside the index file (`uit_reid.retrieval.ondisk`)
         self.metadata: dict[str, Any] = {}
 
     @property
@@ -289,6 +291,9 @@ class GalleryIndex:
 
     # -- input checks ---------------------------------------------------------------------------
     def _check_writable(self, what: str) -> None:
+        if self._read_only and self._on_disk:
+            raise ValueError(f"cannot {what}: this is an on-disk index (lists and ids mapped from files beside it); "
+                             "build it again with the new shards ('uit-reid index build --on-disk')")
         if self._read_only:
             raise ValueError(f"cannot {what}: this index is memory-mapped read-only; load it with mmap=False to change it")
 
@@ -629,7 +634,8 @@ class GalleryIndex:
         """Load an index written by `save`, checking it fully before FAISS reads it.
 
         ``mmap=True`` keeps an IVF kind's lists in the file, mapped read-only (the index can then be
-        searched but not changed); other kinds are read into memory either way.
+        searched but not changed); other kinds are read into memory either way. An on-disk index
+        (`uit_reid.retrieval.ondisk`: lists and ids in files beside ``path``) is always mapped.
         Raises ``FileNotFoundError`` (no file), `IndexFormatError` (not a GalleryIndex file, truncated,
         edited, corrupted or hand-crafted), ``ValueError`` (dimension mismatch) or
         `uit_reid._errors.EncoderMismatchError` (a ValueError: fingerprint mismatch).
@@ -647,6 +653,7 @@ class GalleryIndex:
         obj.metadata = saved.meta["metadata"]
         obj._index = saved.index
         obj._read_only = saved.mapped
+        obj._on_disk = ONDISK_FIELD in saved.meta
         obj._apply_search_parameters()
         return obj
 
