@@ -303,3 +303,17 @@ def test_the_key_tables_merge_in_small_batches_as_in_one(tmp_path, monkeypatch) 
     maps[2].append([maps[0].ids()[3]], "str")  # now one id is in p0 and p2
     with pytest.raises(IdMapError, match=f"the id {maps[0].ids()[3]!r} is in p0 and in p2"):
         write_ids_file(tmp_path / "bad.ids", [(m, 0, m.num_slots, f"p{i}") for i, m in enumerate(maps)])
+
+
+def test_on_disk_build_refusals_name_the_argument(emb, tmp_path, capsys) -> None:
+    out = str(tmp_path / "g.index")
+    cases = [
+        (["--images", str(tmp_path), "--model", "m", "--out", out, "--on-disk"],
+         "--on-disk works with --embeddings (encode the images with 'uit-reid encode' first)"),
+        (["--embeddings", str(emb["folder"]), "--kind", "HNSW32,Flat", "--out", out, "--on-disk"],
+         "an on-disk index needs an IVF kind (ivf, IVF<n>,Flat, IVF<n>,PQ<m>, ...), got 'HNSW32,Flat'"),
+    ]
+    for args, message in cases:
+        assert main(["index", "build", *args]) == 1
+        assert capsys.readouterr().err == f"uit-reid: error: {message}\n"
+    assert not any(tmp_path.iterdir())  # nothing written
