@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from uit_reid.io import atomic_write_bytes
 from uit_reid.retrieval.idmap import IdMap, IdMapError
 
-__all__ = ["ONDISK_FIELD", "attach_lists", "emptied", "open_ondisk", "side_files", "write_lists"]
+__all__ = ["ONDISK_FIELD", "attach_lists", "emptied", "ivf_of", "open_ondisk", "side_files", "write_lists"]
 
 logger = logging.getLogger(__name__)
 
