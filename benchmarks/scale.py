@@ -10,6 +10,9 @@
    with the file in the page cache), and measures recall@10 against exact search and queries/s of a
    single-threaded batch search at each ``--nprobe`` (IVF kinds; with and without exact re-ranking of
    100 candidates from the shards) or each ef_search (HNSW, built on the first ``--hnsw-n`` vectors).
+   With ``--on-disk`` the IVF kinds are built instead as on-disk indexes by ``--ranks`` torchrun
+   processes (`uit_reid.retrieval.distributed_build`): peak RSS of each rank while it adds its shards,
+   of rank 0's merge, and the time of each phase (train, add, merge).
 3. The service's index-side start-up (mmap load, id table, search engine) for the first IVF kind.
 4. ``uit-reid encode`` throughput with the tiny model, 1 and 2 torchrun processes (``--encode-images``).
 
@@ -175,10 +178,72 @@ def run_child(argv: list[str]) -> None:
         build_s = time.perf_counter() - start
         index.save(out)
         print(json.dumps({"build_s": build_s, "factory": index.factory, "peak_rss_mb": own_peak_rss_mb()}))
+    elif mode == "ondisk":
+        ondisk_rank(argv[1], argv[2], argv[3])
     elif mode == "load":
         start = time.perf_counter()
         GalleryIndex.load(argv[1], mmap=argv[2] == "1")
         print(json.dumps({"load_s": time.perf_counter() - start, "peak_rss_mb": own_peak_rss_mb()}))
+
+
+def own_rss_mb() -> float:
+    """This process's resident set now (``VmRSS``) in MiB."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Start this process's ``VmHWM`` again from its current RSS (Linux: ``5`` into /proc/self/clear_refs)."""
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+        fh.write("5")
+
+
+def ondisk_rank(folder: str, factory: str, out: str) -> None:
+    """One torchrun rank of an on-disk build; writes OUT.rankR.json with each phase's time and peak RSS."""
+    import torch.distributed as dist
+
+    from uit_reid import distributed as D
+    from uit_reid.retrieval.distributed_build import build_ondisk_index
+
+    marks: list[tuple[float, float]] = []  # (seconds, peak RSS MB) at the end of each phase
+    starts: list[float] = [own_rss_mb()]  # RSS MB at the start of each phase (the peak is reset there)
+
+    def barrier() -> None:
+        if D.is_distributed():
+            dist.barrier()
+        marks.append((time.perf_counter(), own_peak_rss_mb()))
+        reset_peak_rss()
+        starts.append(own_rss_mb())
+
+    with D.torchrun_process_group("cpu"):
+        rank, start = D.rank(), time.perf_counter()
+        build_ondisk_index(EmbeddingShards(folder), factory, Path(out), rank=rank, world_size=D.world_size(),
+                           barrier=barrier, progress=False)
+        barrier()
+    times = [t - s for (t, _), s in zip(marks, [start] + [t for t, _ in marks])]
+    record = {"train_s": times[0], "add_s": times[1], "merge_s": times[2], "train_peak_rss_mb": marks[0][1],
+              "add_peak_rss_mb": marks[1][1], "merge_peak_rss_mb": marks[2][1], "merge_start_rss_mb": starts[2]}
+    Path(f"{out}.rank{rank}.json").write_text(json.dumps(record))
+
+
+def build_on_disk(folder: Path, factory: str, path: Path, ranks: int) -> dict[str, Any]:
+    """Run `ondisk_rank` on ``ranks`` torchrun processes; the build's figures."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+                    __file__, "_child", "ondisk", str(folder), factory, str(path)], check=True, env=env)
+    wall = time.perf_counter() - start
+    per_rank = [json.loads(Path(f"{path}.rank{r}.json").read_text()) for r in range(ranks)]
+    return {"build_s": wall, "factory": factory, "ranks": ranks, "train_s": per_rank[0]["train_s"],
+            "add_s": max(r["add_s"] for r in per_rank), "merge_s": per_rank[0]["merge_s"],
+            "train_peak_rss_mb": round(per_rank[0]["train_peak_rss_mb"]),
+            "add_peak_rss_mb_per_rank": [round(r["add_peak_rss_mb"]) for r in per_rank],
+            "merge_peak_rss_mb": round(per_rank[0]["merge_peak_rss_mb"]),
+            "merge_start_rss_mb": round(per_rank[0].get("merge_start_rss_mb", 0)),
+            "peak_rss_mb": round(max(max(r["add_peak_rss_mb"], r["train_peak_rss_mb"]) for r in per_rank))}
 
 
 def measure_search(index: GalleryIndex, queries: np.ndarray, exact: np.ndarray, rerank=None) -> dict:
@@ -267,6 +332,9 @@ def main() -> None:
     p.add_argument("--work", default=None, help="work folder (default: a temporary one, deleted after)")
     p.add_argument("--keep", action="store_true",
                    help="keep the work folder's vectors and indexes; a re-run with --keep reuses them and only re-measures")
+    p.add_argument("--on-disk", action="store_true",
+                   help="build the IVF kinds as on-disk indexes (lists and ids beside the file) on --ranks processes")
+    p.add_argument("--ranks", type=int, default=1, help="torchrun processes of an --on-disk build")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     args = p.parse_args()
@@ -307,15 +375,27 @@ def main() -> None:
         limit = min(args.hnsw_n, args.n) if name == "hnsw" else None
         stem = factory.replace(",", "_") + (f"-{limit}" if limit else "")
         path, record = work / f"{stem}.faiss", work / f"{stem}.build.json"
+        on_disk = args.on_disk and name != "hnsw"
+        if on_disk:
+            path, record = work / f"{stem}-ondisk-{args.ranks}.index", work / f"{stem}-ondisk-{args.ranks}.build.json"
         if args.keep and path.exists() and record.exists():  # re-measure a kept index without rebuilding it
             built = json.loads(record.read_text())
             peak_mb = built["peak_rss_mb"]
             print(f"{name}: reusing the kept build ({record})", file=sys.stderr, flush=True)
+        elif on_disk:
+            built = build_on_disk(folder, factory, path, args.ranks)
+            peak_mb = built["peak_rss_mb"]
+            record.write_text(json.dumps(built))
         else:
             built, peak_mb = child(["build", str(folder), factory, str(path), *([str(limit)] if limit else [])])
             record.write_text(json.dumps(built))
+        files = [path, *(path.with_name(path.name + ext) for ext in (".ivfdata", ".ids"))] if on_disk else [path]
         row: dict[str, Any] = {"factory": factory, "vectors": limit or args.n, "build_s": round(built["build_s"], 1),
-                               "peak_rss_mb": round(peak_mb), "file_mb": round(path.stat().st_size / 1e6, 1)}
+                               "peak_rss_mb": round(peak_mb), "file_mb": round(sum(f.stat().st_size for f in files) / 1e6, 1)}
+        if on_disk:
+            row["on_disk"] = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in built.items()
+                              if k not in ("build_s", "factory", "peak_rss_mb")}
+            row["on_disk"]["serve_load_peak_rss_mb"] = round(child(["load", str(path), "1"])[1])
         for mm in (0, 1):
             row[f"load_s_mmap{mm}"] = round(child(["load", str(path), str(mm)])[0]["load_s"], 3)
         index = GalleryIndex.load(path, mmap=name != "hnsw")
@@ -350,7 +430,8 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     if not args.keep:
-        subprocess.run(["rm", "-rf", str(work / "emb"), *[str(p) for p in work.glob("*.faiss")]], check=False)
+        subprocess.run(["rm", "-rf", str(work / "emb"), *[str(p) for p in work.glob("*.faiss")],
+                        *[str(p) for p in work.glob("*-ondisk-*")]], check=False)
         if args.work is None:
             subprocess.run(["rm", "-rf", str(work)], check=False)
 
@@ -367,6 +448,15 @@ def table(result: dict[str, Any]) -> str:
                 f"{row['load_s_mmap0']} / {row['load_s_mmap1']} | {setting} | {s['recall10']} | {s['qps']} | "
                 f"{rr['recall10'] if rr else '-'} | {rr['qps'] if rr else '-'} |"
             )
+    disk = [row for row in result["kinds"].values() if "on_disk" in row]
+    if disk:
+        lines += ["", "| kind | ranks | train s | add s (slowest rank) | merge s | train peak RSS MB | add peak RSS MB per rank | "
+                  "merge peak RSS MB (at its start) | serve load peak RSS MB | serve start-up s |", "|---" * 10 + "|"]
+        for row in disk:
+            d = row["on_disk"]
+            lines.append(f"| {row['factory']} | {d['ranks']} | {d['train_s']} | {d['add_s']} | {d['merge_s']} | "
+                         f"{d['train_peak_rss_mb']} | {' / '.join(map(str, d['add_peak_rss_mb_per_rank']))} | "
+                         f"{d['merge_peak_rss_mb']} (from {d.get('merge_start_rss_mb', '-')}) | {d['serve_load_peak_rss_mb']} | {result.get('serve_startup_s', '-')} |")
     return "\n".join(lines)
 
 

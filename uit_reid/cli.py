@@ -196,12 +196,16 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
         shards = EmbeddingShards(args.embeddings)
         kind = _memory_kind(args, len(shards), shards.dim)
+        if args.on_disk:
+            return _build_on_disk(args, shards, kind, out)
         index = build_index_from_shards(shards, kind, train_size=args.train_size)
         if shards.manifest and shards.manifest.get("model"):
             index.metadata["model"] = shards.manifest["model"]
         index.save(out)
         print(f"indexed {len(index)} vectors from {args.embeddings} as {index.factory} -> {out}")
         return 0
+    if args.on_disk:
+        raise CLIError("--on-disk works with --embeddings (encode the images with 'uit-reid encode' first)")
     if not (args.images and args.model):
         raise CLIError("give --images and --model (or --embeddings)")
     if args.memory_budget is not None:
@@ -228,6 +232,42 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     index.metadata = {"model": _model_ref(args.model), "images": str(Path(args.images).resolve())}
     index.save(out)  # one file, replaced atomically: an existing index stays whole until the new one is in
     print(f"indexed {len(index)} images -> {out}")
+    return 0
+
+
+def _build_on_disk(args: argparse.Namespace, shards: Any, kind: str, out: Path) -> int:
+    """``index build --on-disk``: every torchrun rank adds its shards into a part, rank 0 merges them on disk."""
+    import torch.distributed as dist
+
+    from uit_reid import distributed as D
+    from uit_reid.retrieval.distributed_build import build_ondisk_index
+    from uit_reid.retrieval.index_file import IndexFormatError
+
+    with D.torchrun_process_group("cpu"):
+        rank = D.rank()
+        metadata = {"model": shards.manifest["model"]} if shards.manifest and shards.manifest.get("model") else {}
+        build_ondisk_index(shards, kind, out, train_size=args.train_size, rank=rank, world_size=D.world_size(),
+                           barrier=dist.barrier if D.is_distributed() else lambda: None, metadata=metadata,
+                           progress=rank == 0)
+    if rank == 0:
+        try:
+            from uit_reid.retrieval import GalleryIndex
+
+            index = GalleryIndex.load(out, mmap=True)
+        except (IndexFormatError, ValueError) as err:  # pragma: no cover - the merge just wrote it
+            raise CLIError(f"{out}: {err}") from None
+        print(f"indexed {len(index)} vectors from {args.embeddings} as {index.factory} on disk -> {out} "
+              f"(lists in {out.name}.ivfdata, ids in {out.name}.ids)")
+    return 0
+
+
+def cmd_index_merge(args: argparse.Namespace) -> int:
+    from uit_reid.io import check_writable
+    from uit_reid.retrieval.distributed_build import merge_parts
+
+    out = check_writable(args.out)
+    merge_parts([Path(p) for p in args.parts], out)
+    print(f"merged {len(args.parts)} parts on disk -> {out} (lists in {out.name}.ivfdata, ids in {out.name}.ids)")
     return 0
 
 
@@ -486,7 +526,14 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
                    help="processes decoding images while the model encodes (default: min(4, CPU cores - 1); "
                    "0: decode in this process)")
     b.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    b.add_argument("--on-disk", action="store_true",
+                   help="with --embeddings and an IVF kind: build on every torchrun rank and merge the parts into "
+                   "an index whose lists (OUT.ivfdata) and ids (OUT.ids) stay on disk, memory-mapped when served")
     b.set_defaults(func=cmd_index_build)
+    m = index_sub.add_parser("merge", help="merge IVF index parts sharing one trained quantizer into an on-disk index")
+    m.add_argument("parts", nargs="+", metavar="PART", help="index files (e.g. the parts of an --on-disk build)")
+    m.add_argument("--out", required=True, help="index file to write (its lists and ids are written beside it)")
+    m.set_defaults(func=cmd_index_merge)
     a = index_sub.add_parser("add", help="append embedding shards to an index without retraining (atomic)")
     a.add_argument("--index", required=True, help="index file to extend (replaced atomically)")
     a.add_argument("--embeddings", required=True, help="embedding folder written by 'uit-reid encode'")

@@ -58,6 +58,7 @@ from uit_reid.retrieval.index_file import (
     read_index_file,
     write_index_file,
 )
+from uit_reid.retrieval.ondisk import ONDISK_FIELD
 
 __all__ = ["FORMAT_VERSION", "KIND_ALIASES", "GalleryIndex", "IndexFormatError", "default_nlist"]
 
@@ -134,6 +135,7 @@ class GalleryIndex:
         self._gpu_index: Any = None  # search-only GPU copy
         self._live_slots: np.ndarray | None = None  # cached position -> slot (ids_at, search_positions)
         self._read_only = False  # memory-mapped from a file: searchable, not changeable
+        self._on_disk = False  # lists and ids in files beside the index file (`uit_reid.retrieval.ondisk`)
         self.metadata: dict[str, Any] = {}
 
     @property
@@ -264,6 +266,10 @@ class GalleryIndex:
         """The ids currently in the index, in insertion order (one Python object each: see `ids_at`)."""
         return self._ids.ids()
 
+    def _all_live(self) -> bool:
+        """True when no slot was removed, so slots and positions coincide."""
+        return len(self._ids) == self._ids.num_slots
+
     def _positions(self) -> np.ndarray:
         if self._live_slots is None:
             self._live_slots = self._ids.live_slots()
@@ -277,11 +283,17 @@ class GalleryIndex:
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size and (positions.max() >= len(self) or positions.min() < -1):
             raise IndexError(f"positions must be in 0..{len(self) - 1} (or -1), got {positions.min()}..{positions.max()}")
-        slots = np.where(positions >= 0, self._positions()[np.maximum(positions, 0)] if len(self) else -1, -1)
+        if self._all_live():  # a position is its slot: no position -> slot array (a billion slots: 8 GB)
+            slots = positions
+        else:
+            slots = np.where(positions >= 0, self._positions()[np.maximum(positions, 0)] if len(self) else -1, -1)
         return self._ids.ids_at(slots)
 
     # -- input checks ---------------------------------------------------------------------------
     def _check_writable(self, what: str) -> None:
+        if self._read_only and self._on_disk:
+            raise ValueError(f"cannot {what}: this is an on-disk index (lists and ids mapped from files beside it); "
+                             "build it again with the new shards ('uit-reid index build --on-disk')")
         if self._read_only:
             raise ValueError(f"cannot {what}: this index is memory-mapped read-only; load it with mmap=False to change it")
 
@@ -586,6 +598,8 @@ class GalleryIndex:
         scores[empty] = -np.inf
         if not positions:
             return scores, self._ids.ids_at(slots)
+        if self._all_live():
+            return scores, np.where(empty, -1, slots).astype(np.int64)
         return scores, np.where(empty, -1, np.searchsorted(self._positions(), slots)).astype(np.int64)
 
     # -- persistence ----------------------------------------------------------------------------
@@ -620,7 +634,8 @@ class GalleryIndex:
         """Load an index written by `save`, checking it fully before FAISS reads it.
 
         ``mmap=True`` keeps an IVF kind's lists in the file, mapped read-only (the index can then be
-        searched but not changed); other kinds are read into memory either way.
+        searched but not changed); other kinds are read into memory either way. An on-disk index
+        (`uit_reid.retrieval.ondisk`: lists and ids in files beside ``path``) is always mapped.
         Raises ``FileNotFoundError`` (no file), `IndexFormatError` (not a GalleryIndex file, truncated,
         edited, corrupted or hand-crafted), ``ValueError`` (dimension mismatch) or
         `uit_reid._errors.EncoderMismatchError` (a ValueError: fingerprint mismatch).
@@ -638,6 +653,7 @@ class GalleryIndex:
         obj.metadata = saved.meta["metadata"]
         obj._index = saved.index
         obj._read_only = saved.mapped
+        obj._on_disk = ONDISK_FIELD in saved.meta
         obj._apply_search_parameters()
         return obj
 

@@ -6,6 +6,9 @@ lengths and SHA-256 of the id map and of the FAISS bytes, and a SHA-256 of the h
 binary id map (`uit_reid.retrieval.idmap.IdMap.to_bytes`) and the FAISS index bytes
 (``faiss.write_index`` format, never pickle).
 
+An *on-disk* index (`uit_reid.retrieval.ondisk`) is such a file holding the trained, empty FAISS
+index and an ``ondisk`` header field naming its lists and ids files beside it, which are mapped.
+
 `read_index_file` checks, in this order and before FAISS sees a byte: the magic and sizes, the
 header checksum, the fields, the expected dimension and encoder fingerprint, the id map's checksum
 and contents, the FAISS bytes' checksum and structure (`uit_reid.retrieval._faiss_check`), and that
@@ -30,6 +33,7 @@ from uit_reid._errors import EncoderMismatchError
 from uit_reid.io import atomic_write_bytes
 from uit_reid.retrieval._faiss_check import FaissBytesError, Layout, check_index_bytes, parse_factory
 from uit_reid.retrieval.idmap import IdMap, IdMapError
+from uit_reid.retrieval.ondisk import ONDISK_FIELD, open_ondisk
 
 __all__ = ["FORMAT_VERSION", "IndexFile", "IndexFormatError", "read_index_file", "write_index_file"]
 
@@ -137,8 +141,16 @@ def read_index_file(
                 f"index file {path}: its {labels.size} stored vectors do not match the id map's "
                 f"{expected.size} slots (edited or corrupted)"
             )
-        mapped_lists = mmap and layout.kind == "ivf"
+        ondisk = ONDISK_FIELD in meta
+        mapped_lists = (mmap or ondisk) and layout.kind == "ivf"
         index = _read_faiss(path, offset, mapped_lists)
+        if ondisk:  # the lists and ids live beside the file and are always mapped, never read
+            if layout.kind != "ivf" or ids.num_slots:
+                raise IndexFormatError(f"index file {path}: only an empty IVF index can name on-disk lists")
+            try:
+                ids = open_ondisk(path, meta, index)
+            except ValueError as err:
+                raise IndexFormatError(f"index file {path}: {err}") from None
         after = os.stat(path)
         if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
             raise IndexFormatError(f"index file {path} was replaced while it was loaded: load it again")

@@ -22,7 +22,8 @@ from uit_reid.retrieval.idmap import keys_of
 from uit_reid.retrieval.index import GalleryIndex, default_nlist
 from uit_reid.retrieval.shards import EmbeddingShards
 
-__all__ = ["ADD_ROWS", "ShardVectors", "add_shards", "build_index_from_shards", "training_sample"]
+__all__ = ["ADD_ROWS", "ShardVectors", "add_shard_numbers", "add_shards", "build_index_from_shards", "trained_index",
+           "training_sample"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,14 @@ def build_index_from_shards(
     IVF kinds are trained first on a sample across all shards (``train_size`` rows; default
     ``max(40 * nlist, 40 * 2**bits)``), then the shards are added in order.
     """
+    index = trained_index(shards, kind, train_size=train_size, **index_kwargs)
+    add_shards(index, shards, progress=progress)
+    return index
+
+
+def trained_index(shards: EmbeddingShards, kind: str, *, train_size: int | None = None, **index_kwargs: Any) -> GalleryIndex:
+    """A new, empty `GalleryIndex` for ``shards``, trained for IVF kinds on a seeded sample across all shards
+    (``train_size`` rows; default ``max(40 * nlist, 40 * 2**bits)``): the same index for every caller."""
     if len(shards) == 0:
         raise ValueError(f"{shards.folder} holds no vectors")
     if kind == "ivf" and index_kwargs.get("nlist") is None:
@@ -60,7 +69,6 @@ def build_index_from_shards(
     if layout is not None and layout.kind == "ivf":
         size = train_size or max(40 * layout.nlist, 40 * (1 << layout.pq_bits) if layout.pq_m else 0)
         index.train(training_sample(shards, size, index.seed))
-    add_shards(index, shards, progress=progress)
     return index
 
 
@@ -73,27 +81,38 @@ def add_shards(index: GalleryIndex, shards: EmbeddingShards, *, progress: bool =
     if len(shards) == 0:
         raise ValueError(f"{shards.folder} holds no vectors")
     first = index.num_slots
-    index._check_fingerprint(shards.fingerprint, "add")  # before the sizing pass reads every shard
-    # one sort of all the new ids' keys proves them new and distinct, so the adds need no id lookup
-    # table (10M ids: 160 MB, copied at every add); equal keys fall back to checking each add exactly
-    known_new = index.id_type in (None, "str") and index._ids.none_of(
-        np.concatenate([keys_of(shards.ids(n), "str")[0] for n in range(shards.num_shards)]))
-    index._reserve(vectors for _, _, vectors in _blocks(shards, progress, "sizing IVF lists"))
-    ids, shard = [], -1
-    for n, start, vectors in _blocks(shards, progress, "adding shards"):
-        if n != shard:
-            ids, shard = shards.ids(n), n
-        index._add(vectors, ids[start : start + len(vectors)], shards.fingerprint, known_new=known_new)
+    add_shard_numbers(index, shards, range(shards.num_shards), progress=progress)
     entries = list(index.metadata.get("embeddings", []))
     entries.append({"folder": str(shards.folder.resolve()), "first_slot": first, "rows": len(shards)})
     index.metadata["embeddings"] = entries
     logger.info("added %d vectors from %s (index now %d)", len(shards), shards.folder, len(index))
 
 
-def _blocks(shards: EmbeddingShards, progress: bool, what: str) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(shard, first row, float16 rows) over every shard, `ADD_ROWS` rows at a time (each block is
+def add_shard_numbers(
+    index: GalleryIndex, shards: EmbeddingShards, numbers: Sequence[int], *, progress: bool = True
+) -> None:
+    """Append the vectors of shards ``numbers`` (in that order) to ``index``; records nothing in its metadata."""
+    index._check_fingerprint(shards.fingerprint, "add")  # before the sizing pass reads every shard
+    if not numbers:
+        return
+    # one sort of all the new ids' keys proves them new and distinct, so the adds need no id lookup
+    # table (10M ids: 160 MB, copied at every add); equal keys fall back to checking each add exactly
+    known_new = index.id_type in (None, "str") and index._ids.none_of(
+        np.concatenate([keys_of(shards.ids(n), "str")[0] for n in numbers]))
+    index._reserve(vectors for _, _, vectors in _blocks(shards, numbers, progress, "sizing IVF lists"))
+    ids, shard = [], -1
+    for n, start, vectors in _blocks(shards, numbers, progress, "adding shards"):
+        if n != shard:
+            ids, shard = shards.ids(n), n
+        index._add(vectors, ids[start : start + len(vectors)], shards.fingerprint, known_new=known_new)
+
+
+def _blocks(
+    shards: EmbeddingShards, numbers: Sequence[int], progress: bool, what: str
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(shard, first row, float16 rows) over shards ``numbers``, `ADD_ROWS` rows at a time (each block is
     converted to float32 by the index, one at a time)."""
-    for n in tqdm(range(shards.num_shards), desc=what, unit="shard", disable=not progress):
+    for n in tqdm(numbers, desc=what, unit="shard", disable=not progress):
         if not shards.rows[n]:
             continue
         vectors = shards.vectors(n)
