@@ -28,7 +28,8 @@ import numpy as np
 
 from uit_reid._errors import EncoderMismatchError
 from uit_reid.io import atomic_write_bytes
-from uit_reid.retrieval._faiss_check import FaissBytesError, Layout, check_index_bytes, parse_factory
+from uit_reid.retrieval._faiss_check import FaissBytesError, check_index_bytes
+from uit_reid.retrieval.factory_string import Layout, parse_factory
 from uit_reid.retrieval.idmap import IdMap, IdMapError
 
 __all__ = ["FORMAT_VERSION", "IndexFile", "IndexFormatError", "read_index_file", "write_index_file"]
