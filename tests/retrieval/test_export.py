@@ -76,3 +76,25 @@ def _one() -> GalleryIndex:
     index = GalleryIndex(DIM, "flat")
     index.add(np.ones((1, DIM)), [1])
     return index
+
+
+@pytest.mark.parametrize(("recorded", "warned"), [("2.0.0", True), ("0.9.1", True), ("1.7.4", False)])
+def test_another_major_faiss_version_is_named_once_on_load(recorded, warned, tmp_path, parts, write_header,
+                                                           caplog) -> None:
+    """A real saved file whose recorded FAISS version is edited (checksums recomputed, as a newer writer would)."""
+    assert faiss.__version__.startswith("1.")
+    index = _one()
+    index.save(tmp_path / "g.faiss")
+    meta, _, _ = parts(tmp_path / "g.faiss")
+    assert meta["faiss_version"] == faiss.__version__
+    meta["faiss_version"] = recorded
+    write_header(tmp_path / "g.faiss", dict(meta))
+    with caplog.at_level("WARNING", logger="uit_reid.retrieval.index_file"):
+        loaded = GalleryIndex.load(tmp_path / "g.faiss")
+    assert loaded.search(np.ones((1, DIM)), 1)[1].tolist() == [[1]]
+    messages = [r.getMessage() for r in caplog.records if r.name == "uit_reid.retrieval.index_file"]
+    if warned:
+        assert messages == [f"index file {tmp_path / 'g.faiss'} was written by FAISS {recorded}, this is FAISS "
+                            f"{faiss.__version__} (another major version): if it misbehaves, rebuild or re-save it"]
+    else:
+        assert messages == []

@@ -9,13 +9,16 @@ binary id map (`uit_reid.retrieval.idmap.IdMap.to_bytes`) and the FAISS index by
 `read_index_file` checks, in this order and before FAISS sees a byte: the magic and sizes, the
 header checksum, the fields, the expected dimension and encoder fingerprint, the id map's checksum
 and contents, the FAISS bytes' checksum and structure (`uit_reid.retrieval._faiss_check`), and that
-the stored labels are exactly the live slots.
+the stored labels are exactly the live slots. The header records the FAISS version that wrote the
+file: a different major version is named in one warning on load (FAISS keeps its format across
+versions, mostly), and if FAISS then cannot read the bytes the error names both versions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import mmap as mmap_module
 import os
 import struct
@@ -33,6 +36,8 @@ from uit_reid.retrieval.factory_string import Layout, parse_factory
 from uit_reid.retrieval.idmap import IdMap, IdMapError
 
 __all__ = ["FORMAT_VERSION", "IndexFile", "IndexFormatError", "read_index_file", "write_index_file"]
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 3
 """Version of the saved index format (header ``format_version``); 3: factory strings, binary id map."""
@@ -139,11 +144,29 @@ def read_index_file(
                 f"{expected.size} slots (edited or corrupted)"
             )
         mapped_lists = mmap and layout.kind == "ivf"
-        index = _read_faiss(path, offset, mapped_lists)
+        written_by = _faiss_version_note(path, meta)
+        try:
+            index = _read_faiss(path, offset, mapped_lists)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise IndexFormatError(
+                f"index file {path}: FAISS {faiss.__version__} cannot read its index{written_by}: {first}"
+            ) from None
         after = os.stat(path)
         if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
             raise IndexFormatError(f"index file {path} was replaced while it was loaded: load it again")
     return IndexFile(meta, ids, index, layout, mapped_lists)
+
+
+def _faiss_version_note(path: Path, meta: dict[str, Any]) -> str:
+    """Warn once when the file was written by another major FAISS version; the note errors add then."""
+    saved = meta.get("faiss_version")
+    if not isinstance(saved, str):
+        return ""
+    if saved.split(".")[0] != faiss.__version__.split(".")[0]:
+        logger.warning("index file %s was written by FAISS %s, this is FAISS %s (another major version): "
+                       "if it misbehaves, rebuild or re-save it", path, saved, faiss.__version__)
+    return f" (written by FAISS {saved})"
 
 
 def _check_expected(path: Path, meta: dict[str, Any], dim: int | None, fingerprint: str | None) -> None:
