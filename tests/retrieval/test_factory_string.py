@@ -18,7 +18,7 @@ N = 3000
 SCALE_KINDS = [
     "IVF16_HNSW8,Flat",
     "IVF16_HNSW8,PQ8",
-    "OPQ8_16,IVF16,PQ8",
+    "OPQ8_16,IVF16,PQ8x4",
     "IVF16,PQ8x4fs",
     "IVF16,PQ8x6",
     "OPQ8_16,IVF16_HNSW8,PQ8x4fs",
@@ -171,7 +171,7 @@ def _saved_bytes(kind: str, data, tmp_path, parts):
     ("kind", "patch", "message"),
     [
         ("IVF16_HNSW8,PQ8", None, None),  # a neighbour of the coarse HNSW graph past its 16 centroids
-        ("OPQ8_16,IVF16,PQ8", lambda raw: raw.index(b"LTra") + 5, "opq matrix has 999 entries, expected 512"),
+        ("OPQ4_16,IVF16,PQ4x4", lambda raw: raw.index(b"LTra") + 5, "opq matrix has 999 entries, expected 512"),
         ("IVF16,PQ8x4fs", lambda raw: raw.index(b"ilbl") + 4 + 8, "fast-scan lists .* do not fit"),
     ],
 )
