@@ -197,3 +197,25 @@ def _first_hnsw_neighbour(raw: bytes) -> int:
         (count,) = struct.unpack_from("<Q", raw, at)
         at += 8 + count * item
     return at + 8
+
+
+@pytest.mark.parametrize("kind", ["OPQ8_16,IVF16_HNSW8,PQ8x4"])  # fast-scan lists are not pre-sized
+def test_streamed_builds_of_scale_kinds_equal_one_add(kind, data, tmp_path) -> None:
+    """The shard-streamed build (lists sized first by `_reserve`, OPQ applied there) gives the lists one add gives."""
+    from uit_reid.retrieval import EmbeddingShards, build_index_from_shards, index_memory
+    from uit_reid.retrieval.shards import write_shard
+
+    xb, xq, _ = data
+    x = unit(xb).astype(np.float16)
+    for s in range(3):
+        write_shard(tmp_path / "emb", s, x[s * 1000 : (s + 1) * 1000], [f"{i}" for i in range(s * 1000, (s + 1) * 1000)])
+    streamed = build_index_from_shards(EmbeddingShards(tmp_path / "emb"), kind, train_size=640, progress=False)
+    whole = GalleryIndex(DIM, kind, train_size=640)
+    whole.add(x.astype(np.float32), [f"{i}" for i in range(N)])
+    ivf = faiss.extract_index_ivf(streamed._index)
+    sizes = [ivf.invlists.list_size(i) for i in range(ivf.nlist)]
+    other = faiss.extract_index_ivf(whole._index)
+    assert sizes == [other.invlists.list_size(i) for i in range(other.nlist)] and sum(sizes) == N
+    assert np.array_equal(streamed.search(xq, 10)[1], whole.search(xq, 10)[1])
+    real = len(faiss.serialize_index(streamed._index)) + 9 * len(streamed)
+    assert 0.85 <= index_memory(kind, N, DIM) / real <= 1.2
