@@ -71,3 +71,25 @@ def test_absurd_sizes_are_one_line_not_overflow(digits, unit) -> None:
 @given(value=st.integers(1, MAX_BYTES))
 def test_every_size_up_to_the_limit_reads_back(value) -> None:
     assert abs(parse_bytes(str(value)) - value) <= value * 1e-15 + 1
+
+
+def test_the_cli_names_a_bad_kind_or_size_in_one_line_and_writes_nothing(tmp_path, capsys) -> None:
+    import numpy as np
+
+    from uit_reid.cli import main
+    from uit_reid.retrieval.shards import write_shard
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 16))
+    write_shard(tmp_path / "emb", 0, (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16),
+                [f"{i}.jpg" for i in range(200)])
+    out = tmp_path / "g.faiss"
+    for flags, message in (
+        (["--kind", "HNSW200000,Flat"], "index kind 'HNSW200000,Flat': HNSW neighbours 200000 is out of range 2..256"),
+        (["--kind", "IVF4,PQ8x16"], "index kind 'IVF4,PQ8x16': PQ bits 16 is out of range 1..12"),
+        (["--memory-budget", "9" * 400 + "G"], "size 999999999999...G is absurd: more than 2**60 bytes"),
+    ):
+        assert main(["index", "build", "--embeddings", str(tmp_path / "emb"), "--out", str(out), *flags]) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not out.exists()
