@@ -282,6 +282,15 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index_export(args: argparse.Namespace) -> int:
+    from uit_reid.retrieval import GalleryIndex
+    from uit_reid.retrieval.export import export_index
+
+    index_path, table_path = export_index(GalleryIndex.load(args.index), args.out)
+    print(f"exported {args.index} -> {index_path} (faiss.read_index) and {table_path} (row i: FAISS label i)")
+    return 0
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
@@ -516,9 +525,11 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", required=True, help="index file to write (one file; an existing one is replaced atomically)")
     b.add_argument("--kind", default=None,
                    help="flat (exact; default), ivf, hnsw or a FAISS factory string such as IVF4096,PQ64 or "
-                   "OPQ64,IVF4096,PQ64 (compressed, for large galleries)")
+                   "OPQ64_256,IVF65536_HNSW32,PQ64x4fs (compressed, for large galleries; grammar: "
+                   "[OPQ<m>[_<d>],]IVF<n>[_HNSW<m>],{Flat|PQ<m>[x<bits>]|PQ<m>x4fs}, HNSW<m>,Flat or Flat)")
     b.add_argument("--memory-budget", metavar="SIZE",
-                   help="pick the kind that fits in SIZE (e.g. 4GB) instead of --kind, as autofaiss does")
+                   help="pick the kind that fits in SIZE (e.g. 4GB, or autofaiss's 16G) instead of --kind, "
+                   "as autofaiss does")
     b.add_argument("--train-size", type=int, default=None,
                    help="vectors an IVF kind is trained on (default: max(40 x lists, 40 x PQ centroids))")
     b.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
@@ -538,6 +549,10 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--index", required=True, help="index file to extend (replaced atomically)")
     a.add_argument("--embeddings", required=True, help="embedding folder written by 'uit-reid encode'")
     a.set_defaults(func=cmd_index_add)
+    e = index_sub.add_parser("export", help="plain FAISS (image.index) + ids as parquet, clip-retrieval's layout")
+    e.add_argument("index", help="index file written by 'uit-reid index build'")
+    e.add_argument("--out", required=True, help="folder to write image.index and metadata/metadata_0.parquet into")
+    e.set_defaults(func=cmd_index_export)
     index_parser.set_defaults(func=functools.partial(_missing_action, index_parser))
 
 

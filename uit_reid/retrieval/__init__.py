@@ -9,7 +9,9 @@ embedding-shard modules encode galleries to files and build compressed indexes f
 from __future__ import annotations
 
 from uit_reid._errors import EncoderMismatchError
-from uit_reid.retrieval.budget import choose_kind, index_memory, parse_bytes
+from uit_reid.retrieval.budget import choose_kind, coarse_quantizer, index_memory, parse_bytes
+from uit_reid.retrieval.export import export_index
+from uit_reid.retrieval.factory_string import parse_factory
 from uit_reid.retrieval.index import (
     FORMAT_VERSION,
     KIND_ALIASES,
@@ -50,15 +52,18 @@ __all__ = [
     "build_index_from_folder",
     "build_index_from_shards",
     "choose_kind",
+    "coarse_quantizer",
     "default_nlist",
     "encode_image_files",
     "encode_image_folder",
     "encode_shards",
     "index_memory",
     "evaluate",
+    "export_index",
     "list_images",
     "metrics_table",
     "parse_bytes",
+    "parse_factory",
     "ranked_hits",
     "read_image_list",
     "relevant_ranks",

@@ -3,74 +3,28 @@
 A saved `GalleryIndex` may come from someone else. ``faiss.deserialize_index`` trusts the sizes the
 bytes declare (a 162-byte file can claim a 4 GiB vector) and HNSW search trusts the neighbour ids
 stored in the graph. `check_index_bytes` walks the serialisation of exactly the index layouts
-`GalleryIndex` writes, the FAISS factory strings `parse_factory` accepts (``Flat`` and ``HNSWm,Flat`` as
-``IndexIDMap2`` over the inner index; ``IVFn,Flat``, ``IVFn,PQm[xb]`` and ``OPQm,IVFn,PQm[xb]`` over an
-``IndexFlatIP`` quantiser; inner product throughout) without allocating anything the file declares, and refuses on the first disagreement: another index type, another dimension or metric,
-a declared size larger than the bytes left, counts that do not add up, graph links or entry point
-out of range, bytes left over at the end. It returns the FAISS labels (our slots), so the caller can
-check them against its id map.
-"""
+`GalleryIndex` writes for the factory strings `uit_reid.retrieval.factory_string.parse_factory` accepts
+(``Flat`` and ``HNSWm,Flat`` as ``IndexIDMap2`` over the inner index; IVF kinds as ``IndexIVFFlat``,
+``IndexIVFPQ`` or ``IndexIVFPQFastScan`` over an ``IndexFlatIP`` or ``IndexHNSWFlat`` coarse quantizer,
+behind an ``IndexPreTransform`` holding one OPQ matrix for OPQ kinds; inner product throughout)
+without allocating anything the file declares, and refuses on the first disagreement: another index
+type, another dimension or metric, a declared size larger than the bytes left, counts that do not add
+up, graph links or entry point out of range, bytes left over at the end. It returns the FAISS labels
+(our slots), so the caller can check them against its id map."""
 
 from __future__ import annotations
 
-import re
 import struct
-from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FaissBytesError", "Layout", "check_index_bytes", "parse_factory"]
+from uit_reid.retrieval.factory_string import Layout
 
-_FACTORY = re.compile(
-    r"(?:OPQ(?P<opq>[0-9]+),)?IVF(?P<nlist>[0-9]+),(?:Flat|PQ(?P<m>[0-9]+)(?:x(?P<nbits>[0-9]+))?)"
-    r"|HNSW(?P<hnsw>[0-9]+),Flat|Flat"
-)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The structure a factory string builds: ``kind`` is "flat", "hnsw" or "ivf"; the rest its sizes."""
-
-    kind: str
-    nlist: int = 0
-    hnsw_m: int = 0
-    pq_m: int = 0  # 0: IVF stores full float32 vectors (IVFn,Flat)
-    pq_bits: int = 8
-    opq_m: int = 0  # 0: no OPQ rotation in front
-
-    @property
-    def code_size(self) -> int:
-        """Bytes per vector in the inverted lists (given the dimension for Flat: see `check_index_bytes`)."""
-        return -(-self.pq_m * self.pq_bits // 8)
-
-
-def parse_factory(factory: str, dim: int) -> Layout:
-    """The `Layout` of a supported FAISS factory string, or ValueError naming what is supported."""
-    match = _FACTORY.fullmatch(factory)
-    if match is None:
-        raise ValueError(
-            f"unsupported index kind {factory!r}: use flat, ivf, hnsw or a FAISS factory string of the form "
-            "Flat, HNSW<m>,Flat, IVF<n>,Flat, IVF<n>,PQ<m>[x<bits>] or OPQ<m>,IVF<n>,PQ<m>[x<bits>]"
-        )
-    g = match.groupdict()
-    if g["hnsw"] is not None:
-        layout = Layout("hnsw", hnsw_m=int(g["hnsw"]))
-        if layout.hnsw_m < 2:
-            raise ValueError(f"{factory!r}: HNSW needs at least 2 neighbours per node")
-        return layout
-    if g["nlist"] is None:
-        return Layout("flat")
-    layout = Layout("ivf", nlist=int(g["nlist"]), pq_m=int(g["m"] or 0), pq_bits=int(g["nbits"] or 8),
-                    opq_m=int(g["opq"] or 0))
-    if layout.nlist < 1:
-        raise ValueError(f"{factory!r}: the IVF list count must be positive")
-    if g["m"] is not None and (layout.pq_m < 1 or dim % layout.pq_m or not 1 <= layout.pq_bits <= 16):
-        raise ValueError(f"{factory!r}: PQ<m> must divide the dimension {dim} and bits be 1..16")
-    if layout.opq_m and (layout.opq_m != layout.pq_m):
-        raise ValueError(f"{factory!r}: OPQ<m> must equal PQ<m> (OPQ with a reduced output is not supported)")
-    return layout
+__all__ = ["FaissBytesError", "check_index_bytes"]
 
 _METRIC_INNER_PRODUCT = 0
+_FAST_SCAN_BLOCK = 32  # vectors per SIMD block of fast-scan PQ lists (FAISS's bbs)
+_NO_CODE_SIZE = (1 << 64) - 1  # BlockInvertedLists.code_size: codes only make sense as whole blocks
 
 
 class FaissBytesError(ValueError):
@@ -141,56 +95,55 @@ def _flat(r: _Reader, dim: int, what: str) -> int:
     return ntotal
 
 
-def _hnsw(r: _Reader, dim: int) -> int:
-    r.fourcc(("IHNf",), "hnsw index")
-    ntotal = _header(r, dim, "hnsw index")
-    r.array("<f8", "hnsw level probabilities")
-    cum = r.array("<i4", "hnsw neighbours per level")
-    levels = r.array("<i4", "hnsw levels", expected=ntotal)
-    offsets = r.array("<u8", "hnsw offsets", expected=ntotal + 1)
+def _hnsw(r: _Reader, dim: int, what: str = "hnsw") -> int:
+    """An ``IndexHNSWFlat`` (the graph of kind "hnsw", or an IVF's coarse quantizer): its size."""
+    r.fourcc(("IHNf",), f"{what} index")
+    ntotal = _header(r, dim, f"{what} index")
+    r.array("<f8", f"{what} level probabilities")
+    cum = r.array("<i4", f"{what} neighbours per level")
+    levels = r.array("<i4", f"{what} levels", expected=ntotal)
+    offsets = r.array("<u8", f"{what} offsets", expected=ntotal + 1)
     if len(cum) < 1 or (ntotal and (levels.min() < 1 or levels.max() >= len(cum))):
-        raise FaissBytesError("hnsw levels are out of range")
+        raise FaissBytesError(f"{what} levels are out of range")
     if offsets[0] != 0 or not np.array_equal(np.diff(offsets.astype(np.int64)), cum[levels].astype(np.int64)):
-        raise FaissBytesError("hnsw offsets do not match the levels")
-    neighbours = r.array("<i4", "hnsw neighbours", expected=int(offsets[-1]))
+        raise FaissBytesError(f"{what} offsets do not match the levels")
+    neighbours = r.array("<i4", f"{what} neighbours", expected=int(offsets[-1]))
     if neighbours.size and (neighbours.min() < -1 or neighbours.max() >= ntotal):
-        raise FaissBytesError("hnsw neighbour ids point outside the index")
-    entry = r.scalar("i", "hnsw entry point")
-    max_level = r.scalar("i", "hnsw max level")
-    for what in ("hnsw efConstruction", "hnsw efSearch", "hnsw upper beam"):
-        r.scalar("i", what)
+        raise FaissBytesError(f"{what} neighbour ids point outside the index")
+    entry = r.scalar("i", f"{what} entry point")
+    max_level = r.scalar("i", f"{what} max level")
+    for name in ("efConstruction", "efSearch", "upper beam"):
+        r.scalar("i", f"{what} {name}")
     top = int(levels.max()) - 1 if ntotal else -1
     if not (-1 <= entry < ntotal) or (ntotal and entry < 0) or max_level != top:
-        raise FaissBytesError(f"hnsw entry point {entry} or max level {max_level} out of range")
-    if _flat(r, dim, "hnsw storage") != ntotal:
-        raise FaissBytesError("hnsw storage size differs from the graph size")
+        raise FaissBytesError(f"{what} entry point {entry} or max level {max_level} out of range")
+    if _flat(r, dim, f"{what} storage") != ntotal:
+        raise FaissBytesError(f"{what} storage size differs from the graph size")
     return ntotal
 
 
 def _ivf(r: _Reader, dim: int, layout: Layout) -> np.ndarray:
     what = "ivf index"
-    r.fourcc(("IwPQ",) if layout.pq_m else ("IwFl",), "index type")
+    r.fourcc(("IwPf",) if layout.fast_scan else ("IwPQ",) if layout.pq_m else ("IwFl",), "index type")
     ntotal = _header(r, dim, what)
     nlist = r.scalar("Q", "ivf nlist")
     r.scalar("Q", "ivf nprobe")
     if nlist != layout.nlist or not 1 <= nlist <= r.left():
         raise FaissBytesError(f"ivf nlist {nlist} out of range or not the {layout.nlist} the header names")
-    if _flat(r, dim, "ivf quantizer") != nlist:
+    if layout.quantizer_hnsw_m:
+        centroids = _hnsw(r, dim, "ivf hnsw quantizer")
+    else:
+        centroids = _flat(r, dim, "ivf quantizer")
+    if centroids != nlist:
         raise FaissBytesError(f"ivf quantizer does not hold nlist={nlist} centroids")
     if r.scalar("B", "ivf direct map type") != 0:
         raise FaissBytesError("ivf has a direct map, which GalleryIndex never writes")
     r.array("<i8", "ivf direct map", expected=0)
     expected_code = 4 * dim
     if layout.pq_m:
-        if r.scalar("B", "ivfpq by_residual") not in (0, 1):
-            raise FaissBytesError("ivfpq by_residual flag is not 0 or 1")
-        expected_code = layout.code_size
-        if r.scalar("Q", "ivfpq code size") != expected_code:
-            raise FaissBytesError(f"ivfpq code size differs from {expected_code}")
-        pq = (r.scalar("Q", "pq dimension"), r.scalar("Q", "pq M"), r.scalar("Q", "pq bits"))
-        if pq != (dim, layout.pq_m, layout.pq_bits):
-            raise FaissBytesError(f"pq (d, M, bits) = {pq}, expected {(dim, layout.pq_m, layout.pq_bits)}")
-        r.array("<f4", "pq centroids", expected=dim * (1 << layout.pq_bits))
+        expected_code = _pq(r, dim, layout)
+    if layout.fast_scan:
+        return _block_lists(r, nlist, ntotal, expected_code)
     r.fourcc(("ilar",), "ivf inverted lists")
     if r.scalar("Q", "ivf list count") != nlist:
         raise FaissBytesError("ivf list count differs from nlist")
@@ -214,8 +167,46 @@ def _ivf(r: _Reader, dim: int, layout: Layout) -> np.ndarray:
     return np.concatenate(labels) if labels else np.zeros(0, np.int64)
 
 
-def _opq(r: _Reader, dim: int) -> None:
-    """An ``IndexPreTransform`` header and its one OPQ rotation (a dim x dim linear map, no bias)."""
+def _pq(r: _Reader, dim: int, layout: Layout) -> int:
+    """The PQ fields of an ``IndexIVFPQ`` (``IndexIVFPQFastScan``: and its SIMD block sizes); the code size."""
+    if r.scalar("B", "ivfpq by_residual") not in (0, 1):
+        raise FaissBytesError("ivfpq by_residual flag is not 0 or 1")
+    code_size = layout.code_size
+    if r.scalar("Q", "ivfpq code size") != code_size:
+        raise FaissBytesError(f"ivfpq code size differs from {code_size}")
+    if layout.fast_scan:
+        bbs, m2 = r.scalar("i", "fast-scan block size"), r.scalar("Q", "fast-scan padded M")
+        r.scalar("i", "fast-scan implementation")
+        r.scalar("Q", "fast-scan query block")
+        if bbs != _FAST_SCAN_BLOCK or m2 != layout.pq_m + layout.pq_m % 2:
+            raise FaissBytesError(f"fast-scan block size {bbs} or padded M {m2} is not what PQ{layout.pq_m}x4fs writes")
+    pq = (r.scalar("Q", "pq dimension"), r.scalar("Q", "pq M"), r.scalar("Q", "pq bits"))
+    if pq != (dim, layout.pq_m, layout.pq_bits):
+        raise FaissBytesError(f"pq (d, M, bits) = {pq}, expected {(dim, layout.pq_m, layout.pq_bits)}")
+    r.array("<f4", "pq centroids", expected=dim * (1 << layout.pq_bits))
+    return code_size
+
+
+def _block_lists(r: _Reader, nlist: int, ntotal: int, code_size: int) -> np.ndarray:
+    """Fast-scan ``BlockInvertedLists``: per list its ids and its codes packed in blocks of 32 vectors."""
+    r.fourcc(("ilbl",), "ivf inverted lists")
+    header = [r.scalar("Q", f"block lists {name}") for name in ("count", "code size", "block length", "block bytes")]
+    if header != [nlist, _NO_CODE_SIZE, _FAST_SCAN_BLOCK, _FAST_SCAN_BLOCK * code_size]:
+        raise FaissBytesError(f"fast-scan lists (count, code size, block length, block bytes) = {header} do not fit")
+    labels, total = [], 0
+    for _ in range(nlist):
+        ids = r.array("<i8", "ivf list ids")
+        blocks = -(-ids.size // _FAST_SCAN_BLOCK)
+        r.array("<u1", "ivf list codes", expected=blocks * header[3])
+        labels.append(ids)
+        total += ids.size
+    if total != ntotal:
+        raise FaissBytesError(f"ivf lists hold {total} vectors, the header says {ntotal}")
+    return np.concatenate(labels) if labels else np.zeros(0, np.int64)
+
+
+def _opq(r: _Reader, dim: int, out: int) -> None:
+    """An ``IndexPreTransform`` header and its one OPQ rotation (an ``out`` x ``dim`` linear map, no bias)."""
     r.fourcc(("IxPT",), "index type")
     _header(r, dim, "opq wrapper")
     if r.scalar("i", "opq chain length") != 1:
@@ -223,10 +214,10 @@ def _opq(r: _Reader, dim: int) -> None:
     r.fourcc(("LTra",), "opq transform")
     if r.scalar("B", "opq bias flag") != 0:
         raise FaissBytesError("opq transform has a bias, which OPQ never writes")
-    r.array("<f4", "opq matrix", expected=dim * dim)
+    r.array("<f4", "opq matrix", expected=out * dim)
     r.array("<f4", "opq bias", expected=0)
-    if (r.scalar("i", "opq input dimension"), r.scalar("i", "opq output dimension")) != (dim, dim):
-        raise FaissBytesError(f"opq transform is not {dim} -> {dim}")
+    if (r.scalar("i", "opq input dimension"), r.scalar("i", "opq output dimension")) != (dim, out):
+        raise FaissBytesError(f"opq transform is not {dim} -> {out}")
     r.scalar("B", "opq trained flag")
 
 
@@ -238,8 +229,8 @@ def check_index_bytes(data: bytes | memoryview, layout: Layout, dim: int) -> np.
     r = _Reader(data)
     if layout.kind == "ivf":
         if layout.opq_m:
-            _opq(r, dim)
-        labels = _ivf(r, dim, layout)
+            _opq(r, dim, layout.ivf_dim(dim))
+        labels = _ivf(r, layout.ivf_dim(dim), layout)
     elif layout.kind in ("flat", "hnsw"):
         r.fourcc(("IxM2",), "index type")
         ntotal = _header(r, dim, "id map")

@@ -3,22 +3,32 @@
 autofaiss itself is not a dependency: version 2.18.0 (checked) requires ``numpy<2`` and
 ``faiss-cpu``, while this library runs on numpy 2 and may be used with faiss-gpu, and its defaults
 (up to 2**16 IVF lists, 4-bit fast-scan PQ) do not suit a small CPU. The rules here are the same in
-spirit: exact search while it fits, otherwise IVF with `default_nlist` lists (about ``2 * sqrt(n)``, capped at 4096 for a small CPU), with full
-vectors if they fit and product-quantised codes as large as the budget allows if not, and an OPQ
-rotation in front of strong compression. `index_memory` is the arithmetic the docs' table uses.
+spirit: exact search while it fits, otherwise IVF with `default_nlist` lists (about ``2 * sqrt(n)``,
+capped at 4096 for a small CPU), with full vectors if they fit and product-quantised codes as large
+as the budget allows if not, an OPQ rotation in front of strong compression, and an HNSW coarse
+quantizer once the list count is large (`coarse_quantizer`). `index_memory` is the arithmetic the
+docs' table uses; `parse_bytes` reads this project's sizes (``4GB``, ``512MiB``) and autofaiss's
+(``16G``, ``300M``: binary units).
 """
 
 from __future__ import annotations
 
 import re
 
-from uit_reid.retrieval._faiss_check import parse_factory
+from uit_reid.retrieval.factory_string import parse_factory
 from uit_reid.retrieval.index import default_nlist
 
-__all__ = ["FLAT_LIMIT", "choose_kind", "index_memory", "parse_bytes"]
+__all__ = ["FLAT_LIMIT", "HNSW_QUANTIZER_LISTS", "MAX_BYTES", "choose_kind", "coarse_quantizer", "index_memory",
+           "parse_bytes"]
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+          "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}  # autofaiss's spelling: 16G is 16 x 2**30
+MAX_BYTES = 2**60
+"""Largest size `parse_bytes` reads (1 EiB): anything larger is a typo, not a machine."""
+HNSW_QUANTIZER_LISTS = 16384
+"""List count from which `coarse_quantizer` picks an HNSW graph over the centroids (see there)."""
+_QUANTIZER_HNSW_M = 32  # autofaiss's and LAION-5B's IVF<n>_HNSW32
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
 _ID_BYTES = 8  # FAISS stores one int64 label per vector
 _ID_MAP_BYTES = 9  # our id map: a live byte and an int64 (string ids cost their length instead)
@@ -31,11 +41,31 @@ def parse_bytes(text: str) -> int:
     match = _SIZE.fullmatch(str(text))
     unit = match.group(2).upper() if match else ""
     if match is None or unit not in _UNITS:
-        raise ValueError(f"cannot read {text!r} as a size: use a number with B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")
+        shown = repr(text) if len(str(text)) <= 40 else f"{str(text)[:30]!r}... ({len(str(text))} characters)"
+        raise ValueError(f"cannot read {shown} as a size: use a number with B, KB, MB, GB, TB, KiB, MiB, GiB, TiB "
+                         "or autofaiss's K, M, G, T")
+    whole = match.group(1).split(".")[0].lstrip("0")
+    if len(whole) > len(str(MAX_BYTES)) or float(match.group(1)) * _UNITS[unit] > MAX_BYTES:
+        raise ValueError(f"size {whole[:12]}{'...' if len(whole) > 12 else ''}{unit} is absurd: more than 2**60 bytes")
     value = int(float(match.group(1)) * _UNITS[unit])
     if value < 1:
         raise ValueError(f"size {text!r} must be positive")
     return value
+
+
+def coarse_quantizer(nlist: int) -> str:
+    """The coarse quantizer of an IVF with ``nlist`` lists, as its factory-string suffix.
+
+    ``""`` (flat: every add and every query compares with all ``nlist`` centroids) below
+    `HNSW_QUANTIZER_LISTS` lists, ``"_HNSW32"`` from there on. At 10**5 lists a flat quantizer costs
+    10**5 distance computations per vector added and per query (5 x 10**7 multiply-adds at 512-d,
+    more than scanning the probed lists), while an HNSW graph over the centroids finds the nearest
+    lists in a few hundred; its price, ~300 bytes of links per list, is small beside the centroids
+    themselves. This is what autofaiss and LAION-5B use (``IVF131072_HNSW32``).
+    """
+    if nlist < 1:
+        raise ValueError(f"nlist must be positive, got {nlist}")
+    return f"_HNSW{_QUANTIZER_HNSW_M}" if nlist >= HNSW_QUANTIZER_LISTS else ""
 
 
 def index_memory(factory: str, n: int, dim: int) -> int:
@@ -47,12 +77,17 @@ def index_memory(factory: str, n: int, dim: int) -> int:
     if layout.kind == "hnsw":
         links = n * layout.hnsw_m * 2 * 4 * 1.1  # level 0 has 2m links; upper levels add ~10%
         return int(n * dim * 4 + links + n * 12 + ids)
-    code = dim * 4 if not layout.pq_m else layout.code_size
-    tables = layout.nlist * dim * 4
+    ivf_dim = layout.ivf_dim(dim)
+    code = ivf_dim * 4 if not layout.pq_m else layout.code_size
+    tables = layout.nlist * ivf_dim * 4
+    if layout.quantizer_hnsw_m:
+        tables += layout.nlist * (layout.quantizer_hnsw_m * 2 * 4 * 1.1 + 12)
     if layout.pq_m:
-        tables += dim * (1 << layout.pq_bits) * 4
+        tables += ivf_dim * (1 << layout.pq_bits) * 4
+    if layout.fast_scan:  # codes are stored in blocks of 32: up to 31 slots of padding per list
+        tables += layout.nlist * 31 * code
     if layout.opq_m:
-        tables += dim * dim * 4
+        tables += dim * ivf_dim * 4
     return int(n * code + ids + tables)
 
 
@@ -62,24 +97,25 @@ def choose_kind(n: int, dim: int, budget: int, max_nlist: int = 4096) -> str:
     Exact (``Flat``) up to `FLAT_LIMIT` vectors; then ``IVF<nlist>,Flat``; then ``IVF<nlist>,PQ<m>``
     with the largest ``m`` (a divisor of ``dim``, one byte per sub-vector) that fits, with ``OPQ<m>``
     in front when ``m <= dim / 8``. ``max_nlist`` caps the list count: IVF training and assignment
-    cost grow with it, and 4096 lists train in minutes on 2 cores. ValueError when even 8-byte codes
-    do not fit.
+    cost grow with it, and 4096 lists train in minutes on 2 cores. The coarse quantizer is the one
+    `coarse_quantizer` picks for the list count. ValueError when even 8-byte codes do not fit.
     """
     if n < 1 or dim < 1 or budget < 1:
         raise ValueError(f"n, dim and budget must be positive, got {n}, {dim}, {budget}")
     if n <= FLAT_LIMIT and index_memory("Flat", n, dim) <= budget:
         return "Flat"
     nlist = min(default_nlist(n), max_nlist)
-    factory = f"IVF{nlist},Flat"
+    ivf = f"IVF{nlist}{coarse_quantizer(nlist)}"
+    factory = f"{ivf},Flat"
     if index_memory(factory, n, dim) <= budget:
         return factory
     for m in sorted((m for m in range(8, dim + 1) if dim % m == 0 and m <= 256), reverse=True):
-        factory = f"IVF{nlist},PQ{m}"
+        factory = f"{ivf},PQ{m}"
         if m * 8 <= dim:
             factory = f"OPQ{m},{factory}"
         if index_memory(factory, n, dim) <= budget:
             return factory
     raise ValueError(
         f"{n} vectors of dimension {dim} do not fit in {budget} bytes even as 8-byte PQ codes "
-        f"(need {index_memory(f'IVF{nlist},PQ8', n, dim)} bytes)"
+        f"(need {index_memory(f'{ivf},PQ8', n, dim)} bytes)"
     )

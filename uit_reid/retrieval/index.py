@@ -12,9 +12,10 @@ encoders can hand over raw pooled features. The kind is a FAISS factory string, 
   vectors, so removed ids are masked at search time with an id selector.
 
 Compressed kinds for large galleries: ``"IVF4096,PQ64"`` (64-byte codes), ``"OPQ64,IVF4096,PQ64"``
-(a learnt rotation first), and ``search(..., rerank=...)`` re-scores the top candidates exactly from
-the full vectors (see `uit_reid.retrieval.shards`). `uit_reid.retrieval._faiss_check.parse_factory`
-names the supported strings.
+(a learnt rotation first), the kinds autofaiss and LAION-5B use (``"OPQ64_256,IVF65536_HNSW32,PQ64"``:
+OPQ down to 256 dimensions, an HNSW graph over the list centroids, ``PQ64x4fs`` fast-scan codes), and
+``search(..., rerank=...)`` re-scores the top candidates exactly from the full vectors (see
+`uit_reid.retrieval.shards`). `uit_reid.retrieval.factory_string` holds the grammar.
 
 Ids are int64 numbers or strings (image paths, say); the two cannot be mixed in one index. Internally
 every vector gets a sequential int64 *slot* as its FAISS label; the index keeps the slot -> id map.
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 
 from uit_reid._errors import EncoderMismatchError
-from uit_reid.retrieval._faiss_check import Layout, parse_factory
+from uit_reid.retrieval.factory_string import Layout, parse_factory
 from uit_reid.retrieval.idmap import IdMap
 from uit_reid.retrieval.index_build import (
     build_faiss_index,
@@ -79,7 +80,7 @@ class GalleryIndex:
     Args:
         dim: feature dimension.
         kind: ``"flat"`` (exact), ``"ivf"``, ``"hnsw"`` or a FAISS factory string such as
-            ``"IVF4096,PQ64"`` or ``"OPQ64,IVF4096,PQ64"`` (`uit_reid.retrieval._faiss_check.parse_factory`).
+            ``"IVF4096,PQ64"`` or ``"OPQ64_256,IVF65536_HNSW32,PQ64x4fs"`` (`uit_reid.retrieval.factory_string`).
         fingerprint: optional string naming the encoder that produced the features; stored and
             checked on ``add``, ``search`` and ``load`` so features of different encoders never mix.
         nlist: IVF list count of ``kind="ivf"`` (default: chosen from the first batch added; a
@@ -87,7 +88,8 @@ class GalleryIndex:
         nprobe: IVF lists visited per query (default ``max(8, nlist // 128)``, at most ``nlist``).
         train_size: IVF training sample size (default ``min(n, max(40 * nlist, 40 * 2**bits))``).
         hnsw_m: HNSW neighbours per node of ``kind="hnsw"``. ``ef_construction`` / ``ef_search``:
-            HNSW beam widths.
+            HNSW beam widths (of the graph, or of the ``IVF<n>_HNSW<m>`` coarse quantizer, whose
+            search beam is at least ``nprobe``).
         use_gpu: ``None`` = use faiss-gpu when installed and a GPU is present (flat and ivf only).
 
     ``metadata`` is a dict of JSON values saved with the index (``uit-reid index build`` records
@@ -151,7 +153,7 @@ class GalleryIndex:
 
     @property
     def layout(self) -> Layout | None:
-        """The structure of the FAISS index (`faiss_check.Layout`), None until the factory string is known."""
+        """The structure of the FAISS index (`factory_string.Layout`), None until the factory string is known."""
         return None if self.factory is None else parse_factory(self.factory, self.dim)
 
     # -- construction -------------------------------------------------------------------------
@@ -169,11 +171,20 @@ class GalleryIndex:
         )
         self._apply_search_parameters()
 
+    @property
+    def _hnsw_quantizer(self) -> bool:
+        """True for ``IVF<n>_HNSW<m>`` kinds: an HNSW graph picks the lists, tuned by ``ef_search``."""
+        layout = self.layout
+        return layout is not None and layout.quantizer_hnsw_m > 0
+
     def _apply_search_parameters(self) -> None:
-        """Set nprobe / efSearch on the FAISS index through ``faiss.ParameterSpace``."""
+        """Set nprobe / efSearch (and the coarse quantizer's efSearch) through ``faiss.ParameterSpace``."""
         if self._index is None or self.family == "flat":
             return
         set_search_parameter(self._index, self.family, self._nprobe if self.family == "ivf" else self._ef_search)
+        if self.family == "ivf" and self._hnsw_quantizer:
+            # the graph returns the nprobe nearest lists: a beam narrower than nprobe cannot
+            set_search_parameter(self._index, "quantizer", max(self._ef_search, self._nprobe or 1))
         self._gpu_index = None
 
     def _gpu_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -212,13 +223,13 @@ class GalleryIndex:
 
     @property
     def ef_search(self) -> int | None:
-        """HNSW search beam width (None for other kinds)."""
-        return self._ef_search if self.family == "hnsw" else None
+        """HNSW search beam width, of the graph or of an ``IVF<n>_HNSW<m>`` quantizer (None for other kinds)."""
+        return self._ef_search if self.family == "hnsw" or self._hnsw_quantizer else None
 
     @ef_search.setter
     def ef_search(self, value: int) -> None:
-        if self.family != "hnsw":
-            raise ValueError(f"ef_search applies to kind='hnsw', this index is {self.kind!r}")
+        if self.ef_search is None:
+            raise ValueError(f"ef_search applies to kind='hnsw' and IVF<n>_HNSW<m> kinds, this index is {self.kind!r}")
         if value < 1:
             raise ValueError(f"ef_search must be positive, got {value}")
         self._ef_search = int(value)
@@ -252,12 +263,10 @@ class GalleryIndex:
     def parameters(self) -> dict[str, Any]:
         """The kind-specific parameters stored in the file's header."""
         if self.family == "ivf":
-            return {
-                "nlist": self.nlist,
-                "nprobe": self._nprobe,
-                "train_size": self.train_size,
-                "seed": self.seed,
-            }
+            ivf = {"nlist": self.nlist, "nprobe": self._nprobe, "train_size": self.train_size, "seed": self.seed}
+            if self._hnsw_quantizer:
+                ivf.update(ef_construction=self.ef_construction, ef_search=self._ef_search)
+            return ivf
         if self.family == "hnsw":
             return {"m": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self._ef_search}
         return {}
@@ -552,7 +561,7 @@ class GalleryIndex:
         return np.take_along_axis(exact, order, 1), np.take_along_axis(slots, order, 1)
 
     def _search_batched(self, q: np.ndarray, k: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
-        if self.use_gpu and self.family != "hnsw":
+        if self.use_gpu and self.family != "hnsw" and not self._hnsw_quantizer and not self.layout.fast_scan:
             return self._gpu_search(q, k)
         if self.family == "flat":
             return self._flat_search(q, k)
@@ -662,7 +671,10 @@ def _saved_arguments(saved: IndexFile) -> dict[str, Any]:
     """The constructor arguments a saved header's parameters give for its kind."""
     params = dict(saved.meta["parameters"])
     if saved.layout.kind == "ivf":
-        return {**{k: params.get(k) for k in ("nlist", "nprobe", "train_size")}, "seed": params.get("seed", 0)}
+        ivf = {**{k: params.get(k) for k in ("nlist", "nprobe", "train_size")}, "seed": params.get("seed", 0)}
+        if saved.layout.quantizer_hnsw_m:
+            ivf.update(ef_construction=params.get("ef_construction"), ef_search=params.get("ef_search"))
+        return ivf
     if saved.layout.kind == "hnsw":
         return {"hnsw_m": params.get("m"), "ef_construction": params.get("ef_construction"),
                 "ef_search": params.get("ef_search")}

@@ -13,7 +13,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from uit_reid.retrieval._faiss_check import Layout
+from uit_reid.retrieval.factory_string import Layout
 
 __all__ = ["OPQ_ITERATIONS", "OPQ_TRAIN_POINTS", "build_faiss_index", "default_nlist", "default_nprobe",
            "set_search_parameter"]
@@ -57,10 +57,14 @@ def build_faiss_index(
         index.own_fields = True
         base.this.disown()
         return index
-    if layout.nlist > n:
-        raise ValueError(f"{factory} needs at least nlist={layout.nlist} vectors to train, got {n}")
     default_size = max(40 * layout.nlist, 40 * (1 << layout.pq_bits) if layout.pq_m else 0)
     size = min(n, train_size or default_size)
+    needed = max(layout.nlist, (1 << layout.pq_bits) if layout.pq_m else 0)
+    if size < needed:
+        raise ValueError(
+            f"{factory} needs at least {needed} training vectors (nlist={layout.nlist}"
+            + (f", 2**{layout.pq_bits} PQ centroids" if layout.pq_m else "") + f"), got {size}"
+        )
     rng = np.random.default_rng(seed)
     train = sample if size >= n else sample[np.sort(rng.choice(n, size, replace=False))]
     if layout.opq_m:
@@ -68,8 +72,11 @@ def build_faiss_index(
         opq.max_train_points, opq.niter = OPQ_TRAIN_POINTS, OPQ_ITERATIONS
     ivf = faiss.downcast_index(faiss.extract_index_ivf(base))
     ivf.cp.seed = seed
+    if layout.quantizer_hnsw_m:
+        faiss.downcast_index(ivf.quantizer).hnsw.efConstruction = ef_construction
     if layout.pq_m:
         ivf.pq.cp.seed = seed
+    if layout.pq_m and not layout.fast_scan:
         # the factory turns on polysemous training, which only serves Hamming-distance
         # filtering (never used here) and took ~40 s of the 47 s a 4,000-vector IVF16,PQ8 took
         ivf.do_polysemous_training = False
@@ -78,9 +85,13 @@ def build_faiss_index(
     return base
 
 
+_SEARCH_PARAMETER = {"ivf": "nprobe", "hnsw": "efSearch", "quantizer": "quantizer_efSearch"}
+
+
 def set_search_parameter(index: Any, family: str, value: int) -> None:
-    """Set ``nprobe`` (family "ivf") or ``efSearch`` ("hnsw") on ``index`` through ``faiss.ParameterSpace``."""
+    """Set ``nprobe`` (family "ivf"), ``efSearch`` ("hnsw") or the efSearch of an IVF's HNSW coarse
+    quantizer ("quantizer") on ``index`` through ``faiss.ParameterSpace``."""
     if family == "flat":
         return
-    name = "nprobe" if family == "ivf" else "efSearch"
+    name = _SEARCH_PARAMETER[family]
     faiss.ParameterSpace().set_index_parameter(index, name, float(value))

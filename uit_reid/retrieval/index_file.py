@@ -12,13 +12,16 @@ index and an ``ondisk`` header field naming its lists and ids files beside it, w
 `read_index_file` checks, in this order and before FAISS sees a byte: the magic and sizes, the
 header checksum, the fields, the expected dimension and encoder fingerprint, the id map's checksum
 and contents, the FAISS bytes' checksum and structure (`uit_reid.retrieval._faiss_check`), and that
-the stored labels are exactly the live slots.
+the stored labels are exactly the live slots. The header records the FAISS version that wrote the
+file: a different major version is named in one warning on load (FAISS keeps its format across
+versions, mostly), and if FAISS then cannot read the bytes the error names both versions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import mmap as mmap_module
 import os
 import struct
@@ -31,11 +34,14 @@ import numpy as np
 
 from uit_reid._errors import EncoderMismatchError
 from uit_reid.io import atomic_write_bytes
-from uit_reid.retrieval._faiss_check import FaissBytesError, Layout, check_index_bytes, parse_factory
+from uit_reid.retrieval._faiss_check import FaissBytesError, check_index_bytes
+from uit_reid.retrieval.factory_string import Layout, parse_factory
 from uit_reid.retrieval.idmap import IdMap, IdMapError
 from uit_reid.retrieval.ondisk import ONDISK_FIELD, open_ondisk
 
 __all__ = ["FORMAT_VERSION", "IndexFile", "IndexFormatError", "read_index_file", "write_index_file"]
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 3
 """Version of the saved index format (header ``format_version``); 3: factory strings, binary id map."""
@@ -143,7 +149,14 @@ def read_index_file(
             )
         ondisk = ONDISK_FIELD in meta
         mapped_lists = (mmap or ondisk) and layout.kind == "ivf"
-        index = _read_faiss(path, offset, mapped_lists)
+        written_by = _faiss_version_note(path, meta)
+        try:
+            index = _read_faiss(path, offset, mapped_lists)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise IndexFormatError(
+                f"index file {path}: FAISS {faiss.__version__} cannot read its index{written_by}: {first}"
+            ) from None
         if ondisk:  # the lists and ids live beside the file and are always mapped, never read
             if layout.kind != "ivf" or ids.num_slots:
                 raise IndexFormatError(f"index file {path}: only an empty IVF index can name on-disk lists")
@@ -155,6 +168,17 @@ def read_index_file(
         if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
             raise IndexFormatError(f"index file {path} was replaced while it was loaded: load it again")
     return IndexFile(meta, ids, index, layout, mapped_lists)
+
+
+def _faiss_version_note(path: Path, meta: dict[str, Any]) -> str:
+    """Warn once when the file was written by another major FAISS version; the note errors add then."""
+    saved = meta.get("faiss_version")
+    if not isinstance(saved, str):
+        return ""
+    if saved.split(".")[0] != faiss.__version__.split(".")[0]:
+        logger.warning("index file %s was written by FAISS %s, this is FAISS %s (another major version): "
+                       "if it misbehaves, rebuild or re-save it", path, saved, faiss.__version__)
+    return f" (written by FAISS {saved})"
 
 
 def _check_expected(path: Path, meta: dict[str, Any], dim: int | None, fingerprint: str | None) -> None:
