@@ -203,7 +203,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=device)
     index = build_index_from_folder(
         args.images,
-        lambda x: model.encode_image(x, normalize=False),
+        model.encode_image,
         model.eval_transform(),
         kind=args.kind or "flat",
         fingerprint=model.encoder.fingerprint(),
@@ -250,7 +250,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             files = read_image_list(args.images)
             model = load_model(args.model, device=device)
             manifest = encode_shards(
-                files, args.out, lambda x: model.encode_image(x, normalize=False),
+                files, args.out, model.encode_image,
                 model.eval_transform(),
                 fingerprint=model.encoder.fingerprint(), shard_size=args.shard_size, batch_size=args.batch_size,
                 device=device, image_size=model.image_size, num_workers=args.workers, rank=rank,
@@ -280,7 +280,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model = load_model(source, device=device)
     fingerprint = model.encoder.fingerprint()
-    encode_text = functools.partial(model.encode_captions, normalize=False)
+    encode_text = model.encode_captions
     rerank = _reranker(index, args.rerank)
     hits = search_text(index, encode_text, [args.query], k=args.k, fingerprint=fingerprint, rerank=rerank,
                        candidates=args.rerank or 100)[0]
