@@ -98,9 +98,10 @@ def test_index_build_and_search_match_a_direct_index_search(trained, capsys) -> 
     assert main(["search", "--index", str(index_path), query, "--k", str(k)]) == 0
     lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert [line[2] for line in lines] == [r["path"] or str(r["id"]) for r in found["results"]]
-    (th, tw), border, pad, label_h, line_h = THUMB, 4, 6, 14, 12  # render_results' layout
+    (th, tw), border, pad = THUMB, 4, 6  # render_results' layout: one row of k tiles under the text
     with Image.open(grid) as im:
-        assert im.size == (k * (tw + 2 * border + pad) + pad, line_h + 2 * pad + th + 2 * border + label_h + 2 * pad)
+        assert im.width == k * (tw + 2 * border + pad) + pad
+        assert th + 2 * border + 2 * pad < im.height < 2 * th
 
 
 def test_index_without_an_action_names_the_index_command(capsys) -> None:
