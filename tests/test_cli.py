@@ -280,3 +280,26 @@ def test_search_rerank_rescoring_from_the_embedding_files(trained, capsys, tmp_p
     capsys.readouterr()
     assert main(["search", "--index", str(plain), query, "--rerank", "10"]) == 1
     assert "--rerank: this index records no embedding folders" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "module", "name", "first"), [
+    (["convert", "ckpt.pth", "--out", "o", "--format"], "uit_reid.convert", "LAYOUTS", ("auto",)),
+    (["evaluate", "--model", "m", "--dataset", "d", "--format"], "uit_reid.data.readers", "FORMATS", ("auto",)),
+    (["synth", "--out", "o", "--world"], "uit_reid.data.synthetic", "WORLD_NAMES", ()),
+])
+def test_choices_are_read_from_the_registries(argv, module, name, first, monkeypatch, capsys) -> None:
+    """The CLI types no list of allowed values: a name added to the registry is a choice at once."""
+    import importlib
+
+    registry = importlib.import_module(module)
+    names = [*first, *getattr(registry, name), "added-here"]
+    grown = {**getattr(registry, name), "added-here": None} if isinstance(getattr(registry, name), dict) \
+        else (*getattr(registry, name), "added-here")
+    monkeypatch.setattr(registry, name, grown)
+    assert vars(build_parser().parse_args([*argv, "added-here"]))[argv[-1].lstrip("-")] == "added-here"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv, "nonsense"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "invalid choice: 'nonsense' (choose from " in err
+    shown = err.split("(choose from ", 1)[1].rstrip(")").split(", ")
+    assert [c.strip("'") for c in shown] == names

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,31 @@ class CLIError(Exception):
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(format="%(message)s", level=logging.WARNING)  # stderr: stdout stays for results
     logging.getLogger("uit_reid").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+class _Registry(Sequence[str]):
+    """argparse ``choices`` read from the registry that holds them (``module.name``), after ``first``.
+
+    The module is imported only when argparse needs the names (parsing that option, its error or
+    help), so ``uit-reid --help`` stays fast and no list of allowed values is typed twice.
+    """
+
+    def __init__(self, module: str, name: str, first: tuple[str, ...] = ()) -> None:
+        self.module, self.name, self.first = module, name, first
+
+    def _names(self) -> list[str]:
+        import importlib
+
+        return [*self.first, *getattr(importlib.import_module(self.module), self.name)]
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
 
 
 def _device(name: str) -> str:
@@ -409,7 +435,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     _model_argument(p, "a model directory (save_pretrained), a Hub id org/name or hf-hub:org/name, or last.pt",
                     required=True)
     p.add_argument("--dataset", required=True, help="dataset root or annotation file")
-    p.add_argument("--format", default="auto", help="auto, cuhk-pedes, icfg-pedes, rstpreid or jsonl (default: %(default)s)")
+    p.add_argument("--format", default="auto", metavar="FORMAT", choices=_Registry("uit_reid.data.readers", "FORMATS", ("auto",)),
+                   help="the dataset's layout: %(choices)s (default: %(default)s, from the annotation file's name)")
     p.add_argument("--split", default="test", choices=["val", "test"], help="split to evaluate (default: %(default)s)")
     p.add_argument("--i2t", action="store_true", help="also report image-to-text metrics")
     p.add_argument("--batch-size", type=int, default=256, help="images or captions per batch (default: %(default)s)")
@@ -427,8 +454,8 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert an IRRA/SEN/OpenAI-CLIP/open_clip checkpoint to a model folder")
     p.add_argument("checkpoint", help="the checkpoint file (e.g. IRRA's best.pth)")
     p.add_argument("--out", required=True, help="model folder to write (save_pretrained format)")
-    p.add_argument("--format", default="auto", choices=["auto", "irra", "sen", "openai", "open_clip"],
-                   help="checkpoint layout (default: detected from its keys)")
+    p.add_argument("--format", default="auto", metavar="LAYOUT", choices=_Registry("uit_reid.convert", "LAYOUTS", ("auto",)),
+                   help="checkpoint layout: %(choices)s (default: %(default)s, detected from its keys)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                    help="input size; default: configs.yaml beside the checkpoint (irra/sen) or the square grid")
     p.add_argument("--stride", type=int, help="IRRA's stride_size (default: configs.yaml, else the patch size)")
@@ -553,9 +580,9 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-test-ids", type=int, default=None, help="identities in test (default: 20%% of them)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="write into a folder that holds other files")
-    p.add_argument("--world", default="pedestrians",
-                   help="pedestrians (the demo's full descriptions) or web (the pre-training world's short "
-                        "captions) (default: %(default)s)")
+    p.add_argument("--world", default="pedestrians", metavar="WORLD", choices=_Registry("uit_reid.data.synthetic", "WORLD_NAMES"),
+                   help="%(choices)s: pedestrians, the demo's full descriptions; web, the pre-training world's "
+                        "short captions (default: %(default)s)")
     p.set_defaults(func=cmd_synth)
 
 
