@@ -32,6 +32,7 @@ from open_clip.transformer import VisionTransformer, text_global_pool
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from uit_reid import recipe
 from uit_reid._bounds import check_torch_zip
 from uit_reid.pretrained import SHIPPED, shipped_tags, shipped_weights
 from uit_reid.tir import random_masking
@@ -200,7 +201,7 @@ def _clip_from_config(model_cfg: dict[str, Any], name: str) -> open_clip.CLIP:
 def _tokenizer_from_config(model_cfg: dict[str, Any], context_length: int | None = None) -> Any:
     """The tokenizer a model config's ``text_cfg`` names (open_clip's BPE unless ``hf_tokenizer_name``)."""
     text_cfg = model_cfg.get("text_cfg", {})
-    context_length = int(context_length or text_cfg.get("context_length", 77))
+    context_length = int(context_length or text_cfg.get("context_length", recipe.CONTEXT_LENGTH))
     kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
     if text_cfg.get("hf_tokenizer_name"):
         return open_clip.tokenizer.HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length, **kwargs)
@@ -328,8 +329,8 @@ class CLIPDualEncoder(nn.Module):
         cls,
         name: str = "ViT-B-16",
         pretrained: str | os.PathLike | None = None,
-        image_size: tuple[int, int] = (384, 128),
-        context_length: int = 77,
+        image_size: tuple[int, int] = recipe.IMAGE_SIZE,
+        context_length: int = recipe.CONTEXT_LENGTH,
         device: str | torch.device = "cpu",
         quick_gelu: bool | None = None,
     ) -> CLIPDualEncoder:

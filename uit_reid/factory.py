@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from uit_reid import recipe
 from uit_reid.checkpoint import CheckpointError, load_checkpoint
 from uit_reid.encoders import CLIPDualEncoder, get_model_config
 from uit_reid.encoders import get_tokenizer as _tower_tokenizer
@@ -126,8 +127,8 @@ def create_model_and_transforms(
     source: str | os.PathLike,
     pretrained: str | None = None,
     *,
-    image_size: tuple[int, int] = (384, 128),
-    context_length: int = 77,
+    image_size: tuple[int, int] = recipe.IMAGE_SIZE,
+    context_length: int = recipe.CONTEXT_LENGTH,
     device: str | torch.device = "cpu",
 ) -> tuple[UITModel, Callable[[Any], torch.Tensor], Callable[[Any], torch.Tensor]]:
     """``(model, train_transform, eval_transform)`` for ``source``, as ``open_clip.create_model_and_transforms``.

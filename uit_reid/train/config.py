@@ -51,8 +51,8 @@ class ModelConfig:
 
     tower: str = "ViT-B-16-quickgelu"
     pretrained: str | None = "openai"
-    image_size: tuple[int, int] = (384, 128)
-    context_length: int = 77
+    image_size: tuple[int, int] = recipe.IMAGE_SIZE
+    context_length: int = recipe.CONTEXT_LENGTH
     tir_head: bool = True
     tir_width: int = recipe.TIR_WIDTH
     tir_depth: int = recipe.TIR_DEPTH
