@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from uit_reid._version import __version__
+from uit_reid.train.config import CHOICES, Registry
 
 logger = logging.getLogger("uit_reid.cli")
 
@@ -32,29 +33,23 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("uit_reid").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-class _Registry(Sequence[str]):
-    """argparse ``choices`` read from the registry that holds them (``module.name``), after ``first``.
+class _Choices(Sequence[str]):
+    """argparse ``choices`` read from a config `Registry` when argparse needs them (parsing, errors, help).
 
-    The module is imported only when argparse needs the names (parsing that option, its error or
-    help), so ``uit-reid --help`` stays fast and no list of allowed values is typed twice.
+    So ``uit-reid --help`` imports no registry module, and no list of allowed values is typed twice.
     """
 
-    def __init__(self, module: str, name: str, first: tuple[str, ...] = ()) -> None:
-        self.module, self.name, self.first = module, name, first
-
-    def _names(self) -> list[str]:
-        import importlib
-
-        return [*self.first, *getattr(importlib.import_module(self.module), self.name)]
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
 
     def __getitem__(self, i):  # type: ignore[override]
-        return self._names()[i]
+        return self.registry.keys()[i]
 
     def __len__(self) -> int:
-        return len(self._names())
+        return len(self.registry.keys())
 
     def __contains__(self, value: object) -> bool:
-        return value in self._names()
+        return value in self.registry.keys()  # noqa: SIM118 - a Registry is a tuple of where, not the names
 
 
 def _device(name: str) -> str:
@@ -435,7 +430,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     _model_argument(p, "a model directory (save_pretrained), a Hub id org/name or hf-hub:org/name, or last.pt",
                     required=True)
     p.add_argument("--dataset", required=True, help="dataset root or annotation file")
-    p.add_argument("--format", default="auto", metavar="FORMAT", choices=_Registry("uit_reid.data.readers", "FORMATS", ("auto",)),
+    p.add_argument("--format", default="auto", metavar="FORMAT", choices=_Choices(Registry("uit_reid.data.readers", "FORMATS", ("auto",))),
                    help="the dataset's layout: %(choices)s (default: %(default)s, from the annotation file's name)")
     p.add_argument("--split", default="test", choices=["val", "test"], help="split to evaluate (default: %(default)s)")
     p.add_argument("--i2t", action="store_true", help="also report image-to-text metrics")
@@ -454,7 +449,7 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert an IRRA/SEN/OpenAI-CLIP/open_clip checkpoint to a model folder")
     p.add_argument("checkpoint", help="the checkpoint file (e.g. IRRA's best.pth)")
     p.add_argument("--out", required=True, help="model folder to write (save_pretrained format)")
-    p.add_argument("--format", default="auto", metavar="LAYOUT", choices=_Registry("uit_reid.convert", "LAYOUTS", ("auto",)),
+    p.add_argument("--format", default="auto", metavar="LAYOUT", choices=_Choices(Registry("uit_reid.convert", "LAYOUTS", ("auto",))),
                    help="checkpoint layout: %(choices)s (default: %(default)s, detected from its keys)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                    help="input size; default: configs.yaml beside the checkpoint (irra/sen) or the square grid")
@@ -580,7 +575,7 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-test-ids", type=int, default=None, help="identities in test (default: 20%% of them)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="write into a folder that holds other files")
-    p.add_argument("--world", default="pedestrians", metavar="WORLD", choices=_Registry("uit_reid.data.synthetic", "WORLD_NAMES"),
+    p.add_argument("--world", default="pedestrians", metavar="WORLD", choices=_Choices(CHOICES["synthetic.world"]),
                    help="%(choices)s: pedestrians, the demo's full descriptions; web, the pre-training world's "
                         "short captions (default: %(default)s)")
     p.set_defaults(func=cmd_synth)
