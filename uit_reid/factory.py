@@ -21,7 +21,7 @@ from uit_reid import recipe
 from uit_reid.checkpoint import CheckpointError, load_checkpoint
 from uit_reid.encoders import CLIPDualEncoder, get_model_config
 from uit_reid.encoders import get_tokenizer as _tower_tokenizer
-from uit_reid.model import UITModel
+from uit_reid.model import UITModel, pretrained_tokenizer
 from uit_reid.tir import TIRHead
 
 __all__ = ["build_model", "create_model_and_transforms", "get_tokenizer", "load_model"]
@@ -165,4 +165,4 @@ def get_tokenizer(source: str | os.PathLike, context_length: int | None = None) 
         raise ValueError(f"{source}: a trained model has its own context length; leave context_length=None")
     if Path(source).is_file():
         return load_model(source).encoder.tokenizer
-    return UITModel.tokenizer_from_pretrained(source)
+    return pretrained_tokenizer(source)

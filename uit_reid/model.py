@@ -31,7 +31,7 @@ from uit_reid.io import atomic_write_bytes, atomic_write_text
 from uit_reid.model_card import MODEL_CARD_NAME, ModelCardInfo, render_model_card
 from uit_reid.tir import TIR_GRAYSCALES, TIRHead, patchify, tir_loss, to_grayscale
 
-__all__ = ["PRETRAINED_FORMAT_VERSION", "UITModel"]
+__all__ = ["PRETRAINED_FORMAT_VERSION", "UITModel", "pretrained_tokenizer"]
 
 PRETRAINED_FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -335,30 +335,6 @@ class UITModel(nn.Module):
         logger.info("loaded %s from %s", enc_cfg["name"], directory)
         return model.to(device)
 
-    @staticmethod
-    def tokenizer_from_pretrained(
-        source: str | os.PathLike,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        token: str | None = None,
-    ) -> Callable[..., torch.Tensor]:
-        """The tokenizer of a model written by `save_pretrained`, read from its ``config.json`` alone.
-
-        ``source`` as in `from_pretrained`; the weights are neither read nor downloaded.
-        """
-        from uit_reid.encoders import get_tokenizer
-        from uit_reid.hub import resolve_pretrained
-
-        config_path = resolve_pretrained(source, (CONFIG_NAME,), revision, cache_dir, token) / CONFIG_NAME
-        cfg = _read_config(config_path)
-        try:
-            enc_cfg, _ = _checked_encoder_config(cfg)
-        except KeyError as exc:
-            raise ValueError(f"{config_path}: the field {exc.args[0]!r} is missing") from exc
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{config_path}: {_one_line(exc)}") from exc
-        return get_tokenizer(enc_cfg["name"], enc_cfg["context_length"], enc_cfg.get("model_cfg"))
-
     @classmethod
     def _from_config(cls, cfg: Mapping[str, Any], enc_cfg: Mapping[str, Any]) -> UITModel:
         """A randomly initialised model of the architecture a checked `config` describes."""
@@ -383,6 +359,30 @@ class UITModel(nn.Module):
             tir_grayscale=cfg["tir_grayscale"],
             interpolation=cfg["interpolation"],
         )
+
+
+def pretrained_tokenizer(
+    source: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | None = None,
+) -> Callable[..., torch.Tensor]:
+    """The tokenizer of a model written by `UITModel.save_pretrained`, read from its ``config.json`` alone.
+
+    ``source`` as in `UITModel.from_pretrained`; the weights are neither read nor downloaded.
+    """
+    from uit_reid.encoders import get_tokenizer
+    from uit_reid.hub import resolve_pretrained
+
+    config_path = resolve_pretrained(source, (CONFIG_NAME,), revision, cache_dir, token) / CONFIG_NAME
+    cfg = _read_config(config_path)
+    try:
+        enc_cfg, _ = _checked_encoder_config(cfg)
+    except KeyError as exc:
+        raise ValueError(f"{config_path}: the field {exc.args[0]!r} is missing") from exc
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{config_path}: {_one_line(exc)}") from exc
+    return get_tokenizer(enc_cfg["name"], enc_cfg["context_length"], enc_cfg.get("model_cfg"))
 
 
 def _read_config(config_path: Path, weights_path: Path | None = None) -> dict[str, Any]:

@@ -399,18 +399,29 @@ def render_results(
         draw.text((pad, 2 * pad + line_h * (len(lines) + i)), line, fill=(90, 90, 90), font=font)
     for i, hit in enumerate(hits):
         r, c = divmod(i, cols)
-        x0, y0 = pad + c * (cell_w + pad), header + r * (cell_h + pad)
         img = images[i] if images is not None else (_load(Path(hit.path), (th, tw)) if hit.path else None)
-        color = GREY if hit.correct is None else (GREEN if hit.correct else RED)
-        draw.rectangle([x0, y0, x0 + tw + 2 * border - 1, y0 + th + 2 * border - 1], fill=color)
-        if img is None:
-            thumb = Image.new("RGB", (tw, th), (220, 220, 220))
-            ImageDraw.Draw(thumb).text((4, th // 2), "missing", fill="black", font=font)
-        else:
-            thumb = img.convert("RGB").resize((tw, th))
-        canvas.paste(thumb, (x0 + border, y0 + border))
-        label_y = y0 + th + 2 * border + 1
-        draw.text((x0, label_y), f"{i + 1}  {hit.score:.3f}", fill="black", font=font)
-        if hit.correct is not None:
-            draw.text((x0, label_y + line_h), MARKS[hit.correct], fill="black", font=font)
+        _draw_hit(canvas, (pad + c * (cell_w + pad), header + r * (cell_h + pad)), i + 1, hit, img,
+                  thumb_size, border, font)
     return canvas
+
+
+def _draw_hit(
+    canvas: Image.Image, at: tuple[int, int], rank: int, hit: Hit, img: Image.Image | None,
+    thumb_size: tuple[int, int], border: int, font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+) -> None:
+    """One tile of `render_results` at ``at``: the bordered thumbnail, rank and score, the right/wrong word."""
+    (th, tw), (x0, y0) = thumb_size, at
+    ascent, descent = font.getmetrics()
+    draw = ImageDraw.Draw(canvas)
+    color = GREY if hit.correct is None else (GREEN if hit.correct else RED)
+    draw.rectangle([x0, y0, x0 + tw + 2 * border - 1, y0 + th + 2 * border - 1], fill=color)
+    if img is None:
+        thumb = Image.new("RGB", (tw, th), (220, 220, 220))
+        ImageDraw.Draw(thumb).text((4, th // 2), "missing", fill="black", font=font)
+    else:
+        thumb = img.convert("RGB").resize((tw, th))
+    canvas.paste(thumb, (x0 + border, y0 + border))
+    label_y = y0 + th + 2 * border + 1
+    draw.text((x0, label_y), f"{rank}  {hit.score:.3f}", fill="black", font=font)
+    if hit.correct is not None:
+        draw.text((x0, label_y + ascent + descent + 2), MARKS[hit.correct], fill="black", font=font)
