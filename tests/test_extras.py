@@ -36,3 +36,18 @@ def test_a_missing_reporter_names_the_report_extra(tmp_path, monkeypatch, report
         log.open(fresh=True)
     assert str(exc.value) == (f"train.report_to = ['{reporter}'] needs the report extra: "
                               "pip install 'uit_reid[report]' (tensorboard, wandb)")
+
+
+def test_uvicorn_is_held_to_the_tested_minor_series() -> None:
+    """The service subclasses uvicorn's private ``H11Protocol`` (issue 30, item 9): every extra that names
+    uvicorn bounds it above the installed (tested) version, admitting no later minor series."""
+    requirements = pytest.importorskip("packaging.requirements")
+    uvicorn = pytest.importorskip("uvicorn")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    specs = {name: requirements.Requirement(r).specifier for name, deps in extras.items() for r in deps
+             if requirements.Requirement(r).name == "uvicorn"}
+    assert set(specs) == {"serve", "dev"}
+    major, minor = (int(part) for part in uvicorn.__version__.split(".")[:2])
+    for name, spec in specs.items():
+        assert spec.contains(uvicorn.__version__), (name, str(spec))
+        assert not spec.contains(f"{major}.{minor + 1}.0"), (name, str(spec))
