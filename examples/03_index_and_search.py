@@ -14,7 +14,6 @@ Writes ``gallery.faiss`` (one file) and ``results_<i>.png`` (one grid per query)
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 from pathlib import Path
 
@@ -67,7 +66,7 @@ def main() -> None:
 
     index = build_index_from_folder(
         images,
-        lambda x: model.encode_image(x, normalize=False),
+        model.encode_image,
         augment.build_eval_transform(model.image_size, interpolation=model.interpolation),
         kind=args.kind,
         fingerprint=fingerprint,
@@ -80,7 +79,7 @@ def main() -> None:
     print(f"indexed {len(index)} images from {images} -> {index_path}")
 
     results = search_text(
-        index, functools.partial(model.encode_captions, normalize=False), queries, k=args.k, fingerprint=fingerprint,
+        index, model.encode_captions, queries, k=args.k, fingerprint=fingerprint,
         pids=(lambda path: pid_of.get(str(Path(path).resolve()))) if pid_of else None,
         query_pids=query_pids,
     )

@@ -53,6 +53,22 @@ CLIENT = textwrap.dedent("""
     record("open_clip", encoder)
     ur.UITModel(encoder, num_classes=0, tir_head=False).save_pretrained(base + "/from_hub_name")
 
+    # a Hub id means the same in every entry point, with or without hf-hub: (the repository's files decide)
+    out["tokens_model"] = ur.get_tokenizer("hf-hub:uit/tok")(["a man in a red shirt"]).tolist()  # config only
+    out["tokens_model_bare"] = ur.get_tokenizer("uit/tok")(["a man in a red shirt"]).tolist()
+    out["tokens_tower"] = ur.get_tokenizer("hf-hub:laion/tiny-clip")(["a man in a red shirt"]).tolist()
+    for key, source in [("created", "hf-hub:uit/tiny"), ("created_bare", "uit/tiny")]:
+        model, _, preprocess = ur.create_model_and_transforms(source)
+        record(key, model.encoder)
+        out[key + "_has_classifier"] = model.classifier is not None
+    for key, source in [("created_tower", "hf-hub:laion/tiny-clip"), ("created_tower_bare", "laion/tiny-clip")]:
+        model, _, preprocess = ur.create_model_and_transforms(source, image_size=(96, 32))
+        record(key, model.encoder)
+    try:
+        ur.create_model_and_transforms("hf-hub:uit/empty")
+    except Exception as exc:
+        out["neither"] = type(exc).__name__ + ": " + str(exc)
+
     model = ur.UITModel.from_pretrained("uit/tiny")
     out["commit_url"] = model.push_to_hub("someone/pushed")
     record("pushed", ur.UITModel.from_pretrained("someone/pushed").encoder)
@@ -104,6 +120,8 @@ def hub_run(tmp_path_factory) -> dict:
     with FakeHub() as hub:
         hub.commit("uit/tiny", _folder_files(base / "main"))
         hub.commit("uit/tiny", _folder_files(base / "v1"), ref="v1")
+        hub.commit("uit/tok", _folder_files(base / "main"))
+        hub.commit("uit/empty", {"README.md": b"nothing here"})
         hub.commit("laion/tiny-clip", {
             "open_clip_config.json": json.dumps(open_clip_config).encode(),
             "open_clip_model.safetensors": save({k: v.contiguous() for k, v in clip.state_dict().items()}),
@@ -132,6 +150,36 @@ def test_downloaded_models_equal_the_published_ones(hub_run, name) -> None:
     image, text = _features(encoder, hub_run["images"], hub_run["ids"])
     torch.testing.assert_close(hub_run["features"][f"{name}_image"], image, rtol=0, atol=1e-5)
     torch.testing.assert_close(hub_run["features"][f"{name}_text"], text, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "published"), [("created", "main"), ("created_bare", "main"),
+                                                  ("created_tower", "open_clip"), ("created_tower_bare", "open_clip")])
+def test_create_model_and_transforms_takes_hub_ids_of_models_and_towers(hub_run, name, published) -> None:
+    torch.testing.assert_close(hub_run["features"][f"{name}_image"], hub_run["features"][f"{published}_image"],
+                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(hub_run["features"][f"{name}_text"], hub_run["features"][f"{published}_text"],
+                               rtol=0, atol=1e-5)
+    if published == "main":  # the trained model whole, its ID classifier included
+        assert hub_run["out"][f"{name}_has_classifier"]
+
+
+@pytest.mark.slow
+def test_get_tokenizer_takes_hub_ids_and_reads_no_weights(hub_run) -> None:
+    want = hub_run["models"]["main"].encoder.tokenize(["a man in a red shirt"]).tolist()
+    out = hub_run["out"]
+    assert out["tokens_model"] == out["tokens_model_bare"] == out["tokens_tower"] == want
+    fetched = {path for _, path in hub_run["requests"] if path.startswith("/uit/tok/")}
+    assert "/uit/tok/resolve/main/config.json" in fetched
+    assert not any("model.safetensors" in path for path in fetched)  # the config is enough
+
+
+@pytest.mark.slow
+def test_a_hub_repository_with_neither_config_is_one_line(hub_run) -> None:
+    assert hub_run["out"]["neither"] == (
+        "FileNotFoundError: uit/empty@main: neither config.json (a uit_reid model) nor open_clip_config.json "
+        "(an open_clip tower) in the repository, or not in the local cache while offline"
+    )
 
 
 @pytest.mark.slow

@@ -123,6 +123,33 @@ def test_feature_calls_follow_open_clip(tiny_encoder_factory) -> None:
         UITModel(enc, num_classes=0, tir=False)
 
 
+def test_one_encode_convention_on_model_and_encoder(tiny_encoder_factory) -> None:
+    """open_clip's default (``normalize=False``) on every encode call of the model and the encoder, with the
+    same keyword on both; ``encode_captions`` is ``encode_text`` of the tokenized captions, as it is."""
+    import inspect
+
+    import open_clip
+
+    enc = tiny_encoder_factory()
+    model = UITModel(enc, num_classes=0, tir_head=False).eval()
+    want = inspect.signature(open_clip.CLIP.encode_image).parameters["normalize"].default
+    for owner, name in [(model, "encode_image"), (model, "encode_text"), (model, "encode_captions"),
+                        (enc, "encode_image"), (enc, "encode_text")]:
+        assert inspect.signature(getattr(owner, name)).parameters["normalize"].default is want is False, name
+    batch = _batch(enc)
+    captions = ["a man in a red coat", "a woman with a black bag"]
+    with torch.no_grad():
+        assert torch.equal(model.encode_captions(captions), model.encode_text(enc.tokenize(captions)))
+        assert torch.equal(model.encode_captions(captions, normalize=True),
+                           model.encode_text(enc.tokenize(captions), normalize=True))
+        for call, inputs in [(enc.encode_image, batch["images"]), (enc.encode_text, batch["text_ids"])]:
+            raw, raw_tokens = call(inputs, return_tokens=True)
+            unit, unit_tokens = call(inputs, normalize=True, return_tokens=True)
+            assert torch.equal(unit, torch.nn.functional.normalize(raw.float(), dim=-1))
+            assert torch.equal(unit_tokens, raw_tokens)  # tokens are never normalised
+            assert torch.equal(call(inputs, normalize=True), unit)
+
+
 def test_tir_weight_zero_skips_the_head(tiny_encoder_factory) -> None:
     enc = tiny_encoder_factory()
     model = UITModel(enc, num_classes=4, tir_head=_tiny_head(enc), loss_weights={"tir": 0.0})

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from uit_reid import recipe
+
 __all__ = ["MAX_SIZES", "check_image_size", "check_int", "check_model_cfg", "check_number", "check_torch_zip",
            "check_weights_hold", "clip_parameter_count"]
 
@@ -105,7 +107,7 @@ def clip_parameter_count(cfg: Mapping[str, Any]) -> int:
     grid = (h // patch) * (w // patch)
     vision_params = vl * int((4 + 2 * vr) * vw * vw) + 3 * patch * patch * vw + (grid + 1) * vw + vw * embed
     text_params = (tl * int((4 + 2 * tr) * tw * tw) + int(text.get("vocab_size", 49408)) * tw
-                   + int(text.get("context_length", 77)) * tw + tw * embed)
+                   + int(text.get("context_length", recipe.CONTEXT_LENGTH)) * tw + tw * embed)
     return vision_params + text_params
 
 

@@ -21,3 +21,12 @@ class EncoderMismatchError(ValueError):
     A ``ValueError`` subclass, so callers that catch ``ValueError`` keep working; callers that must
     tell this case apart (the service) catch it by type.
     """
+
+
+def missing_extra(what: str, extra: str, packages: str) -> ImportError:
+    """The error for an optional dependency that is not installed: ``what`` needs the ``extra`` extra.
+
+    Every such message names an extra that ``pyproject.toml`` declares (a test reads them all), and
+    ``packages`` says what the extra brings.
+    """
+    return ImportError(f"{what} needs the {extra} extra: pip install 'uit_reid[{extra}]' ({packages})")

@@ -14,10 +14,12 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from uit_reid._version import __version__
+from uit_reid.train.config import CHOICES, Registry
 
 logger = logging.getLogger("uit_reid.cli")
 
@@ -29,6 +31,25 @@ class CLIError(Exception):
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(format="%(message)s", level=logging.WARNING)  # stderr: stdout stays for results
     logging.getLogger("uit_reid").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+class _Choices(Sequence[str]):
+    """argparse ``choices`` read from a config `Registry` when argparse needs them (parsing, errors, help).
+
+    So ``uit-reid --help`` imports no registry module, and no list of allowed values is typed twice.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.registry.keys()[i]
+
+    def __len__(self) -> int:
+        return len(self.registry.keys())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.registry.keys()  # noqa: SIM118 - a Registry is a tuple of where, not the names
 
 
 def _device(name: str) -> str:
@@ -217,7 +238,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=device)
     index = build_index_from_folder(
         args.images,
-        lambda x: model.encode_image(x, normalize=False),
+        model.encode_image,
         model.eval_transform(),
         kind=args.kind or "flat",
         fingerprint=model.encoder.fingerprint(),
@@ -309,7 +330,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             files = read_image_list(args.images)
             model = load_model(args.model, device=device)
             manifest = encode_shards(
-                files, args.out, lambda x: model.encode_image(x, normalize=False),
+                files, args.out, model.encode_image,
                 model.eval_transform(),
                 fingerprint=model.encoder.fingerprint(), shard_size=args.shard_size, batch_size=args.batch_size,
                 device=device, image_size=model.image_size, num_workers=args.workers, rank=rank,
@@ -339,7 +360,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model = load_model(source, device=device)
     fingerprint = model.encoder.fingerprint()
-    encode_text = functools.partial(model.encode_captions, normalize=False)
+    encode_text = model.encode_captions
     rerank = _reranker(index, args.rerank)
     hits = search_text(index, encode_text, [args.query], k=args.k, fingerprint=fingerprint, rerank=rerank,
                        candidates=args.rerank or 100)[0]
@@ -468,7 +489,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     _model_argument(p, "a model directory (save_pretrained), a Hub id org/name or hf-hub:org/name, or last.pt",
                     required=True)
     p.add_argument("--dataset", required=True, help="dataset root or annotation file")
-    p.add_argument("--format", default="auto", help="auto, cuhk-pedes, icfg-pedes, rstpreid or jsonl (default: %(default)s)")
+    p.add_argument("--format", default="auto", metavar="FORMAT", choices=_Choices(Registry("uit_reid.data.readers", "FORMATS", ("auto",))),
+                   help="the dataset's layout: %(choices)s (default: %(default)s, from the annotation file's name)")
     p.add_argument("--split", default="test", choices=["val", "test"], help="split to evaluate (default: %(default)s)")
     p.add_argument("--i2t", action="store_true", help="also report image-to-text metrics")
     p.add_argument("--batch-size", type=int, default=256, help="images or captions per batch (default: %(default)s)")
@@ -486,8 +508,8 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert an IRRA/SEN/OpenAI-CLIP/open_clip checkpoint to a model folder")
     p.add_argument("checkpoint", help="the checkpoint file (e.g. IRRA's best.pth)")
     p.add_argument("--out", required=True, help="model folder to write (save_pretrained format)")
-    p.add_argument("--format", default="auto", choices=["auto", "irra", "sen", "openai", "open_clip"],
-                   help="checkpoint layout (default: detected from its keys)")
+    p.add_argument("--format", default="auto", metavar="LAYOUT", choices=_Choices(Registry("uit_reid.convert", "LAYOUTS", ("auto",))),
+                   help="checkpoint layout: %(choices)s (default: %(default)s, detected from its keys)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                    help="input size; default: configs.yaml beside the checkpoint (irra/sen) or the square grid")
     p.add_argument("--stride", type=int, help="IRRA's stride_size (default: configs.yaml, else the patch size)")
@@ -625,9 +647,9 @@ def _synth_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-test-ids", type=int, default=None, help="identities in test (default: 20%% of them)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="write into a folder that holds other files")
-    p.add_argument("--world", default="pedestrians",
-                   help="pedestrians (the demo's full descriptions) or web (the pre-training world's short "
-                        "captions) (default: %(default)s)")
+    p.add_argument("--world", default="pedestrians", metavar="WORLD", choices=_Choices(CHOICES["synthetic.world"]),
+                   help="%(choices)s: pedestrians, the demo's full descriptions; web, the pre-training world's "
+                        "short captions (default: %(default)s)")
     p.set_defaults(func=cmd_synth)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from uit_reid import recipe
 from uit_reid._bounds import (
     check_image_size,
     check_int,
@@ -313,7 +314,8 @@ def _filter_open_clip(state: dict[str, torch.Tensor], request: ConvertRequest) -
         raise ValueError(f"{request.path}: format open_clip needs the architecture name (model_name / --model)")
     if any(k.startswith("clip.") for k in state):  # saved from CLIPDualEncoder
         state = {k[len("clip.") :]: v for k, v in state.items() if k.startswith("clip.")}
-    encoder = {"name": request.model_name, "image_size": list(request.image_size or (384, 128)), "context_length": 77}
+    encoder = {"name": request.model_name, "image_size": list(request.image_size or recipe.IMAGE_SIZE),
+               "context_length": recipe.CONTEXT_LENGTH}
     source = _describe_source(request.path, f"open_clip {request.model_name}")
     return Converted({f"{_CLIP}{k}": v for k, v in state.items()}, {"encoder": encoder, "num_classes": 0, "tir": None},
                      ModelCardInfo(source=source))

@@ -24,6 +24,7 @@ from typing import Any
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from open_clip.factory import parse_model_name
 from open_clip.model import resize_text_pos_embed
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
@@ -31,6 +32,7 @@ from open_clip.transformer import VisionTransformer, text_global_pool
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from uit_reid import recipe
 from uit_reid._bounds import check_torch_zip
 from uit_reid.pretrained import SHIPPED, shipped_tags, shipped_weights
 from uit_reid.tir import random_masking
@@ -199,15 +201,21 @@ def _clip_from_config(model_cfg: dict[str, Any], name: str) -> open_clip.CLIP:
 def _tokenizer_from_config(model_cfg: dict[str, Any], context_length: int | None = None) -> Any:
     """The tokenizer a model config's ``text_cfg`` names (open_clip's BPE unless ``hf_tokenizer_name``)."""
     text_cfg = model_cfg.get("text_cfg", {})
-    context_length = int(context_length or text_cfg.get("context_length", 77))
+    context_length = int(context_length or text_cfg.get("context_length", recipe.CONTEXT_LENGTH))
     kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
     if text_cfg.get("hf_tokenizer_name"):
         return open_clip.tokenizer.HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length, **kwargs)
     return open_clip.SimpleTokenizer(context_length=context_length, **kwargs)
 
 
-def get_tokenizer(name: str, context_length: int | None = None) -> Any:
-    """The tokenizer of an architecture `from_open_clip` accepts (uit_reid's own without open_clip's registry)."""
+def get_tokenizer(name: str, context_length: int | None = None, model_cfg: dict[str, Any] | None = None) -> Any:
+    """The tokenizer of an architecture `from_open_clip` accepts (uit_reid's own without open_clip's registry).
+
+    ``model_cfg``: the full config of a tower that no registry names (a hub tower, a converted
+    model: `from_model_config`), whose ``text_cfg`` then decides; ``name`` is only its label.
+    """
+    if model_cfg is not None:
+        return _tokenizer_from_config(model_cfg, context_length)
     own = _own_model_configs().get(name)
     if own is not None:
         return _tokenizer_from_config(own, context_length)
@@ -274,6 +282,11 @@ def resolve_activation(name: str, tag: str | None = None, quick_gelu: bool | Non
     return other
 
 
+def _normalized(features: torch.Tensor) -> torch.Tensor:
+    """Features L2-normalised along the last axis, in float32 (the ``normalize=True`` of every encode call)."""
+    return F.normalize(features.float(), dim=-1)
+
+
 def _describe_keys(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
@@ -316,8 +329,8 @@ class CLIPDualEncoder(nn.Module):
         cls,
         name: str = "ViT-B-16",
         pretrained: str | os.PathLike | None = None,
-        image_size: tuple[int, int] = (384, 128),
-        context_length: int = 77,
+        image_size: tuple[int, int] = recipe.IMAGE_SIZE,
+        context_length: int = recipe.CONTEXT_LENGTH,
         device: str | torch.device = "cpu",
         quick_gelu: bool | None = None,
     ) -> CLIPDualEncoder:
@@ -382,7 +395,7 @@ class CLIPDualEncoder(nn.Module):
         is recorded as the architecture's label.
         """
         clip = _clip_from_config(model_cfg, name)
-        return cls(clip, _tokenizer_from_config(model_cfg), model_name=name, model_cfg=model_cfg).to(device)
+        return cls(clip, get_tokenizer(name, model_cfg=model_cfg), model_name=name, model_cfg=model_cfg).to(device)
 
     def load_clip_weights(self, path: str | os.PathLike, grid: tuple[int, int] | None = None) -> None:
         """Load open_clip CLIP weights from ``path``, resizing the position tables if needed.
@@ -518,11 +531,12 @@ class CLIPDualEncoder(nn.Module):
         return ids[:, : int(ids.argmax(dim=-1).max()) + 1]
 
     def encode_text(
-        self, ids: torch.Tensor, return_tokens: bool = False
+        self, ids: torch.Tensor, normalize: bool = False, return_tokens: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Pooled caption features ``(B, D)`` (EOT token, projected); with tokens ``(B, L, D)``.
 
-        ``ids`` may be shorter than the context length (see `trim_padding`).
+        ``ids`` may be shorter than the context length (see `trim_padding`). ``normalize``: the
+        pooled features L2-normalised, as float32 (open_clip's keyword; tokens are never normalised).
         """
         clip = self.clip
         length = ids.shape[1]
@@ -533,9 +547,11 @@ class CLIPDualEncoder(nn.Module):
         x = clip.ln_final(x)
         eos_id = getattr(clip, "text_eos_id", None)
         if not return_tokens:  # the projection is per token: pool first, project one token per caption
-            return self._project_text(text_global_pool(x, ids, clip.text_pool_type, eos_token_id=eos_id))
+            pooled = self._project_text(text_global_pool(x, ids, clip.text_pool_type, eos_token_id=eos_id))
+            return _normalized(pooled) if normalize else pooled
         tokens = self._project_text(x)
-        return text_global_pool(tokens, ids, clip.text_pool_type, eos_token_id=eos_id), tokens
+        pooled = text_global_pool(tokens, ids, clip.text_pool_type, eos_token_id=eos_id)
+        return (_normalized(pooled) if normalize else pooled), tokens
 
     def _project_text(self, x: torch.Tensor) -> torch.Tensor:
         proj = self.clip.text_projection
@@ -564,14 +580,15 @@ class CLIPDualEncoder(nn.Module):
         return x @ visual.proj if visual.proj is not None else x
 
     def encode_image(
-        self, images: torch.Tensor, return_tokens: bool = False
+        self, images: torch.Tensor, normalize: bool = False, return_tokens: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Pooled image features ``(B, D)`` (CLS token, projected); with tokens ``(B, 1 + N, D)``.
 
         The token output includes the CLS token at index 0 followed by the patches in grid order.
+        ``normalize``: the pooled features L2-normalised, as float32 (open_clip's keyword).
         """
         tokens = self._encode_embedded(self._patch_embed(images))
-        pooled = tokens[:, 0]
+        pooled = _normalized(tokens[:, 0]) if normalize else tokens[:, 0]
         return (pooled, tokens) if return_tokens else pooled
 
     def encode_masked_image(

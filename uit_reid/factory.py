@@ -21,7 +21,7 @@ from uit_reid import recipe
 from uit_reid.checkpoint import CheckpointError, load_checkpoint
 from uit_reid.encoders import CLIPDualEncoder, get_model_config
 from uit_reid.encoders import get_tokenizer as _tower_tokenizer
-from uit_reid.model import UITModel
+from uit_reid.model import UITModel, pretrained_tokenizer
 from uit_reid.tir import TIRHead
 
 __all__ = [
@@ -153,20 +153,28 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> U
     return model.eval()
 
 
-def _is_tower(source: str | os.PathLike, pretrained: str | None) -> bool:
-    """Whether ``source`` names an open_clip / uit_reid architecture rather than a trained uit_reid model."""
+def _tower_name(source: str | os.PathLike, pretrained: str | None) -> str | None:
+    """The name `CLIPDualEncoder.from_open_clip` takes when ``source`` is an architecture, ``None`` for a trained model.
+
+    A Hub id is read the same way with or without ``hf-hub:``: the repository's files decide
+    (`uit_reid.hub.hub_tower_name`).
+    """
+    from uit_reid.hub import hub_repo_id, hub_tower_name
+
     text = os.fspath(source)
-    return pretrained is not None or text.startswith("local-dir:") or (
-        get_model_config(text) is not None and not Path(text).exists()
-    )
+    if pretrained is not None or text.startswith("local-dir:"):
+        return text
+    if hub_repo_id(text) is not None:
+        return hub_tower_name(text)
+    return text if get_model_config(text) is not None and not Path(text).exists() else None
 
 
 def create_model_and_transforms(
     source: str | os.PathLike,
     pretrained: str | None = None,
     *,
-    image_size: tuple[int, int] = (384, 128),
-    context_length: int = 77,
+    image_size: tuple[int, int] = recipe.IMAGE_SIZE,
+    context_length: int = recipe.CONTEXT_LENGTH,
     device: str | torch.device = "cpu",
 ) -> tuple[UITModel, Callable[[Any], torch.Tensor], Callable[[Any], torch.Tensor]]:
     """``(model, train_transform, eval_transform)`` for ``source``, as ``open_clip.create_model_and_transforms``.
@@ -178,9 +186,10 @@ def create_model_and_transforms(
     resize and normalise as the model says (its tower's preprocessing, kept in its ``config.json``).
     The model is in eval mode.
     """
-    if _is_tower(source, pretrained):
+    tower = _tower_name(source, pretrained)
+    if tower is not None:
         encoder = CLIPDualEncoder.from_open_clip(
-            os.fspath(source), pretrained=pretrained, image_size=image_size, context_length=context_length
+            tower, pretrained=pretrained, image_size=image_size, context_length=context_length
         )
         model = UITModel(encoder, num_classes=0, tir_head=False).to(device).eval()
     else:
@@ -191,11 +200,15 @@ def create_model_and_transforms(
 def get_tokenizer(source: str | os.PathLike, context_length: int | None = None) -> Callable[..., torch.Tensor]:
     """The tokenizer (texts -> ``(B, context_length)`` ids) for what `create_model_and_transforms` reads.
 
-    An architecture name needs no weights; a trained model is loaded to read its tokenizer and
-    context length (``context_length`` must then be left ``None``).
+    Neither reads weights: an architecture's tokenizer comes from its name, a trained model's from
+    its ``config.json`` (a trainer's ``last.pt`` is loaded whole), which fixes the context length
+    (``context_length`` must then be left ``None``).
     """
-    if _is_tower(source, None):
-        return _tower_tokenizer(os.fspath(source), context_length=context_length)
+    tower = _tower_name(source, None)
+    if tower is not None:
+        return _tower_tokenizer(tower, context_length=context_length)
     if context_length is not None:
         raise ValueError(f"{source}: a trained model has its own context length; leave context_length=None")
-    return load_model(source).encoder.tokenizer
+    if Path(source).is_file():
+        return load_model(source).encoder.tokenizer
+    return pretrained_tokenizer(source)

@@ -11,9 +11,13 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["HF_HUB_PREFIX", "hub_repo_id", "resolve_pretrained", "upload_folder"]
+__all__ = ["HF_HUB_PREFIX", "hub_repo_id", "hub_tower_name", "resolve_pretrained", "upload_folder"]
 
 HF_HUB_PREFIX = "hf-hub:"
+MODEL_CONFIG = "config.json"
+"""What a uit_reid model repository holds (`UITModel.save_pretrained`)."""
+TOWER_CONFIG = "open_clip_config.json"
+"""What an open_clip tower repository holds (``open_clip.create_model("hf-hub:...")`` reads it)."""
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -34,6 +38,36 @@ def hub_repo_id(source: str | os.PathLike) -> str | None:
     return None
 
 
+def hub_tower_name(source: str | os.PathLike) -> str | None:
+    """``hf-hub:org/name`` when ``source`` is a Hub repository holding an open_clip tower, else ``None``.
+
+    The repository's files decide, so ``org/name`` and ``hf-hub:org/name`` mean the same thing in
+    every entry point: its ``config.json`` makes it a uit_reid model (``None``), an
+    ``open_clip_config.json`` without one an open_clip tower. A local path is ``None``; a Hub
+    repository holding neither file is a ``FileNotFoundError`` naming both.
+    """
+    repo_id = hub_repo_id(source)
+    if repo_id is None:
+        return None
+    where = _where(source, repo_id, None)
+    if _download(repo_id, MODEL_CONFIG, where, None, None, None, missing_ok=True) is not None:
+        return None
+    if _download(repo_id, TOWER_CONFIG, where, None, None, None, missing_ok=True) is not None:
+        return HF_HUB_PREFIX + repo_id
+    raise FileNotFoundError(
+        f"{where}: neither {MODEL_CONFIG} (a uit_reid model) nor {TOWER_CONFIG} (an open_clip tower) "
+        "in the repository, or not in the local cache while offline"
+    )
+
+
+def _where(source: str | os.PathLike, repo_id: str, revision: str | None) -> str:
+    """How errors name a Hub source: the repository and revision, and the local name that was not found."""
+    where = f"{repo_id}@{revision or 'main'}"
+    if not os.fspath(source).startswith(HF_HUB_PREFIX):
+        where = f"{source} (no such local folder) on the Hub: {where}"
+    return where
+
+
 def resolve_pretrained(
     source: str | os.PathLike,
     filenames: Sequence[str],
@@ -51,9 +85,7 @@ def resolve_pretrained(
         if revision is not None:
             raise ValueError(f"revision={revision!r} applies to Hub repositories, not to the local path {source}")
         return Path(source)
-    where = f"{repo_id}@{revision or 'main'}"
-    if not os.fspath(source).startswith(HF_HUB_PREFIX):
-        where = f"{source} (no such local folder) on the Hub: {where}"
+    where = _where(source, repo_id, revision)
     cache = os.fspath(cache_dir) if cache_dir is not None else None
     paths = [_download(repo_id, filename, where, revision, cache, token) for filename in filenames]
     folders = {path.parent for path in paths}
@@ -63,9 +95,13 @@ def resolve_pretrained(
 
 
 def _download(
-    repo_id: str, filename: str, where: str, revision: str | None, cache_dir: str | None, token: str | None
-) -> Path:
-    """One file of a Hub repository through ``hf_hub_download``; each failure as one line naming ``where``."""
+    repo_id: str, filename: str, where: str, revision: str | None, cache_dir: str | None, token: str | None,
+    missing_ok: bool = False,
+) -> Path | None:
+    """One file of a Hub repository through ``hf_hub_download``; each failure as one line naming ``where``.
+
+    ``missing_ok``: ``None`` when the repository lacks the file (or, offline, the cache does).
+    """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -82,11 +118,15 @@ def _download(
     except RevisionNotFoundError as exc:
         raise FileNotFoundError(f"{where}: no such revision on the Hub") from exc
     except LocalEntryNotFoundError as exc:
+        if missing_ok:
+            return None
         raise FileNotFoundError(
             f"{where}: {filename} is not in the local cache and the Hub cannot be reached "
             "(offline, or HF_HUB_OFFLINE=1)"
         ) from exc
     except EntryNotFoundError as exc:
+        if missing_ok:
+            return None
         raise FileNotFoundError(
             f"{where}: no {filename} in the repository (not a folder written by save_pretrained)"
         ) from exc

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-import fcntl
 import hashlib
 import io
 import logging
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import filelock
 import torch
 
 logger = logging.getLogger(__name__)
@@ -150,59 +151,62 @@ class FolderInUseError(OSError):
 
 
 class FolderLock:
-    """One writer per folder: an exclusive ``flock`` on ``FOLDER/.uit_reid.lock``.
+    """One writer per folder: an exclusive lock on ``FOLDER/.uit_reid.lock``, through ``filelock``.
 
     ``acquire`` creates the folder if needed and fails at once with `FolderInUseError` naming the
-    holder (process id, host, start time, command) when another process holds it. The kernel drops
-    the lock when the holder exits in any way, ``kill -9`` included, so a stale file never blocks
-    anyone; ``release`` removes the file. ``what`` names the holder's job in the refusal.
+    holder (process id, host, start time, command) when another process holds it. The lock is the
+    operating system's (``flock`` on Unix, ``LockFileEx`` on Windows), so the kernel drops it when
+    the holder exits in any way, ``kill -9`` included, and a stale file never blocks anyone;
+    ``release`` removes the file. ``what`` names the holder's job in the refusal.
     """
 
     def __init__(self, folder: str | os.PathLike, what: str) -> None:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self.what = what
-        self._fd: int | None = None
+        self._lock: filelock.BaseFileLock | None = None
+        self._fd: int | None = None  # the lock's own descriptor, lent by filelock while the lock is held
 
     def acquire(self) -> FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
-        for _ in range(10):  # the file can be removed between open and flock by a releasing holder
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _NEW_FILE_MODE)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "a process that is starting"
-                os.close(fd)
-                raise FolderInUseError(
-                    f"{self.folder} is in use by another {self.what} ({holder}); wait for it to finish or "
-                    "choose another folder") from None
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        else:  # pragma: no cover - ten releases in a row between our open and flock
-            raise FolderInUseError(f"{self.folder}: could not take {self.path}; try again")
         started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        command = " ".join(sys.argv)[:300]
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}: {command}\n".encode())
-        self._fd = fd
+        holder = f"pid {os.getpid()} on {socket.gethostname()}, since {started}: {' '.join(sys.argv)[:300]}\n"
+        lock = filelock.FileLock(
+            self.path, timeout=0, thread_local=False, fallback_to_soft=False,
+            on_acquired=lambda fd: self._write_holder(fd, holder),
+        )
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise FolderInUseError(
+                f"{self.folder} is in use by another {self.what} ({self._holder()}); wait for it to finish or "
+                "choose another folder") from None
+        self._lock = lock
         return self
+
+    def _holder(self) -> str:
+        """Who holds the lock, as the holder wrote it into the lock file."""
+        try:
+            text = self.path.read_bytes()[:4096].decode("utf-8", "replace").strip()
+        except OSError:  # Windows keeps a held file's first byte from other readers
+            text = ""
+        return text or "a process that is starting"
 
     def release(self) -> None:
         """Remove the lock file and drop the lock; idempotent."""
-        if self._fd is None:
+        if self._lock is None:
             return
-        self.path.unlink(missing_ok=True)  # while still holding it: a waiter re-checks the inode it locked
-        os.close(self._fd)
-        self._fd = None
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # no stale holder named, whatever happens to the file
+        # while still holding it: a waiter that locked the old inode sees it unlinked and retries
+        with contextlib.suppress(OSError):  # Windows removes no open file
+            self.path.unlink(missing_ok=True)
+        self._lock.release()
+        self._lock, self._fd = None, None
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._lock is not None
 
     def __enter__(self) -> FolderLock:
         return self.acquire()
@@ -210,6 +214,9 @@ class FolderLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def __del__(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # the kernel drops the lock; the file stays, harmlessly
+    def _write_holder(self, fd: int, holder: str) -> None:
+        """Replace the lock file's text by ``holder``, through the descriptor that holds the lock."""
+        self._fd = fd
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, holder.encode())

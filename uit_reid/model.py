@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from uit_reid import losses, recipe
@@ -32,7 +31,7 @@ from uit_reid.io import atomic_write_bytes, atomic_write_text
 from uit_reid.model_card import MODEL_CARD_NAME, ModelCardInfo, render_model_card
 from uit_reid.tir import TIR_GRAYSCALES, TIR_TARGETS, TIRHead, tir_loss, tir_target, to_grayscale
 
-__all__ = ["PRETRAINED_FORMAT_VERSION", "UITModel"]
+__all__ = ["PRETRAINED_FORMAT_VERSION", "UITModel", "pretrained_tokenizer"]
 
 PRETRAINED_FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -225,16 +224,14 @@ class UITModel(nn.Module):
 
         open_clip's convention: gradients flow, so retrieval calls it under ``torch.no_grad()``.
         """
-        feats = self.encoder.encode_image(images)
-        return F.normalize(feats.float(), dim=-1) if normalize else feats
+        return self.encoder.encode_image(images, normalize=normalize)
 
     def encode_text(self, ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Pooled caption features (padding trimmed: `trim_padding`); ``normalize``: L2-normalised, as float32.
 
         open_clip's convention: gradients flow, so retrieval calls it under ``torch.no_grad()``.
         """
-        feats = self.encoder.encode_text(self.encoder.trim_padding(ids))
-        return F.normalize(feats.float(), dim=-1) if normalize else feats
+        return self.encoder.encode_text(self.encoder.trim_padding(ids), normalize=normalize)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -245,11 +242,11 @@ class UITModel(nn.Module):
             raise
 
     @torch.no_grad()
-    def encode_captions(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+    def encode_captions(self, texts: Sequence[str], normalize: bool = False) -> torch.Tensor:
         """Query features of caption strings: tokenized, moved to the model's device, `encode_text`.
 
-        The text encoder that `uit_reid.retrieval.search_text` and the service take, e.g.
-        ``functools.partial(model.encode_captions, normalize=False)`` (the index normalises).
+        ``normalize`` as in `encode_text` (open_clip's default, ``False``). The text encoder that
+        `uit_reid.retrieval.search_text` and the service take as it is (the index normalises).
         """
         device = next(self.encoder.parameters()).device
         return self.encode_text(self.encoder.tokenize(list(texts)).to(device), normalize=normalize)
@@ -384,11 +381,35 @@ class UITModel(nn.Module):
         )
 
 
-def _read_config(config_path: Path, weights_path: Path) -> dict[str, Any]:
-    """The JSON object of a `save_pretrained` folder's ``config.json``, with its weights file beside it."""
+def pretrained_tokenizer(
+    source: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | None = None,
+) -> Callable[..., torch.Tensor]:
+    """The tokenizer of a model written by `UITModel.save_pretrained`, read from its ``config.json`` alone.
+
+    ``source`` as in `UITModel.from_pretrained`; the weights are neither read nor downloaded.
+    """
+    from uit_reid.encoders import get_tokenizer
+    from uit_reid.hub import resolve_pretrained
+
+    config_path = resolve_pretrained(source, (CONFIG_NAME,), revision, cache_dir, token) / CONFIG_NAME
+    cfg = _read_config(config_path)
+    try:
+        enc_cfg, _ = _checked_encoder_config(cfg)
+    except KeyError as exc:
+        raise ValueError(f"{config_path}: the field {exc.args[0]!r} is missing") from exc
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{config_path}: {_one_line(exc)}") from exc
+    return get_tokenizer(enc_cfg["name"], enc_cfg["context_length"], enc_cfg.get("model_cfg"))
+
+
+def _read_config(config_path: Path, weights_path: Path | None = None) -> dict[str, Any]:
+    """The JSON object of a `save_pretrained` folder's ``config.json``, with its weights file beside it (if named)."""
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: not a directory written by save_pretrained")
-    if not weights_path.is_file():
+    if weights_path is not None and not weights_path.is_file():
         raise FileNotFoundError(f"{weights_path} not found: {config_path} has no weights beside it")
     if config_path.stat().st_size > _MAX_CONFIG_BYTES:
         raise ValueError(f"{config_path}: {config_path.stat().st_size:,} bytes, more than a model config needs")

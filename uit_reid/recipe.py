@@ -1,7 +1,7 @@
 """UIT's training recipe (ViT-B/16 on CUHK-PEDES, the paper's and the authors' code's values), declared once.
 
 The training config's defaults (`uit_reid.train.config`), `UITModel`'s and `TIRHead`'s default
-arguments and the identity sampler's all read from here. This module imports nothing, so the
+arguments, the encoder's and the datasets' input sizes and the identity sampler's all read from here. This module imports nothing, so the
 config reads it without torch.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 __all__ = [
     "CMT_MARGIN",
+    "CONTEXT_LENGTH",
+    "IMAGE_SIZE",
     "LOGIT_SCALE",
     "LOSS_WEIGHTS",
     "MASK_RATIO",
@@ -22,6 +24,10 @@ __all__ = [
     "TIR_WIDTH",
 ]
 
+IMAGE_SIZE: tuple[int, int] = (384, 128)
+"""Input (height, width) of a person crop: 24x8 patches of 16 px for ViT-B/16."""
+CONTEXT_LENGTH = 77
+"""Caption length in tokens (CLIP's; also what a tower config without ``context_length`` means)."""
 LOSS_WEIGHTS: dict[str, float] = {"sdm": 1.0, "id": 1.0, "tir": 10.0, "cmt": 10.0, "itc": 0.0}
 """Loss weights: ``1·SDM + 1·ID + 10·TIR + 10·CMT``; ``itc`` (symmetric InfoNCE) is off."""
 LOGIT_SCALE = 50.0

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from uit_reid.data import _world as vocab
 from uit_reid.data import load_dataset, make_synthetic
 from uit_reid.data import synthetic as syn
 from uit_reid.data.synthetic import make_caption, render_person, sample_identities
@@ -60,14 +61,14 @@ def test_split_sizes_validated(tmp_path: Path) -> None:
 
 
 _NOUNS: list[tuple[str, str, str]] = sorted(
-    [(w, "upper", t) for t, ws in syn.UPPER_WORDS.items() for w in ws]
-    + [(w, "lower", t) for t, ws in syn.LOWER_WORDS.items() for w in ws]
-    + [(w, "shoes", "") for w in syn.SHOE_WORDS]
-    + [(w, "bag", t) for t, ws in syn.BAG_WORDS.items() for w in ws]
-    + [(w, "hat", "") for w in syn.HAT_WORDS],
+    [(w, "upper", t) for t, ws in vocab.UPPER_WORDS.items() for w in ws]
+    + [(w, "lower", t) for t, ws in vocab.LOWER_WORDS.items() for w in ws]
+    + [(w, "shoes", "") for w in vocab.SHOE_WORDS]
+    + [(w, "bag", t) for t, ws in vocab.BAG_WORDS.items() for w in ws]
+    + [(w, "hat", "") for w in vocab.HAT_WORDS],
     key=lambda x: -len(x[0]),
 )
-_COLOUR = {w: c for c, ws in syn.COLOUR_WORDS.items() for w in ws}
+_COLOUR = {w: c for c, ws in vocab.COLOUR_WORDS.items() for w in ws}
 
 
 def _check_caption(caption: str, a: dict) -> None:
@@ -92,14 +93,14 @@ def _check_caption(caption: str, a: dict) -> None:
     for length in ("long", "short"):
         if re.search(rf"\b{length} (\w+ )?hair", text):
             assert a["hair_length"] == length, (caption, a)
-    for hc in syn.HAIR_COLOURS:
+    for hc in vocab.HAIR_COLOURS:
         if f"{hc} hair" in text:
             assert a["hair_colour"] == hc, (caption, a)
-    for tone, words in syn.SKIN_WORDS.items():
+    for tone, words in vocab.SKIN_WORDS.items():
         if any(f"{w} skin" in text for w in words):
             assert a["skin"] == tone, (caption, a)
     if a["bag"] is None:
-        assert not any(w in text for ws in syn.BAG_WORDS.values() for w in ws), caption
+        assert not any(w in text for ws in vocab.BAG_WORDS.values() for w in ws), caption
     if a["hat_colour"] is None:
         assert not re.search(r"\b(hat|cap)\b", text), caption
 
@@ -125,7 +126,7 @@ def test_many_captions_match_and_vary() -> None:
 
 def test_identities_unique_with_hard_negatives() -> None:
     ids = sample_identities(300, random.Random(0))
-    keys = [tuple(a[k] for k in syn.ATTRIBUTE_KEYS) for a in ids]
+    keys = [tuple(a[k] for k in vocab.ATTRIBUTE_KEYS) for a in ids]
     assert len(set(keys)) == 300
     assert all(syn.is_drawable(a) for a in ids)
 
@@ -147,7 +148,7 @@ def test_garment_colours_survive_downscaling(colour: str) -> None:
     for k in range(3):
         small_a = np.asarray(render_person(a, (0, 1, k)).resize((32, 96), Image.BILINEAR)).astype(float)
         small_b = np.asarray(render_person(b, (0, 1, k)).resize((32, 96), Image.BILINEAR)).astype(float)
-        target = np.array(syn.PALETTE[colour], dtype=float)
+        target = np.array(vocab.PALETTE[colour], dtype=float)
         close = np.linalg.norm(small_a - target, axis=2) < 60
         assert close.sum() >= 150, (colour, close.sum())  # a large visible area at 96x32
         assert (np.linalg.norm(small_b - target, axis=2) < 60).sum() < close.sum() / 4

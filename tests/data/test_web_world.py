@@ -11,20 +11,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from uit_reid.data import _world as vocab
 from uit_reid.data import load_dataset, make_synthetic
 from uit_reid.data import synthetic as syn
 from uit_reid.data.synthetic import sample_identities
 from uit_reid.data.web_world import PARK, make_bag_caption, make_web_caption
 
-_COLOUR = {w: c for c, ws in syn.COLOUR_WORDS.items() for w in ws}
+_COLOUR = {w: c for c, ws in vocab.COLOUR_WORDS.items() for w in ws}
 _GARMENTS = sorted(
-    [(w, "upper", t) for t, ws in syn.UPPER_WORDS.items() for w in ws]
-    + [(w, "lower", t) for t, ws in syn.LOWER_WORDS.items() for w in ws],
+    [(w, "upper", t) for t, ws in vocab.UPPER_WORDS.items() for w in ws]
+    + [(w, "lower", t) for t, ws in vocab.LOWER_WORDS.items() for w in ws],
     key=lambda x: -len(x[0]),
 )
 _ITEMS = sorted(
-    [*(w for w, _, _ in _GARMENTS), *syn.SHOE_WORDS, *(w for ws in syn.BAG_WORDS.values() for w in ws),
-     *syn.HAT_WORDS, "hair", "skin"],
+    [*(w for w, _, _ in _GARMENTS), *vocab.SHOE_WORDS, *(w for ws in vocab.BAG_WORDS.values() for w in ws),
+     *vocab.HAT_WORDS, "hair", "skin"],
     key=len, reverse=True,
 )
 
@@ -51,7 +52,7 @@ def test_captions_name_one_to_three_true_attributes_and_never_both_garment_colou
     assert 1 <= len(items) <= 3, caption
     if "hat" in caption or "cap" in caption.split():
         assert attrs["hat_colour"], caption
-    if any(w in caption for ws in syn.BAG_WORDS.values() for w in ws):
+    if any(w in caption for ws in vocab.BAG_WORDS.values() for w in ws):
         assert attrs["bag"], caption
 
 

@@ -22,6 +22,7 @@ from uit_reid.retrieval import (
 from uit_reid.retrieval.search import GREEN, GREY, RED
 
 COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
+WHITE = (255, 255, 255)
 
 
 def transform(img: Image.Image) -> torch.Tensor:
@@ -109,12 +110,54 @@ def test_render_results_borders_and_size(folder):
     pad, cell_w = 6, 40 + 6
     assert img.width >= 3 * (cell_w + pad)
     px = img.load()
-    header = img.height - (80 + 6 + 14 + pad) - pad
-    y = header + 1
-    assert px[pad + 1, y] == GREEN
-    assert px[pad + cell_w + pad + 1, y] == RED
-    assert px[pad + 2 * (cell_w + pad) + 1, y] == GREY
+    y = next(y for y in range(img.height) if px[pad + 1, y] == GREEN) + 1  # the first tile's top border
+    assert all(px[pad + 1, y + i] == GREEN for i in range(80))  # down the whole tile
+    row = [px[x, y] for x in range(img.width)]
+    assert [c for i, c in enumerate(row) if i == 0 or c != row[i - 1]] == [WHITE, GREEN, WHITE, RED, WHITE, GREY, WHITE]
     assert px[pad + 3 + 5, y + 3 + 5] == COLORS["red"]  # the thumbnail sits inside the border
+
+
+def _ink(img: Image.Image) -> np.ndarray:
+    """Black text pixels (every channel dark): what a reader sees whatever colours they can tell apart."""
+    return (np.asarray(img.convert("RGB")) < 60).all(axis=-1)
+
+
+def _gaps(ink_line: np.ndarray, wide: int) -> int:
+    """How many runs of at least ``wide`` ink-free columns separate the ink of one text line."""
+    cols = ink_line.any(axis=0)
+    xs = np.flatnonzero(cols)
+    runs, n = [], 0
+    for c in cols[xs[0] : xs[-1] + 1]:
+        if c:
+            runs.append(n)
+            n = 0
+        else:
+            n += 1
+    return sum(r >= wide for r in runs)
+
+
+@pytest.mark.parametrize("caption", ["A young person in a grey coat", "a black coat and white shoes",
+                                     "She is wearing a top, jeans"])
+def test_render_results_text_keeps_its_spaces(caption):
+    """At Pillow's 10-px default, "A young" rendered as "Ayoung" and "coat and" as "coatand": every
+    space of the query (one line here) shows as a gap at least 3 px wide, and letters of a word leave none."""
+    img = render_results(caption, [Hit(1, "a", 0.9)], images=[None], thumb_size=(40, 20))
+    ink = _ink(img)
+    rows = np.flatnonzero(ink.any(axis=1))
+    first_line = ink[rows[0] : rows[0] + np.flatnonzero(~ink[rows[0] :].any(axis=1))[0]]
+    assert _gaps(first_line, 3) == caption.count(" ")
+
+
+def test_render_results_marks_right_and_wrong_in_words_with_a_legend():
+    """Swapping which hit is right changes the black text (a word under each tile), not only the
+    border colours; a legend appears when correctness is known."""
+    images = [Image.new("RGB", (10, 20), "white")] * 2
+    swap = [render_results("a person in red", [Hit(1, "a", 0.9, correct=c), Hit(2, "b", 0.5, correct=not c)],
+                           images=images) for c in (True, False)]
+    unknown = render_results("a person in red", [Hit(1, "a", 0.9), Hit(2, "b", 0.5)], images=images)
+    assert swap[0].size == swap[1].size
+    assert not np.array_equal(_ink(swap[0]), _ink(swap[1]))
+    assert swap[0].height > unknown.height  # the legend's lines and the words' line
 
 
 def test_render_results_from_paths(folder):

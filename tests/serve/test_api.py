@@ -60,6 +60,18 @@ def test_search_matches_brute_force(server, gallery) -> None:
     assert sorted(h["id"] for h in hits) == sorted(ids)
 
 
+def test_k_above_the_gallery_size_is_capped(server, gallery) -> None:
+    """As the CLI and `GalleryIndex.search` do: k between the index size (32) and max_k (50) gives the whole index."""
+    for answer in (get(server, "/search", params={"q": QUERY, "k": 40}),
+                   httpx.post(server.url + "/search", json={"queries": [QUERY], "k": 40}, timeout=30)):
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["k"] == 40  # as asked
+        hits = body["results"][0]["results"]
+        ids, _ = expected_top(gallery, QUERY, 32)
+        assert [h["rank"] for h in hits] == list(range(1, 33)) and sorted(h["id"] for h in hits) == sorted(ids)
+
+
 def test_post_many_queries_equals_single_gets(server) -> None:
     queries = [QUERY, "a woman with a black backpack", "someone in white shoes"]
     r = httpx.post(server.url + "/search", json={"queries": queries, "k": 4}, timeout=TIMEOUT)
@@ -156,8 +168,9 @@ BAD_REQUESTS = [
     ("GET", f"/search?q={LONG}", None, 422, "q: the query has 600 characters, at most 512 are allowed"),
     ("GET", "/search?q=%FF%FEman", None, 400, "q: the query is not valid UTF-8"),
     ("GET", "/search?q=man%00", None, 422, "q: the query contains control characters"),
-    ("GET", "/search?q=man&k=0", None, 422, "k: must be between 1 and 32 (index size 32), got 0"),
-    ("GET", "/search?q=man&k=1000000000", None, 422, "k: must be between 1 and 32 (index size 32), got 1000000000"),
+    ("GET", "/search?q=man&k=0", None, 422, "k: must be between 1 and 50 (the service's max_k), got 0"),
+    ("GET", "/search?q=man&k=51", None, 422, "k: must be between 1 and 50 (the service's max_k), got 51"),
+    ("GET", "/search?q=man&k=1000000000", None, 422, "k: must be between 1 and 50 (the service's max_k), got 1000000000"),
     ("GET", "/search?q=man&k=ten", None, 422, "k: Input should be a valid integer"),
     ("GET", "/image/99999", None, 404, "unknown image id '99999'"),
     ("GET", "/image/-1", None, 404, "unknown image id '-1'"),
@@ -174,7 +187,7 @@ BAD_REQUESTS = [
     ("POST", "/search", b'{"queries": ["man", ""]}', 422, "queries[1]: the query is empty"),
     ("POST", "/search", ('{"queries": [' + ", ".join(['"a"'] * 33) + "]}").encode(), 422,
      "queries: at most 32 per request, got 33"),
-    ("POST", "/search", b'{"queries": ["man"], "k": 0}', 422, "k: must be between 1 and 32"),
+    ("POST", "/search", b'{"queries": ["man"], "k": 0}', 422, "k: must be between 1 and 50 (the service's max_k)"),
     # JSON escapes can spell a lone UTF-16 surrogate, which is no text (it once got a plain-text 500)
     ("POST", "/search", b'{"queries": ["\\ud800"]}', 422, "q: the query contains a lone UTF-16 surrogate"),
     ("POST", "/search", b'{"queries": ["man", "a\\udfffb"]}', 422, "queries[1]: the query contains a lone UTF-16"),

@@ -75,6 +75,11 @@ def browser():
 def test_type_a_query_and_see_the_grid(server, browser) -> None:
     query = "a woman in a red jacket"
     browser.get(server.url + "/")
+    # the empty page says what it searches: the gallery's size and the model
+    stats = httpx.get(server.url + "/stats", timeout=30).json()
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "status").text)
+    assert browser.find_element(By.ID, "status").text == (
+        f"Searching a gallery of {stats['index_size']} images with the model {stats['model_fingerprint']}.")
     box = browser.find_element(By.ID, "q")
     assert browser.switch_to.active_element == box  # autofocus: the user can type at once
     k_input = browser.find_element(By.ID, "k")
@@ -91,8 +96,9 @@ def test_type_a_query_and_see_the_grid(server, browser) -> None:
     assert params == {"q": [query], "k": [str(K)]}
     tiles = browser.find_elements(By.CSS_SELECTOR, "#results .tile")
     api = httpx.get(server.url + "/search", params={"q": query, "k": K}, timeout=30).json()["results"][0]["results"]
-    shown = [(t.find_element(By.CLASS_NAME, "rank").text, t.find_element(By.CLASS_NAME, "score").text) for t in tiles]
-    assert shown == [(f"#{h['rank']}", f"{h['score']:.3f}") for h in api]
+    shown = [(t.find_element(By.CLASS_NAME, "rank").text, t.find_element(By.CLASS_NAME, "score").text,
+              t.find_element(By.CLASS_NAME, "name").text) for t in tiles]
+    assert shown == [(f"#{h['rank']}", f"{h['score']:.3f}", Path(h["id"]).name) for h in api]  # rank, score, file
 
     grid = browser.find_element(By.ID, "results").rect
     png = browser.get_screenshot_as_png()
@@ -117,6 +123,10 @@ def test_errors_are_shown_and_the_page_fits_a_phone(server, browser) -> None:
         status = browser.find_element(By.ID, "status")
         wait.until(lambda d: "k: must be between 1 and" in status.text)
         assert "error" in status.get_attribute("class")
+        size = httpx.get(server.url + "/healthz", timeout=30).json()["index_size"]
+        browser.get(server.url + f"/?q=man&k={size + 8}")  # above the gallery size: the whole gallery, no error
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .tile")) == size)
+        assert "error" not in browser.find_element(By.ID, "status").get_attribute("class")
         browser.get(server.url + "/?q=a+man+in+black&k=9")
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .tile")) == 9)
         # readable on a phone: nothing wider than the screen, three columns

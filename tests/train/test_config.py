@@ -12,7 +12,7 @@ import pytest
 from uit_reid.train import ConfigError, TrainConfig, bundled_config, load_config
 
 
-@pytest.mark.parametrize("name", ["cuhk_pedes", "icfg_pedes", "rstpreid", "demo", "demo_uit"])
+@pytest.mark.parametrize("name", ["paper", "cuhk_pedes", "icfg_pedes", "rstpreid", "demo", "demo_uit"])
 def test_bundled_configs_load(name: str) -> None:
     config = load_config(name)
     assert config == TrainConfig.from_toml(bundled_config(name))
@@ -150,3 +150,102 @@ def test_report_to_accepts_known_reporters_only() -> None:
         TrainConfig.from_dict({"train": {"report_to": "wandb"}})
     with pytest.raises(ConfigError, match=r"train.report_to must be any of \['tensorboard', 'wandb'\], got \['mlflow'\]"):
         TrainConfig.from_dict({"train": {"report_to": ["mlflow"]}})
+
+
+# configs/cuhk_pedes.toml as it was before the paper configs extended one base (issue 30, item 7)
+OLD_CUHK_PEDES = """# UIT on CUHK-PEDES with CLIP ViT-B/16 (the paper's recipe; see docs). Run:
+#   uit-reid train --config cuhk_pedes --set data.root=/path/to/CUHK-PEDES
+# or under torchrun for several GPUs (data.batch_size is per process).
+
+[model]
+tower = "ViT-B-16-quickgelu"  # OpenAI weights were trained with QuickGELU
+pretrained = "openai"
+image_size = [384, 128]
+context_length = 77
+tir_head = true
+tir_width = 512
+tir_depth = 4
+tir_heads = 8
+mask_ratio = 0.7
+tir_layout = "sen"
+tir_grayscale = "normalised"  # the authors' grayscale: weights applied to the normalised tensor
+
+[loss]
+sdm = 1.0
+id = 1.0
+tir = 10.0
+cmt = 10.0
+itc = 0.0
+logit_scale = 50.0
+cmt_margin = 0.05
+
+[data]
+root = "data/CUHK-PEDES"
+format = "cuhk-pedes"
+batch_size = 128
+sampler = "identity_groups"  # the authors' sampler: identity groups of 1-2 samples
+num_instances = 2
+num_workers = 8
+text_augment_p = 0.2
+token_corruption = true  # the authors' caption corruption (see docs/training.md)
+padding = 10
+erasing_p = 0.5
+erasing_fill = "clip_mean"  # the authors' fill: CLIP's mean written after normalisation
+interpolation = "bilinear"
+
+[optim]
+lr = 1e-5
+head_lr_mult = 5.0
+bias_lr_mult = 2.0
+weight_decay = 4e-5
+betas = [0.9, 0.999]
+eps = 1e-3
+warmup_epochs = 5
+warmup_factor = 0.1
+
+[train]
+epochs = 60
+precision = "auto"
+eval_every = 1
+checkpoint_every_steps = 1000
+log_every = 50
+output_dir = "runs/cuhk_pedes"
+"""
+OLD_LINES = {"cuhk_pedes": ('"data/CUHK-PEDES"', '"cuhk-pedes"'), "icfg_pedes": ('"data/ICFG-PEDES"', '"icfg-pedes"'),
+             "rstpreid": ('"data/RSTPReid"', '"rstpreid"')}
+
+
+@pytest.mark.parametrize("name", list(OLD_LINES))
+def test_paper_configs_extend_one_base_and_load_as_before(name, tmp_path) -> None:
+    """Each benchmark config states only its dataset and output folder; resolved, it equals the old
+    57-line file key for key."""
+    root, fmt = OLD_LINES[name]
+    old = (OLD_CUHK_PEDES.replace('"data/CUHK-PEDES"', root).replace('"cuhk-pedes"', fmt)
+           .replace('"runs/cuhk_pedes"', f'"runs/{name}"'))
+    (tmp_path / "old.toml").write_text(old)
+    want, got = TrainConfig.from_toml(tmp_path / "old.toml").to_dict(), load_config(name).to_dict()
+    assert list(got) == list(want)
+    for section in want:
+        assert list(got[section]) == list(want[section])
+        for key in want[section]:
+            assert got[section][key] == want[section][key], f"{section}.{key}"
+    own = [line for line in bundled_config(name).read_text().splitlines() if line and not line.startswith("#")]
+    assert own == ['extends = "paper"', "[data]", f"root = {root}", f"format = {fmt}", "[train]",
+                   f'output_dir = "runs/{name}"']
+
+
+def test_extends_a_file_beside_it_and_names_bad_bases(tmp_path) -> None:
+    (tmp_path / "base.toml").write_text('[train]\nepochs = 3\nlog_every = 7\n')
+    (tmp_path / "child.toml").write_text('extends = "base.toml"\n[train]\nepochs = 5\n')
+    config = load_config(tmp_path / "child.toml")
+    assert (config.train.epochs, config.train.log_every) == (5, 7)  # a key of the child wins, the rest is the base's
+    (tmp_path / "loop_a.toml").write_text('extends = "loop_b.toml"\n')
+    (tmp_path / "loop_b.toml").write_text('extends = "loop_a.toml"\n')
+    with pytest.raises(ConfigError, match=r"loop_b.toml: extends 'loop_a.toml' makes a cycle: .*loop_a.toml -> .*loop_b.toml -> .*loop_a.toml$"):
+        load_config(tmp_path / "loop_a.toml")
+    (tmp_path / "bad.toml").write_text("extends = 3\n")
+    with pytest.raises(ConfigError, match=r"bad.toml: extends: must be a config name or a .toml path, got 3$"):
+        load_config(tmp_path / "bad.toml")
+    (tmp_path / "nobase.toml").write_text('extends = "nothing"\n')
+    with pytest.raises(ConfigError, match=r"no bundled config 'nothing'; available: \[.*'paper'"):
+        load_config(tmp_path / "nobase.toml")

@@ -188,7 +188,7 @@ class QueryCollate:
 def build_train_loader(
     split: Split,
     tokenizer: Tokenizer,
-    image_size: tuple[int, int] = (384, 128),
+    image_size: tuple[int, int] = recipe.IMAGE_SIZE,
     batch_size: int = 128,
     *,
     sampler: str = recipe.SAMPLER,
@@ -242,7 +242,7 @@ def build_train_loader(
 def build_eval_loaders(
     split: Split,
     tokenizer: Tokenizer,
-    image_size: tuple[int, int] = (384, 128),
+    image_size: tuple[int, int] = recipe.IMAGE_SIZE,
     batch_size: int = 256,
     *,
     num_workers: int = 4,

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,81 +27,32 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from uit_reid.data._world import (
+    ATTRIBUTE_KEYS,
+    BAG_TYPES,
+    BAG_WORDS,
+    HAIR_COLOURS,
+    HAT_WORDS,
+    LOWER_TYPES,
+    LOWER_WORDS,
+    PALETTE,
+    SHOE_COLOURS,
+    SHOE_WORDS,
+    SKIN_TONES,
+    SKIN_WORDS,
+    UPPER_TYPES,
+    UPPER_WORDS,
+    RenderStyle,
+    World,
+    article,
+    colour_word,
+)
 from uit_reid.data.readers import JSONL_NAME
+from uit_reid.data.web_world import WEB, WEB_BAG
 from uit_reid.io import atomic_write_bytes, atomic_write_text, folder_contents
 
 logger = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------------------------------
-# Vocabulary. Colours are a small palette of clearly named colours; lighting jitter stays well inside
-# the gaps between them so a named colour never turns into another.
-# --------------------------------------------------------------------------------------------------
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "black": (28, 28, 30),
-    "white": (238, 238, 235),
-    "grey": (128, 128, 128),
-    "red": (205, 30, 35),
-    "blue": (35, 70, 205),
-    "green": (35, 150, 55),
-    "yellow": (240, 215, 40),
-    "pink": (250, 145, 190),
-    "purple": (125, 45, 165),
-    "orange": (250, 125, 20),
-    "brown": (125, 72, 30),
-}
-COLOUR_WORDS: dict[str, list[str]] = {c: [c] for c in PALETTE}
-COLOUR_WORDS["grey"] = ["grey", "gray"]
-
-HAIR_COLOURS: dict[str, tuple[int, int, int]] = {
-    "black": (22, 20, 20),
-    "brown": (105, 62, 28),
-    "blonde": (225, 195, 95),
-    "grey": (160, 160, 160),
-}
-SKIN_TONES: dict[str, tuple[int, int, int]] = {
-    "light": (240, 200, 170),
-    "medium": (200, 145, 100),
-    "dark": (95, 62, 45),
-}
-SKIN_WORDS = {"light": ["light", "fair", "pale"], "medium": ["tan", "medium", "olive"], "dark": ["dark", "deep"]}
-SHOE_COLOURS = ["black", "white", "brown", "grey", "red", "blue"]
-
-UPPER_TYPES = ["t-shirt", "sweater", "jacket", "coat", "tank top"]
-UPPER_WORDS: dict[str, list[str]] = {
-    "t-shirt": ["t-shirt", "tee", "short-sleeved shirt"],
-    "sweater": ["sweater", "long-sleeved top", "jumper"],
-    "jacket": ["jacket", "zip-up jacket"],
-    "coat": ["coat", "long coat", "overcoat"],
-    "tank top": ["tank top", "sleeveless top", "vest"],
-}
-LOWER_TYPES = ["trousers", "shorts", "skirt"]
-LOWER_WORDS: dict[str, list[str]] = {
-    "trousers": ["trousers", "pants", "long pants"],
-    "shorts": ["shorts", "short pants"],
-    "skirt": ["skirt"],
-}
-SHOE_WORDS = ["shoes", "sneakers", "footwear"]
-BAG_TYPES = ["backpack", "handbag", "shoulder bag"]
-BAG_WORDS: dict[str, list[str]] = {
-    "backpack": ["backpack", "rucksack"],
-    "handbag": ["handbag", "purse"],
-    "shoulder bag": ["shoulder bag", "messenger bag"],
-}
-HAT_WORDS = ["hat", "cap"]
-
-ATTRIBUTE_KEYS = (
-    "skin",
-    "hair_colour",
-    "hair_length",
-    "upper_type",
-    "upper_colour",
-    "lower_type",
-    "lower_colour",
-    "shoes_colour",
-    "bag",
-    "bag_colour",
-    "hat_colour",
-)
 # Slots a family variant may change (bag and hat each count as one slot).
 _MUTABLE = (
     "upper_colour",
@@ -115,15 +66,6 @@ _MUTABLE = (
     "hat",
     "skin",
 )
-
-
-@dataclass(frozen=True)
-class RenderStyle:
-    """How a world stages its people: person height (fraction of the image), back views, background."""
-
-    person_height: tuple[float, float] = (0.80, 0.95)
-    back_view_p: float = 0.35
-    background: str = "street"  # "street" (walls, blocks, pavement) or "park" (foliage blobs, grass)
 
 
 STREET = RenderStyle()
@@ -240,14 +182,6 @@ def sample_identities(
 # --------------------------------------------------------------------------------------------------
 # Captions
 # --------------------------------------------------------------------------------------------------
-def _article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
-def _colour_word(colour: str, rng: random.Random) -> str:
-    return rng.choice(COLOUR_WORDS[colour])
-
-
 def _join(items: Sequence[str], rng: random.Random) -> str:
     if len(items) == 1:
         return items[0]
@@ -257,11 +191,11 @@ def _join(items: Sequence[str], rng: random.Random) -> str:
 
 def make_caption(attrs: dict[str, Any], rng: random.Random) -> str:
     """One caption naming most of ``attrs`` (garments always) and nothing the person does not have."""
-    upper = f"{_colour_word(attrs['upper_colour'], rng)} {rng.choice(UPPER_WORDS[attrs['upper_type']])}"
-    lower = f"{_colour_word(attrs['lower_colour'], rng)} {rng.choice(LOWER_WORDS[attrs['lower_type']])}"
-    clothes = [_article(upper), lower if attrs["lower_type"] != "skirt" else _article(lower)]
+    upper = f"{colour_word(attrs['upper_colour'], rng)} {rng.choice(UPPER_WORDS[attrs['upper_type']])}"
+    lower = f"{colour_word(attrs['lower_colour'], rng)} {rng.choice(LOWER_WORDS[attrs['lower_type']])}"
+    clothes = [article(upper), lower if attrs["lower_type"] != "skirt" else article(lower)]
     if rng.random() < 0.75:
-        clothes.append(f"{_colour_word(attrs['shoes_colour'], rng)} {rng.choice(SHOE_WORDS)}")
+        clothes.append(f"{colour_word(attrs['shoes_colour'], rng)} {rng.choice(SHOE_WORDS)}")
     rng.shuffle(clothes)
 
     subject = rng.choice(
@@ -284,11 +218,11 @@ def make_caption(attrs: dict[str, Any], rng: random.Random) -> str:
 
     extras: list[str] = []
     if attrs["bag"] and rng.random() < 0.9:
-        bag = f"{_colour_word(attrs['bag_colour'], rng)} {rng.choice(BAG_WORDS[attrs['bag']])}"
-        extras.append(rng.choice(["carrying ", "holding "]) + _article(bag))
+        bag = f"{colour_word(attrs['bag_colour'], rng)} {rng.choice(BAG_WORDS[attrs['bag']])}"
+        extras.append(rng.choice(["carrying ", "holding "]) + article(bag))
     if attrs["hat_colour"] and rng.random() < 0.9:
-        hat = f"{_colour_word(attrs['hat_colour'], rng)} {rng.choice(HAT_WORDS)}"
-        extras.append(rng.choice(["wearing ", "sporting "]) + _article(hat))
+        hat = f"{colour_word(attrs['hat_colour'], rng)} {rng.choice(HAT_WORDS)}"
+        extras.append(rng.choice(["wearing ", "sporting "]) + article(hat))
 
     style = rng.randrange(3)
     sentences: list[str] = []
@@ -551,21 +485,6 @@ def render_person(
     return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 
-@dataclass(frozen=True)
-class World:
-    """A synthetic world: how people are captioned and staged, and the seed streams it draws from.
-
-    Two worlds given the same ``seed`` still draw different identities, captions and renderings,
-    because every generator is keyed by the world's ``key`` as well.
-    """
-
-    name: str
-    caption: Callable[[dict[str, Any], random.Random], str]
-    style: RenderStyle
-    family_size: tuple[int, int]
-    key: str
-
-
 PEDESTRIANS = World("pedestrians", make_caption, STREET, (1, 4), "uit-synthetic")
 """The demo's world: full descriptions (both garments with their colours), street scenes, families of look-alikes."""
 
@@ -577,10 +496,10 @@ def synthetic_world(name: str) -> World:
     """The `World` called ``name`` (one of `WORLD_NAMES`)."""
     if name == "pedestrians":
         return PEDESTRIANS
-    if name in ("web", "web-bag"):
-        from uit_reid.data.web_world import WEB, WEB_BAG
-
-        return WEB if name == "web" else WEB_BAG
+    if name == "web":
+        return WEB
+    if name == "web-bag":
+        return WEB_BAG
     raise ValueError(f"unknown synthetic world {name!r}; choose one of {list(WORLD_NAMES)}")
 
 

@@ -1,8 +1,8 @@
 """The pre-training world: synthetic people with short, loose, alt-text-like captions.
 
 It stands in for the web image-text pairs real CLIPs are pre-trained on, so the demo can fine-tune a
-pre-trained model as users do. It reuses the pedestrians' attributes and renderer
-(`uit_reid.data.synthetic`) but differs from the demo's world on purpose:
+pre-trained model as users do. It reuses the pedestrians' attributes (`uit_reid.data._world`) and
+renderer (`uit_reid.data.synthetic`) but differs from the demo's world on purpose:
 
 - captions name one to three salient attributes ("a red jacket", "blue backpack, long hair"), and
   never both garments with their colours: binding colours to garments is left to fine-tuning;
@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from uit_reid.data.synthetic import (
+from uit_reid.data._world import (
     BAG_WORDS,
     HAT_WORDS,
     LOWER_WORDS,
@@ -35,8 +35,8 @@ from uit_reid.data.synthetic import (
     UPPER_WORDS,
     RenderStyle,
     World,
-    _article,
-    _colour_word,
+    article,
+    colour_word,
 )
 
 __all__ = ["PARK", "WEB", "WEB_BAG", "make_bag_caption", "make_web_caption"]
@@ -60,19 +60,19 @@ def _phrases(attrs: dict[str, Any], rng: random.Random) -> tuple[str, list[str]]
     """The coloured garment's phrase (upper or lower, at random) and the other candidate phrases."""
     upper_word = rng.choice(UPPER_WORDS[attrs["upper_type"]])
     lower_word = rng.choice(LOWER_WORDS[attrs["lower_type"]])
-    upper = _article(f"{_colour_word(attrs['upper_colour'], rng)} {upper_word}")
-    lower = f"{_colour_word(attrs['lower_colour'], rng)} {lower_word}"
+    upper = article(f"{colour_word(attrs['upper_colour'], rng)} {upper_word}")
+    lower = f"{colour_word(attrs['lower_colour'], rng)} {lower_word}"
     if rng.random() < 0.5:
         garment, out = upper, [lower_word]
     else:
-        garment, out = lower, [_article(upper_word)]
-    out.append(f"{_colour_word(attrs['shoes_colour'], rng)} {rng.choice(SHOE_WORDS)}")
+        garment, out = lower, [article(upper_word)]
+    out.append(f"{colour_word(attrs['shoes_colour'], rng)} {rng.choice(SHOE_WORDS)}")
     out.append(f"{attrs['hair_length']} {attrs['hair_colour']} hair")
     out.append(f"{rng.choice(SKIN_WORDS[attrs['skin']])} skin")
     if attrs["bag"]:
-        out.append(_article(f"{_colour_word(attrs['bag_colour'], rng)} {rng.choice(BAG_WORDS[attrs['bag']])}"))
+        out.append(article(f"{colour_word(attrs['bag_colour'], rng)} {rng.choice(BAG_WORDS[attrs['bag']])}"))
     if attrs["hat_colour"]:
-        out.append(_article(f"{_colour_word(attrs['hat_colour'], rng)} {rng.choice(HAT_WORDS)}"))
+        out.append(article(f"{colour_word(attrs['hat_colour'], rng)} {rng.choice(HAT_WORDS)}"))
     return garment, out
 
 
@@ -110,10 +110,10 @@ def make_bag_caption(attrs: dict[str, Any], rng: random.Random) -> str:
     colour to the colour list and "shoes" to the items. Nothing in the caption says which colour
     belongs to which item, so captions teach which colours a person wears but not where.
     """
-    colours = [_colour_word(attrs["upper_colour"], rng), _colour_word(attrs["lower_colour"], rng)]
-    items = [_article(rng.choice(UPPER_WORDS[attrs["upper_type"]])), rng.choice(LOWER_WORDS[attrs["lower_type"]])]
+    colours = [colour_word(attrs["upper_colour"], rng), colour_word(attrs["lower_colour"], rng)]
+    items = [article(rng.choice(UPPER_WORDS[attrs["upper_type"]])), rng.choice(LOWER_WORDS[attrs["lower_type"]])]
     if rng.random() < 0.5:
-        colours.append(_colour_word(attrs["shoes_colour"], rng))
+        colours.append(colour_word(attrs["shoes_colour"], rng))
         items.append(rng.choice(SHOE_WORDS))
     colours = list(dict.fromkeys(colours))  # a colour worn twice is named once
     rng.shuffle(colours)

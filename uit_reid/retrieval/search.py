@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,6 +334,22 @@ def search_text(
 GREEN = (46, 160, 67)
 RED = (215, 48, 39)
 GREY = (150, 150, 150)
+FONT_SIZE = 14
+"""Pixel size of the text in `render_results` (Pillow's bundled font): at its 10-px default spaces vanish."""
+MARKS = {True: "right", False: "wrong"}
+"""The word under a hit whose correctness is known: the border colour alone fails colour-blind readers."""
+LEGEND = "right: the person described (green border); wrong: someone else (red border)"
+
+
+def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: float) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels in ``font`` (a longer word gets a line of its own)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def render_results(
@@ -346,11 +361,13 @@ def render_results(
     border: int = 4,
     images: Sequence[Image.Image | None] | None = None,
 ) -> Image.Image:
-    """A grid of the top-k hit images with their scores under the wrapped query text.
+    """A grid of the top-k hit images with their ranks and scores under the wrapped query text.
 
-    Borders are green for correct hits, red for wrong ones and grey where correctness is unknown.
-    Images come from ``images`` when given, otherwise from ``Hit.path``; missing ones are drawn as a
-    grey placeholder. ``thumb_size`` is (height, width) like every size in the package, person-shaped by default.
+    Where correctness is known, a hit is marked twice, by a word under it ("right"/"wrong") and by
+    its border (green/red), and a legend says so; borders are grey where it is unknown. Text is
+    `FONT_SIZE` pixels. Images come from ``images`` when given, otherwise from ``Hit.path``;
+    missing ones are drawn as a grey placeholder. ``thumb_size`` is (height, width) like every
+    size in the package, person-shaped by default.
     """
     if not hits:
         raise ValueError("hits is empty: nothing to render")
@@ -363,28 +380,48 @@ def render_results(
     if cols < 1:
         raise ValueError(f"columns must be positive, got {columns}")
     rows = -(-len(hits) // cols)
-    font = ImageFont.load_default()
-    pad, label_h = 6, 14
-    cell_w, cell_h = tw + 2 * border, th + 2 * border + label_h
-    width = max(cols * (cell_w + pad) + pad, 200)
-    chars = max(10, width // 7)
-    lines = textwrap.wrap(query, chars) or [""]
-    header = len(lines) * 12 + 2 * pad
+    font = ImageFont.load_default(size=FONT_SIZE)
+    ascent, descent = font.getmetrics()
+    pad, line_h = 6, ascent + descent + 2
+    marked = any(hit.correct is not None for hit in hits)
+    label_h = line_h * (2 if marked else 1)
+    cell_w = max(tw + 2 * border, int(font.getlength(f"{len(hits)}  0.000")) + 2)
+    cell_h = th + 2 * border + label_h
+    width = max(cols * (cell_w + pad) + pad, 240)
+    lines = _wrap(query, font, width - 2 * pad)
+    legend = _wrap(LEGEND, font, width - 2 * pad) if marked else []
+    header = (len(lines) + len(legend)) * line_h + 2 * pad + (pad if legend else 0)
     canvas = Image.new("RGB", (width, header + rows * (cell_h + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):
-        draw.text((pad, pad + 12 * i), line, fill="black", font=font)
+        draw.text((pad, pad + line_h * i), line, fill="black", font=font)
+    for i, line in enumerate(legend):
+        draw.text((pad, 2 * pad + line_h * (len(lines) + i)), line, fill=(90, 90, 90), font=font)
     for i, hit in enumerate(hits):
         r, c = divmod(i, cols)
-        x0, y0 = pad + c * (cell_w + pad), header + r * (cell_h + pad)
         img = images[i] if images is not None else (_load(Path(hit.path), (th, tw)) if hit.path else None)
-        color = GREY if hit.correct is None else (GREEN if hit.correct else RED)
-        draw.rectangle([x0, y0, x0 + cell_w - 1, y0 + cell_h - label_h - 1], fill=color)
-        if img is None:
-            thumb = Image.new("RGB", (tw, th), (220, 220, 220))
-            ImageDraw.Draw(thumb).text((4, th // 2), "missing", fill="black", font=font)
-        else:
-            thumb = img.convert("RGB").resize((tw, th))
-        canvas.paste(thumb, (x0 + border, y0 + border))
-        draw.text((x0, y0 + cell_h - label_h + 1), f"{i + 1}: {hit.score:.3f}", fill="black", font=font)
+        _draw_hit(canvas, (pad + c * (cell_w + pad), header + r * (cell_h + pad)), i + 1, hit, img,
+                  thumb_size, border, font)
     return canvas
+
+
+def _draw_hit(
+    canvas: Image.Image, at: tuple[int, int], rank: int, hit: Hit, img: Image.Image | None,
+    thumb_size: tuple[int, int], border: int, font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+) -> None:
+    """One tile of `render_results` at ``at``: the bordered thumbnail, rank and score, the right/wrong word."""
+    (th, tw), (x0, y0) = thumb_size, at
+    ascent, descent = font.getmetrics()
+    draw = ImageDraw.Draw(canvas)
+    color = GREY if hit.correct is None else (GREEN if hit.correct else RED)
+    draw.rectangle([x0, y0, x0 + tw + 2 * border - 1, y0 + th + 2 * border - 1], fill=color)
+    if img is None:
+        thumb = Image.new("RGB", (tw, th), (220, 220, 220))
+        ImageDraw.Draw(thumb).text((4, th // 2), "missing", fill="black", font=font)
+    else:
+        thumb = img.convert("RGB").resize((tw, th))
+    canvas.paste(thumb, (x0 + border, y0 + border))
+    label_y = y0 + th + 2 * border + 1
+    draw.text((x0, label_y), f"{rank}  {hit.score:.3f}", fill="black", font=font)
+    if hit.correct is not None:
+        draw.text((x0, label_y + ascent + descent + 2), MARKS[hit.correct], fill="black", font=font)

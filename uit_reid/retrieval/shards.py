@@ -64,7 +64,7 @@ def _require_pyarrow() -> Any:
         import pyarrow
         import pyarrow.parquet
     except ImportError:  # pragma: no cover - the extra is installed in tests
-        raise ImportError("embedding shards need pyarrow: pip install 'uit_reid[scale]'") from None
+        raise ImportError("embedding shards need pyarrow, a dependency of uit_reid: pip install 'pyarrow>=14'") from None
     return pyarrow
 
 

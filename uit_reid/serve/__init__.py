@@ -14,9 +14,9 @@ try:
     import prometheus_client  # noqa: F401
     import uvicorn  # noqa: F401
 except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "uit_reid.serve needs the serve extra: pip install 'uit_reid[serve]' (FastAPI, uvicorn, prometheus_client)"
-    ) from err
+    from uit_reid._errors import missing_extra
+
+    raise missing_extra("uit_reid.serve", "serve", "FastAPI, uvicorn, prometheus_client") from err
 
 from uit_reid.serve.app import ServeLimits, create_app
 from uit_reid.serve.batcher import MicroBatcher

@@ -120,7 +120,7 @@ class SearchRequest(BaseModel):
         description="one or more descriptions (at most `max_queries` of them, each checked like `q` of `GET /search`)",
         examples=[["a man in a red jacket"]],
     )
-    k: int = Field(10, description="results per query, 1 to min(`max_k`, index size)")
+    k: int = Field(10, description="results per query, 1 to `max_k`; more than the index holds returns the whole index")
 
 
 class SearchResponse(BaseModel):
@@ -282,9 +282,10 @@ class _RequestChecks:
         return out
 
     def k(self, k: int) -> int:
-        if not 1 <= k <= self.k_cap:
-            raise HTTPException(422, f"k: must be between 1 and {self.k_cap} (index size {self.index_size}), got {k}")
-        return k
+        """``k`` within the service's ``max_k``, capped at the index size as the CLI and the library cap it."""
+        if not 1 <= k <= self.limits.max_k:
+            raise HTTPException(422, f"k: must be between 1 and {self.limits.max_k} (the service's max_k), got {k}")
+        return min(k, self.index_size)
 
 
 def _add_search_routes(app: FastAPI, engine: SearchEngine, checks: _RequestChecks) -> None:
@@ -292,7 +293,7 @@ def _add_search_routes(app: FastAPI, engine: SearchEngine, checks: _RequestCheck
     limits = checks.limits
     q_text = (f"the description to search for: 1 to {limits.max_query_chars} characters once surrounding "
               "white space is removed, UTF-8, no control characters")
-    k_text = f"results to return, 1 to min({limits.max_k}, index size)"
+    k_text = f"results to return, 1 to {limits.max_k}; more than the index holds returns the whole index"
 
     @app.get("/search", response_model=SearchResponse, summary="Search with one query",
              responses=_errors(400, 413, 422, 429))
@@ -309,8 +310,7 @@ def _add_search_routes(app: FastAPI, engine: SearchEngine, checks: _RequestCheck
         except UnicodeDecodeError as err:
             raise HTTPException(400, "q: the query is not valid UTF-8") from err
         queries = checks.queries(strict[-1:] or [q])
-        k = checks.k(k)
-        results = await engine.search(queries, k)
+        results = await engine.search(queries, checks.k(k))
         return {"k": k, "results": [{"query": queries[0], "results": [_hit_json(h) for h in results[0]]}]}
 
     @app.post("/search", response_model=SearchResponse, summary="Search with several queries at once",
@@ -318,9 +318,8 @@ def _add_search_routes(app: FastAPI, engine: SearchEngine, checks: _RequestCheck
               responses=_errors(400, 413, 422, 429))
     async def search_post(body: SearchRequest) -> dict[str, Any]:
         queries = checks.queries(body.queries)
-        k = checks.k(body.k)
-        results = await engine.search(queries, k)
-        return {"k": k, "results": [{"query": q, "results": [_hit_json(h) for h in r]} for q, r in zip(queries, results)]}
+        results = await engine.search(queries, checks.k(body.k))
+        return {"k": body.k, "results": [{"query": q, "results": [_hit_json(h) for h in r]} for q, r in zip(queries, results)]}
 
 
 def _add_image_route(app: FastAPI, images: GalleryImages) -> None:

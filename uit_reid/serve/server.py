@@ -7,7 +7,6 @@ import gc
 import ipaddress
 import logging
 import os
-import resource
 from pathlib import Path
 
 from uit_reid._errors import EncoderMismatchError
@@ -80,6 +79,10 @@ _FD_RESERVE = 64  # descriptors left for the model, the index, images being read
 
 def connection_budget() -> int:
     """The most connections the open-file limit (``ulimit -n``) leaves room for."""
+    try:
+        import resource  # Unix only
+    except ImportError:  # no per-process descriptor limit to read (Windows)
+        return 1 << 20
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return max(1, soft - _FD_RESERVE) if soft != resource.RLIM_INFINITY else 1 << 20
 

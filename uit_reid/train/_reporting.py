@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from uit_reid._errors import missing_extra
 from uit_reid.distributed import all_reduce_mean
 
 __all__ = ["LOG_FORMAT", "LOG_NAME", "REPORTERS", "LossWindow", "RunLog", "log_to_file"]
@@ -57,7 +58,7 @@ class RunLog:
 
     Records carry ``step`` and ``epoch``; evaluation records also a ``split`` (val, test), which
     prefixes their names in the reporters (training records use ``train/``). ``report_to`` names any
-    of `REPORTERS`; one that is not installed is an error naming the package. W&B honours its own
+    of `REPORTERS`; one that is not installed is an error naming the ``report`` extra. W&B honours its own
     environment (``WANDB_MODE=offline`` writes under ``<run_dir>/wandb`` without a network). On ranks
     other than 0 (``enabled=False``) every call is a no-op.
     """
@@ -88,13 +89,13 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
-                raise ImportError("train.report_to names 'tensorboard', which is not installed (pip install tensorboard)") from exc
+                raise missing_extra("train.report_to = ['tensorboard']", "report", "tensorboard, wandb") from exc
             self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
         if "wandb" in self.report_to:
             try:
                 import wandb
             except ImportError as exc:
-                raise ImportError("train.report_to names 'wandb', which is not installed (pip install wandb)") from exc
+                raise missing_extra("train.report_to = ['wandb']", "report", "tensorboard, wandb") from exc
             self._wandb = wandb.init(project="uit-reid", name=self.run_dir.name, dir=str(self.run_dir), config=self.config)
 
     def write(self, record: dict[str, Any]) -> None:

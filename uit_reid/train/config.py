@@ -51,8 +51,8 @@ class ModelConfig:
 
     tower: str = "ViT-B-16-quickgelu"
     pretrained: str | None = "openai"
-    image_size: tuple[int, int] = (384, 128)
-    context_length: int = 77
+    image_size: tuple[int, int] = recipe.IMAGE_SIZE
+    context_length: int = recipe.CONTEXT_LENGTH
     tir_head: bool = True
     tir_width: int = recipe.TIR_WIDTH
     tir_depth: int = recipe.TIR_DEPTH
@@ -258,15 +258,12 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TrainConfig:
-        """Read a TOML file; errors name the file and the offending key."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-        return cls.from_dict(data, source=str(path))
+        """Read a TOML file; errors name the file and the offending key.
+
+        A top-level ``extends = "paper"`` starts from another config (a bundled one by name, or a
+        ``.toml`` path relative to this file) and replaces the keys this file sets (`_read_toml`).
+        """
+        return cls.from_dict(_read_toml(path), source=str(path))
 
     def override(self, assignments: list[str]) -> TrainConfig:
         """Apply ``section.key=value`` overrides (values parsed as TOML, else taken as strings)."""
@@ -431,6 +428,36 @@ def bundled_config(name: str) -> Path:
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
         raise ConfigError(f"no bundled config {name!r}; available: {known}")
     return path
+
+
+def _read_toml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The tables of a config file, with those of the config it ``extends`` under them, key by key.
+
+    ``extends`` names a bundled config (``"paper"``) or a ``.toml`` file relative to the extending
+    file; a chain may go on, a cycle is an error naming the files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str) or not base_name:
+        raise ConfigError(f"{path}: extends: must be a config name or a .toml path, got {base_name!r}")
+    base_path = path.parent / base_name if base_name.endswith(".toml") else bundled_config(base_name)
+    if base_path.resolve() in {p.resolve() for p in (*_chain, path)}:
+        raise ConfigError(f"{path}: extends {base_name!r} makes a cycle: {' -> '.join(map(str, (*_chain, path, base_path)))}")
+    merged = _read_toml(base_path, (*_chain, path))
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
 
 
 def load_config(path_or_name: str | Path) -> TrainConfig:

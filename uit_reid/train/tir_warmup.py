@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from uit_reid.device import autocast
+from uit_reid.distributed import is_distributed
 from uit_reid.model import UITModel
 from uit_reid.tir import tir_loss, tir_target
 from uit_reid.train.optim import param_groups
 
-__all__ = ["decoder_warmup_loss", "warm_up_decoder"]
+__all__ = ["decoder_warmup_loss", "warm_up_decoder", "warm_up_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,3 +88,28 @@ def warm_up_decoder(
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(frozen[name])
+
+
+def warm_up_run(
+    model: UITModel, loader: torch.utils.data.DataLoader, config: Any, device: torch.device,
+    amp_dtype: torch.dtype | None = None, log: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """A training run's warm-up (`Trainer`): ``config.train.tir_warmup_steps`` decoder steps (none when 0
+    or without a TIR head) on the run's epoch-0 batches at ``train.tir_warmup_lr`` (default ``optim.lr *
+    optim.head_lr_mult``); ``log`` gets one record (``split: "tir_warmup"``, the first and last loss).
+
+    Under torchrun every rank warms its own copy from the same start on its own batches; rank 0's decoder
+    is then broadcast, so the replicas stay equal.
+    """
+    t, o = config.train, config.optim
+    if model.tir_head is None or t.tir_warmup_steps == 0:
+        return
+    loader.batch_sampler.set_epoch(0)
+    losses = warm_up_decoder(model, loader, t.tir_warmup_steps, t.tir_warmup_lr or o.lr * o.head_lr_mult,
+                             device, amp_dtype)
+    if is_distributed():
+        for tensor in model.tir_head.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
+    if log is not None:
+        log({"step": 0, "epoch": 0, "split": "tir_warmup", "steps": len(losses),
+             "tir_first": losses[0], "tir_last": losses[-1]})

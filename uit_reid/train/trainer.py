@@ -3,7 +3,7 @@
 ``Trainer(config).fit()`` trains, evaluates on val every ``eval_every`` epochs, keeps the best model
 by val R1 (the last one without a val split) and reports test metrics once at the end. It uses the
 pieces a custom loop uses: `uit_reid.factory.build_model`, `uit_reid.data.build_train_loader`,
-`uit_reid.evaluation.evaluate_model`. The run directory is described in the training docs.
+`uit_reid.evaluation.evaluate_model` (`uit_reid.train._setup` builds them). The run directory is described in the training docs.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from uit_reid import augment
 from uit_reid import checkpoint as ckpt
-from uit_reid.data import JSONL_NAME, PedesDataset, Split, build_train_loader, load_dataset, make_synthetic
+from uit_reid.data import PedesDataset, Split
 from uit_reid.device import amp_dtype, autocast, resolve_device
 from uit_reid.distributed import is_distributed, rank, require_process_group, world_size
 from uit_reid.evaluation import evaluate_model
@@ -33,9 +31,9 @@ from uit_reid.model import UITModel
 from uit_reid.tables import metrics_line
 from uit_reid.train._reporting import LOG_NAME, LossWindow, RunLog, log_to_file
 from uit_reid.train._selection import SELECT_ON_TEST_LABEL, ModelSelection, test_summary
+from uit_reid.train._setup import optimisation, run_dataset, train_loader
 from uit_reid.train.config import TrainConfig
-from uit_reid.train.optim import build_optimizer, warmup_cosine
-from uit_reid.train.tir_warmup import warm_up_decoder
+from uit_reid.train.tir_warmup import warm_up_run
 
 __all__ = ["NonFiniteLossError", "Trainer"]
 
@@ -82,15 +80,16 @@ class Trainer:
     def _setup(self, resume: bool | str | os.PathLike, dataset: PedesDataset | None) -> None:
         """Data, model, loader, optimiser, logs and (``resume``) the saved state, in that order."""
         config = self.config
-        self.dataset = self._load_dataset() if dataset is None else dataset
+        self.dataset = run_dataset(config, self.is_main) if dataset is None else dataset
         if self.dataset.train is None:
             raise ValueError(f"{self.dataset.root}: the dataset has no train split")
         if self.is_main:
             no_val = "\nno val split: keeping the last checkpoint only (never choosing on test)"
             logger.info("%s%s", self.dataset.summary(), no_val if self.dataset.val is None else "")
         self._setup_model()
-        self.loader = self._build_loader()
-        self._setup_optimizer()
+        self.loader = train_loader(config, self.model, self.dataset.train, self.device)
+        self.optimizer, self.scheduler, self.scaler, self.steps_per_epoch, self.total_steps = optimisation(
+            config, self.model, self.loader, self.device, self.amp_dtype)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.selection = ModelSelection(self.run_dir, self.config)
         self.log = RunLog(self.run_dir, self.is_main, config.train.report_to, config.to_dict())
@@ -120,44 +119,6 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
         self.forward_model = torch.compile(self.ddp_model) if self.config.train.compile else self.ddp_model
-
-    def _load_dataset(self) -> PedesDataset:
-        """Read ``data.root``, first writing the synthetic dataset there if the config asks for it."""
-        root, syn = Path(self.config.data.root), self.config.synthetic
-        if syn.generate and self.is_main and not (root / JSONL_NAME).is_file():
-            logger.info("generating the synthetic dataset in %s", root)
-            make_synthetic(root, num_ids=syn.num_ids, images_per_id=syn.images_per_id, seed=syn.seed,
-                           num_val_ids=syn.num_val_ids, num_test_ids=syn.num_test_ids, workers=syn.workers,
-                           world=syn.world)
-        if syn.generate and is_distributed():
-            dist.barrier()  # the other ranks wait for rank 0's files
-        d = self.config.data
-        return load_dataset(d.root, format=d.format, on_missing=d.on_missing)
-
-    def _build_loader(self) -> torch.utils.data.DataLoader:
-        d, image_size = self.config.data, tuple(self.config.model.image_size)
-        # the model's size, resize (``d.interpolation``, recorded in it) and its tower's normalisation
-        transform = self.model.train_transform(padding=d.padding, erasing_p=d.erasing_p, erasing_fill=d.erasing_fill)
-        tokens = augment.TokenCorruption.for_tokenizer(self.model.encoder.tokenizer) if d.token_corruption else None
-        return build_train_loader(
-            self.dataset.train, self.model.encoder.tokenize, image_size, d.batch_size,
-            sampler=d.sampler, num_instances=d.num_instances, num_workers=d.num_workers,
-            text_augment_p=d.text_augment_p, token_augment=tokens, transform=transform,
-            seed=self.config.train.seed, pin_memory=self.device.type == "cuda",
-            batch_multiple=self.config.optim.accum_steps,
-        )
-
-    def _setup_optimizer(self) -> None:
-        """Step counts, optimiser, warm-up + cosine schedule and (fp16 only) the grad scaler."""
-        o, t = self.config.optim, self.config.train
-        self.steps_per_epoch = self.loader.batch_sampler.batches_per_epoch // o.accum_steps
-        self.total_steps = min(t.epochs * self.steps_per_epoch, t.max_steps or math.inf)
-        self.optimizer = build_optimizer(
-            self.model, o.lr, o.weight_decay, tuple(o.betas), o.eps, o.head_lr_mult, o.bias_lr_mult
-        )
-        warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
-        self.scheduler = warmup_cosine(self.optimizer, self.total_steps, warmup_steps, o.warmup_factor, o.min_lr_factor)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     def _checkpoint(self) -> None:
         rng_states = ckpt.capture_rng_states_of_all_ranks()  # collective: every rank takes part
@@ -199,15 +160,16 @@ class Trainer:
                             remove_stale_temp_files(folder)
                 return self._fit()
         finally:
-            self._release_lock()
+            if self._lock is not None:
+                self._lock.release()
 
     def _fit(self) -> dict[str, Any]:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.toml", self.config.to_toml())
         self.log.open(fresh=self.step == 0)  # a fresh run in a used folder starts a fresh log
-        if self.step == 0:
-            self._warm_up_tir()
+        if self.step == 0:  # a resumed run has its warmed decoder in the checkpoint
+            warm_up_run(self.model, self.loader, self.config, self.device, self.amp_dtype, self.log.write)
         self.model.train()
         progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc="train", dynamic_ncols=True)
         window = LossWindow()
@@ -215,26 +177,6 @@ class Trainer:
             self._train_epoch(progress, window)
         progress.close()
         return self._finish()
-
-    def _warm_up_tir(self) -> None:
-        """``train.tir_warmup_steps`` steps of the TIR decoder alone (before step 1; a resumed run has
-        its warmed decoder in the checkpoint). Every rank warms its own copy from the same start on its
-        own batches; rank 0's decoder is then broadcast, so DDP's replicas stay equal."""
-        t, o = self.config.train, self.config.optim
-        if t.tir_warmup_steps == 0 or self.model.tir_head is None:
-            return
-        self.loader.batch_sampler.set_epoch(0)
-        losses = warm_up_decoder(self.model, self.loader, t.tir_warmup_steps, t.tir_warmup_lr or o.lr * o.head_lr_mult,
-                                 self.device, self.amp_dtype)
-        if is_distributed():
-            for tensor in self.model.tir_head.state_dict().values():
-                dist.broadcast(tensor, src=0)
-        self.log.write({"step": 0, "epoch": 0, "split": "tir_warmup", "steps": len(losses),
-                        "tir_first": losses[0], "tir_last": losses[-1]})
-
-    def _release_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
 
     def _train_epoch(self, progress: tqdm, window: LossWindow) -> None:
         """The rest of the current epoch (all of it unless resumed mid-epoch), then its evaluation."""
@@ -316,11 +258,7 @@ class Trainer:
             metrics = self.evaluate(self.dataset.test)
             self.log.write({"step": self.step, "epoch": epoch, "split": "test_per_epoch", **metrics})
             self.selection.consider_test(epoch, metrics, self.model)
-        if self.dataset.val is None:
-            if is_distributed():
-                dist.barrier()
-            return
-        if self.is_main:
+        if self.is_main and self.dataset.val is not None:
             metrics = self.evaluate(self.dataset.val)
             self.log.write({"step": self.step, "epoch": epoch, "split": "val", **metrics})
             logger.info("epoch %d val: %s", epoch, metrics_line(metrics))

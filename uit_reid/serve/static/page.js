@@ -12,6 +12,24 @@
     status.classList.toggle("error", Boolean(isError));
   }
 
+  // what a tile names: the file name of an image id that is a path, else the id itself
+  function fileName(hit) {
+    const id = String(hit.id);
+    return id.split(/[\\/]/).pop() || id;
+  }
+
+  // the empty page says what it searches: the gallery's size and the model (its fingerprint)
+  async function describeGallery() {
+    try {
+      const response = await fetch("/stats", { headers: { accept: "application/json" } });
+      if (!response.ok) return;
+      const stats = await response.json();
+      if (qInput.value.trim()) return;  // a search started meanwhile: its status wins
+      setStatus("Searching a gallery of " + stats.index_size + " images with the model " +
+                (stats.model_fingerprint || "(not recorded)") + ".");
+    } catch (err) { /* the status line stays empty */ }
+  }
+
   function render(query, hits) {
     grid.replaceChildren();
     hits.forEach(function (hit) {
@@ -20,7 +38,7 @@
       li.dataset.rank = String(hit.rank);
       const a = document.createElement("a");
       a.href = hit.image_url + "?full=true";
-      a.setAttribute("aria-label", "rank " + hit.rank + ", score " + hit.score.toFixed(3) + ": " + hit.id);
+      a.setAttribute("aria-label", "rank " + hit.rank + ", score " + hit.score.toFixed(3) + ": " + fileName(hit));
       const img = document.createElement("img");
       img.src = hit.image_url;
       img.alt = "result " + hit.rank;
@@ -34,7 +52,11 @@
       score.className = "score";
       score.textContent = hit.score.toFixed(3);
       meta.append(rank, score);
-      a.append(img, meta);
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = fileName(hit);
+      name.title = String(hit.id);
+      a.append(img, meta, name);
       li.append(a);
       grid.append(li);
     });
@@ -42,7 +64,7 @@
   }
 
   async function search(query, k) {
-    if (!query.trim()) { grid.replaceChildren(); setStatus(""); return; }
+    if (!query.trim()) { grid.replaceChildren(); setStatus(""); describeGallery(); return; }
     setStatus("searching\u2026");
     const url = "/search?" + new URLSearchParams({ q: query, k: String(k) });
     try {
