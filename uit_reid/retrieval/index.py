@@ -134,6 +134,7 @@ class GalleryIndex:
         self._gpu_index: Any = None  # search-only GPU copy
         self._live_slots: np.ndarray | None = None  # cached position -> slot (ids_at, search_positions)
         self._read_only = False  # memory-mapped from a file: searchable, not changeable
+        self._mapped_files: tuple[Path, ...] = ()
         self.metadata: dict[str, Any] = {}
 
     @property
@@ -234,6 +235,12 @@ class GalleryIndex:
     def read_only(self) -> bool:
         """True when the lists are memory-mapped from the file (``load(..., mmap=True)``): search only."""
         return self._read_only
+
+    @property
+    def mapped_files(self) -> tuple[Path, ...]:
+        """The files this index reads while it searches (memory-mapped at load; empty when held in memory):
+        a search after one changed in place reads garbage or ends the process (SIGBUS)."""
+        return self._mapped_files
 
     @property
     def num_slots(self) -> int:
@@ -638,6 +645,7 @@ class GalleryIndex:
         obj.metadata = saved.meta["metadata"]
         obj._index = saved.index
         obj._read_only = saved.mapped
+        obj._mapped_files = (path,) if saved.mapped else ()
         obj._apply_search_parameters()
         return obj
 

@@ -25,9 +25,10 @@ from starlette.exceptions import HTTPException
 
 from uit_reid._version import __version__
 from uit_reid.retrieval import Hit
-from uit_reid.serve.gallery import GalleryImages, UnknownImage
+from uit_reid.serve.gallery import GalleryImages, ImageTooLarge, UnknownImage
 from uit_reid.serve.limits import SECURITY_HEADERS, AllowedHosts, BodySizeLimit, RateLimit
 from uit_reid.serve.metrics import CONTENT_TYPE, RequestMetrics, ServiceMetrics
+from uit_reid.serve.watched import FilesChanged
 
 if TYPE_CHECKING:  # the app only calls the engine: it does not import torch or the index for it
     from uit_reid.serve.engine import SearchEngine
@@ -129,8 +130,10 @@ class SearchResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: str = Field(description='always "ok" when the service answers')
+    status: str = Field(description='"ok", or "unavailable" (status 503) when a file the index reads changed on '
+                                    "disk since the service loaded it: searches are refused until it restarts")
     index_size: int = Field(description="number of images in the gallery index")
+    error: str | None = Field(None, description="why the service is unavailable (with status 503)")
 
 
 class LatencyStats(BaseModel):
@@ -163,9 +166,12 @@ _ERROR_TEXT = {
     400: "the query string or the body is not valid UTF-8, the body cannot be parsed, or the Host header "
          "names a host the service does not answer to",
     404: "no gallery image with this id",
-    413: "the request body is larger than `max_body_bytes`",
+    413: "the request body is larger than `max_body_bytes` (or, for an image, the image has more pixels than "
+         "the service decodes)",
     422: "a parameter is missing, malformed or outside its limits",
     429: "too many requests from this client address (the rate limit and its burst are used up)",
+    503: "a file the index reads changed on disk since the service loaded it (`/healthz` says which): "
+         "searches are refused until the service is restarted",
 }
 
 
@@ -204,6 +210,7 @@ def create_app(
         description="Text-to-person search over one gallery index.",
         lifespan=_lifespan(engine),
     )
+    app.state.engine = engine
     _add_error_handlers(app)
     _add_search_routes(app, engine, checks)
     _add_image_route(app, images)
@@ -243,6 +250,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path"))
         return _error(422, f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg")))
+
+    @app.exception_handler(FilesChanged)
+    async def files_changed(request: Request, exc: FilesChanged) -> JSONResponse:
+        return _error(503, str(exc))  # logged once, when it was found (uit_reid.serve.watched)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -295,7 +306,7 @@ def _add_search_routes(app: FastAPI, engine: SearchEngine, checks: _RequestCheck
     k_text = f"results to return, 1 to min({limits.max_k}, index size)"
 
     @app.get("/search", response_model=SearchResponse, summary="Search with one query",
-             responses=_errors(400, 413, 422, 429))
+             responses=_errors(400, 413, 422, 429, 503))
     async def search_get(
         request: Request,
         q: str = Query(description=q_text),  # a default, not Annotated: the text is built from the limits
@@ -315,7 +326,7 @@ def _add_search_routes(app: FastAPI, engine: SearchEngine, checks: _RequestCheck
 
     @app.post("/search", response_model=SearchResponse, summary="Search with several queries at once",
               description=f"The top `k` images for each of 1 to {limits.max_queries} queries, in one answer.",
-              responses=_errors(400, 413, 422, 429))
+              responses=_errors(400, 413, 422, 429, 503))
     async def search_post(body: SearchRequest) -> dict[str, Any]:
         queries = checks.queries(body.queries)
         k = checks.k(body.k)
@@ -345,6 +356,8 @@ def _add_image_route(app: FastAPI, images: GalleryImages) -> None:
             data = images.full(image_id) if full else images.thumbnail(image_id)
         except UnknownImage as err:
             raise HTTPException(404, str(err)) from err
+        except ImageTooLarge as err:
+            raise HTTPException(413, str(err)) from err
         headers = {**SECURITY_HEADERS, "cache-control": "public, max-age=3600"}
         return Response(data, media_type="image/png" if full else "image/jpeg", headers=headers)
 
@@ -354,9 +367,15 @@ def _add_status_routes(
 ) -> None:
     """``GET /healthz``, ``GET /stats`` (JSON) and ``GET /metrics`` (Prometheus)."""
 
-    @app.get("/healthz", response_model=Health, summary="Liveness and the index size")
-    async def healthz() -> dict[str, Any]:
+    @app.get("/healthz", response_model=Health, response_model_exclude_none=True, summary="Liveness, whether searches can be answered, the index size",
+             responses={503: {"model": Health, "description": "a file the index reads changed on disk: searches "
+                                                              "are refused (`error` says which)"}})
+    async def healthz() -> Any:
         """Answers as soon as the service is up; never rate-limited."""
+        problem = engine.files.problem()
+        if problem is not None:
+            return JSONResponse({"status": "unavailable", "index_size": len(engine), "error": problem},
+                                status_code=503, headers=SECURITY_HEADERS)
         return {"status": "ok", "index_size": len(engine)}
 
     @app.get("/stats", summary="Index size, model fingerprint, queries served, latency percentiles (ms)",

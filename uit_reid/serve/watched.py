@@ -1,0 +1,189 @@
+"""The files a served index reads while it runs, watched so that a change on disk never crashes the service.
+
+A memory-mapped file that is truncated kills the process with SIGBUS at the next read of a lost page;
+one overwritten in place feeds FAISS garbage (scores of 3.5e37). `WatchedFiles` records, at load, every
+file the service maps or re-opens (the index file whose IVF lists are mapped, the re-ranking shards):
+an open descriptor and its identity (device, inode, size, mtime). Then
+
+- `reading` wraps each search: it refuses (`FilesChanged`) when a descriptor's identity changed or a
+  re-opened file is no longer the one loaded (moved, removed, replaced), and again after the search
+  when a file changed while it ran, so no answer computed from changed bytes is returned;
+- on Linux `take_leases` puts a read lease (``fcntl(F_SETLEASE)``) on each descriptor: the kernel holds
+  back any process that opens one of them for writing or truncates it until the service lets go, which
+  it does (from a SIGIO handler) only once the search in flight is done and later ones are refused. So no
+  page can vanish under a search: `cp new.faiss served.faiss` waits a few milliseconds, then the service
+  answers 503. Without a lease (another OS, a file owned by another user, a file system without leases)
+  only the checks hold, and a truncation in the very milliseconds of a search can still end the process.
+
+An atomic replacement (write elsewhere, then rename over the path) changes nothing the service maps: the
+index file's old bytes stay mapped and are served. A re-opened file replaced that way is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FilesChanged", "WatchedFile", "WatchedFiles"]
+
+logger = logging.getLogger(__name__)
+
+try:  # Linux only
+    from fcntl import F_GETLEASE, F_RDLCK, F_SETLEASE, F_UNLCK, fcntl
+except ImportError:  # pragma: no cover - other platforms
+    fcntl = None  # type: ignore[assignment]
+
+
+class FilesChanged(RuntimeError):
+    """A file the served index reads changed on disk since it was loaded: the service cannot search."""
+
+
+@dataclass(frozen=True)
+class WatchedFile:
+    """A file the service reads while it runs.
+
+    Attributes:
+        path: the file.
+        what: what it is, for messages ("index file", "embedding file").
+        reopened: True when the service opens the path again for each read (so a file moved away or
+            replaced by rename is a change too); False when it keeps the loaded file mapped.
+    """
+
+    path: Path
+    what: str
+    reopened: bool = False
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class WatchedFiles:
+    """Descriptors and identities of ``files``, taken now (call right after the index is loaded).
+
+    Raises ``OSError`` naming the file when one cannot be opened.
+    """
+
+    def __init__(self, files: Sequence[WatchedFile]) -> None:
+        self.files = list(files)
+        self._fds: list[int] = []
+        self._ids: list[tuple[int, int, int, int]] = []
+        try:
+            for f in self.files:
+                fd = os.open(f.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                self._fds.append(fd)
+                self._ids.append(_identity(os.fstat(fd)))
+        except OSError:
+            self.close()
+            raise
+        self._lock = threading.RLock()  # held while a search reads the files; re-entrant for the signal handler
+        self._leased: list[bool] = [False] * len(self.files)  # a lease held now
+        self._wanted: list[bool] = [False] * len(self.files)  # a lease taken by take_leases (to renew)
+        self._lease_broken = False
+        self._problem: str | None = None
+        self._previous_handler: Any = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    # ------------------------------------------------------------------------------------ checks
+    def _find_change(self) -> str | None:
+        """What changed, as one line, or None."""
+        for f, fd, loaded in zip(self.files, self._fds, self._ids):
+            if _identity(os.fstat(fd)) != loaded:
+                return f"{f.what} {f.path} changed on disk since the service loaded it; restart the service to serve it"
+            if f.reopened:
+                try:
+                    now = _identity(os.stat(f.path))
+                except OSError:
+                    return f"{f.what} {f.path} is gone (moved or removed) since the service loaded it"
+                if now != loaded:
+                    return f"{f.what} {f.path} was replaced since the service loaded it; restart the service"
+        return None
+
+    def problem(self) -> str | None:
+        """Why the service cannot search (one line), or None when every file is as loaded (for ``/healthz``)."""
+        return self._problem or (self._find_change() if self.files else None)
+
+    def _check(self) -> None:
+        if self._problem is not None:
+            raise FilesChanged(self._problem)
+        problem = self._find_change()
+        if problem is None and self._lease_broken:
+            problem = self._renew_leases()
+        if problem is not None:
+            self._problem = problem
+            logger.error("refusing searches: %s", problem)
+            raise FilesChanged(problem)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Hold the files for one search: `FilesChanged` before it (nothing is read) or after it (its
+        result must be dropped) when a file is not as loaded."""
+        if not self.files:
+            yield
+            return
+        with self._lock:
+            self._check()
+            yield
+            self._check()
+
+    # ------------------------------------------------------------------------------------ leases
+    def take_leases(self) -> int:
+        """Put a read lease on every file (Linux; main thread only: it installs a SIGIO handler).
+
+        Returns how many files got one; a file without one is logged and is guarded by the checks alone.
+        """
+        if fcntl is None or not self.files or threading.current_thread() is not threading.main_thread():
+            return 0
+        self._previous_handler = signal.signal(signal.SIGIO, self._lease_break)
+        for n, (f, fd) in enumerate(zip(self.files, self._fds)):
+            try:
+                fcntl(fd, F_SETLEASE, F_RDLCK)
+                self._leased[n] = self._wanted[n] = True
+            except OSError as err:
+                logger.warning("no read lease on %s %s (%s): a change to it is caught before and after each "
+                               "search, not while one runs", f.what, f.path, os.strerror(err.errno or 0))
+        return sum(self._leased)
+
+    def _lease_break(self, signum: int, frame: Any) -> None:
+        """SIGIO: a process wants to write or truncate a leased file. Let go once no search reads it."""
+        with self._lock:  # waits for the search in flight (it runs in another thread)
+            for n, fd in enumerate(self._fds):
+                if self._leased[n] and fcntl(fd, F_GETLEASE) != F_RDLCK:
+                    fcntl(fd, F_SETLEASE, F_UNLCK)
+                    self._leased[n] = False
+                    self._lease_broken = True
+
+    def _renew_leases(self) -> str | None:
+        """After a lease break, the file may be unchanged (the writer gave up): take the lease again."""
+        for n, (f, fd) in enumerate(zip(self.files, self._fds)):
+            if self._leased[n] or not self._wanted[n]:
+                continue
+            try:
+                fcntl(fd, F_SETLEASE, F_RDLCK)
+            except OSError as err:
+                busy = err.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+                return f"{f.what} {f.path} " + ("is open for writing by another process" if busy else
+                                                f"cannot be leased again ({os.strerror(err.errno or 0)})")
+            self._leased[n] = True
+        self._lease_broken = False
+        return self._find_change()
+
+    def close(self) -> None:
+        """Give the leases and descriptors back (and the SIGIO handler, if `take_leases` set it)."""
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGIO, self._previous_handler)
+            self._previous_handler = None
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # closing the descriptor ends its lease
+        self._fds = []
