@@ -165,9 +165,9 @@ def test_watched_files_refuse_a_change_before_and_after_a_read(tmp_path) -> None
     try:
         with files.reading():
             pass
-        with pytest.raises(FilesChanged, match="changed on disk"), files.reading():
-            with open(path, "r+b") as fh:  # changed while a read runs: the result must not be used
-                fh.write(b"y" * 200)
+        # changed while a read runs: the result must not be used
+        with pytest.raises(FilesChanged, match="changed on disk"), files.reading(), open(path, "r+b") as fh:
+            fh.write(b"y" * 200)
         with pytest.raises(FilesChanged, match=f"^index file {path} changed on disk"), files.reading():
             pytest.fail("a changed file was read")
         assert files.problem().startswith(f"index file {path} changed")

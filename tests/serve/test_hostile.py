@@ -285,6 +285,11 @@ BAD_FLAGS = [
     (["--max-header-bytes", "10"], "argument --max-header-bytes: must be 1024 or more, got 10"),
     (["--max-connections", "0"], "argument --max-connections: must be 1 or more, got 0"),
     (["--burst", "1.5"], "argument --burst: '1.5' is not an integer"),
+    (["--forwarded-allow-ips", "not-an-ip"], "argument --forwarded-allow-ips: 'not-an-ip' is not an IP address or "
+                                             "network (give your proxies' addresses, comma-separated, or '*')"),
+    (["--forwarded-allow-ips", "10.0.0.1, 10.0.0.0/33"], "argument --forwarded-allow-ips: '10.0.0.0/33' is not "
+                                                         "an IP address or network (give your proxies' addresses, "
+                                                         "comma-separated, or '*')"),
 ]
 
 

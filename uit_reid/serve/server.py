@@ -18,7 +18,7 @@ from uit_reid.serve.engine import SearchEngine
 from uit_reid.serve.gallery import GalleryImages
 from uit_reid.serve.watched import WatchedFile, WatchedFiles
 
-__all__ = ["build_service", "connection_budget", "serve"]
+__all__ = ["build_service", "connection_budget", "proxy_addresses", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def proxy_addresses(text: str) -> tuple[str, ...]:
+    """The comma-separated proxy addresses of ``--forwarded-allow-ips``: IP addresses, networks
+    (``10.0.0.0/8``) or ``*``. Raises ValueError naming the first entry that is none of these."""
+    out = tuple(part.strip() for part in text.split(",") if part.strip())
+    for part in out:
+        if part != "*":
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"{part!r} is not an IP address or network (give your proxies' addresses, "
+                                 "comma-separated, or '*')") from None
+    return out
+
+
 _FD_RESERVE = 64  # descriptors left for the model, the index, images being read and the listening socket
 
 
@@ -107,6 +121,10 @@ def serve(
     import uvicorn
 
     limits = limits or ServeLimits()
+    try:
+        proxy_addresses(",".join(forwarded_allow_ips))
+    except ValueError as err:
+        raise ValueError(f"forwarded_allow_ips: {err}") from None
     if not 0 <= port <= 65535:
         raise ValueError(f"port: must be between 0 and 65535, got {port}")
     budget = connection_budget()
