@@ -2,7 +2,7 @@
 
 Routes: ``GET /`` (the page), ``GET /search``, ``POST /search``, ``GET /image/{id}``,
 ``GET /healthz``, ``GET /stats``, ``GET /metrics`` (Prometheus). Every refusal is JSON ``{"error": "<one line>"}`` with a 4xx
-status; see `ServeLimits` for the limits.
+status (503 once a file the index reads changed on disk); see `ServeLimits` for the limits.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class ServeLimits:
 
 # --------------------------------------------------------------------------------- schema models
 class ErrorResponse(BaseModel):
-    """Every refusal (4xx): one line naming the argument at fault."""
+    """Every refusal (4xx, or 503 when the service cannot search): one line naming the argument or file at fault."""
 
     error: str = Field(description="what was wrong, naming the parameter or limit", examples=["q: the query is empty"])
 
@@ -166,8 +166,7 @@ _ERROR_TEXT = {
     400: "the query string or the body is not valid UTF-8, the body cannot be parsed, or the Host header "
          "names a host the service does not answer to",
     404: "no gallery image with this id",
-    413: "the request body is larger than `max_body_bytes` (or, for an image, the image has more pixels than "
-         "the service decodes)",
+    413: "the request body is larger than `max_body_bytes`",
     422: "a parameter is missing, malformed or outside its limits",
     429: "too many requests from this client address (the rate limit and its burst are used up)",
     503: "a file the index reads changed on disk since the service loaded it (`/healthz` says which): "
@@ -342,13 +341,17 @@ def _add_image_route(app: FastAPI, images: GalleryImages) -> None:
         summary="A gallery image (a cached JPEG thumbnail, or the whole image as PNG with full=true)",
         responses={200: {"content": {"image/jpeg": {}, "image/png": {}},
                          "description": "JPEG thumbnail bytes, or PNG bytes with `full=true`"},
-                   **_errors(404, 413, 422, 429)},
+                   **_errors(404, 413, 422, 429),
+                   413: {"model": ErrorResponse, "description": "the request body is larger than `max_body_bytes`, "
+                         f"or the image has more than {images.max_side} x {images.max_side} pixels (read from its header: it is "
+                         "not decoded)"}},
         response_class=Response,
     )
     def image(
         image_id: Annotated[str, Path(description="the item's number in the index, 0 to index size - 1, "
                                                   "as in a hit's `image_url`; never a file path")],
-        full: Annotated[bool, Query(description="the whole image as PNG instead of the cached JPEG thumbnail")] = False,
+        full: bool = Query(False, description="the whole image as PNG instead of the cached JPEG thumbnail "  # noqa: B008
+                           f"(scaled down to {images.max_side} pixels on its longest side if larger)"),
     ) -> Response:
         """Only images that are in the index are served: the id is a number, mapped to the path stored there."""
         # a plain def: FastAPI runs it in its thread pool, so decoding never blocks the event loop
