@@ -3,17 +3,20 @@
 A memory-mapped file that is truncated kills the process with SIGBUS at the next read of a lost page;
 one overwritten in place feeds FAISS garbage (scores of 3.5e37). `WatchedFiles` records, at load, every
 file the service maps or re-opens (the index file whose IVF lists are mapped, the re-ranking shards):
-an open descriptor and its identity (device, inode, size, mtime). Then
+its identity (device, inode, size, mtime) and, for a mapped file, an open descriptor. Then
 
 - `reading` wraps each search: it refuses (`FilesChanged`) when a descriptor's identity changed or a
   re-opened file is no longer the one loaded (moved, removed, replaced), and again after the search
   when a file changed while it ran, so no answer computed from changed bytes is returned;
-- on Linux `take_leases` puts a read lease (``fcntl(F_SETLEASE)``) on each descriptor: the kernel holds
+- on Linux `take_leases` puts a read lease (``fcntl(F_SETLEASE)``) on each mapped file: the kernel holds
   back any process that opens one of them for writing or truncates it until the service lets go, which
   it does (from a SIGIO handler) only once the search in flight is done and later ones are refused. So no
   page can vanish under a search: `cp new.faiss served.faiss` waits a few milliseconds, then the service
   answers 503. Without a lease (another OS, a file owned by another user, a file system without leases)
   only the checks hold, and a truncation in the very milliseconds of a search can still end the process.
+  Re-opened files (the ``--rerank`` shards, a thousand of them for 10M images) are checked by path
+  only: no descriptor is held for them, so they take none of the connections' file slots, and a
+  truncation during the milliseconds a re-ranking reads them is not held back.
 
 An atomic replacement (write elsewhere, then rename over the path) changes nothing the service maps: the
 index file's old bytes stay mapped and are served. A re-opened file replaced that way is refused.
@@ -54,7 +57,8 @@ class WatchedFile:
         path: the file.
         what: what it is, for messages ("index file", "embedding file").
         reopened: True when the service opens the path again for each read (so a file moved away or
-            replaced by rename is a change too); False when it keeps the loaded file mapped.
+            replaced by rename is a change too); such a file is watched by path, with no descriptor
+            held and no lease. False when the service keeps the loaded file mapped.
     """
 
     path: Path
@@ -78,6 +82,10 @@ class WatchedFiles:
         self._ids: list[tuple[int, int, int, int]] = []
         try:
             for f in self.files:
+                if f.reopened:  # checked by path: no descriptor, so a thousand shards take no file slots
+                    self._fds.append(-1)
+                    self._ids.append(_identity(os.stat(f.path)))
+                    continue
                 fd = os.open(f.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
                 self._fds.append(fd)
                 self._ids.append(_identity(os.fstat(fd)))
@@ -98,7 +106,7 @@ class WatchedFiles:
     def _find_change(self) -> str | None:
         """What changed, as one line, or None."""
         for f, fd, loaded in zip(self.files, self._fds, self._ids):
-            if _identity(os.fstat(fd)) != loaded:
+            if fd >= 0 and _identity(os.fstat(fd)) != loaded:
                 return f"{f.what} {f.path} changed on disk since the service loaded it; restart the service to serve it"
             if f.reopened:
                 try:
@@ -146,6 +154,8 @@ class WatchedFiles:
             return 0
         self._previous_handler = signal.signal(signal.SIGIO, self._lease_break)
         for n, (f, fd) in enumerate(zip(self.files, self._fds)):
+            if fd < 0:
+                continue
             try:
                 fcntl(fd, F_SETLEASE, F_RDLCK)
                 self._leased[n] = self._wanted[n] = True
@@ -184,6 +194,7 @@ class WatchedFiles:
             signal.signal(signal.SIGIO, self._previous_handler)
             self._previous_handler = None
         for fd in self._fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)  # closing the descriptor ends its lease
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)  # closing the descriptor ends its lease
         self._fds = []
