@@ -83,7 +83,7 @@ def _check_answers(answers, expected: dict, served: Path) -> None:
 def test_a_served_mmap_index_changed_in_place_is_refused_never_a_crash(gallery, ivf_pair, tmp_path, how) -> None:
     served = tmp_path / "served.faiss"
     shutil.copyfile(ivf_pair["first"], served)
-    srv = start_server({**gallery, "index": served}, f"changed-{how}")
+    srv = start_server({**gallery, "index": served}, f"changed-{how}", "--rate-limit", "0")
     try:
         stats = srv.get_json("/stats")
         assert stats["index_mmap"] is True and stats["index_kind"] == "IVF2,Flat"
