@@ -188,6 +188,15 @@ def test_watched_reopened_file_replaced_by_rename_is_refused(tmp_path) -> None:
         files.close()
 
 
+def test_a_read_that_fails_because_its_file_went_away_is_the_503_not_the_error(tmp_path) -> None:
+    path = tmp_path / "a.npy"
+    np.save(path, np.zeros((2, 2), np.float32))
+    files = WatchedFiles([WatchedFile(path, "embedding file", reopened=True)])
+    with pytest.raises(FilesChanged, match=f"^embedding file {path} is gone"), files.reading():
+        path.unlink()  # between the check and the read
+        np.load(path, mmap_mode="r")
+
+
 def test_a_read_lease_holds_a_writer_until_the_search_in_flight_is_done(tmp_path) -> None:
     """With the lease, `cp` into the file waits for the search that reads it; the next search is refused."""
     path, other = tmp_path / "a.bin", tmp_path / "b.bin"

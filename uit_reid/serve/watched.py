@@ -141,7 +141,11 @@ class WatchedFiles:
             return
         with self._lock:
             self._check()
-            yield
+            try:
+                yield
+            except Exception:
+                self._check()  # a read that failed because a file changed under it is that change's refusal
+                raise
             self._check()
 
     # ------------------------------------------------------------------------------------ leases
