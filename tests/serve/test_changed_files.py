@@ -183,7 +183,7 @@ def test_watched_reopened_file_replaced_by_rename_is_refused(tmp_path) -> None:
         assert files.problem() is None
         np.save(tmp_path / "b.npy", np.ones((2, 2), np.float32))
         os.replace(tmp_path / "b.npy", path)
-        assert files.problem() == f"embedding file {path} was replaced since the service loaded it; restart the service"
+        assert files.problem() == f"embedding file {path} was changed or replaced since the service loaded it; restart the service"
     finally:
         files.close()
 
