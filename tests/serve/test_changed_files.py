@@ -9,6 +9,7 @@ with SIGBUS (or gave scores of 3.5e37); a moved ``--rerank`` shard folder gave a
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -110,6 +111,8 @@ def test_a_served_mmap_index_changed_in_place_is_refused_never_a_crash(gallery, 
                                  "error": answers[-1][1]["error"]}
         assert page.status_code == 200
         log = srv.log.read_text()
+        # the lease depends on the file system (test_a_read_lease_holds... skips without one)
+        assert re.search(r"watching 1 files the index reads for changes on disk \([01] with a read lease\)", log)
         assert log.count("refusing searches:") == 1, log[-3000:]  # one line, however many requests were refused
         assert "Traceback" not in log, log[-3000:]
     finally:

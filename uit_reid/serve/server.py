@@ -136,7 +136,7 @@ def serve(
     files: WatchedFiles = app.state.engine.files
     leased = files.take_leases()  # a writer waits until no search reads the file (module uit_reid.serve.watched)
     if files:
-        logger.info("watching %d mapped files for changes (%d with a read lease)", len(files), leased)
+        logger.info("watching %d files the index reads for changes on disk (%d with a read lease)", len(files), leased)
     # The model, tokenizer and index are millions of long-lived objects: a full garbage collection
     # walking them all took ~200 ms on a 2-core CPU and stalled every request in flight. Frozen
     # objects are never scanned; what requests allocate is still collected.
