@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -229,4 +230,27 @@ def test_a_read_lease_holds_a_writer_until_the_search_in_flight_is_done(tmp_path
         with pytest.raises(FilesChanged, match="changed on disk"), files.reading():
             pass
     finally:
+        files.close()
+
+
+def test_a_writer_that_broke_the_lease_and_holds_the_file_open_is_a_change(tmp_path) -> None:
+    """After a lease break the file may not have changed yet: a writer holding it open is refused the same way."""
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"x" * 100)
+    files = WatchedFiles([WatchedFile(path, "index file")])
+    writer = None
+    try:
+        if files.take_leases() != 1:
+            pytest.skip("this file system gives no read leases")
+        code = f"import time; f = open({str(path)!r}, 'r+b'); print('open', flush=True); time.sleep(30)"
+        writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+        assert writer.stdout.readline() == b"open\n"  # this thread let go of the lease meanwhile (SIGIO)
+        assert path.read_bytes() == b"x" * 100  # nothing written yet
+        with pytest.raises(FilesChanged, match=f"^index file {path} changed on disk since the service loaded it"), \
+                files.reading():
+            pass
+    finally:
+        if writer is not None:
+            writer.kill()
+            writer.wait()
         files.close()

@@ -73,6 +73,10 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def _changed(f: WatchedFile) -> str:
+    return f"{f.what} {f.path} changed on disk since the service loaded it; restart the service to serve it"
+
+
 class WatchedFiles:
     """Descriptors and identities of ``files``, taken now (call right after the index is loaded).
 
@@ -115,8 +119,7 @@ class WatchedFiles:
         """What changed, as one line, or None; ``reopened``: the re-opened files too (a stat each)."""
         for n in self._mapped:
             if _identity(os.fstat(self._fds[n])) != self._ids[n]:
-                f = self.files[n]
-                return f"{f.what} {f.path} changed on disk since the service loaded it; restart the service to serve it"
+                return _changed(self.files[n])
         if not reopened:
             return None
         self._reopened_checked = time.monotonic()
@@ -200,9 +203,9 @@ class WatchedFiles:
             try:
                 fcntl(fd, F_SETLEASE, F_RDLCK)
             except OSError as err:
-                busy = err.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
-                return f"{f.what} {f.path} " + ("is open for writing by another process" if busy else
-                                                f"cannot be leased again ({os.strerror(err.errno or 0)})")
+                if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK):  # a writer has it open: it is being changed
+                    return _changed(f)
+                return f"{f.what} {f.path} cannot be leased again ({os.strerror(err.errno or 0)})"
             self._leased[n] = True
         self._lease_broken = False
         return self._find_change(reopened=False)
