@@ -174,6 +174,16 @@ def _bounded(kind: type[int] | type[float], low: float, high: float | None = Non
 _non_negative_int = _bounded(int, 0)
 
 
+def _proxy_addresses(text: str) -> tuple[str, ...]:
+    """argparse type of ``--forwarded-allow-ips`` (`uit_reid.serve.server.proxy_addresses`)."""
+    from uit_reid.serve.server import proxy_addresses
+
+    try:
+        return proxy_addresses(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 class _Renamed(argparse.Action):
     """A flag that was renamed: giving it is argparse's one error line naming the new flag (hidden from --help)."""
 
@@ -403,11 +413,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         request_timeout=args.request_timeout, keep_alive_timeout=args.keep_alive_timeout,
         max_connections=args.max_connections or min(ServeLimits.max_connections, budget),
     )
-    forwarded = tuple(ip.strip() for ip in (args.forwarded_allow_ips or "").split(",") if ip.strip())
     serve(args.index, args.model, host=args.host, port=args.port, device=_device(args.device),
           limits=limits, max_batch=args.max_batch, max_wait=args.batch_wait_ms / 1000.0, mmap=not args.no_mmap,
           rerank=args.rerank,
-          allowed_hosts=tuple(args.allowed_host or ()), forwarded_allow_ips=forwarded)
+          allowed_hosts=tuple(args.allowed_host or ()), forwarded_allow_ips=args.forwarded_allow_ips)
     return 0
 
 
@@ -608,7 +617,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allowed-host", action="append", metavar="NAME",
                    help="also answer requests whose Host header is NAME (repeatable; '*' for any). The loopback "
                         "names and --host are always allowed")
-    p.add_argument("--forwarded-allow-ips", metavar="IPS",
+    p.add_argument("--forwarded-allow-ips", metavar="IPS", type=_proxy_addresses, default=(),
                    help="comma-separated addresses of your reverse proxies: only their X-Forwarded-For is "
                         "believed (default: nobody's)")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)

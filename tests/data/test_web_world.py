@@ -90,7 +90,7 @@ def test_park_staging_differs_from_the_street() -> None:
 
 
 def test_unknown_world_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"^unknown synthetic world 'moon'; choose one of \['pedestrians', 'web'\]$"):
+    with pytest.raises(ValueError, match=r"^unknown synthetic world 'moon'; choose one of \['pedestrians', 'web', 'web-bag'\]$"):
         make_synthetic(tmp_path, num_ids=4, world="moon", progress=False)
 
 

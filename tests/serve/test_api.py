@@ -160,6 +160,37 @@ def test_prometheus_metrics_count_requests_batches_and_memory(server) -> None:
     assert after[("process_resident_memory_bytes", ())] > 50 * 2**20
 
 
+def test_metrics_labels_come_from_closed_sets_whatever_the_methods(server) -> None:
+    """1,000 random methods (and 20 of 10,000 letters) add no series: they are all counted as ``other``."""
+    import random
+    import string
+
+    from uit_reid.serve.metrics import METHODS, STATUSES
+
+    requests = "uit_reid_http_requests_total"
+    before = scrape(server)
+    rng = random.Random(29)
+    methods = ["".join(rng.choices(string.ascii_uppercase, k=rng.randint(3, 12))) for _ in range(1000)]
+    methods += ["".join(rng.choices(string.ascii_uppercase, k=10_000)) for _ in range(20)]
+    with httpx.Client(timeout=TIMEOUT) as client:
+        for n, method in enumerate(methods):
+            path = ("/search?q=man", "/image/1", f"/no/such/{n}")[n % 3]
+            assert client.request(method, server.url + path).status_code in (404, 405, 429)
+    after = scrape(server)
+    series = {labels for name, labels in after if name == requests}
+    new = series - {labels for name, labels in before if name == requests}
+    assert len(new) <= 6, new  # other x (3 routes) x (404/405/429), at most
+    for labels in series:
+        values = dict(labels)
+        assert values["method"] in METHODS | {"other"}
+        assert values["status"] in {str(s) for s in STATUSES} | {"1xx", "2xx", "3xx", "4xx", "5xx"}
+        assert values["route"] in {"/search", "/image/{image_id}", "unmatched", "/metrics", "/healthz", "/stats",
+                                   "/", "/static/page.css", "/static/page.js", "/openapi.json", "/docs"}
+    others = sum(v - before.get((name, labels), 0.0) for (name, labels), v in after.items()
+                 if name == requests and dict(labels)["method"] == "other")
+    assert others == len(methods)
+
+
 LONG = "a" * 600
 BAD_REQUESTS = [
     ("GET", "/search?q=&k=3", None, 422, "q: the query is empty"),

@@ -167,6 +167,47 @@ def test_header_floods_get_431_after_max_header_bytes(guarded, flood) -> None:
     assert healthz_ms(guarded.url) < 5000
 
 
+@pytest.mark.parametrize("size", [4097, 8_000, 27_000])
+def test_a_whole_head_over_the_limit_in_one_piece_gets_431(guarded, size) -> None:
+    """h11 limits only heads it is still waiting for: one that arrives complete is measured too (issue 29)."""
+    start = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: "
+    head = start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+    assert len(head) == size
+    sock = connect(guarded.port)
+    try:
+        sock.sendall(head)
+        answer = read_answer(sock)
+    finally:
+        sock.close()
+    assert_json_refusal(answer, 431, "request headers too large: at most 4096 bytes")
+
+
+def test_a_head_at_the_limit_is_answered(guarded) -> None:
+    start = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: "
+    head = start + b"a" * (4096 - len(start) - 4) + b"\r\n\r\n"
+    sock = connect(guarded.port)
+    try:
+        sock.sendall(head)
+        sock.settimeout(TIMEOUT)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("mib", [1, 8])
+def test_a_head_of_megabytes_gets_431_not_a_reset(guarded, mib) -> None:
+    """The whole flood is sent before the answer is read: the server reads and drops it, then closes."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (mib * 2**20) + b"\r\n\r\n"
+    sock = connect(guarded.port)
+    try:
+        sock.sendall(head)  # raised ConnectionResetError / BrokenPipeError before
+        answer = read_answer(sock)
+    finally:
+        sock.close()
+    assert_json_refusal(answer, 431, "request headers too large: at most 4096 bytes")
+    assert guarded.proc.poll() is None
+
+
 def test_keep_alive_connections_answer_several_requests_each_in_time(guarded) -> None:
     """The deadline is re-armed per request: a connection that keeps asking is never cut off."""
     with httpx.Client(timeout=10) as client:
@@ -244,6 +285,11 @@ BAD_FLAGS = [
     (["--max-header-bytes", "10"], "argument --max-header-bytes: must be 1024 or more, got 10"),
     (["--max-connections", "0"], "argument --max-connections: must be 1 or more, got 0"),
     (["--burst", "1.5"], "argument --burst: '1.5' is not an integer"),
+    (["--forwarded-allow-ips", "not-an-ip"], "argument --forwarded-allow-ips: 'not-an-ip' is not an IP address or "
+                                             "network (give your proxies' addresses, comma-separated, or '*')"),
+    (["--forwarded-allow-ips", "10.0.0.1, 10.0.0.0/33"], "argument --forwarded-allow-ips: '10.0.0.0/33' is not "
+                                                         "an IP address or network (give your proxies' addresses, "
+                                                         "comma-separated, or '*')"),
 ]
 
 

@@ -138,6 +138,7 @@ class GalleryIndex:
         self._live_slots: np.ndarray | None = None  # cached position -> slot (ids_at, search_positions)
         self._read_only = False  # memory-mapped from a file: searchable, not changeable
         self._on_disk = False  # lists and ids in files beside the index file (`uit_reid.retrieval.ondisk`)
+        self._mapped_files: tuple[Path, ...] = ()
         self.metadata: dict[str, Any] = {}
 
     @property
@@ -247,6 +248,12 @@ class GalleryIndex:
     def read_only(self) -> bool:
         """True when the lists are memory-mapped from the file (``load(..., mmap=True)``): search only."""
         return self._read_only
+
+    @property
+    def mapped_files(self) -> tuple[Path, ...]:
+        """The files this index reads while it searches (memory-mapped at load; empty when held in memory):
+        a search after one changed in place reads garbage or ends the process (SIGBUS)."""
+        return self._mapped_files
 
     @property
     def num_slots(self) -> int:
@@ -663,6 +670,9 @@ class GalleryIndex:
         obj._index = saved.index
         obj._read_only = saved.mapped
         obj._on_disk = ONDISK_FIELD in saved.meta
+        spec = saved.meta.get(ONDISK_FIELD) or {}  # an on-disk index maps its lists and ids too
+        side = tuple(path.with_name(spec[k]) for k in ("ivfdata", "ids")) if obj._on_disk else ()
+        obj._mapped_files = (path, *side) if saved.mapped else ()
         obj._apply_search_parameters()
         return obj
 

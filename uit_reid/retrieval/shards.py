@@ -344,6 +344,10 @@ class EmbeddingShards:
     def num_shards(self) -> int:
         return len(self._files)
 
+    def vector_files(self) -> list[Path]:
+        """The shards' ``.npy`` files, in order."""
+        return [npy for npy, _ in self._files]
+
     @staticmethod
     def _shape(npy: Path) -> tuple[int, ...]:
         try:

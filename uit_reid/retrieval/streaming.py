@@ -149,6 +149,10 @@ class ShardVectors:
             self.parts.append((int(entry["first_slot"]), shards))
         self.dim = index.dim
 
+    def files(self) -> list[Path]:
+        """The ``.npy`` files the vectors are read from (each opened again, memory-mapped, for every call)."""
+        return [path for _, shards in self.parts for path in shards.vector_files()]
+
     def __call__(self, slots: np.ndarray) -> np.ndarray:
         slots = np.asarray(slots, dtype=np.int64)
         out = np.zeros(slots.shape + (self.dim,), np.float32)

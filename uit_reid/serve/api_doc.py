@@ -139,8 +139,8 @@ def render_api_reference(schema: dict[str, Any]) -> str:
         "",
     ]
     if "ErrorResponse" in schemas:
-        lines += ["Every refusal has a 4xx status and a JSON body [ErrorResponse](#schema-errorresponse), "
-                  '`{"error": "<one line>"}`.', ""]
+        lines += ["Every refusal has a 4xx status (503 for searches once a file the index reads changed on disk) "
+                  'and a JSON body [ErrorResponse](#schema-errorresponse), `{"error": "<one line>"}`.', ""]
     lines += ["| route | summary |", "|---|---|"]
     for path, method, op in ops:
         title = f"{method.upper()} {path}"

@@ -2,7 +2,7 @@
 
 Routes: ``GET /`` (the page), ``GET /search``, ``POST /search``, ``GET /image/{id}``,
 ``GET /healthz``, ``GET /stats``, ``GET /metrics`` (Prometheus). Every refusal is JSON ``{"error": "<one line>"}`` with a 4xx
-status; see `ServeLimits` for the limits.
+status (503 once a file the index reads changed on disk); see `ServeLimits` for the limits.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from starlette.exceptions import HTTPException
 
 from uit_reid._version import __version__
 from uit_reid.retrieval import Hit
-from uit_reid.serve.gallery import GalleryImages, UnknownImage
+from uit_reid.serve.gallery import GalleryImages, ImageTooLarge, UnknownImage
 from uit_reid.serve.limits import SECURITY_HEADERS, AllowedHosts, BodySizeLimit, RateLimit
 from uit_reid.serve.metrics import CONTENT_TYPE, RequestMetrics, ServiceMetrics
+from uit_reid.serve.watched import FilesChanged
 
 if TYPE_CHECKING:  # the app only calls the engine: it does not import torch or the index for it
     from uit_reid.serve.engine import SearchEngine
@@ -83,7 +84,7 @@ class ServeLimits:
 
 # --------------------------------------------------------------------------------- schema models
 class ErrorResponse(BaseModel):
-    """Every refusal (4xx): one line naming the argument at fault."""
+    """Every refusal (4xx, or 503 when the service cannot search): one line naming the argument or file at fault."""
 
     error: str = Field(description="what was wrong, naming the parameter or limit", examples=["q: the query is empty"])
 
@@ -129,8 +130,10 @@ class SearchResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: str = Field(description='always "ok" when the service answers')
+    status: str = Field(description='"ok", or "unavailable" (status 503) when a file the index reads changed on '
+                                    "disk since the service loaded it: searches are refused until it restarts")
     index_size: int = Field(description="number of images in the gallery index")
+    error: str | None = Field(None, description="why the service is unavailable (with status 503)")
 
 
 class LatencyStats(BaseModel):
@@ -166,6 +169,8 @@ _ERROR_TEXT = {
     413: "the request body is larger than `max_body_bytes`",
     422: "a parameter is missing, malformed or outside its limits",
     429: "too many requests from this client address (the rate limit and its burst are used up)",
+    503: "a file the index reads changed on disk since the service loaded it (`/healthz` says which): "
+         "searches are refused until the service is restarted",
 }
 
 
@@ -204,6 +209,7 @@ def create_app(
         description="Text-to-person search over one gallery index.",
         lifespan=_lifespan(engine),
     )
+    app.state.engine = engine
     _add_error_handlers(app)
     _add_search_routes(app, engine, checks)
     _add_image_route(app, images)
@@ -243,6 +249,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path"))
         return _error(422, f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg")))
+
+    @app.exception_handler(FilesChanged)
+    async def files_changed(request: Request, exc: FilesChanged) -> JSONResponse:
+        return _error(503, str(exc))  # logged once, when it was found (uit_reid.serve.watched)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -296,7 +306,7 @@ def _add_search_routes(app: FastAPI, engine: SearchEngine, checks: _RequestCheck
     k_text = f"results to return, 1 to {limits.max_k}; more than the index holds returns the whole index"
 
     @app.get("/search", response_model=SearchResponse, summary="Search with one query",
-             responses=_errors(400, 413, 422, 429))
+             responses=_errors(400, 413, 422, 429, 503))
     async def search_get(
         request: Request,
         q: str = Query(description=q_text),  # a default, not Annotated: the text is built from the limits
@@ -315,7 +325,7 @@ def _add_search_routes(app: FastAPI, engine: SearchEngine, checks: _RequestCheck
 
     @app.post("/search", response_model=SearchResponse, summary="Search with several queries at once",
               description=f"The top `k` images for each of 1 to {limits.max_queries} queries, in one answer.",
-              responses=_errors(400, 413, 422, 429))
+              responses=_errors(400, 413, 422, 429, 503))
     async def search_post(body: SearchRequest) -> dict[str, Any]:
         queries = checks.queries(body.queries)
         results = await engine.search(queries, checks.k(body.k))
@@ -330,13 +340,17 @@ def _add_image_route(app: FastAPI, images: GalleryImages) -> None:
         summary="A gallery image (a cached JPEG thumbnail, or the whole image as PNG with full=true)",
         responses={200: {"content": {"image/jpeg": {}, "image/png": {}},
                          "description": "JPEG thumbnail bytes, or PNG bytes with `full=true`"},
-                   **_errors(404, 413, 422, 429)},
+                   **_errors(404, 413, 422, 429),
+                   413: {"model": ErrorResponse, "description": "the request body is larger than `max_body_bytes`, "
+                         f"or the image has more than {images.max_side} x {images.max_side} pixels (read from its header: it is "
+                         "not decoded)"}},
         response_class=Response,
     )
     def image(
         image_id: Annotated[str, Path(description="the item's number in the index, 0 to index size - 1, "
                                                   "as in a hit's `image_url`; never a file path")],
-        full: Annotated[bool, Query(description="the whole image as PNG instead of the cached JPEG thumbnail")] = False,
+        full: bool = Query(False, description="the whole image as PNG instead of the cached JPEG thumbnail "  # noqa: B008
+                           f"(scaled down to {images.max_side} pixels on its longest side if larger)"),
     ) -> Response:
         """Only images that are in the index are served: the id is a number, mapped to the path stored there."""
         # a plain def: FastAPI runs it in its thread pool, so decoding never blocks the event loop
@@ -344,6 +358,8 @@ def _add_image_route(app: FastAPI, images: GalleryImages) -> None:
             data = images.full(image_id) if full else images.thumbnail(image_id)
         except UnknownImage as err:
             raise HTTPException(404, str(err)) from err
+        except ImageTooLarge as err:
+            raise HTTPException(413, str(err)) from err
         headers = {**SECURITY_HEADERS, "cache-control": "public, max-age=3600"}
         return Response(data, media_type="image/png" if full else "image/jpeg", headers=headers)
 
@@ -353,9 +369,15 @@ def _add_status_routes(
 ) -> None:
     """``GET /healthz``, ``GET /stats`` (JSON) and ``GET /metrics`` (Prometheus)."""
 
-    @app.get("/healthz", response_model=Health, summary="Liveness and the index size")
-    async def healthz() -> dict[str, Any]:
+    @app.get("/healthz", response_model=Health, response_model_exclude_none=True, summary="Liveness, whether searches can be answered, the index size",
+             responses={503: {"model": Health, "description": "a file the index reads changed on disk: searches "
+                                                              "are refused (`error` says which)"}})
+    async def healthz() -> Any:
         """Answers as soon as the service is up; never rate-limited."""
+        problem = engine.files.problem()
+        if problem is not None:
+            return JSONResponse({"status": "unavailable", "index_size": len(engine), "error": problem},
+                                status_code=503, headers=SECURITY_HEADERS)
         return {"status": "ok", "index_size": len(engine)}
 
     @app.get("/stats", summary="Index size, model fingerprint, queries served, latency percentiles (ms)",

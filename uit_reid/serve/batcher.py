@@ -33,9 +33,12 @@ class MicroBatcher(Generic[T, R]):
         fn: the batch function; called in one worker thread, never concurrently with itself.
         max_batch: most items per call (a larger single request still goes through as one call).
         max_wait: seconds to wait for more requests once the first has arrived (while requests come together).
+        quiet: exception types ``fn`` raises knowingly (it logs them itself): handed to the waiting
+            requests without a traceback in the log.
     """
 
-    def __init__(self, fn: Callable[[list[T]], Sequence[R]], *, max_batch: int = 64, max_wait: float = 0.002) -> None:
+    def __init__(self, fn: Callable[[list[T]], Sequence[R]], *, max_batch: int = 64, max_wait: float = 0.002,
+                 quiet: tuple[type[Exception], ...] = ()) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be positive, got {max_batch}")
         if max_wait < 0:
@@ -43,6 +46,7 @@ class MicroBatcher(Generic[T, R]):
         self.fn = fn
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait)
+        self.quiet = quiet
         self.batches = 0
         self.items = 0
         self._queue: asyncio.Queue[tuple[list[T], asyncio.Future[list[R]]]] | None = None
@@ -129,7 +133,8 @@ class MicroBatcher(Generic[T, R]):
             if len(results) != len(flat):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(flat)} items")
         except Exception as err:  # every waiting request gets the failure, the loop goes on
-            logger.exception("batch of %d items failed", len(flat))
+            if not isinstance(err, self.quiet):
+                logger.exception("batch of %d items failed", len(flat))
             for _, fut in pending:
                 if not fut.done():
                     fut.set_exception(err)

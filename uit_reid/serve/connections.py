@@ -7,11 +7,15 @@ HTTP protocol class for uvicorn (its h11 protocol plus three rules):
 
 - a request (head and body) must arrive within ``request_timeout`` seconds of the connection
   opening or of the previous answer; otherwise 408 and the connection is closed;
-- request heads larger than ``max_header_bytes`` get 431 (h11 stops buffering there);
+- request heads larger than ``max_header_bytes`` get 431: h11 stops buffering an incomplete head
+  there, and a complete head that arrived in one piece is measured when h11 hands it over;
 - at most ``max_connections`` are open: a new one above the cap closes the connection that has
   waited longest without a request in progress, or, when every connection is busy, gets 503.
 
-Every refusal is JSON ``{"error": ...}`` with the service's security headers.
+Every refusal is JSON ``{"error": ...}`` with the service's security headers. After a 400 or 431
+the connection is closed gently: the answer is written and the sending side shut, then what the client
+still sends is read and dropped for up to `LINGER_SECONDS`, so a client in the middle of sending a
+megabytes-long head reads the 431 instead of a TCP reset (which unread data in a closed socket gives).
 """
 
 from __future__ import annotations
@@ -23,12 +27,21 @@ from uvicorn.protocols.http.h11_impl import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE, H
 
 from uit_reid.serve.limits import SECURITY_HEADERS, error_body
 
-__all__ = ["guarded_protocol", "raw_json_response"]
+__all__ = ["LINGER_SECONDS", "guarded_protocol", "head_bytes", "raw_json_response"]
+
+LINGER_SECONDS = 2.0
+"""How long a refused connection's incoming bytes are read and dropped before it is closed."""
 
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large",
             503: "Service Unavailable"}
 
 _REQUEST_IN = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)  # the client's side of the request is complete
+
+
+def head_bytes(request: h11.Request) -> int:
+    """The size of a parsed request head as it came on the wire (request line, headers, blank line)."""
+    line = len(request.method) + len(request.target) + len(b"HTTP/") + len(request.http_version) + 4
+    return line + sum(len(name) + len(value) + 4 for name, value in request.headers.raw_items()) + 2
 
 
 def raw_json_response(status: int, message: str) -> bytes:
@@ -49,6 +62,19 @@ class _GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self._waiting_since: float | None = time.monotonic()  # None while a request is being answered
         self._deadline = None
+        self._lingering = False
+        self._head_too_large = False
+        self._limit = self.config.h11_max_incomplete_event_size or DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+        parse = self.conn.next_event
+
+        def next_event():  # every parsed head is measured, pipelined ones too
+            event = parse()
+            if isinstance(event, h11.Request) and head_bytes(event) > self._limit:
+                self._head_too_large = True
+                raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+            return event
+
+        self.conn.next_event = next_event
         if len(self.connections) >= self.max_connections and not self._evict_one_idle():
             super().connection_made(transport)
             self._refuse(503, f"too many open connections (at most {self.max_connections}); try again shortly")
@@ -85,15 +111,22 @@ class _GuardedH11Protocol(H11Protocol):
             return
         self._refuse(408, f"the request did not arrive within {self.request_timeout:g} s")
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, linger: bool = False) -> None:
         self._cancel_deadline()
         self._waiting_since = None
         if self.cycle is not None:
             self.cycle.disconnected = True  # the app's own answer, if any, is dropped
         self.transport.write(raw_json_response(status, message))
-        self.transport.close()
+        if linger and self.transport.can_write_eof():
+            self._lingering = True
+            self.transport.write_eof()  # the answer, then end of stream; reading goes on (dropped)
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # a refused request's remaining bytes
         super().data_received(data)
         if self.conn.their_state in _REQUEST_IN and self._waiting_since is not None:
             self._cancel_deadline()  # the whole request is here: the app takes as long as it takes
@@ -110,11 +143,10 @@ class _GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
-        limit = self.config.h11_max_incomplete_event_size or DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
-        if len(self.conn.trailing_data[0]) > limit:
-            self._refuse(431, f"request headers too large: at most {limit} bytes")
+        if self._head_too_large or len(self.conn.trailing_data[0]) > self._limit:
+            self._refuse(431, f"request headers too large: at most {self._limit} bytes", linger=True)
         else:
-            self._refuse(400, "not a valid HTTP/1.1 request")
+            self._refuse(400, "not a valid HTTP/1.1 request", linger=True)
 
 
 def guarded_protocol(*, max_connections: int, request_timeout: float) -> type[H11Protocol]:

@@ -20,6 +20,7 @@ import torch
 
 from uit_reid.retrieval import GalleryIndex, Hit, ranked_hits
 from uit_reid.serve.batcher import MicroBatcher
+from uit_reid.serve.watched import FilesChanged, WatchedFiles
 
 __all__ = ["SearchEngine", "resident_memory_mb"]
 
@@ -44,6 +45,8 @@ class SearchEngine:
         max_batch, max_wait: micro-batching (see `MicroBatcher`).
         latency_window: how many recent request latencies the percentiles are taken over.
         rerank, candidates: exact re-ranking of ``candidates`` hits per query (`GalleryIndex.search`).
+        files: the files the index and ``rerank`` read while searching (`WatchedFiles`): each search is
+            refused with `FilesChanged` once one changed on disk. Default: none watched.
     """
 
     def __init__(
@@ -57,14 +60,16 @@ class SearchEngine:
         latency_window: int = 2000,
         rerank: Callable[[np.ndarray], np.ndarray] | None = None,
         candidates: int = 100,
+        files: WatchedFiles | None = None,
     ) -> None:
         self.index = index
         self.encode = encode
         self.fingerprint = fingerprint
         self.rerank = rerank
         self.candidates = candidates
+        self.files = files if files is not None else WatchedFiles([])
         self.batcher: MicroBatcher[tuple[str, int], list[Hit]] = MicroBatcher(
-            self._search_batch, max_batch=max_batch, max_wait=max_wait
+            self._search_batch, max_batch=max_batch, max_wait=max_wait, quiet=(FilesChanged,)
         )
         self.queries_served = 0
         self.requests_served = 0
@@ -80,8 +85,9 @@ class SearchEngine:
         k_max = max(k for _, k in items)
         feats = self.encode(texts)
         q = feats.detach().float().cpu().numpy()
-        scores, numbers = self.index.search(q, k_max, fingerprint=self.fingerprint, positions=True,
-                                            rerank=self.rerank, candidates=self.candidates)
+        with self.files.reading():  # refuses, before or after, when a file it reads changed on disk
+            scores, numbers = self.index.search(q, k_max, fingerprint=self.fingerprint, positions=True,
+                                                rerank=self.rerank, candidates=self.candidates)
         ids = self.index.ids_at(numbers)  # numbers, not ids, come back: no id -> number table is kept
         return [ranked_hits(scores[row, :k], ids[row, :k], numbers=numbers[row, :k]) for row, (_, k) in enumerate(items)]
 

@@ -2,7 +2,10 @@
 
 Clients name an image by its number (its position in the index), never by a path: the number is
 checked against the index and mapped to the path stored there, so nothing from a request reaches the
-file system. Thumbnails are JPEG bytes kept in a bounded LRU cache.
+file system. Thumbnails are JPEG bytes kept in a bounded LRU cache. A full answer is at most ``max_side``
+pixels on its longest side, and an image of more than ``max_side``² pixels is never decoded: its size
+is read from the file's header and the request refused (`ImageTooLarge`, a 413), so a small PNG that
+claims 12000² pixels costs nothing.
 """
 
 from __future__ import annotations
@@ -21,13 +24,20 @@ from uit_reid._errors import CorruptImageError
 from uit_reid.images import load_image
 from uit_reid.retrieval import GalleryIndex
 
-__all__ = ["GalleryImages", "UnknownImage"]
+__all__ = ["DEFAULT_MAX_SIDE", "GalleryImages", "ImageTooLarge", "UnknownImage"]
+
+DEFAULT_MAX_SIDE = 4096
+"""The longest side of a full image answer; images of more than its square in pixels are not decoded."""
 
 _NUMBER = re.compile(r"[0-9]{1,12}")
 
 
 class UnknownImage(LookupError):
     """The requested image is not in the gallery (or has no file)."""
+
+
+class ImageTooLarge(ValueError):
+    """The requested image has more pixels than the service decodes (``max_side``²)."""
 
 
 class GalleryImages:
@@ -39,6 +49,8 @@ class GalleryImages:
         base: folder that relative path ids are taken from (the index file's folder).
         thumb_size: the thumbnail's bounding box, (height, width); the aspect ratio is kept.
         cache_size: most thumbnails kept in memory.
+        max_side: the longest side of a full answer (larger images are scaled down to it); images of
+            more than ``max_side``² pixels are refused before decoding.
     """
 
     def __init__(
@@ -48,9 +60,13 @@ class GalleryImages:
         *,
         thumb_size: tuple[int, int] = (256, 128),
         cache_size: int = 4096,
+        max_side: int = DEFAULT_MAX_SIDE,
     ) -> None:
         if thumb_size[0] < 8 or thumb_size[1] < 8:
             raise ValueError(f"thumb_size must be at least 8x8 (height, width), got {thumb_size}")
+        if max_side < max(thumb_size):
+            raise ValueError(f"max_side must be at least the thumbnail's longest side {max(thumb_size)}, got {max_side}")
+        self.max_side = int(max_side)
         self.index = index
         self.base = Path(base)
         self.thumb_size = (int(thumb_size[0]), int(thumb_size[1]))
@@ -73,10 +89,22 @@ class GalleryImages:
         path = Path(id_)
         return path if path.is_absolute() else self.base / path
 
-    def _open(self, key: str) -> Image.Image:
+    def _open(self, key: str, target_size: tuple[int, int]) -> Image.Image:
+        """Item ``key`` decoded for an answer of ``target_size`` (JPEGs are reduced while decoding);
+        `ImageTooLarge` before decoding when its header claims more than ``max_side``² pixels."""
         path = self.path(key)
+        limit = f"the service decodes images of at most {self.max_side}x{self.max_side} ({self.max_side**2} pixels)"
         try:
-            return load_image(path)
+            with Image.open(path) as im:  # reads the header only
+                width, height = im.size
+        except Image.DecompressionBombError as err:
+            raise ImageTooLarge(f"image {key} has more pixels than PIL decodes safely: {limit}") from err
+        except OSError as err:
+            raise UnknownImage(f"image {key} cannot be read from the gallery: {type(err).__name__}") from err
+        if width * height > self.max_side**2:
+            raise ImageTooLarge(f"image {key} is {width}x{height} pixels: {limit}")
+        try:
+            return load_image(path, target_size=target_size)
         except (OSError, ValueError, CorruptImageError) as err:
             raise UnknownImage(f"image {key} cannot be read from the gallery: {type(err).__name__}") from err
 
@@ -89,7 +117,7 @@ class GalleryImages:
                 self._cache.move_to_end(n)
                 self.hits += 1
                 return data
-        img = self._open(key)
+        img = self._open(key, self.thumb_size)
         img.thumbnail((self.thumb_size[1], self.thumb_size[0]))
         buffer = io.BytesIO()
         img.save(buffer, format="JPEG", quality=85)
@@ -102,7 +130,11 @@ class GalleryImages:
         return data
 
     def full(self, key: str) -> bytes:
-        """The whole image of item ``key``, re-encoded as PNG (only image data ever leaves the server)."""
+        """The whole image of item ``key`` re-encoded as PNG (only image data ever leaves the server),
+        scaled down to ``max_side`` on its longest side if larger."""
+        half = self.max_side // 2  # load_image keeps at least twice its target: max_side, then thumbnail
+        img = self._open(key, (half, half))
+        img.thumbnail((self.max_side, self.max_side))
         buffer = io.BytesIO()
-        self._open(key).save(buffer, format="PNG")
+        img.save(buffer, format="PNG")
         return buffer.getvalue()

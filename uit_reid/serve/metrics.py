@@ -5,7 +5,10 @@ in one process (tests, a notebook) count apart and importing this module registe
 
 - ``uit_reid_http_requests_total{route, method, status}``: requests answered, by route template
   (``/image/{image_id}``, never the raw path; ``unmatched`` for paths no route serves). Refusals
-  by the limits (400, 413, 429) are counted too: the middleware runs before them.
+  by the limits (400, 413, 429) are counted too: the middleware runs before them. Every label takes
+  its value from a closed set, so no request can add a series: the route templates, the standard
+  HTTP methods (`METHODS`, any other is ``other``) and the statuses the service answers with
+  (`STATUSES`, any other by its class, ``5xx``).
 - ``uit_reid_http_request_duration_seconds{route}``: a histogram of the time to answer.
 - ``uit_reid_batch_size``: queries per text-encoder call (a summary: ``_count`` calls, ``_sum`` queries).
 - ``uit_reid_queries_total`` and ``uit_reid_index_size``, read from the engine when scraped.
@@ -27,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from uit_reid.serve.engine import SearchEngine
 
-__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "RequestMetrics", "ServiceMetrics"]
+__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "METHODS", "STATUSES", "RequestMetrics", "ServiceMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """Prometheus' classic text format, which every scraper reads (what ``/metrics`` answers with)."""
@@ -35,6 +38,18 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 """Upper bounds (seconds) of the request latency histogram: a search takes milliseconds on a CPU."""
 UNMATCHED = "unmatched"
 """The route label of requests for a path that no route serves."""
+METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
+"""The method label's values (RFC 9110's methods and PATCH); any other method is counted as ``other``."""
+STATUSES = frozenset({200, 400, 404, 405, 408, 413, 422, 429, 431, 500, 503})
+"""The status label's values: the statuses the service answers with; any other is counted by its class (``4xx``)."""
+
+
+def _method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
+def _status_label(status: int) -> str:
+    return str(status) if status in STATUSES else f"{min(max(status // 100, 1), 5)}xx"
 
 
 class _EngineCollector:
@@ -70,7 +85,7 @@ class ServiceMetrics:
         ProcessCollector(registry=self.registry)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
+        self.requests.labels(route, _method_label(method), _status_label(status)).inc()
         self.latency.labels(route).observe(seconds)
 
     def render(self) -> bytes:

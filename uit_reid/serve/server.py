@@ -15,8 +15,9 @@ from uit_reid.serve.app import LOOPBACK_HOSTS, ServeLimits, create_app
 from uit_reid.serve.connections import guarded_protocol
 from uit_reid.serve.engine import SearchEngine
 from uit_reid.serve.gallery import GalleryImages
+from uit_reid.serve.watched import WatchedFile, WatchedFiles
 
-__all__ = ["build_service", "connection_budget", "serve"]
+__all__ = ["build_service", "connection_budget", "proxy_addresses", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,10 @@ def build_service(
 
     encode = functools.partial(model.encode_captions, normalize=False)
     reranker = None if rerank is None else ShardVectors(index)
+    files = WatchedFiles([*(WatchedFile(p, "index file") for p in index.mapped_files),
+                          *(WatchedFile(p, "embedding file", reopened=True) for p in (reranker.files() if reranker else []))])
     engine = SearchEngine(index, encode, fingerprint=fingerprint, max_batch=max_batch, max_wait=max_wait,
-                          rerank=reranker, candidates=rerank or 100)
+                          rerank=reranker, candidates=rerank or 100, files=files)
     images = GalleryImages(index, index_path.resolve().parent, thumb_size=thumb_size)
     logger.info("serving %d images from %s with model %s", len(index), index_path, fingerprint)
     return create_app(engine, images, limits, allowed_hosts=allowed_hosts)
@@ -72,6 +75,20 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def proxy_addresses(text: str) -> tuple[str, ...]:
+    """The comma-separated proxy addresses of ``--forwarded-allow-ips``: IP addresses, networks
+    (``10.0.0.0/8``) or ``*``. Raises ValueError naming the first entry that is none of these."""
+    out = tuple(part.strip() for part in text.split(",") if part.strip())
+    for part in out:
+        if part != "*":
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"{part!r} is not an IP address or network (give your proxies' addresses, "
+                                 "comma-separated, or '*')") from None
+    return out
 
 
 _FD_RESERVE = 64  # descriptors left for the model, the index, images being read and the listening socket
@@ -107,6 +124,10 @@ def serve(
     import uvicorn
 
     limits = limits or ServeLimits()
+    try:
+        proxy_addresses(",".join(forwarded_allow_ips))
+    except ValueError as err:
+        raise ValueError(f"forwarded_allow_ips: {err}") from None
     if not 0 <= port <= 65535:
         raise ValueError(f"port: must be between 0 and 65535, got {port}")
     budget = connection_budget()
@@ -115,6 +136,10 @@ def serve(
                          f"(ulimit -n) leaves room for ({budget})")
     hosts = (*LOOPBACK_HOSTS, *([host] if host not in ("0.0.0.0", "::", "") else []), *allowed_hosts)
     app = build_service(index_path, model_path, limits=limits, allowed_hosts=hosts, **service_kwargs)
+    files: WatchedFiles = app.state.engine.files
+    leased = files.take_leases()  # a writer waits until no search reads the file (module uit_reid.serve.watched)
+    if files:
+        logger.info("watching %d files the index reads for changes on disk (%d with a read lease)", len(files), leased)
     # The model, tokenizer and index are millions of long-lived objects: a full garbage collection
     # walking them all took ~200 ms on a 2-core CPU and stalled every request in flight. Frozen
     # objects are never scanned; what requests allocate is still collected.
@@ -123,7 +148,10 @@ def serve(
     if not _is_loopback(host):
         logger.warning("listening on %s: the service is reachable from other machines", host)
     protocol = guarded_protocol(max_connections=limits.max_connections, request_timeout=limits.request_timeout)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False,
-                http=protocol, h11_max_incomplete_event_size=limits.max_header_bytes,
-                timeout_keep_alive=limits.keep_alive_timeout, proxy_headers=bool(forwarded_allow_ips),
-                forwarded_allow_ips=list(forwarded_allow_ips) or None)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False,
+                    http=protocol, h11_max_incomplete_event_size=limits.max_header_bytes,
+                    timeout_keep_alive=limits.keep_alive_timeout, proxy_headers=bool(forwarded_allow_ips),
+                    forwarded_allow_ips=list(forwarded_allow_ips) or None)
+    finally:
+        files.close()
