@@ -136,8 +136,9 @@ def test_an_on_disk_index_exports_as_faiss_on_disk_lists_with_its_ids(kind, tmp_
         assert [[rows[label] for label in line] for line in labels.tolist()] == expected.tolist()
         np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
     assert faiss.IO_FLAG_MMAP & faiss.IO_FLAG_SKIP_IVF_DATA  # why the docs say not IO_FLAG_MMAP for on-disk lists
+    export_index(index, tmp_path / "again")  # the Python API on a served index: its lists keep their own name
     assert faiss.downcast_InvertedLists(faiss.extract_index_ivf(index._index).invlists).filename == str(
-        tmp_path / "g.index.ivfdata")  # the served index still names its own lists
+        tmp_path / "g.index.ivfdata")
     if os.path.isdir("/dev/shm") and os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev:
         other = Path("/dev/shm") / f"uit-reid-export-{os.getpid()}"
         try:
