@@ -204,15 +204,20 @@ def _model_argument(p: argparse.ArgumentParser, help: str, required: bool = Fals
 
 def _memory_kind(args: argparse.Namespace, n: int, dim: int) -> str:
     """--kind, or the kind --memory-budget picks for ``n`` vectors of ``dim``."""
-    from uit_reid.retrieval import choose_kind, index_memory, parse_bytes
+    from uit_reid.retrieval import choose_kind, index_memory, parse_bytes, parse_factory
+    from uit_reid.retrieval.budget import HNSW_QUANTIZER_LISTS
 
     if args.memory_budget is None:
         return args.kind or "flat"
     if args.kind:
         raise CLIError("give --kind or --memory-budget, not both")
     kind = choose_kind(n, dim, parse_bytes(args.memory_budget))
-    logger.info("--memory-budget %s: %s (about %.2f GB for %d vectors)", args.memory_budget, kind,
-                index_memory(kind, n, dim) / 1e9, n)
+    layout = parse_factory(kind, dim)
+    lists = "" if layout.kind != "ivf" else (
+        f"; {layout.nlist} lists by budget_nlist, {'an HNSW' if layout.quantizer_hnsw_m else 'a flat'} coarse "
+        f"quantizer: HNSW from {HNSW_QUANTIZER_LISTS} lists on")
+    logger.info("--memory-budget %s: %s (about %.2f GB for %d vectors%s)", args.memory_budget, kind,
+                index_memory(kind, n, dim) / 1e9, n, lists)
     return kind
 
 

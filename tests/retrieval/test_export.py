@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import faiss
@@ -98,3 +99,57 @@ def test_another_major_faiss_version_is_named_once_on_load(recorded, warned, tmp
                             f"{faiss.__version__} (another major version): if it misbehaves, rebuild or re-save it"]
     else:
         assert messages == []
+
+
+@pytest.mark.parametrize("kind", ["IVF8,PQ4", "IVF8_HNSW4,Flat"])
+def test_an_on_disk_index_exports_as_faiss_on_disk_lists_with_its_ids(kind, tmp_path, caplog) -> None:
+    """Plain FAISS (its OnDiskInvertedLists) + parquet answer as GalleryIndex.search over the on-disk index."""
+    import logging
+    import os
+
+    from uit_reid.retrieval.distributed_build import build_ondisk_index
+    from uit_reid.retrieval.export import LISTS_NAME, ONDISK_INDEX_NAME
+    from uit_reid.retrieval.shards import EmbeddingShards, write_shard
+
+    rng = np.random.default_rng(2)
+    for shard in range(3):
+        x = unit(rng.standard_normal((200, DIM)))
+        write_shard(tmp_path / "emb", shard, x.astype(np.float16), [f"img/{shard}-{i:03d}.jpg" for i in range(200)])
+    build_ondisk_index(EmbeddingShards(tmp_path / "emb"), kind, tmp_path / "g.index", progress=False)
+    index = GalleryIndex.load(tmp_path / "g.index")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="uit_reid"):
+        assert main(["index", "export", str(tmp_path / "g.index"), "--out", str(out)]) == 0
+    lists = out / LISTS_NAME
+    assert os.path.samefile(lists, tmp_path / "g.index.ivfdata")  # one filesystem: a hard link, no copy
+    assert f"linked {lists} to {tmp_path / 'g.index.ivfdata'} (a hard link: no bytes copied)" in caplog.messages
+    xq = rng.standard_normal((20, DIM))
+    expected_scores, expected = index.search(xq, 10)
+    rows = clip_retrieval_rows(out)
+    assert len(rows) == len(index) == 600
+    shutil.copytree(out, tmp_path / "moved")  # IO_FLAG_ONDISK_SAME_DIR (clip-retrieval's flag) finds the lists beside it
+    for path, flags, named in ((out, 0, lists), (out, faiss.IO_FLAG_READ_ONLY, lists),
+                               (tmp_path / "moved", faiss.IO_FLAG_ONDISK_SAME_DIR, tmp_path / "moved" / LISTS_NAME)):
+        plain = faiss.read_index(str(path / ONDISK_INDEX_NAME), flags)
+        assert faiss.downcast_InvertedLists(faiss.extract_index_ivf(plain).invlists).filename == str(named.resolve())
+        scores, labels = plain.search(unit(xq), 10)
+        assert [[rows[label] for label in line] for line in labels.tolist()] == expected.tolist()
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    assert faiss.IO_FLAG_MMAP & faiss.IO_FLAG_SKIP_IVF_DATA  # why the docs say not IO_FLAG_MMAP for on-disk lists
+    export_index(index, tmp_path / "again")  # the Python API on a served index: its lists keep their own name
+    assert faiss.downcast_InvertedLists(faiss.extract_index_ivf(index._index).invlists).filename == str(
+        tmp_path / "g.index.ivfdata")
+    if os.path.isdir("/dev/shm") and os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev:
+        other = Path("/dev/shm") / f"uit-reid-export-{os.getpid()}"
+        try:
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="uit_reid"):
+                export_index(index, other)
+            assert not os.path.samefile(other / LISTS_NAME, lists)
+            assert (other / LISTS_NAME).read_bytes() == lists.read_bytes()
+            assert any(m.startswith(f"copying {tmp_path / 'g.index.ivfdata'} to {other / LISTS_NAME}")
+                       for m in caplog.messages)
+            copied = faiss.read_index(str(other / ONDISK_INDEX_NAME))
+            assert np.array_equal(copied.search(unit(xq), 10)[1], labels)
+        finally:
+            shutil.rmtree(other, ignore_errors=True)

@@ -143,11 +143,11 @@ def test_memory_budget_picks_a_kind_that_fits(folders, tmp_path, capsys) -> None
     with pytest.raises(ValueError, match="do not fit in 1000 bytes even as 8-byte PQ codes"):
         choose_kind(10_000_000, 512, 1000)
     out = tmp_path / "g.faiss"
-    budget = 150_000  # below the 4000 x 32 x 4 bytes of full vectors
-    assert choose_kind(4000, DIM, budget) == "IVF102,PQ8"
+    budget = 500_000  # below the 4000 x 32 x 4 bytes of full vectors
+    assert choose_kind(4000, DIM, budget) == "IVF8,PQ32"
     assert main(["index", "build", "--embeddings", str(folders["a"]), "--out", str(out),
                  "--memory-budget", str(budget)]) == 0
-    assert "as IVF102,PQ8" in capsys.readouterr().out
+    assert "as IVF8,PQ32" in capsys.readouterr().out
     index = GalleryIndex.load(out)
     assert index_memory(index.factory, 4000, DIM) <= budget
     assert main(["index", "build", "--embeddings", str(folders["a"]), "--out", str(out), "--kind", "flat",

@@ -9,7 +9,7 @@ embedding-shard modules encode galleries to files and build compressed indexes f
 from __future__ import annotations
 
 from uit_reid._errors import EncoderMismatchError
-from uit_reid.retrieval.budget import choose_kind, coarse_quantizer, index_memory, parse_bytes
+from uit_reid.retrieval.budget import budget_nlist, choose_kind, coarse_quantizer, index_memory, parse_bytes
 from uit_reid.retrieval.export import export_index
 from uit_reid.retrieval.factory_string import parse_factory
 from uit_reid.retrieval.index import (
@@ -51,6 +51,7 @@ __all__ = [
     "binding_accuracy",
     "build_index_from_folder",
     "build_index_from_shards",
+    "budget_nlist",
     "choose_kind",
     "coarse_quantizer",
     "default_nlist",

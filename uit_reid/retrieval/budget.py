@@ -3,8 +3,8 @@
 autofaiss itself is not a dependency: version 2.18.0 (checked) requires ``numpy<2`` and
 ``faiss-cpu``, while this library runs on numpy 2 and may be used with faiss-gpu, and its defaults
 (up to 2**16 IVF lists, 4-bit fast-scan PQ) do not suit a small CPU. The rules here are the same in
-spirit: exact search while it fits, otherwise IVF with `default_nlist` lists (about ``2 * sqrt(n)``,
-capped at 4096 for a small CPU), with full vectors if they fit and product-quantised codes as large
+spirit: exact search while it fits, otherwise IVF with `budget_nlist` lists (autofaiss's ``4 * sqrt(n)``
+to ``16 * sqrt(n)``, fewer when the k-means training sample would crowd the budget), with full vectors if they fit and product-quantised codes as large
 as the budget allows if not, an OPQ rotation in front of strong compression, and an HNSW coarse
 quantizer once the list count is large (`coarse_quantizer`). `index_memory` is the arithmetic the
 docs' table uses; `parse_bytes` reads this project's sizes (``4GB``, ``512MiB``) and autofaiss's
@@ -13,13 +13,13 @@ docs' table uses; `parse_bytes` reads this project's sizes (``4GB``, ``512MiB``)
 
 from __future__ import annotations
 
+import math
 import re
 
 from uit_reid.retrieval.factory_string import parse_factory
-from uit_reid.retrieval.index import default_nlist
 
-__all__ = ["FLAT_LIMIT", "HNSW_QUANTIZER_LISTS", "MAX_BYTES", "choose_kind", "coarse_quantizer", "index_memory",
-           "parse_bytes"]
+__all__ = ["FLAT_LIMIT", "HNSW_QUANTIZER_LISTS", "MAX_BYTES", "TRAIN_SAMPLE_SHARE", "budget_nlist", "choose_kind",
+           "coarse_quantizer", "index_memory", "parse_bytes"]
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
@@ -34,6 +34,11 @@ _ID_BYTES = 8  # FAISS stores one int64 label per vector
 _ID_MAP_BYTES = 9  # our id map: a live byte and an int64 (string ids cost their length instead)
 FLAT_LIMIT = 1_000_000
 """Largest gallery `choose_kind` searches exactly: above it exact search costs seconds per query batch."""
+TRAIN_SAMPLE_SHARE = 8
+"""`budget_nlist` keeps the k-means training sample (40 float32 vectors per list) within 1/8 of the
+budget: the build holds it beside the index being filled, a shard and FAISS's buffers (the 10M x 512
+``IVF4096,PQ256`` build peaked at 3.88 GB for a 2.9 GB index and a 0.34 GB sample)."""
+_TRAIN_POINTS_PER_LIST = 40  # the sample FAISS asks for (it warns below 39 points per centroid)
 
 
 def parse_bytes(text: str) -> int:
@@ -68,6 +73,25 @@ def coarse_quantizer(nlist: int) -> str:
     return f"_HNSW{_QUANTIZER_HNSW_M}" if nlist >= HNSW_QUANTIZER_LISTS else ""
 
 
+def budget_nlist(n: int, dim: int, budget: int) -> int:
+    """The IVF list count `choose_kind` gives ``n`` vectors of ``dim`` under ``budget`` bytes.
+
+    The smallest power of two from ``4 * sqrt(n)`` (so below ``8 * sqrt(n)``, inside autofaiss's
+    ``4 * sqrt(n)``..``16 * sqrt(n)``; LAION-5B's 5.5 x 10**9 vectors used 131,072), halved while the
+    gallery cannot give 40 training points per list (``n // 40``) or the training sample exceeds
+    ``budget / TRAIN_SAMPLE_SHARE``. More lists make each probe scan fewer codes, so the list count
+    grows with the gallery; from `HNSW_QUANTIZER_LISTS` on, `coarse_quantizer` keeps assignment cheap.
+    10**7 x 512 under 4 GB: 4,096 lists; 10**8 x 128 under 16 GB: 65,536 (``IVF65536_HNSW32``).
+    """
+    if n < 1 or dim < 1 or budget < 1:
+        raise ValueError(f"n, dim and budget must be positive, got {n}, {dim}, {budget}")
+    nlist = 1 << math.ceil(math.log2(4 * math.sqrt(n)))
+    while nlist > 1 and (nlist * _TRAIN_POINTS_PER_LIST > n
+                         or nlist * _TRAIN_POINTS_PER_LIST * dim * 4 * TRAIN_SAMPLE_SHARE > budget):
+        nlist //= 2
+    return nlist
+
+
 def index_memory(factory: str, n: int, dim: int) -> int:
     """Bytes a `GalleryIndex` of ``n`` vectors of ``dim`` takes in memory (FAISS structures + id map)."""
     layout = parse_factory(factory, dim)
@@ -91,20 +115,22 @@ def index_memory(factory: str, n: int, dim: int) -> int:
     return int(n * code + ids + tables)
 
 
-def choose_kind(n: int, dim: int, budget: int, max_nlist: int = 4096) -> str:
+def choose_kind(n: int, dim: int, budget: int, max_nlist: int | None = None) -> str:
     """The most accurate supported factory string whose `index_memory` fits ``budget`` bytes.
 
     Exact (``Flat``) up to `FLAT_LIMIT` vectors; then ``IVF<nlist>,Flat``; then ``IVF<nlist>,PQ<m>``
     with the largest ``m`` (a divisor of ``dim``, one byte per sub-vector) that fits, with ``OPQ<m>``
-    in front when ``m <= dim / 8``. ``max_nlist`` caps the list count: IVF training and assignment
-    cost grow with it, and 4096 lists train in minutes on 2 cores. The coarse quantizer is the one
-    `coarse_quantizer` picks for the list count. ValueError when even 8-byte codes do not fit.
+    in front when ``m <= dim / 8``. The list count is `budget_nlist`'s, at most ``max_nlist`` if
+    given (IVF training time grows with it); the coarse quantizer is the one `coarse_quantizer`
+    picks for it. ValueError when even 8-byte codes do not fit.
     """
     if n < 1 or dim < 1 or budget < 1:
         raise ValueError(f"n, dim and budget must be positive, got {n}, {dim}, {budget}")
     if n <= FLAT_LIMIT and index_memory("Flat", n, dim) <= budget:
         return "Flat"
-    nlist = min(default_nlist(n), max_nlist)
+    nlist = budget_nlist(n, dim, budget)
+    if max_nlist is not None:
+        nlist = min(nlist, max(1, max_nlist))
     ivf = f"IVF{nlist}{coarse_quantizer(nlist)}"
     factory = f"{ivf},Flat"
     if index_memory(factory, n, dim) <= budget:

@@ -10,14 +10,24 @@ shows). The FAISS bytes are GalleryIndex's own, streamed (nothing copied), with 
 efSearch stored in them, so plain FAISS answers exactly as `GalleryIndex.search` does.
 
 HNSW graphs cannot delete: an ``hnsw`` index with removed items would return them from plain FAISS,
-so its export is refused until it is rebuilt. An index whose IVF lists live in a separate ``.ivfdata``
-file (on-disk lists) is exported with that file beside ``image.index``: see `_ONDISK_HOOK`.
+so its export is refused until it is rebuilt. An on-disk index (`uit_reid.retrieval.ondisk`: lists in
+``OUT.ivfdata``, ids in ``OUT.ids``) is exported as FAISS's own on-disk form, in the folder layout
+clip-retrieval's back end reads for a merged index: ``image.index/populated.index`` holds an
+``OnDiskInvertedLists`` naming ``image.index/populated.index.ivfdata`` by its absolute path.
+``faiss.read_index(path)`` opens it there; ``faiss.IO_FLAG_ONDISK_SAME_DIR`` (what clip-retrieval
+passes) looks for the lists beside the index instead, so the folder may be moved. Not
+``IO_FLAG_MMAP``: it includes ``IO_FLAG_SKIP_IVF_DATA``, and FAISS 1.15.1 then leaves on-disk lists
+unmapped (a search crashes); on-disk lists are memory-mapped anyway. The list file is a hard link
+to the index's own when both are on one filesystem (no bytes copied), otherwise a streamed copy;
+the log says which. Its layout is already FAISS's, so it is used as is.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +39,9 @@ from tqdm import tqdm
 
 from uit_reid.io import atomic_write_bytes
 from uit_reid.retrieval.index import GalleryIndex
+from uit_reid.retrieval.ondisk import ivf_of
 
-__all__ = ["INDEX_NAME", "METADATA_NAME", "export_index"]
+__all__ = ["INDEX_NAME", "LISTS_NAME", "METADATA_NAME", "ONDISK_INDEX_NAME", "export_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,21 +49,25 @@ INDEX_NAME = "image.index"
 """The FAISS file's name in the export folder (clip-retrieval's back end looks for this name)."""
 METADATA_NAME = "metadata/metadata_0.parquet"
 """The id table's path in the export folder: one row per FAISS label, in label order."""
+ONDISK_INDEX_NAME = INDEX_NAME + "/populated.index"
+"""The FAISS file's path in the export folder of an on-disk index (clip-retrieval: a folder ``image.index``)."""
+LISTS_NAME = ONDISK_INDEX_NAME + ".ivfdata"
+"""The on-disk lists' path in the export folder of an on-disk index (``populated.index`` names it)."""
 _ROWS_PER_GROUP = 1 << 20
-_ONDISK_HOOK = None
-"""TODO(issue 28 part B): when GalleryIndex gains on-disk IVF lists (``OnDiskInvertedLists``), copy
-their ``.ivfdata`` beside ``image.index`` here and write the index with the lists' new file name."""
+_COPY_CHUNK = 1 << 24
 
 
 def export_index(index: GalleryIndex, out: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write ``index`` to the folder ``out`` as ``image.index`` + ``metadata/metadata_0.parquet``.
 
-    Each file is written atomically. Returns the two paths. ValueError (naming the reason) for an
-    empty or memory-mapped index or an HNSW index with removed items.
+    An on-disk index is written as ``image.index/populated.index`` + ``.ivfdata`` (module docstring). Each file is written
+    atomically, the lists before the index that names them. Returns the index and table paths.
+    ValueError (naming the reason) for an empty or memory-mapped index or an HNSW index with
+    removed items.
     """
     if index._index is None:
         raise ValueError("cannot export an empty, untrained index: add features first")
-    if index.read_only:
+    if index.read_only and not index._on_disk:
         # FAISS would write the mapped lists as a reference to a list file that does not exist
         raise ValueError("cannot export a memory-mapped index: load it with mmap=False first")
     if index.family == "hnsw" and len(index._ids.dead_slots()):
@@ -63,16 +78,51 @@ def export_index(index: GalleryIndex, out: str | os.PathLike[str]) -> tuple[Path
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"cannot export to {out}: it is a file, not a folder")
-    index_path, table_path = out / INDEX_NAME, out / METADATA_NAME
+    index_path = out / (ONDISK_INDEX_NAME if index._on_disk else INDEX_NAME)
+    table_path = out / METADATA_NAME
     table_path.parent.mkdir(parents=True, exist_ok=True)
 
+    lists = faiss.downcast_InvertedLists(ivf_of(index._index).invlists) if index._on_disk else None
+    if lists is not None:
+        _link_or_copy(Path(lists.filename), out / LISTS_NAME)
+
     def write_faiss(fh: Any) -> None:
-        faiss.write_index(index._index, faiss.PyCallbackIOWriter(fh.write))
+        if lists is None:
+            faiss.write_index(index._index, faiss.PyCallbackIOWriter(fh.write))
+            return
+        source, lists.filename = lists.filename, str((out / LISTS_NAME).resolve())
+        try:  # the file name is all that differs: the serialised table of (size, capacity, offset) holds
+            faiss.write_index(index._index, faiss.PyCallbackIOWriter(fh.write))
+        finally:
+            lists.filename = source
 
     atomic_write_bytes(index_path, write_faiss)
     atomic_write_bytes(table_path, lambda fh: _write_ids(index, fh))
     logger.info("exported %d items (%d labels) to %s and %s", len(index), index.num_slots, index_path, table_path)
     return index_path, table_path
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Put ``source``'s bytes at ``target`` atomically: a hard link where the filesystem allows, else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and os.path.samefile(source, target):
+        logger.info("%s is already %s (a hard link)", target, source)
+        return
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        os.link(source, tmp)
+    except OSError as err:  # another filesystem (EXDEV), or one without hard links
+        logger.info("copying %s to %s (%.2f GB): no hard link possible (%s)", source, target,
+                    source.stat().st_size / 1e9, err.strerror)
+        with open(source, "rb") as src:
+            atomic_write_bytes(target, lambda fh: shutil.copyfileobj(src, fh, _COPY_CHUNK))
+        return
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.info("linked %s to %s (a hard link: no bytes copied)", target, source)
 
 
 def _write_ids(index: GalleryIndex, fh: Any) -> None:
