@@ -18,7 +18,7 @@ import torch
 from uit_reid import UITModel
 from uit_reid.checkpoint import load_checkpoint
 from uit_reid.data import load_dataset
-from uit_reid.evaluation import BINDING_KEYS, evaluate_binding
+from uit_reid.evaluation import BINDING_KEYS, TEXT_USE_KEYS, evaluate_binding
 from uit_reid.factory import load_model
 from uit_reid.train import NonFiniteLossError, TrainConfig, Trainer
 
@@ -127,8 +127,8 @@ def test_fit_writes_the_run_files_and_exports_the_best_model(tiny_config, indepe
     assert result["model_dir"] == str(run_dir / "best")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # the synthetic records carry attributes, so the test figures include attribute binding
-    assert {"R1", "R5", "R10", "mAP", "mINP", "binding", "binding_n", "presence"} <= set(metrics)
-    assert set(metrics) <= {"R1", "R5", "R10", "mAP", "mINP", *BINDING_KEYS} and metrics == result["test"]
+    assert {"R1", "R5", "R10", "mAP", "mINP", "binding", "binding_n", "presence", *TEXT_USE_KEYS} <= set(metrics)
+    assert set(metrics) <= {"R1", "R5", "R10", "mAP", "mINP", *BINDING_KEYS, *TEXT_USE_KEYS} and metrics == result["test"]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if "split" not in r]
     assert [r["step"] for r in train_records] == list(range(1, result["steps"] + 1))
