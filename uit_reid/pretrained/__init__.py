@@ -45,7 +45,11 @@ SHIPPED: dict[tuple[str, str], ShippedWeights] = {
 }
 """(architecture, tag) -> the shipped weights (see ``uit-tiny-synthetic.md`` for the card)."""
 
-SHIPPED_TIR_HEADS: dict[tuple[str, str], ShippedWeights] = {}
+SHIPPED_TIR_HEADS: dict[tuple[str, str], ShippedWeights] = {
+    ("uit-tiny", "synthetic"): ShippedWeights(
+        "uit-tiny-synthetic-tir.safetensors", "dd0baebdf1501a16ecde6170eda559283b463a5a72793e45c128759dc0389207", (8, 4)
+    ),
+}
 """(architecture, tag) -> a TIR decoder pre-trained on the frozen encoders of those shipped weights
 (``model.tir_pretrained``), so that a short fine-tune starts with a decoder that reads the caption.
 Its `TIRHead` configuration is stored in the file's metadata; see the card beside the CLIP weights."""
