@@ -267,7 +267,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     from uit_reid import distributed as D
     from uit_reid.factory import load_model
-    from uit_reid.io import FolderLock
+    from uit_reid.io import FolderLock, check_not_input
     from uit_reid.retrieval.shards import encode_shards, read_image_list
 
     with D.torchrun_process_group(args.device):
@@ -276,9 +276,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
         if D.is_distributed() and device.startswith("cuda"):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         # rank 0 holds the output folder for the whole job: a second job into it refuses at once
+        images = Path(args.images)
+        check_not_input(args.out, [images] if images.is_file() else [])  # before the lock makes --out a folder
         with FolderLock(args.out, "uit-reid encode") if rank == 0 else contextlib.nullcontext():
-            files = read_image_list(args.images)
-            _check_encode_out(Path(args.out), Path(args.images), files)
+            files = read_image_list(images)
+            _check_encode_out(Path(args.out), files)
             model = load_model(args.model, device=device)
             manifest = encode_shards(
                 files, args.out, lambda x: model.encode_image(x, normalize=False),
@@ -294,15 +296,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_encode_out(out: Path, images: Path, files: list[str]) -> None:
-    """Refuse an ``encode --out`` that is the image list, or whose shard files would replace a listed image."""
+def _check_encode_out(out: Path, files: list[str]) -> None:
+    """Refuse an ``encode --out`` whose shard files would replace a listed image (no stat per image)."""
     from uit_reid.io import check_not_input
     from uit_reid.retrieval.shards import MANIFEST
 
-    inside = [str(out.absolute()) + os.sep, str(out.resolve()) + os.sep]
-    listed_inside = [f for f in files if f.startswith(inside[0]) or f.startswith(inside[1])]  # no stat per image
-    check_not_input(out, [images] if images.is_file() else [], writes=())
-    check_not_input(out, listed_inside, writes=(MANIFEST, "img_emb", "metadata", "logs"))
+    inside = (str(out.absolute()) + os.sep, str(out.resolve()) + os.sep)
+    check_not_input(out, [f for f in files if f.startswith(inside)], writes=(MANIFEST, "img_emb", "metadata", "logs"))
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -105,7 +105,7 @@ def read_image_list(source: str | os.PathLike[str]) -> list[str]:
     path = Path(source)
     if path.is_dir():
         return [str(p) for p in list_images(path)]
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"--images {path}: no such folder or list file")
     base = path.absolute().parent
     with _open_regular(path, "--images list") as fh:  # a FIFO is refused, not waited on
