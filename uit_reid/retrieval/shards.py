@@ -508,13 +508,15 @@ class EmbeddingShards:
                 if declared != self.rows[n]:
                     raise ShardFormatError(f"metadata file {path} declares {declared} ids for the {self.rows[n]} "
                                            f"vectors of {self._files[n][0]}")
-                field = parquet.schema_arrow.field(_ID_COLUMN) if _ID_COLUMN in parquet.schema_arrow.names else None
-                if field is None or not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+                schema = parquet.schema_arrow
+                kind = schema.field(_ID_COLUMN).type if _ID_COLUMN in schema.names else pa.null()
+                kind = kind.value_type if pa.types.is_dictionary(kind) else kind  # pandas' categoricals
+                if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
                     raise ShardFormatError(f"metadata file {path} has no string column {_ID_COLUMN!r}")
                 for batch in parquet.iter_batches(batch_size=_ID_BATCH, columns=[_ID_COLUMN]):
                     column = batch.column(0)
                     if column.null_count or len(ids) + len(column) > self.rows[n]:
-                        raise ShardFormatError(f"metadata file {path}: null ids, or more ids than its footer declares")
+                        raise ShardFormatError(f"metadata file {path}: null ids, or more than its footer declares")
                     ids.extend(column.to_pylist())
             except (OSError, pa.ArrowException) as err:
                 raise ShardFormatError(f"metadata file {path} cannot be read: {err}") from None
