@@ -183,7 +183,8 @@ class ShardVectors:
             if stamps[n] != stamp:
                 raise ValueError(f"embedding file {shards.files(n)[0]} changed since the index was built (size, "
                                  "modification time): re-ranking from it would give wrong scores; rebuild the "
-                                 "index, or search without re-ranking")
+                                 "index, or search without re-ranking (a copied folder must keep its files' "
+                                 "times: cp -p, rsync -a)")
 
     def __call__(self, slots: np.ndarray) -> np.ndarray:
         slots = np.asarray(slots, dtype=np.int64)
