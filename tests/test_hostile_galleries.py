@@ -126,6 +126,7 @@ import sys, time
 from pathlib import Path
 from uit_reid.cli import main
 go = Path(sys.argv[1])
+go.with_suffix(".ready").touch()  # imported: the command starts within a millisecond of the go
 while not go.exists():
     time.sleep(0.001)
 sys.exit(main(sys.argv[2:]))
@@ -149,7 +150,9 @@ def test_two_index_adds_at_once_never_lose_one(tmp_path) -> None:
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for name, folder in (("long", long), ("short", short))
     }
-    time.sleep(10)  # both have imported the library and wait for their go
+    deadline = time.monotonic() + 240
+    while not all((tmp_path / f"go-{name}.ready").exists() for name in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until both have imported the library and wait for their go
     (tmp_path / "go-long").touch()
     started = time.monotonic()
     while not (index_path.parent / LOCK_NAME).exists() and time.monotonic() - started < 0.5:
