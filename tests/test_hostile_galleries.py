@@ -172,7 +172,7 @@ def test_two_index_adds_at_once_never_lose_one(tmp_path) -> None:
     assert len(GalleryIndex.load(index_path)) == 400_020
 
 
-def test_index_add_into_a_held_folder_stops_naming_the_holder(tmp_path) -> None:
+def test_index_add_into_a_held_folder_stops_naming_the_holder(tmp_path, capsys) -> None:
     from uit_reid.io import FolderLock
 
     base = folder_with_manifest(tmp_path / "base", [5], prefix="base")
@@ -183,9 +183,12 @@ def test_index_add_into_a_held_folder_stops_naming_the_holder(tmp_path) -> None:
     with FolderLock(index_path.parent, "test"):
         proc = subprocess.run([sys.executable, "-m", "uit_reid.cli", "index", "add", "--index", str(index_path),
                                "--embeddings", str(more)], env=_env(), capture_output=True, text=True, timeout=300)
+        assert main(["index", "build", "--embeddings", str(more), "--out", str(index_path)]) == 1  # build too
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith(
         f"uit-reid: error: {index_path.parent} is in use by another uit-reid index add (pid {os.getpid()} on "), proc.stderr
+    assert error_line(capsys).startswith(
+        f"uit-reid: error: {index_path.parent} is in use by another uit-reid index build (pid {os.getpid()} on ")
     assert index_path.read_bytes() == before
 
 
