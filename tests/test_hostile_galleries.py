@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from limited_cli import run_cli_limited
 from PIL import Image
 
@@ -477,3 +479,25 @@ def test_nan_zero_rows_and_duplicate_ids_name_their_shard(tmp_path, capsys) -> N
     assert main(["index", "build", "--embeddings", str(emb), "--out", str(tmp_path / "g.faiss")]) == 1
     assert error_line(capsys) == (f"uit-reid: error: metadata file {parquet}: ids already in the index: "
                                   "['img/0.jpg']")
+
+
+# ------------------------------------------------------------------ the display helper's properties
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=700), st.integers(min_value=1, max_value=600))
+def test_shown_is_one_printable_line_of_bounded_length(text, limit) -> None:
+    from uit_reid._display import shown
+
+    out = shown(text, limit)
+    assert out.isprintable() and "\n" not in out
+    kept = text[:limit]
+    assert len(out) <= 10 * len(kept) + 40  # each character at most \UXXXXXXXX, plus the count
+    if kept.isprintable():
+        assert out.startswith(kept)
+    if len(text) <= limit and text.isprintable():
+        assert out == text  # ordinary ids are shown as they are
+    if len(text) > limit:
+        assert out.endswith(f"... ({len(text) - limit} more characters)")
+    # an independent escape: every non-printable character becomes its code in hex
+    expected = "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+                       if ord(c) < 0x10000 else f"\\U{ord(c):08x}") for c in kept)
+    assert out == (expected if len(text) <= limit else f"{expected}... ({len(text) - limit} more characters)")
