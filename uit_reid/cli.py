@@ -29,7 +29,11 @@ class CLIError(Exception):
 
 # ---------------------------------------------------------------------------------------- helpers
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(format="%(message)s", level=logging.WARNING)  # stderr: stdout stays for results
+    from uit_reid._display import ShownFormatter
+
+    handler = logging.StreamHandler()  # stderr: stdout stays for results
+    handler.setFormatter(ShownFormatter("%(message)s"))  # ids and paths from files cannot forge lines
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     logging.getLogger("uit_reid").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
@@ -123,17 +127,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from uit_reid.convert import convert_model
-    from uit_reid.io import check_writable, folder_names
+    from uit_reid.io import check_not_input, check_writable, folder_names
     from uit_reid.model import CONFIG_NAME, WEIGHTS_NAME
     from uit_reid.model_card import MODEL_CARD_NAME
 
     out = Path(args.out)
+    check_not_input(out, [args.checkpoint], writes=(WEIGHTS_NAME, CONFIG_NAME, MODEL_CARD_NAME))
     if out.exists() and (not out.is_dir() or folder_names(out)) and not args.force:
         raise CLIError(f"{out} already exists and is not empty; pass --force to write the model files into it")
-    source = Path(args.checkpoint).resolve()
-    for name in (WEIGHTS_NAME, CONFIG_NAME, MODEL_CARD_NAME):
-        if (out / name).resolve() == source or source.is_relative_to((out / name).resolve()):
-            raise CLIError(f"--out {out} would replace the input {args.checkpoint} with its {name}; choose another --out")
     check_writable(out / CONFIG_NAME)  # before the conversion, not after it
     model = convert_model(
         args.checkpoint, format=args.format, image_size=args.image_size, stride=args.stride, model_name=args.model
@@ -221,23 +222,47 @@ def _memory_kind(args: argparse.Namespace, n: int, dim: int) -> str:
     return kind
 
 
+def _model_inputs(source: str | None) -> list[Path]:
+    """The files a ``--model`` argument reads (none for a Hub id): no output may be one of them."""
+    from uit_reid.model import CONFIG_NAME, WEIGHTS_NAME
+
+    if not source:
+        return []
+    path = Path(source)
+    return [path / WEIGHTS_NAME, path / CONFIG_NAME] if path.is_dir() else [path] if path.exists() else []
+
+
+@contextlib.contextmanager
+def _index_writer(path: Path, what: str):
+    """Hold the `FolderLock` of the folder of index file ``path`` (a second writer stops, naming this one)
+    and remove the temporary files an earlier, killed save of ``path`` left there."""
+    from uit_reid.io import FolderLock, remove_stale_temp_files
+
+    with FolderLock(path.parent, what):
+        remove_stale_temp_files(path.parent, path.name)
+        yield
+
+
 def cmd_index_build(args: argparse.Namespace) -> int:
-    from uit_reid.io import check_writable
+    from uit_reid.io import check_not_input, check_writable
 
     out = check_writable(args.out)
+    check_not_input(out, _model_inputs(args.model))
     if args.embeddings:
         if args.images or args.model:
             raise CLIError("give --embeddings, or --images with --model, not both")
         from uit_reid.retrieval import EmbeddingShards, build_index_from_shards
 
         shards = EmbeddingShards(args.embeddings)
+        check_not_input(out, shards.inputs)
         kind = _memory_kind(args, len(shards), shards.dim)
         if args.on_disk:
             return _build_on_disk(args, shards, kind, out)
-        index = build_index_from_shards(shards, kind, train_size=args.train_size)
-        if shards.manifest and shards.manifest.get("model"):
-            index.metadata["model"] = shards.manifest["model"]
-        index.save(out)
+        with _index_writer(out, "uit-reid index build"):
+            index = build_index_from_shards(shards, kind, train_size=args.train_size)
+            if shards.manifest and shards.manifest.get("model"):
+                index.metadata["model"] = shards.manifest["model"]
+            index.save(out)
         print(f"indexed {len(index)} vectors from {args.embeddings} as {index.factory} -> {out}")
         return 0
     if args.on_disk:
@@ -251,22 +276,23 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     model = load_model(args.model, device=device)
-    index = build_index_from_folder(
-        args.images,
-        model.encode_image,
-        model.eval_transform(),
-        kind=args.kind or "flat",
-        fingerprint=model.encoder.fingerprint(),
-        batch_size=args.batch_size,
-        device=device,
-        image_size=model.image_size,
-        num_workers=args.workers,
-        train_size=args.train_size,
-    )
-    if len(index) == 0:
-        raise CLIError(f"no readable images under {args.images}")
-    index.metadata = {"model": _model_ref(args.model), "images": str(Path(args.images).resolve())}
-    index.save(out)  # one file, replaced atomically: an existing index stays whole until the new one is in
+    with _index_writer(out, "uit-reid index build"):
+        index = build_index_from_folder(
+            args.images,
+            model.encode_image,
+            model.eval_transform(),
+            kind=args.kind or "flat",
+            fingerprint=model.encoder.fingerprint(),
+            batch_size=args.batch_size,
+            device=device,
+            image_size=model.image_size,
+            num_workers=args.workers,
+            train_size=args.train_size,
+        )
+        if len(index) == 0:
+            raise CLIError(f"no readable images under {args.images}")
+        index.metadata = {"model": _model_ref(args.model), "images": str(Path(args.images).resolve())}
+        index.save(out)  # one file, replaced atomically: an existing index stays whole until the new one is in
     print(f"indexed {len(index)} images -> {out}")
     return 0
 
@@ -308,12 +334,16 @@ def cmd_index_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_index_add(args: argparse.Namespace) -> int:
+    from uit_reid.io import check_not_input
     from uit_reid.retrieval import EmbeddingShards, GalleryIndex, add_shards
 
-    index = GalleryIndex.load(args.index)
-    before = len(index)
-    add_shards(index, EmbeddingShards(args.embeddings))
-    index.save(args.index)  # the old file stays whole until the new one replaces it
+    shards = EmbeddingShards(args.embeddings)
+    check_not_input(args.index, shards.inputs, "--index")
+    with _index_writer(Path(args.index), "uit-reid index add"):  # two adds at once would lose one
+        index = GalleryIndex.load(args.index)
+        before = len(index)
+        add_shards(index, shards, allow_no_fingerprint=args.allow_no_fingerprint)
+        index.save(args.index)  # the old file stays whole until the new one replaces it
     print(f"added {len(index) - before} vectors from {args.embeddings} -> {args.index} ({len(index)} in all)")
     return 0
 
@@ -332,7 +362,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     from uit_reid import distributed as D
     from uit_reid.factory import load_model
-    from uit_reid.io import FolderLock
+    from uit_reid.io import FolderLock, check_not_input
     from uit_reid.retrieval.shards import encode_shards, read_image_list
 
     with D.torchrun_process_group(args.device):
@@ -341,8 +371,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
         if D.is_distributed() and device.startswith("cuda"):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         # rank 0 holds the output folder for the whole job: a second job into it refuses at once
+        images = Path(args.images)
+        check_not_input(args.out, [images] if images.is_file() else [])  # before the lock makes --out a folder
         with FolderLock(args.out, "uit-reid encode") if rank == 0 else contextlib.nullcontext():
-            files = read_image_list(args.images)
+            files = read_image_list(images)
+            _check_encode_out(Path(args.out), files)
             model = load_model(args.model, device=device)
             manifest = encode_shards(
                 files, args.out, model.encode_image,
@@ -358,9 +391,19 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_encode_out(out: Path, files: list[str]) -> None:
+    """Refuse an ``encode --out`` whose shard files would replace a listed image (no stat per image)."""
+    from uit_reid.io import check_not_input
+    from uit_reid.retrieval.shards import MANIFEST
+
+    inside = (str(out.absolute()) + os.sep, str(out.resolve()) + os.sep)
+    check_not_input(out, [f for f in files if f.startswith(inside)], writes=(MANIFEST, "img_emb", "metadata", "logs"))
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    from uit_reid._display import shown
     from uit_reid.factory import load_model
-    from uit_reid.io import check_writable
+    from uit_reid.io import check_not_input, check_writable
     from uit_reid.retrieval import GalleryIndex, render_results, search_text
 
     if args.k < 1:
@@ -372,6 +415,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     source = args.model or index.metadata.get("model")
     if not isinstance(source, str):
         raise CLIError(f"{index_path}: no --model given and the index does not record its model")
+    if args.out:
+        check_not_input(args.out, [index_path, *_model_inputs(source)])
     device = _device(args.device)
     model = load_model(source, device=device)
     fingerprint = model.encoder.fingerprint()
@@ -384,9 +429,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps({"query": args.query, "results": results}))
     else:
         for hit in hits:
-            print(f"{hit.rank:>3}  {hit.score:.4f}  {hit.path or hit.id}")
+            print(f"{hit.rank:>3}  {hit.score:.4f}  {shown(hit.path or hit.id)}")
     if args.out:
         out = Path(args.out)
+        check_not_input(out, [h.path for h in hits if h.path])  # the grid reads these images
+        if rerank is not None:
+            check_not_input(out, [p for _, shards, _ in rerank.parts for p in shards.inputs])
         render_results(args.query, hits).save(out)
         logger.info("results grid -> %s", out)
     return 0
@@ -584,6 +632,9 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     a = index_sub.add_parser("add", help="append embedding shards to an index without retraining (atomic)")
     a.add_argument("--index", required=True, help="index file to extend (replaced atomically)")
     a.add_argument("--embeddings", required=True, help="embedding folder written by 'uit-reid encode'")
+    a.add_argument("--allow-no-fingerprint", action="store_true",
+                   help="add a folder that records no encoder fingerprint (no manifest.json) to an index that "
+                        "records one; only if you know the index's model encoded it")
     a.set_defaults(func=cmd_index_add)
     e = index_sub.add_parser("export", help="plain FAISS (image.index) + ids as parquet, clip-retrieval's layout")
     e.add_argument("index", help="index file written by 'uit-reid index build'")
@@ -705,12 +756,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> Any:
+    from uit_reid._display import LOG_ARG_CHARS, shown
+
     text = str(exc).strip()
     if text.startswith("Caught ") and "Original Traceback" in text:
         # re-raised from a DataLoader worker: the original message is the traceback's last line
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if last.startswith(f"{type(exc).__module__}.") and ": " in last else last
-    text = text.replace("\n", " ") or type(exc).__name__
+    text = shown(text.replace("\n", " "), LOG_ARG_CHARS) or type(exc).__name__
     return text if isinstance(exc, CLIError | ValueError | OSError) else f"{type(exc).__name__}: {text}"
 
 

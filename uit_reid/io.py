@@ -13,7 +13,7 @@ import secrets
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,7 +23,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 __all__ = ["LOCK_NAME", "FolderInUseError", "FolderLock", "atomic_torch_save", "atomic_write_bytes",
-           "atomic_write_text", "check_writable", "file_sha256", "folder_contents",
+           "atomic_write_text", "check_not_input", "check_writable", "file_sha256", "folder_contents",
            "folder_names", "remove_stale_temp_files"]
 
 _NEW_FILE_MODE = 0o666
@@ -141,6 +141,28 @@ def check_writable(path: str | os.PathLike) -> Path:
     os.close(fd)
     os.unlink(probe)
     return path
+
+
+def check_not_input(
+    out: str | os.PathLike, inputs: Iterable[str | os.PathLike], flag: str = "--out", writes: Iterable[str] = ()
+) -> None:
+    """Refuse, naming both, an output ``out`` that is one of ``inputs`` or lies inside an input folder;
+    for a folder ``out``, ``writes`` names the files written into it, none of which may be (or hold) an
+    input. Writing any of these would destroy what the command reads, so commands call this first.
+
+    Paths are compared resolved (symlinks followed), so ``a/../b`` and a link to an input are caught.
+    """
+    target = Path(out).resolve()
+    written = [(name, (target / name).resolve()) for name in writes]
+    for given in inputs:
+        source = Path(given).resolve()
+        if target == source:
+            raise ValueError(f"{flag} {out} is the input {given}; choose another {flag}")
+        if source.is_dir() and target.is_relative_to(source):
+            raise ValueError(f"{flag} {out} is inside the input folder {given}; choose another {flag}")
+        for name, path in written:
+            if source.is_relative_to(path):
+                raise ValueError(f"{flag} {out} would replace the input {given} with its {name}; choose another {flag}")
 
 
 LOCK_NAME = ".uit_reid.lock"

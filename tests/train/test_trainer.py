@@ -106,13 +106,15 @@ def test_the_run_logs_to_out_log_and_takes_its_handler_away_after(tiny_dataset, 
     caplog.set_level(logging.INFO, logger="uit_reid")  # what `uit-reid train` sets
     package = logging.getLogger("uit_reid")
     before = list(package.handlers)
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "run\n2026-01-01 00:00:00,000 | INFO | uit_reid | forged"  # a name that forged a record
     Trainer(TrainConfig.from_dict(config_dict(tiny_dataset, run_dir, max_steps=1, epochs=1))).fit()
     assert package.handlers == before
     assert (run_dir / "metrics.jsonl").is_file()
     lines = (run_dir / "out.log").read_text(encoding="utf-8").splitlines()
     record = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \| (DEBUG|INFO|WARNING|ERROR) \| uit_reid[.\w]* \| ")
-    assert lines and record.match(lines[0]), lines[:3]
+    assert lines and all(record.match(line) for line in lines), [line for line in lines if not record.match(line)]
+    assert any("run\\x0a2026-01-01" in line for line in lines)  # the name is logged, escaped
+    assert not any(line.startswith("2026-01-01 00:00:00,000") for line in lines)  # and forges no record
     test_line = next(line for line in lines if " | uit_reid.train.trainer | test (" in line)
     assert record.match(test_line) and "R1 " in test_line
     logging.getLogger("uit_reid.probe").info("after the run")

@@ -365,7 +365,8 @@ def load_dataset(
         val=splits.get("val"),
         test=splits.get("test"),
     )
-    logger.info("%s", ds.summary())
+    for line in ds.summary().splitlines():  # one record a line: log arguments are escaped (uit_reid._display)
+        logger.info("%s", line)
     return ds
 
 

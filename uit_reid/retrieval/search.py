@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,8 +106,11 @@ def list_images(folder: str | os.PathLike[str], extensions: Iterable[str] = IMAG
 
 
 def _load(path: Path, image_size: Sequence[int] | None = None) -> Image.Image | None:
-    """`load_image`, or None (logged) for a missing or undecodable file."""
+    """`load_image`, or None (logged) for a missing or undecodable file, or one that is not a regular file
+    (a FIFO would block the reader for ever)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise OSError(f"{path} is not a regular file")
         return load_image(path, image_size)
     except (CorruptImageError, OSError) as err:
         logger.warning("skipping unreadable image %s: %s", path, err)

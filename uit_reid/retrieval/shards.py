@@ -26,10 +26,11 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -104,11 +105,13 @@ def read_image_list(source: str | os.PathLike[str]) -> list[str]:
     path = Path(source)
     if path.is_dir():
         return [str(p) for p in list_images(path)]
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"--images {path}: no such folder or list file")
     base = path.absolute().parent
+    with _open_regular(path, "--images list") as fh:  # a FIFO is refused, not waited on
+        text = fh.read().decode("utf-8", "surrogateescape")  # names as the file system gives them (os.fsdecode)
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         name = line.strip()
         if not name:
             continue
@@ -178,6 +181,7 @@ def encode_shards(
     plan = shard_plan(list(files), shard_size)
     if plan.num_images == 0:
         raise ValueError("no images to encode")
+    _refuse_repeated_images(files)
     identity = {
         "format": _FORMAT,
         "format_version": _VERSION,
@@ -195,16 +199,43 @@ def encode_shards(
     logger.info("rank %d/%d: %d of its %d shards to encode", rank, world_size, len(todo), len(mine))
     for n in todo:
         shard_files = list(files[n * shard_size : (n + 1) * shard_size])
+        unnamed = [f for f in shard_files if not _is_utf8(f)]
+        for f in unnamed:  # the metadata file holds UTF-8 ids: such a name cannot be one, so it is not encoded
+            logger.warning("shard %d: skipping %s: its name is not valid UTF-8", n, f)
         feats, paths, skipped = encode_image_files(
-            shard_files, image_encoder, transform, batch_size=batch_size, device=device, progress=progress,
-            image_size=image_size, num_workers=num_workers, desc=f"shard {n}",
+            [f for f in shard_files if _is_utf8(f)], image_encoder, transform, batch_size=batch_size,
+            device=device, progress=progress, image_size=image_size, num_workers=num_workers, desc=f"shard {n}",
         )
+        skipped += unnamed
         _write_encoded_shard(out, n, plan.width, rank, len(shard_files), feats, paths, skipped)
     barrier()
     if rank == 0:
         _finish_manifest(out, identity, metadata or {}, plan)
     barrier()
     return _read_manifest(out)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate-escaped bytes of a name that is not UTF-8
+        return False
+    return True
+
+
+def _refuse_repeated_images(files: Sequence[str]) -> None:
+    """Refuse an image list that names one file more than once (its rows would share one id)."""
+    from uit_reid.retrieval.idmap import keys_of
+
+    keys = np.sort(keys_of([str(f) for f in files], "str")[0])
+    if not (keys[1:] == keys[:-1]).any():
+        return
+    seen: dict[str, int] = {}
+    for f in files:  # a key appears twice: find the name (equal keys of different names are let through)
+        seen[f] = seen.get(f, 0) + 1
+    repeated = next((f for f, count in seen.items() if count > 1), None)
+    if repeated is not None:
+        raise ValueError(f"the image list names {repeated} {seen[repeated]} times; each image may be listed once")
 
 
 def _start_manifest(out: Path, identity: dict[str, Any], metadata: dict[str, Any]) -> None:
@@ -259,12 +290,44 @@ def _finish_manifest(out: Path, identity: dict[str, Any], metadata: dict[str, An
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
 
 
+MAX_MANIFEST_BYTES = 64 << 20
+"""Largest manifest or shard log read (a manifest lists ~40 bytes per shard: 64 MiB is over a million shards)."""
+_SHARD_DIRS = ("img_emb", "metadata", "logs")
+_ID_BATCH = 65536
+"""Ids read from a metadata file at a time."""
+
+
+def _open_regular(path: Path, what: str) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file; a FIFO, device or folder is refused at once
+    (opened non-blocking, so a FIFO with no writer cannot hang the reader)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise ShardFormatError(f"{what} {path} cannot be read: {err.strerror or err}") from None
+    fh = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        fh.close()
+        raise ShardFormatError(f"{what} {path} is not a regular file")
+    return fh
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """A small JSON file (at most `MAX_MANIFEST_BYTES`), any failure one `ShardFormatError` naming it."""
+    with _open_regular(path, what) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise ShardFormatError(f"{what} {path} is {size} bytes, more than the {MAX_MANIFEST_BYTES} read")
+        raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise ShardFormatError(f"{what} {path} cannot be read as JSON: {reason}") from None
+
+
 def _read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ShardFormatError(f"{path} cannot be read as JSON: {err}") from None
+    meta = _read_json(path, "manifest")
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise ShardFormatError(f"{path} is not an embedding manifest")
     if meta.get("format_version") != _VERSION:
@@ -274,15 +337,49 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
 
 def _read_log(folder: Path, n: int, width: int) -> dict[str, Any]:
     path = folder / _names(n, width)[2]
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ShardFormatError(f"shard log {path} cannot be read: {err}") from None
+    record = _read_json(path, "shard log")
     if not isinstance(record, dict) or not all(
-        isinstance(record.get(k), int) and not isinstance(record.get(k), bool) for k in ("images", "encoded", "dim")
+        _is_count(record.get(k)) for k in ("images", "encoded", "dim")
     ) or not isinstance(record.get("skipped"), list):
         raise ShardFormatError(f"shard log {path} lacks its counts")
     return record
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _manifest_files(folder: Path, manifest: dict[str, Any]) -> list[tuple[Path, Path]]:
+    """The (vectors, ids) files a complete manifest names, its counts first weighed against the folder.
+
+    Every count is checked against the files present before anything of that size is allocated, so
+    ``num_shards: 10**9`` in a small manifest is refused at once; a shard file the manifest leaves out
+    is refused too (it would be dropped silently).
+    """
+    path = folder / MANIFEST
+    n = manifest.get("num_shards")
+    if not _is_count(n) or n < 1:
+        raise ShardFormatError(f"{path}: num_shards {n!r} is not a positive integer")
+    present = sorted(e.name for e in os.scandir(folder / "img_emb") if _NPY.fullmatch(e.name)) if (
+        folder / "img_emb").is_dir() else []
+    if n != len(present):
+        raise ShardFormatError(f"{path}: num_shards is {n} but {folder / 'img_emb'} holds {len(present)} "
+                               "img_emb_*.npy files")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or len(shards) != n or not all(
+            isinstance(e, dict) and _is_count(e.get("rows")) for e in shards):
+        raise ShardFormatError(f"{path}: shards must list num_shards ({n}) entries with their row counts")
+    size, images = manifest.get("shard_size"), manifest.get("num_images")
+    if not (_is_count(size) and _is_count(images) and size >= 1 and -(-images // size) == n):
+        raise ShardFormatError(f"{path}: num_images {images!r} in shards of shard_size {size!r} do not make "
+                               f"num_shards {n}")
+    width = max(5, len(str(n - 1)))
+    files = [(folder / _names(i, width)[0], folder / _names(i, width)[1]) for i in range(n)]
+    extra = sorted(set(present) - {npy.name for npy, _ in files})
+    if extra:
+        raise ShardFormatError(f"{path} does not list the shard {folder / 'img_emb' / extra[0]}: encode into a "
+                               "new folder or remove the file")
+    return files
 
 
 class EmbeddingShards:
@@ -304,11 +401,7 @@ class EmbeddingShards:
                 raise ShardFormatError(
                     f"{self.folder} is incomplete (an encode run was interrupted): run the same encode command again"
                 )
-            n = self.manifest.get("num_shards")
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise ShardFormatError(f"{self.folder / MANIFEST}: num_shards {n!r} is not a positive integer")
-            width = max(5, len(str(n - 1)))
-            self._files = [(self.folder / _names(i, width)[0], self.folder / _names(i, width)[1]) for i in range(n)]
+            self._files = _manifest_files(self.folder, self.manifest)
         else:
             found = sorted(
                 (int(m.group(1)), m.group(1)) for p in (self.folder / "img_emb").glob("img_emb_*.npy")
@@ -332,9 +425,12 @@ class EmbeddingShards:
             raise ShardFormatError(f"{self.folder}: shards of different dimensions {sorted(dims)}")
         self.dim: int = dims.pop() if dims else 0
         if self.manifest is not None:
-            expected = [s.get("rows") for s in self.manifest.get("shards", [])]
+            expected = [s["rows"] for s in self.manifest["shards"]]
             if expected != self.rows:
                 raise ShardFormatError(f"{self.folder}: the shards' row counts differ from the manifest's")
+            if self.dim and self.manifest.get("dim") != self.dim:
+                raise ShardFormatError(f"{self.folder / MANIFEST}: dim {self.manifest.get('dim')!r}, but the shards "
+                                       f"hold vectors of dimension {self.dim}")
         self.offsets = np.concatenate([[0], np.cumsum(self.rows, dtype=np.int64)])
 
     def __len__(self) -> int:
@@ -347,22 +443,44 @@ class EmbeddingShards:
     def vector_files(self) -> list[Path]:
         """The shards' ``.npy`` files, in order."""
         return [npy for npy, _ in self._files]
+    @property
+    def inputs(self) -> list[Path]:
+        """The files and folders this reads (for `uit_reid.io.check_not_input`: no output may be one)."""
+        return [self.folder / MANIFEST, *(self.folder / d for d in _SHARD_DIRS)]
 
     @staticmethod
     def _shape(npy: Path) -> tuple[int, ...]:
-        try:
-            with open(npy, "rb") as fh:
+        """The shape the ``.npy`` header declares, checked against the file's size (no data is read)."""
+        with _open_regular(npy, "embedding file") as fh:
+            try:
                 version = np.lib.format.read_magic(fh)
                 read_header = (
                     np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 )
                 shape, fortran, dtype = read_header(fh)  # the header only: no data is read
-        except (OSError, ValueError) as err:
-            raise ShardFormatError(f"embedding file {npy} cannot be read: {err}") from None
-        if len(shape) != 2 or fortran or dtype not in (np.dtype("<f2"), np.dtype("<f4")):
-            raise ShardFormatError(f"embedding file {npy}: expected a 2-D float16/float32 C-order array, "
-                                   f"got shape {shape}, dtype {dtype}")
+            except (OSError, ValueError) as err:
+                raise ShardFormatError(f"embedding file {npy} cannot be read: {err}") from None
+            if len(shape) != 2 or fortran or dtype not in (np.dtype("<f2"), np.dtype("<f4")):
+                raise ShardFormatError(f"embedding file {npy}: expected a 2-D float16/float32 C-order array, "
+                                       f"got shape {shape}, dtype {dtype}")
+            data = os.fstat(fh.fileno()).st_size - fh.tell()
+        if data != shape[0] * shape[1] * dtype.itemsize:
+            raise ShardFormatError(f"embedding file {npy}: its header declares shape {shape} of {dtype} "
+                                   f"({shape[0] * shape[1] * dtype.itemsize} bytes) but it holds {data} bytes")
         return shape
+
+    def files(self, n: int) -> tuple[Path, Path]:
+        """Shard ``n``'s vectors file (``.npy``) and ids file (``.parquet``)."""
+        return self._files[n]
+
+    def stamps(self, which: Iterable[int] | None = None) -> list[list[int]]:
+        """[size, modification time in ns] of the vectors file of each shard in ``which`` (default: all):
+        what an index built from them records, so re-ranking can tell a shard changed in place."""
+        out = []
+        for n in range(self.num_shards) if which is None else which:
+            st = os.stat(self._files[n][0])
+            out.append([st.st_size, st.st_mtime_ns])
+        return out
 
     def vectors(self, n: int) -> np.ndarray:
         """Shard ``n``'s vectors, memory-mapped read-only (float16 as written, or float32)."""
@@ -378,18 +496,35 @@ class EmbeddingShards:
         return arr
 
     def ids(self, n: int) -> list[str]:
-        """Shard ``n``'s ids (the ``image_path`` column), one per vector row."""
+        """Shard ``n``'s ids (the ``image_path`` column), one per vector row.
+
+        The parquet footer's row count is checked against the rows of the ``.npy`` file (whose size
+        proves them) before any id is read; ids are then read in batches.
+        """
         pa = _require_pyarrow()
         path = self._files[n][1]
-        try:
-            table = pa.parquet.read_table(path, columns=[_ID_COLUMN])
-        except (OSError, pa.ArrowException) as err:
-            raise ShardFormatError(f"metadata file {path} cannot be read: {err}") from None
-        ids = table.column(_ID_COLUMN).to_pylist()
-        if len(ids) != self.rows[n] or not all(isinstance(i, str) for i in ids):
-            raise ShardFormatError(
-                f"metadata file {path}: {len(ids)} ids for {self.rows[n]} vectors (or ids that are not strings)"
-            )
+        ids: list[str] = []
+        with _open_regular(path, "metadata file") as fh:
+            try:
+                parquet = pa.parquet.ParquetFile(fh)
+                declared = parquet.metadata.num_rows
+                if declared != self.rows[n]:
+                    raise ShardFormatError(f"metadata file {path} declares {declared} ids for the {self.rows[n]} "
+                                           f"vectors of {self._files[n][0]}")
+                schema = parquet.schema_arrow
+                kind = schema.field(_ID_COLUMN).type if _ID_COLUMN in schema.names else pa.null()
+                kind = kind.value_type if pa.types.is_dictionary(kind) else kind  # pandas' categoricals
+                if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                    raise ShardFormatError(f"metadata file {path} has no string column {_ID_COLUMN!r}")
+                for batch in parquet.iter_batches(batch_size=_ID_BATCH, columns=[_ID_COLUMN]):
+                    column = batch.column(0)
+                    if column.null_count or len(ids) + len(column) > self.rows[n]:
+                        raise ShardFormatError(f"metadata file {path}: null ids, or more than its footer declares")
+                    ids.extend(column.to_pylist())
+            except (OSError, pa.ArrowException) as err:
+                raise ShardFormatError(f"metadata file {path} cannot be read: {err}") from None
+        if len(ids) != self.rows[n]:
+            raise ShardFormatError(f"metadata file {path}: {len(ids)} ids for {self.rows[n]} vectors")
         return ids
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, list[str]]]:

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from uit_reid._errors import EncoderMismatchError
 from uit_reid.retrieval.idmap import keys_of
 from uit_reid.retrieval.index import GalleryIndex, default_nlist
-from uit_reid.retrieval.shards import EmbeddingShards
+from uit_reid.retrieval.shards import MANIFEST, EmbeddingShards, ShardFormatError
 
 __all__ = ["ADD_ROWS", "ShardVectors", "add_shard_numbers", "add_shards", "build_index_from_shards", "trained_index",
            "training_sample"]
@@ -52,12 +53,14 @@ def build_index_from_shards(
     IVF kinds are trained first on a sample across all shards (``train_size`` rows; default
     ``max(40 * nlist, 40 * 2**bits)``), then the shards are added in order.
     """
-    index = trained_index(shards, kind, train_size=train_size, **index_kwargs)
+    index = trained_index(shards, kind, train_size=train_size, progress=progress, **index_kwargs)
     add_shards(index, shards, progress=progress)
     return index
 
 
-def trained_index(shards: EmbeddingShards, kind: str, *, train_size: int | None = None, **index_kwargs: Any) -> GalleryIndex:
+def trained_index(
+    shards: EmbeddingShards, kind: str, *, train_size: int | None = None, progress: bool = True, **index_kwargs: Any
+) -> GalleryIndex:
     """A new, empty `GalleryIndex` for ``shards``, trained for IVF kinds on a seeded sample across all shards
     (``train_size`` rows; default ``max(40 * nlist, 40 * 2**bits)``): the same index for every caller."""
     if len(shards) == 0:
@@ -68,22 +71,39 @@ def trained_index(shards: EmbeddingShards, kind: str, *, train_size: int | None 
     layout = index.layout
     if layout is not None and layout.kind == "ivf":
         size = train_size or max(40 * layout.nlist, 40 * (1 << layout.pq_bits) if layout.pq_m else 0)
-        index.train(training_sample(shards, size, index.seed))
+        try:
+            index.train(training_sample(shards, size, index.seed))
+        except ValueError:  # NaN, inf or all-zero rows in the sample: name the shard that holds one
+            _name_bad_rows(index, shards, range(shards.num_shards), progress)
+            raise
     return index
 
 
-def add_shards(index: GalleryIndex, shards: EmbeddingShards, *, progress: bool = True) -> None:
+def add_shards(
+    index: GalleryIndex, shards: EmbeddingShards, *, progress: bool = True, allow_no_fingerprint: bool = False
+) -> None:
     """Append every vector of ``shards`` to ``index`` (trained already, or trained by its first shard).
 
-    The shards' encoder fingerprint must match the index's. Records the folder in
-    ``index.metadata["embeddings"]`` so `ShardVectors` can find the full vectors of each slot.
+    The shards' encoder fingerprint must match the index's; a folder that records none (no manifest:
+    not written by ``uit-reid encode``) is refused by an index that records one unless
+    ``allow_no_fingerprint``. Records the folder and the size and modification time of each shard
+    file in ``index.metadata["embeddings"]`` so `ShardVectors` can find (and check) the full vectors
+    of each slot. A bad row or id is reported with the shard file that holds it.
     """
     if len(shards) == 0:
         raise ValueError(f"{shards.folder} holds no vectors")
+    if shards.fingerprint is None and index.fingerprint is not None and not allow_no_fingerprint:
+        raise EncoderMismatchError(
+            f"{shards.folder} records no encoder fingerprint (no {MANIFEST}), so its vectors cannot be checked "
+            f"against the index's encoder {index.fingerprint!r}; add it anyway with --allow-no-fingerprint "
+            "(allow_no_fingerprint=True) only if you know the same model encoded it")
     first = index.num_slots
+    index._check_writable("add")
+    stamps = shards.stamps()
     add_shard_numbers(index, shards, range(shards.num_shards), progress=progress)
     entries = list(index.metadata.get("embeddings", []))
-    entries.append({"folder": str(shards.folder.resolve()), "first_slot": first, "rows": len(shards)})
+    entries.append({"folder": str(shards.folder.resolve()), "first_slot": first, "rows": len(shards),
+                    "shard_stamps": stamps})
     index.metadata["embeddings"] = entries
     logger.info("added %d vectors from %s (index now %d)", len(shards), shards.folder, len(index))
 
@@ -91,7 +111,9 @@ def add_shards(index: GalleryIndex, shards: EmbeddingShards, *, progress: bool =
 def add_shard_numbers(
     index: GalleryIndex, shards: EmbeddingShards, numbers: Sequence[int], *, progress: bool = True
 ) -> None:
-    """Append the vectors of shards ``numbers`` (in that order) to ``index``; records nothing in its metadata."""
+    """Append the vectors of shards ``numbers`` (in that order) to ``index``; records nothing in its metadata.
+
+    A bad row or id is reported with the shard file that holds it."""
     index._check_fingerprint(shards.fingerprint, "add")  # before the sizing pass reads every shard
     if not numbers:
         return
@@ -99,12 +121,30 @@ def add_shard_numbers(
     # table (10M ids: 160 MB, copied at every add); equal keys fall back to checking each add exactly
     known_new = index.id_type in (None, "str") and index._ids.none_of(
         np.concatenate([keys_of(shards.ids(n), "str")[0] for n in numbers]))
-    index._reserve(vectors for _, _, vectors in _blocks(shards, numbers, progress, "sizing IVF lists"))
+    try:
+        index._reserve(vectors for _, _, vectors in _blocks(shards, numbers, progress, "sizing IVF lists"))
+    except ValueError:
+        _name_bad_rows(index, shards, numbers, progress)
+        raise
     ids, shard = [], -1
     for n, start, vectors in _blocks(shards, numbers, progress, "adding shards"):
         if n != shard:
             ids, shard = shards.ids(n), n
-        index._add(vectors, ids[start : start + len(vectors)], shards.fingerprint, known_new=known_new)
+        try:
+            index._add(vectors, ids[start : start + len(vectors)], shards.fingerprint, known_new=known_new)
+        except (ValueError, TypeError) as err:
+            _name_bad_rows(index, shards, [n], progress=False)
+            raise ShardFormatError(f"metadata file {shards.files(n)[1]}: {err}") from None
+
+
+def _name_bad_rows(index: GalleryIndex, shards: EmbeddingShards, numbers: Sequence[int], progress: bool) -> None:
+    """Raise the index's own refusal of a NaN, infinite or all-zero row, naming the shard file and row
+    that holds the first one among shards ``numbers`` (after an add or a training failed on such a row)."""
+    for n, start, vectors in _blocks(shards, numbers, progress, "finding the bad row"):
+        try:
+            index._features(vectors, f"embedding file {shards.files(n)[0]} (from row {start})")
+        except ValueError as err:
+            raise ShardFormatError(str(err)) from None
 
 
 def _blocks(
@@ -138,7 +178,7 @@ class ShardVectors:
             folders = [e.get("folder") for e in entries if isinstance(e, dict)]
         if len(folders) != len(entries):
             raise ValueError(f"the index was built from {len(entries)} embedding folders, {len(folders)} given")
-        self.parts: list[tuple[int, EmbeddingShards]] = []
+        self.parts: list[tuple[int, EmbeddingShards, list | None]] = []
         for entry, folder in zip(entries, folders):
             shards = EmbeddingShards(Path(folder))
             if not isinstance(entry, dict) or entry.get("rows") != len(shards):
@@ -146,18 +186,39 @@ class ShardVectors:
                                  f"{entry.get('rows') if isinstance(entry, dict) else entry!r}")
             if shards.dim != index.dim:
                 raise ValueError(f"embedding folder {folder} has dimension {shards.dim}, the index {index.dim}")
-            self.parts.append((int(entry["first_slot"]), shards))
+            stamps = entry.get("shard_stamps")  # absent from indexes built before stamps were recorded
+            if stamps is not None and (not isinstance(stamps, list) or len(stamps) != shards.num_shards):
+                raise ValueError(f"the index's record of embedding folder {folder} lists {len(stamps) if isinstance(stamps, list) else stamps!r} "
+                                 f"shards, the folder holds {shards.num_shards}")
+            self.parts.append((int(entry["first_slot"]), shards, stamps))
+            self._check_unchanged(shards, stamps, range(shards.num_shards))
         self.dim = index.dim
 
     def files(self) -> list[Path]:
         """The ``.npy`` files the vectors are read from (each opened again, memory-mapped, for every call)."""
-        return [path for _, shards in self.parts for path in shards.vector_files()]
+        return [path for _, shards, _ in self.parts for path in shards.vector_files()]
+
+    @staticmethod
+    def _check_unchanged(shards: EmbeddingShards, stamps: list | None, which: Iterable[int]) -> None:
+        """Refuse re-ranking from a shard file whose size or modification time differs from the build's."""
+        if stamps is None:
+            return
+        now = shards.stamps(which)
+        for n, stamp in zip(which, now):
+            if stamps[n] != stamp:
+                raise ValueError(f"embedding file {shards.files(n)[0]} changed since the index was built (size, "
+                                 "modification time): re-ranking from it would give wrong scores; rebuild the "
+                                 "index, or search without re-ranking (a copied folder must keep its files' "
+                                 "times: cp -p, rsync -a)")
 
     def __call__(self, slots: np.ndarray) -> np.ndarray:
         slots = np.asarray(slots, dtype=np.int64)
         out = np.zeros(slots.shape + (self.dim,), np.float32)
-        for first, shards in self.parts:
+        for first, shards, stamps in self.parts:
             inside = (slots >= first) & (slots < first + len(shards))
             if inside.any():
-                out[inside] = shards.rows_of(slots[inside] - first)
+                local = slots[inside] - first
+                touched = np.unique(np.searchsorted(shards.offsets, local, side="right") - 1).tolist()
+                self._check_unchanged(shards, stamps, touched)
+                out[inside] = shards.rows_of(local)
         return out

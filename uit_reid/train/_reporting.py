@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from uit_reid._display import ShownFormatter
 from uit_reid._errors import missing_extra
 from uit_reid.distributed import all_reduce_mean
 
@@ -43,7 +44,7 @@ def log_to_file(path: str | Path, fresh: bool, enabled: bool = True) -> Iterator
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="w" if fresh else "a", encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(ShownFormatter(LOG_FORMAT))  # a path with a newline cannot forge a record
     package = logging.getLogger("uit_reid")
     package.addHandler(handler)
     try:

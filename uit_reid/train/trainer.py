@@ -84,8 +84,10 @@ class Trainer:
         if self.dataset.train is None:
             raise ValueError(f"{self.dataset.root}: the dataset has no train split")
         if self.is_main:
-            no_val = "\nno val split: keeping the last checkpoint only (never choosing on test)"
-            logger.info("%s%s", self.dataset.summary(), no_val if self.dataset.val is None else "")
+            for line in self.dataset.summary().splitlines():  # one record a line: log arguments are escaped
+                logger.info("%s", line)
+            if self.dataset.val is None:
+                logger.info("no val split: keeping the last checkpoint only (never choosing on test)")
         self._setup_model()
         self.loader = train_loader(config, self.model, self.dataset.train, self.device)
         self.optimizer, self.scheduler, self.scaler, self.steps_per_epoch, self.total_steps = optimisation(
