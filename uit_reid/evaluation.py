@@ -189,12 +189,8 @@ def evaluate_text_use(
     if model.tir_head is None or probes is None:
         return {}
     n = min(len(probes), max_images)
-    image_ids, true = probes.image_ids[:n], probes.true[:n]
-    pids = [split.records[i].pid for i in image_ids]
-    # another person's caption: the nearest probe half the list away whose identity differs
-    other = [next((true[(i + n // 2 + j) % n] for j in range(n) if pids[(i + n // 2 + j) % n] != pids[i]), "")
-             for i in range(n)]
-    captions = {"true": true, "swapped": probes.contrast[:n], "empty": [""] * n, "other": other}
+    image_ids = probes.image_ids[:n]
+    captions = _text_use_captions(probes.true[:n], probes.contrast[:n], [split.records[i].pid for i in image_ids])
     device = torch.device(device)
     transform = model.eval_transform(interpolation)
     generator = torch.Generator().manual_seed(seed)
@@ -223,6 +219,15 @@ def evaluate_text_use(
     }
     out.update({f"tir_error_{name}": float(e.mean()) for name, e in err.items()})
     return out
+
+
+def _text_use_captions(true: list[str], swapped: list[str], pids: list[int]) -> dict[str, list[str]]:
+    """`evaluate_text_use`'s four captions per image; another person's is the nearest true caption half
+    the list away whose identity differs."""
+    n = len(true)
+    other = [next((true[(i + n // 2 + j) % n] for j in range(n) if pids[(i + n // 2 + j) % n] != pids[i]), "")
+             for i in range(n)]
+    return {"true": true, "swapped": swapped, "empty": [""] * n, "other": other}
 
 
 def _masks_on(generator: torch.Generator, device: torch.device) -> torch.Generator:
