@@ -15,6 +15,7 @@ from tiny_run import train_tiny_run
 from uit_reid import __version__
 from uit_reid.cli import build_parser, main
 from uit_reid.data import load_dataset
+from uit_reid.demo import DEMO_COLUMNS
 from uit_reid.evaluation import BINDING_KEYS, binding_table, evaluate_binding
 from uit_reid.factory import load_model
 from uit_reid.retrieval import GalleryIndex, metrics_table, render_results
@@ -218,12 +219,14 @@ def test_demo_quick(tmp_path, capsys, config, start) -> None:
     table, hint, command = printed.strip().rsplit("\n", 2)
     zero_shot = metrics.pop("zero_shot")  # the model before training, then the trained row
     rows = {f"before training ({start})": zero_shot, "trained": metrics}
-    assert table == metrics_table(rows, label="test (t2i)", keys=("R1", "R5", "mAP", "binding", "presence"))
+    assert table == metrics_table(rows, label="test (t2i)", keys=DEMO_COLUMNS)
     assert zero_shot != metrics and {"R1", "binding"} <= zero_shot.keys() & metrics.keys()
     assert hint.startswith("search the test gallery in a browser")
     assert command.split() == ["uit-reid", "serve", "--index", str(out / "gallery.faiss"), "--model", str(out / "best")]
     assert Image.open(out / "results.png").size[1] > 200
     assert (out / "training_curve.png").is_file()
+    # UIT's demo reports and draws its TIR decoder; the InfoNCE baseline has none
+    assert ("text_use" in metrics) == (out / "tir.png").is_file() == (config == "demo_uit")
     if config != "demo":
         return
 

@@ -117,16 +117,16 @@ def test_shipped_decoder_matches_its_record_and_loads_into_the_demo_model() -> N
 
 def test_shipped_decoder_reads_the_caption_and_a_fresh_one_does_not(tmp_path: Path) -> None:
     """On people it never saw (the demo's world, another seed), before any fine-tuning."""
-    make_synthetic(tmp_path, num_ids=40, images_per_id=2, seed=7, num_val_ids=0, num_test_ids=40, progress=False)
+    make_synthetic(tmp_path, num_ids=80, images_per_id=2, seed=7, num_val_ids=0, num_test_ids=80, progress=False)
     split = load_dataset(tmp_path).test
     demo = load_config("demo_uit")
     model = build_model(demo.model, demo.loss, num_classes=1, interpolation=demo.data.interpolation).eval()
     reads = evaluate_text_use(model, split)
-    assert reads["text_use_n"] >= 40
-    assert reads["text_use"] >= 90 and reads["text_use_empty"] >= 90 and reads["text_use_other"] >= 90, reads
+    assert reads["text_use_n"] >= 100
+    assert reads["text_use"] >= 80 and reads["text_use_empty"] >= 80 and reads["text_use_other"] >= 80, reads
     fresh_cfg = demo.override(['model.tir_pretrained="none"']).model
     fresh = build_model(fresh_cfg, demo.loss, num_classes=1, interpolation=demo.data.interpolation).eval()
-    assert evaluate_text_use(fresh, split)["text_use"] < 75
+    assert evaluate_text_use(fresh, split)["text_use"] < 70
 
 
 def test_a_decoder_file_of_another_shape_or_an_unknown_tag_is_refused(tmp_path: Path) -> None:

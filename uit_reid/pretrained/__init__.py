@@ -70,7 +70,7 @@ def shipped_weights(name: str, tag: str) -> Path:
 
     Raises ``ValueError`` naming the file when it is missing or its SHA-256 differs from the record.
     """
-    return _verified(SHIPPED[(name, tag)], f"the shipped weights for {name} pretrained={tag!r}")
+    return _verified(SHIPPED[(name, tag)], f"the shipped weights for {name} pretrained={tag!r} are missing")
 
 
 def shipped_tir_head(name: str, tag: str) -> Path:
@@ -82,13 +82,14 @@ def shipped_tir_head(name: str, tag: str) -> Path:
     if (name, tag) not in SHIPPED_TIR_HEADS:
         have = sorted(t for arch, t in SHIPPED_TIR_HEADS if arch == name)
         raise ValueError(f"no TIR decoder is shipped for {name} pretrained={tag!r}; shipped for: {have}")
-    return _verified(SHIPPED_TIR_HEADS[(name, tag)], f"the shipped TIR decoder for {name} pretrained={tag!r}")
+    return _verified(SHIPPED_TIR_HEADS[(name, tag)], f"the shipped TIR decoder for {name} pretrained={tag!r} is missing")
 
 
-def _verified(entry: ShippedWeights, what: str) -> Path:
+def _verified(entry: ShippedWeights, missing: str) -> Path:
+    """The path of ``entry``'s file once its SHA-256 is checked; ``missing``: what to say when it is absent."""
     path = SHIPPED_DIR / entry.file
     if not path.is_file():
-        raise ValueError(f"{path}: {what} is missing; reinstall uit_reid")
+        raise ValueError(f"{path}: {missing}; reinstall uit_reid")
     digest = file_sha256(path)
     if digest != entry.sha256:
         raise ValueError(
