@@ -13,7 +13,7 @@ import uit_reid.pretrained as shipped
 from uit_reid import CLIPDualEncoder, TIRHead
 from uit_reid.data import load_dataset, make_synthetic
 from uit_reid.encoders import load_state_dict_file
-from uit_reid.evaluation import evaluate_text_use
+from uit_reid.evaluation import evaluate_binding, evaluate_text_use
 from uit_reid.factory import build_model, save_tir_head
 from uit_reid.io import file_sha256
 from uit_reid.train import load_config
@@ -51,7 +51,7 @@ def test_config_tag_builds_the_same_encoder() -> None:
 
 
 def test_unknown_tag_is_named() -> None:
-    with pytest.raises(ValueError, match=r"^unknown pretrained tag 'openai' for uit-tiny; shipped tags: \['synthetic'\]$"):
+    with pytest.raises(ValueError, match=r"^unknown pretrained tag 'openai' for uit-tiny; shipped tags: \['synthetic', 'synthetic-bag'\]$"):
         CLIPDualEncoder.from_open_clip("uit-tiny", pretrained="openai")
 
 
@@ -141,3 +141,30 @@ def test_a_decoder_file_of_another_shape_or_an_unknown_tag_is_refused(tmp_path: 
     with pytest.raises(ValueError, match=r"^model.tir_pretrained: 'openai' is neither a TIR decoder shipped for "
                                          r"uit-tiny \(\['synthetic'\]\) nor a file$"):
         build_model(cfg, demo.loss, num_classes=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The second shipped checkpoint: bag-of-words captions, so colours are read but not bound
+BAG = shipped.SHIPPED[("uit-tiny", "synthetic-bag")]
+BAG_CARD = shipped.SHIPPED_DIR / "uit-tiny-synthetic-bag.md"
+
+
+def test_bag_file_is_small_fp16_and_matches_its_record() -> None:
+    path = shipped.SHIPPED_DIR / BAG.file
+    assert path.stat().st_size <= 20 * 2**20
+    assert file_sha256(path) == BAG.sha256 and BAG.sha256 in BAG_CARD.read_text()
+    state = load_state_dict_file(path)
+    assert {v.dtype for v in state.values()} == {torch.float16}
+    assert BAG.sha256 != ENTRY.sha256
+
+
+def test_bag_weights_read_the_colours_but_do_not_bind_them(tmp_path: Path) -> None:
+    """The card's check-split figures, measured again: presence high, binding near chance."""
+    make_synthetic(tmp_path, **shipped.CHECK_SPLIT, progress=False)
+    split = load_dataset(tmp_path).test
+    demo = load_config("demo_uit").override(['model.pretrained="synthetic-bag"', "model.tir_head=false"])
+    model = build_model(demo.model, demo.loss, num_classes=1, interpolation=demo.data.interpolation).eval()
+    got = evaluate_binding(model, split)
+    card = BAG_CARD.read_text()
+    assert got["binding"] <= 65 and got["presence"] >= 95, got
+    assert f"binding {got['binding']:.2f} and presence {got['presence']:.2f}" in card, got
