@@ -160,6 +160,27 @@ def test_prometheus_metrics_count_requests_batches_and_memory(server) -> None:
     assert after[("process_resident_memory_bytes", ())] > 50 * 2**20
 
 
+def test_stats_reads_the_measurements_of_metrics(server) -> None:
+    """``/stats`` measures nothing itself (issue 30, item 7): its latency window holds exactly the answered
+    searches ``/metrics`` counts (a refused one is timed by the histogram, not taken into the percentiles)
+    and its memory is ``process_resident_memory_bytes`` in MiB."""
+    assert get(server, "/search", params={"q": QUERY, "k": 2}).status_code == 200
+    assert get(server, "/search", params={"q": "", "k": 2}).status_code == 422
+    samples = scrape(server)
+    stats = get(server, "/stats").json()
+
+    def total(name: str, **labels: str) -> float:
+        return sum(v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items())
+
+    answered = total("uit_reid_http_requests_total", route="/search", status="200")
+    assert stats["latency_ms"]["window"] == answered >= 1
+    assert total("uit_reid_http_request_duration_seconds_count", route="/search") > answered
+    assert stats["search_requests"] == answered
+    assert 0 < stats["latency_ms"]["p50"] <= stats["latency_ms"]["p99"]
+    rss_mb = samples[("process_resident_memory_bytes", ())] / 2**20
+    assert abs(stats["resident_memory_mb"] - rss_mb) < 0.1 * rss_mb  # two readings of one figure, moments apart
+
+
 def test_metrics_labels_come_from_closed_sets_whatever_the_methods(server) -> None:
     """1,000 random methods (and 20 of 10,000 letters) add no series: they are all counted as ``other``."""
     import random

@@ -473,6 +473,19 @@ def write_ids_file(
         sources = [(m, lambda slots, base=int(base): slots + base) for (m, _, _, _), base in zip(pieces, starts)]
     slots = sum(b - a for _, a, b, _ in pieces)
     text = sum(int(m._offsets[b] - m._offsets[a]) for m, a, b, _ in pieces) if id_type == "str" else 0
+    header, sections = _ids_header(id_type, slots, text)
+    tables = sources
+
+    def body(fh: BinaryIO) -> None:
+        _write_id_values(fh, pieces, id_type, sections)
+        _write_key_tables(fh, pieces, tables, id_type, sections, slots)
+
+    atomic_write_bytes(path, _IDS_MAGIC + _LEN.pack(len(header)) + header, body)
+
+
+def _ids_header(id_type: str, slots: int, text: int) -> tuple[bytes, dict[str, list[int]]]:
+    """The padded JSON header of an ``.ids`` file of ``slots`` ids (``text`` bytes of string ids) and its
+    sections' [offset, bytes], 8-byte aligned after the header."""
     layout = [("values", 8 * slots)] if id_type == "int" else [("offsets", 8 * (slots + 1)), ("blob", text)]
     layout += [("keys", 8 * slots), ("key_slots", 8 * slots)]
     sections: dict[str, list[int]] = {}
@@ -486,43 +499,56 @@ def write_ids_file(
         header = json.dumps({"format": _IDS_FORMAT, "format_version": 1, "id_type": id_type, "slots": slots,
                              "sections": sections}).encode("utf-8")
         if len(header) <= reserve:
-            header = header.ljust(reserve)
-            break
+            return header.ljust(reserve), sections
         reserve *= 2
 
-    def pad_to(fh: BinaryIO, where: int) -> None:
-        fh.write(b"\0" * (where - fh.tell()))
 
-    def body(fh: BinaryIO) -> None:
-        if id_type == "int":
-            pad_to(fh, sections["values"][0])
-            for ids, a, b, _ in pieces:
-                _stream(fh, ids._values[a:b].astype("<i8", copy=False))
-        else:
-            pad_to(fh, sections["offsets"][0])
-            fh.write(np.zeros(1, "<i8").tobytes())
-            base = 0
-            for ids, a, b, _ in pieces:
-                _stream(fh, (ids._offsets[a + 1 : b + 1] - ids._offsets[a] + base).astype("<i8"))
-                base += int(ids._offsets[b] - ids._offsets[a])
-            pad_to(fh, sections["blob"][0])
-            for ids, a, b, _ in pieces:
-                _stream(fh, ids._blob()[int(ids._offsets[a]) : int(ids._offsets[b])])
-        pad_to(fh, sections["keys"][0])
-        done = 0
-        for keys, places in _merged_tables(sources):
-            _refuse_repeats(keys, places, pieces, id_type)
-            fh.seek(sections["keys"][0] + 8 * done)
-            fh.write(keys.astype("<u8", copy=False).tobytes())
-            fh.seek(sections["key_slots"][0] + 8 * done)
-            fh.write(places.astype("<i8", copy=False).tobytes())
-            done += keys.size
-        if done != slots:
-            raise IdMapError(f"the sources hold {done} ids, the pieces {slots}")
-        fh.seek(0, os.SEEK_END)
-        pad_to(fh, sections["key_slots"][0] + 8 * slots)
+def _pad_to(fh: BinaryIO, where: int) -> None:
+    fh.write(b"\0" * (where - fh.tell()))
 
-    atomic_write_bytes(path, _IDS_MAGIC + _LEN.pack(len(header)) + header, body)
+
+def _write_id_values(
+    fh: BinaryIO, pieces: Sequence[tuple[IdMap, int, int, str]], id_type: str, sections: dict[str, list[int]]
+) -> None:
+    """The ids of ``pieces`` in slot order: integer values, or string offsets then the text, streamed."""
+    if id_type == "int":
+        _pad_to(fh, sections["values"][0])
+        for ids, a, b, _ in pieces:
+            _stream(fh, ids._values[a:b].astype("<i8", copy=False))
+        return
+    _pad_to(fh, sections["offsets"][0])
+    fh.write(np.zeros(1, "<i8").tobytes())
+    base = 0
+    for ids, a, b, _ in pieces:
+        _stream(fh, (ids._offsets[a + 1 : b + 1] - ids._offsets[a] + base).astype("<i8"))
+        base += int(ids._offsets[b] - ids._offsets[a])
+    _pad_to(fh, sections["blob"][0])
+    for ids, a, b, _ in pieces:
+        _stream(fh, ids._blob()[int(ids._offsets[a]) : int(ids._offsets[b])])
+
+
+def _write_key_tables(
+    fh: BinaryIO,
+    pieces: Sequence[tuple[IdMap, int, int, str]],
+    sources: Sequence[tuple[IdMap, Callable[[np.ndarray], np.ndarray]]],
+    id_type: str,
+    sections: dict[str, list[int]],
+    slots: int,
+) -> None:
+    """The sorted key table and each key's slot, merged from ``sources`` a chunk at a time; a repeat is refused."""
+    _pad_to(fh, sections["keys"][0])
+    done = 0
+    for keys, places in _merged_tables(sources):
+        _refuse_repeats(keys, places, pieces, id_type)
+        fh.seek(sections["keys"][0] + 8 * done)
+        fh.write(keys.astype("<u8", copy=False).tobytes())
+        fh.seek(sections["key_slots"][0] + 8 * done)
+        fh.write(places.astype("<i8", copy=False).tobytes())
+        done += keys.size
+    if done != slots:
+        raise IdMapError(f"the sources hold {done} ids, the pieces {slots}")
+    fh.seek(0, os.SEEK_END)
+    _pad_to(fh, sections["key_slots"][0] + 8 * slots)
 
 
 def _merged_tables(

@@ -41,15 +41,32 @@ from typing import Any
 
 import faiss
 import numpy as np
-import torch
 
-from uit_reid._errors import EncoderMismatchError
+from uit_reid.retrieval._index_checks import (
+    KIND_ALIASES,
+    check_arguments,
+    check_fingerprint,
+    id_key,
+    id_list,
+    normalise_ids,
+    normalised_features,
+)
+from uit_reid.retrieval._index_search import (
+    exact_rerank,
+    flat_search,
+    gpu_available,
+    gpu_copy,
+    gpu_search,
+    hnsw_search_parameters,
+)
 from uit_reid.retrieval.factory_string import Layout, parse_factory
 from uit_reid.retrieval.idmap import IdMap
 from uit_reid.retrieval.index_build import (
+    alias_factory,
     build_faiss_index,
     default_nlist,
     default_nprobe,
+    reserve_ivf_lists,
     set_search_parameter,
 )
 from uit_reid.retrieval.index_file import (
@@ -65,13 +82,6 @@ __all__ = ["FORMAT_VERSION", "KIND_ALIASES", "GalleryIndex", "IndexFormatError",
 
 logger = logging.getLogger(__name__)
 
-KIND_ALIASES = ("flat", "ivf", "hnsw")
-"""Short names for the three uncompressed kinds (any supported FAISS factory string works too)."""
-_FLAT_GALLERY_BLOCK = 16384
-
-
-def _gpu_available() -> bool:
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
 class GalleryIndex:
@@ -111,7 +121,7 @@ class GalleryIndex:
         use_gpu: bool | None = None,
         seed: int = 0,
     ) -> None:
-        layout = _check_arguments(dim, kind, fingerprint, nlist, nprobe, train_size, hnsw_m, ef_construction, ef_search)
+        layout = check_arguments(dim, kind, fingerprint, nlist, nprobe, train_size, hnsw_m, ef_construction, ef_search)
         if layout is not None and layout.kind == "hnsw":
             hnsw_m = layout.hnsw_m
         if layout is not None and layout.kind == "ivf":
@@ -128,8 +138,8 @@ class GalleryIndex:
         self.ef_construction = ef_construction
         self._ef_search = ef_search
         self.seed = seed
-        self.use_gpu = _gpu_available() if use_gpu is None else bool(use_gpu)
-        if self.use_gpu and not _gpu_available():
+        self.use_gpu = gpu_available() if use_gpu is None else bool(use_gpu)
+        if self.use_gpu and not gpu_available():
             raise RuntimeError("use_gpu=True but faiss-gpu or a GPU is not available")
         self._ids = IdMap()  # slot -> user id (type fixed by the first add), removed slots marked
         self._index: Any = None  # CPU index, built lazily (IVF needs data to pick nlist)
@@ -144,13 +154,7 @@ class GalleryIndex:
     @property
     def factory(self) -> str | None:
         """The FAISS factory string this index is built from (None for ``"ivf"`` before nlist is known)."""
-        if self.kind == "flat":
-            return "Flat"
-        if self.kind == "hnsw":
-            return f"HNSW{self.hnsw_m},Flat"
-        if self.kind == "ivf":
-            return None if self.nlist is None else f"IVF{self.nlist},Flat"
-        return self.kind
+        return alias_factory(self.kind, self.nlist, self.hnsw_m)
 
     @property
     def layout(self) -> Layout | None:
@@ -189,23 +193,13 @@ class GalleryIndex:
         self._gpu_index = None
 
     def _gpu_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Search a GPU copy of the CPU index (made on first use, dropped on add/remove/nprobe).
-
-        The CPU index stays the source of truth, so add/remove/save never depend on GPU support.
-        Flat: the inner IndexFlatIP goes to the GPU and positions are mapped back to slots.
-        """
+        """Search a GPU copy of the CPU index (`_index_search.gpu_copy`: made on first use, dropped on
+        add/remove/nprobe)."""
         if self._gpu_resources is None:
             self._gpu_resources = faiss.StandardGpuResources()
         if self._gpu_index is None:
-            source = faiss.downcast_index(self._index.index) if self.family == "flat" else self._index
-            self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, source)
-            if self.family == "ivf":
-                faiss.GpuParameterSpace().set_index_parameter(self._gpu_index, "nprobe", self._nprobe)
-        scores, found = self._gpu_index.search(q, k)
-        if self.family == "flat":
-            labels = faiss.vector_to_array(self._index.id_map)
-            found = np.where(found >= 0, labels[np.maximum(found, 0)], -1)
-        return scores, found
+            self._gpu_index = gpu_copy(self._gpu_resources, self._index, self.family, self._nprobe)
+        return gpu_search(self._gpu_index, self._index, self.family, q, k)
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -261,7 +255,7 @@ class GalleryIndex:
         return self._ids.num_slots
 
     def __contains__(self, id_: object) -> bool:
-        return bool(self._ids.slots_of([self._key(id_)])[0] >= 0) if self.id_type else False
+        return bool(self._ids.slots_of([id_key(id_, self.id_type)])[0] >= 0) if self.id_type else False
 
     def __repr__(self) -> str:
         params = {k: v for k, v in self.parameters().items() if v is not None}
@@ -314,101 +308,11 @@ class GalleryIndex:
             raise ValueError(f"cannot {what}: this index is memory-mapped read-only; load it with mmap=False to change it")
 
     def _features(self, x: Any, name: str) -> np.ndarray:
-        """(n, dim) float32 C-contiguous L2-normalised copy of ``x``."""
-        if isinstance(x, torch.Tensor):
-            x = x.detach().to("cpu", torch.float32).numpy()
-        arr = np.array(x, dtype=np.float32, order="C", copy=True)
-        if arr.ndim == 1:
-            arr = arr[None, :]
-        if arr.ndim != 2:
-            raise ValueError(f"{name} must be 2-D (n, {self.dim}), got shape {arr.shape}")
-        if arr.shape[1] != self.dim:
-            raise ValueError(f"{name} has dimension {arr.shape[1]} but the index has dim {self.dim}")
-        # one pass for the squared norms; a NaN/inf anywhere in a row makes its squared norm non-finite
-        sq = np.einsum("ij,ij->i", arr, arr, dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(sq))
-        if bad.size:
-            raise ValueError(f"{name} contains NaN, infinite or overflowing values, e.g. in row {bad[0]}")
-        zero = np.flatnonzero(sq == 0)
-        if zero.size:
-            raise ValueError(f"{name} has all-zero rows (cannot be L2-normalised), e.g. row {zero[0]}")
-        arr /= np.sqrt(sq).astype(np.float32)[:, None]
-        return arr
+        """(n, dim) float32 C-contiguous L2-normalised copy of ``x`` (`_index_checks.normalised_features`)."""
+        return normalised_features(x, self.dim, name)
 
     def _check_fingerprint(self, fingerprint: str | None, where: str) -> None:
-        if fingerprint is None or fingerprint == self.fingerprint:
-            return
-        if self.fingerprint is None and where == "add" and not self.num_slots:
-            return  # a fresh index takes the fingerprint of its first add
-        if self.fingerprint is None:
-            raise EncoderMismatchError(
-                f"encoder fingerprint mismatch in {where}: the index records no encoder fingerprint, so "
-                f"features of {fingerprint!r} cannot be checked against it; rebuild the index with one"
-            )
-        if fingerprint != self.fingerprint:
-            raise EncoderMismatchError(
-                f"encoder fingerprint mismatch in {where}: index was built with {self.fingerprint!r}, "
-                f"got {fingerprint!r}"
-            )
-
-    def _key(self, id_: Any) -> Any:
-        if self.id_type == "int":
-            if isinstance(id_, (str, bytes)):
-                raise TypeError(f"this index has integer ids, got string id {id_!r}")
-            if isinstance(id_, (bool, np.bool_)) or not isinstance(id_, (int, np.integer)):
-                raise TypeError(f"ids must be integers, got {type(id_).__name__} id {id_!r}")
-            return int(id_)
-        if not isinstance(id_, str):
-            raise TypeError(f"this index has string ids, got {type(id_).__name__} id {id_!r}")
-        return id_
-
-    def _normalise_ids(self, ids: Any, n: int, look_up: bool = True) -> tuple[list[Any], str]:
-        """Validate ``ids`` (all ints or all strings, unique, and new unless ``look_up`` is False because
-        the caller checked that); return them as a list and their kind."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.detach().cpu().numpy()
-        if isinstance(ids, str):
-            raise TypeError("ids must be a sequence of ids, got a single string")
-        if isinstance(ids, np.ndarray):
-            ids = ids.astype(np.int64) if ids.dtype.kind in "iu" and ids.dtype != np.uint64 else ids
-            if ids.ndim != 1:
-                raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
-            if ids.dtype.kind in "iu":
-                if ids.dtype == np.uint64 and ids.size and ids.max() >= 2**63:
-                    raise ValueError("ids must fit in int64")
-                kind, values = "int", ids.astype(np.int64).tolist()
-            elif ids.dtype.kind in "UO":
-                values = list(ids.tolist())
-                kind = "str" if all(isinstance(v, str) for v in values) else "bad"
-            else:
-                raise TypeError(f"ids must be int64 numbers or strings, got dtype {ids.dtype}")
-        else:
-            values = list(ids)
-            if all(isinstance(v, str) for v in values):
-                kind = "str"
-            elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-                kind, values = "int", [int(v) for v in values]
-            else:
-                kind = "bad"
-        if kind == "bad":
-            raise TypeError("ids must be all integers or all strings")
-        if len(values) != n:
-            raise ValueError(f"ids has {len(values)} entries but features has {n} rows")
-        if self.id_type is not None and values and kind != self.id_type:
-            names = {"int": "integer", "str": "string"}
-            raise TypeError(f"this index has {names[self.id_type]} ids, got {names[kind]} ids")
-        if kind == "int" and values and not all(-(2**63) <= v < 2**63 for v in (min(values), max(values))):
-            raise ValueError("ids must fit in int64")
-        unique = set(values)
-        if len(unique) != len(values):
-            raise ValueError("ids contains duplicates")
-        if kind == "int" and -1 in unique:
-            raise ValueError("ids must not contain -1: search results use it for 'no result'")
-        found = self._ids.slots_of(values) if look_up and len(self._ids) else np.zeros(0, np.int64)
-        clash = [v for v, s in zip(values, found.tolist()) if s >= 0]
-        if clash:
-            raise ValueError(f"ids already in the index: {sorted(clash)[:5]}")
-        return values, kind
+        check_fingerprint(self.fingerprint, fingerprint, where, fresh=not self.num_slots)
 
     # -- operations -----------------------------------------------------------------------------
     def train(self, features: Any) -> None:
@@ -420,34 +324,11 @@ class GalleryIndex:
         self._build(self._features(features, "features"))
 
     def _reserve(self, blocks: Iterable[Any]) -> None:
-        """Size each IVF list for the vectors of ``blocks`` before they are added (the same vectors, in any split).
-
-        FAISS grows a list like a ``std::vector``, by doubling and copying, so a streamed build's lists
-        held more than their entries (a replay of a 10M build's pattern, 4,096 lists and 8 entries per
-        list per add: 1.37x the entries' bytes resident; benchmarks/ivf_list_growth.py). Counting each
-        list's vectors first (one extra pass of the coarse quantizer) lets every list be allocated
-        once, at its final size. Other kinds, untrained or read-only indexes: nothing to do.
-        """
+        """Size each IVF list for the vectors of ``blocks`` before they are added (`index_build.reserve_ivf_lists`;
+        the same vectors, in any split). Other kinds, untrained or read-only indexes: nothing to do."""
         if self._index is None or self.family != "ivf" or self.read_only:
             return
-        ivf = faiss.extract_index_ivf(self._index)
-        lists = faiss.downcast_InvertedLists(ivf.invlists)
-        if not isinstance(lists, faiss.ArrayInvertedLists):
-            return
-        outer = faiss.downcast_index(self._index)  # OPQ kinds rotate vectors before the IVF sees them
-        chain = outer.chain if isinstance(outer, faiss.IndexPreTransform) else None
-        transforms = [chain.at(t) for t in range(chain.size())] if chain is not None else []
-        counts = np.zeros(ivf.nlist, np.int64)
-        for block in blocks:
-            x = self._features(block, "features")
-            for transform in transforms:
-                x = transform.apply(x)
-            _, assigned = ivf.quantizer.search(x, 1)
-            counts += np.bincount(assigned.ravel(), minlength=ivf.nlist)
-        for list_no in np.flatnonzero(counts).tolist():
-            size = lists.list_size(list_no)
-            lists.resize(list_no, size + int(counts[list_no]))  # allocates exactly ...
-            lists.resize(list_no, size)  # ... and keeps that capacity for the adds
+        reserve_ivf_lists(self._index, (self._features(block, "features") for block in blocks))
 
     def add(self, features: Any, ids: Any, *, fingerprint: str | None = None) -> None:
         """Add (n, dim) ``features`` (torch or numpy, normalised here) under ``ids`` (ints or strings)."""
@@ -459,7 +340,7 @@ class GalleryIndex:
         self._check_fingerprint(fingerprint, "add")
         self._check_writable("add")
         x = self._features(features, "features")
-        values, kind = self._normalise_ids(ids, x.shape[0], look_up=not known_new)
+        values, kind = normalise_ids(ids, x.shape[0], self._ids, look_up=not known_new)
         if x.shape[0] == 0:
             return
         if self._index is None:
@@ -473,16 +354,9 @@ class GalleryIndex:
 
     def remove(self, ids: Any) -> int:
         """Remove ``ids`` from the index; unknown ids raise ``KeyError``. Returns the number removed."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.detach().cpu().numpy()
-        if isinstance(ids, np.ndarray):
-            if ids.dtype.kind not in "iuUO":
-                raise TypeError(f"ids must be integers or strings, got dtype {ids.dtype}")
-            ids = ids.reshape(-1).tolist()
-        if isinstance(ids, (str, int, np.integer, float, np.floating)):
-            ids = [ids]
+        ids = id_list(ids)
         self._check_writable("remove")
-        keys = [self._key(i) for i in ids] if self.id_type else list(ids)
+        keys = [id_key(i, self.id_type) for i in ids] if self.id_type else list(ids)
         found = self._ids.slots_of(keys) if self.id_type else np.full(len(keys), -1, np.int64)
         missing = [k for k, s in zip(keys, found.tolist()) if s < 0]
         if missing:
@@ -535,78 +409,22 @@ class GalleryIndex:
             scores, slots = np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
             return self._map_results(scores, slots, positions)
         wanted = k if rerank is None else min(max(k, int(candidates)), len(self))
-        params = None
-        refs: tuple[Any, ...] = ()
-        if self.family == "hnsw":
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = self._ef_search
-            dead = self._ids.dead_slots()
-            if len(dead):
-                # removed slots are masked; the selectors must outlive the search call
-                batch = faiss.IDSelectorBatch(dead)
-                not_dead = faiss.IDSelectorNot(batch)
-                params.sel = not_dead
-                refs = (batch, not_dead)
+        # HNSW cannot delete: removed slots are masked, by selectors that must outlive the search call
+        params, refs = hnsw_search_parameters(self._ef_search, self._ids.dead_slots()) if self.family == "hnsw" else (None, ())
         scores, slots = self._search_batched(q, wanted, params)
         del refs
         if rerank is not None:
-            scores, slots = self._rerank(q, scores, slots, k, rerank)
+            scores, slots = exact_rerank(q, slots, k, rerank, self.dim)
         return self._map_results(scores, slots, positions)
-
-    def _rerank(
-        self, q: np.ndarray, scores: np.ndarray, slots: np.ndarray, k: int, vectors: Callable[[np.ndarray], np.ndarray]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact cosine of each candidate from its full vector; the top ``k`` of them, descending."""
-        found = slots >= 0
-        full = np.asarray(vectors(np.where(found, slots, 0)), dtype=np.float32)
-        if full.shape != slots.shape + (self.dim,):
-            raise ValueError(f"rerank returned shape {full.shape}, expected {slots.shape + (self.dim,)}")
-        norms = np.linalg.norm(full, axis=-1)
-        exact = np.einsum("qcd,qd->qc", full, q) / np.maximum(norms, 1e-12)
-        exact = np.where(found, exact, -np.inf).astype(np.float32)
-        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(exact, order, 1), np.take_along_axis(slots, order, 1)
 
     def _search_batched(self, q: np.ndarray, k: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
         if self.use_gpu and self.family != "hnsw" and not self._hnsw_quantizer and not self.layout.fast_scan:
             return self._gpu_search(q, k)
         if self.family == "flat":
-            return self._flat_search(q, k)
+            return flat_search(self._index, q, k, self.dim)
         if params is None:
             return self._index.search(q, k)
         return self._index.search(q, k, params=params)
-
-    def _flat_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact search as torch matrix products over blocks of the stored vectors, merged top-k.
-
-        FAISS's own flat search takes a non-BLAS loop for small query batches and 1,024-row gallery
-        blocks (tunable only through process-global settings); a torch matmul over 16,384-row blocks
-        of the vectors FAISS stores (read in place, not copied) was ~3x faster here and changes nothing
-        outside this call. Ties keep the lower slot first.
-        """
-        flat = faiss.downcast_index(self._index.index)
-        total = flat.ntotal
-        xb = faiss.rev_swig_ptr(flat.get_xb(), total * self.dim).reshape(total, self.dim)
-        labels = faiss.rev_swig_ptr(self._index.id_map.data(), total)
-        qt = torch.from_numpy(q)
-        best_s = torch.full((q.shape[0], 0), -torch.inf)
-        best_i = torch.zeros((q.shape[0], 0), dtype=torch.int64)
-        for start in range(0, total, _FLAT_GALLERY_BLOCK):
-            block = torch.from_numpy(xb[start : start + _FLAT_GALLERY_BLOCK])
-            s = qt @ block.T
-            kk = min(k, s.shape[1])
-            top_s, top_i = torch.topk(s, kk, dim=1)
-            best_s = torch.cat([best_s, top_s], 1)
-            best_i = torch.cat([best_i, top_i + start], 1)
-            if best_s.shape[1] > k:
-                # stable order on (score desc, position asc) so ties resolve like a full sort
-                order = np.lexsort((best_i.numpy(), -best_s.numpy()), axis=1)[:, :k]
-                best_s = torch.from_numpy(np.take_along_axis(best_s.numpy(), order, 1))
-                best_i = torch.from_numpy(np.take_along_axis(best_i.numpy(), order, 1))
-        order = np.lexsort((best_i.numpy(), -best_s.numpy()), axis=1)
-        scores = np.take_along_axis(best_s.numpy(), order, 1)
-        positions = np.take_along_axis(best_i.numpy(), order, 1)
-        return scores, np.asarray(labels)[positions].astype(np.int64)
 
     def _map_results(self, scores: np.ndarray, slots: np.ndarray, positions: bool) -> tuple[np.ndarray, np.ndarray]:
         scores = np.asarray(scores, dtype=np.float32).copy()
@@ -658,23 +476,29 @@ class GalleryIndex:
         """
         path = Path(path)
         saved = read_index_file(path, expected_dim=expected_dim, expected_fingerprint=expected_fingerprint, mmap=mmap)
-        try:
-            obj = cls(saved.meta["dim"], saved.meta["kind"], fingerprint=saved.meta["fingerprint"], use_gpu=use_gpu,
-                      **_saved_arguments(saved))
-            if obj.factory != saved.meta["factory"]:
-                raise ValueError(f"kind {saved.meta['kind']!r} does not build {saved.meta['factory']!r}")
-        except (TypeError, ValueError) as err:
-            raise IndexFormatError(f"index file {path} has invalid parameters: {err}") from None
-        obj._ids = saved.ids
-        obj.metadata = saved.meta["metadata"]
-        obj._index = saved.index
-        obj._read_only = saved.mapped
-        obj._on_disk = ONDISK_FIELD in saved.meta
-        spec = saved.meta.get(ONDISK_FIELD) or {}  # an on-disk index maps its lists and ids too
-        side = tuple(path.with_name(spec[k]) for k in ("ivfdata", "ids")) if obj._on_disk else ()
-        obj._mapped_files = (path, *side) if saved.mapped else ()
-        obj._apply_search_parameters()
-        return obj
+        return _from_saved(cls, path, saved, use_gpu)
+
+
+def _from_saved(cls: type[GalleryIndex], path: Path, saved: IndexFile, use_gpu: bool | None) -> GalleryIndex:
+    """The index of a checked file: built empty from its header, then given its ids, FAISS index and
+    mapped files (an on-disk index maps its lists and ids beside ``path`` too)."""
+    try:
+        obj = cls(saved.meta["dim"], saved.meta["kind"], fingerprint=saved.meta["fingerprint"], use_gpu=use_gpu,
+                  **_saved_arguments(saved))
+        if obj.factory != saved.meta["factory"]:
+            raise ValueError(f"kind {saved.meta['kind']!r} does not build {saved.meta['factory']!r}")
+    except (TypeError, ValueError) as err:
+        raise IndexFormatError(f"index file {path} has invalid parameters: {err}") from None
+    obj._ids = saved.ids
+    obj.metadata = saved.meta["metadata"]
+    obj._index = saved.index
+    obj._read_only = saved.mapped
+    obj._on_disk = ONDISK_FIELD in saved.meta
+    spec = saved.meta.get(ONDISK_FIELD) or {}  # an on-disk index maps its lists and ids too
+    side = tuple(path.with_name(spec[k]) for k in ("ivfdata", "ids")) if obj._on_disk else ()
+    obj._mapped_files = (path, *side) if saved.mapped else ()
+    obj._apply_search_parameters()
+    return obj
 
 
 def _saved_arguments(saved: IndexFile) -> dict[str, Any]:
@@ -690,29 +514,3 @@ def _saved_arguments(saved: IndexFile) -> dict[str, Any]:
                 "ef_search": params.get("ef_search")}
     return {}
 
-
-def _check_arguments(
-    dim: Any, kind: Any, fingerprint: Any, nlist: int | None, nprobe: int | None, train_size: int | None,
-    hnsw_m: int, ef_construction: int, ef_search: int,
-) -> Layout | None:
-    """Refuse bad constructor arguments naming the argument; the factory string's layout (None for an alias)."""
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-        raise ValueError(f"dim must be a positive integer, got {dim!r}")
-    if not isinstance(kind, str):
-        raise ValueError(f"kind must be one of {KIND_ALIASES} or a FAISS factory string, got {kind!r}")
-    layout = None
-    if kind not in KIND_ALIASES:
-        try:
-            layout = parse_factory(kind, int(dim))
-        except ValueError as err:
-            raise ValueError(f"kind must be one of {KIND_ALIASES} or a supported FAISS factory string: {err}") from None
-    if fingerprint is not None and not isinstance(fingerprint, str):
-        raise TypeError(f"fingerprint must be a string or None, got {type(fingerprint).__name__}")
-    for name, value in (("nlist", nlist), ("nprobe", nprobe), ("train_size", train_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be positive, got {value}")
-    if hnsw_m < 2 or ef_construction < 1 or ef_search < 1:
-        raise ValueError(
-            f"hnsw_m (>=2), ef_construction and ef_search (>=1) out of range: {hnsw_m}, {ef_construction}, {ef_search}"
-        )
-    return layout

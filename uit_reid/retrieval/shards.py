@@ -182,15 +182,7 @@ def encode_shards(
     if plan.num_images == 0:
         raise ValueError("no images to encode")
     _refuse_repeated_images(files)
-    identity = {
-        "format": _FORMAT,
-        "format_version": _VERSION,
-        "fingerprint": fingerprint,
-        "shard_size": plan.shard_size,
-        "num_images": plan.num_images,
-        "num_shards": plan.num_shards,
-        "images_sha256": plan.images_sha256,
-    }
+    identity = _identity(plan, fingerprint)
     if rank == 0:
         _start_manifest(out, identity, metadata or {})
     barrier()
@@ -213,6 +205,19 @@ def encode_shards(
         _finish_manifest(out, identity, metadata or {}, plan)
     barrier()
     return _read_manifest(out)
+
+
+def _identity(plan: _Plan, fingerprint: str | None) -> dict[str, Any]:
+    """The manifest fields a resumed folder must match: the same image list, shard size and encoder."""
+    return {
+        "format": _FORMAT,
+        "format_version": _VERSION,
+        "fingerprint": fingerprint,
+        "shard_size": plan.shard_size,
+        "num_images": plan.num_images,
+        "num_shards": plan.num_shards,
+        "images_sha256": plan.images_sha256,
+    }
 
 
 def _is_utf8(name: str) -> bool:

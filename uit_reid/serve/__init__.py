@@ -2,7 +2,7 @@
 
 `build_service` loads a model and an index (refusing a pair whose fingerprints differ) and
 returns a FastAPI app; `serve` runs it with uvicorn. The parts: `MicroBatcher` (concurrent queries
-share one encoder call), `SearchEngine` (encoding, index search and the ``/stats`` figures),
+share one encoder call), `SearchEngine` (encoding, index search and the query counts),
 `GalleryImages` (numbered images and cached thumbnails), the limits middleware and `create_app`.
 `ServeProcess` runs the command in a child process (notebooks, scripts, load tests).
 """

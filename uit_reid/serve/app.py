@@ -387,6 +387,7 @@ def _add_status_routes(
         """Counters since the service started and the limits in force."""
         return {
             **engine.stats(),
+            **metrics.stats(),
             "thumbnail_cache": {"hits": images.hits, "misses": images.misses},
             "limits": {**checks.limits.__dict__, "k_cap": checks.k_cap},
         }

@@ -13,14 +13,21 @@ in one process (tests, a notebook) count apart and importing this module registe
 - ``uit_reid_batch_size``: queries per text-encoder call (a summary: ``_count`` calls, ``_sum`` queries).
 - ``uit_reid_queries_total`` and ``uit_reid_index_size``, read from the engine when scraped.
 - ``process_resident_memory_bytes`` and the other ``process_*`` figures (Linux).
+
+``GET /stats`` reads the same measurements (`ServiceMetrics.stats`): its resident memory is the
+``process_resident_memory_bytes`` figure and its latency percentiles are taken over the durations of
+the recent answered searches that the histogram counts, so each figure is measured in one place.
 """
 
 from __future__ import annotations
 
+import collections
+import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.process_collector import ProcessCollector
@@ -30,12 +37,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from uit_reid.serve.engine import SearchEngine
 
-__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "METHODS", "STATUSES", "RequestMetrics", "ServiceMetrics"]
+__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "METHODS", "SEARCH_ROUTE", "STATUSES", "RequestMetrics", "ServiceMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """Prometheus' classic text format, which every scraper reads (what ``/metrics`` answers with)."""
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Upper bounds (seconds) of the request latency histogram: a search takes milliseconds on a CPU."""
+SEARCH_ROUTE = "/search"
+"""The route whose answered requests (status 200) `/stats`'s latency percentiles are taken over."""
 UNMATCHED = "unmatched"
 """The route label of requests for a path that no route serves."""
 METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
@@ -69,9 +78,12 @@ class _EngineCollector:
 
 
 class ServiceMetrics:
-    """One app's Prometheus registry: request counts and latencies, engine figures, process figures."""
+    """One app's Prometheus registry: request counts and latencies, engine figures, process figures.
 
-    def __init__(self, engine: SearchEngine) -> None:
+    ``latency_window``: how many recent answered searches the ``/stats`` percentiles are taken over.
+    """
+
+    def __init__(self, engine: SearchEngine, *, latency_window: int = 2000) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "uit_reid_http_requests", "HTTP requests answered, by route template, method and status",
@@ -82,11 +94,31 @@ class ServiceMetrics:
             ("route",), buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.registry.register(_EngineCollector(engine))
-        ProcessCollector(registry=self.registry)
+        self.process = ProcessCollector(registry=self.registry)
+        self._searches: collections.deque[float] = collections.deque(maxlen=latency_window)
+        self._lock = threading.Lock()
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, _method_label(method), _status_label(status)).inc()
         self.latency.labels(route).observe(seconds)
+        if route == SEARCH_ROUTE and status == 200:
+            with self._lock:
+                self._searches.append(seconds)
+
+    def resident_memory_mb(self) -> float | None:
+        """``process_resident_memory_bytes`` in MiB (None where the platform does not report it)."""
+        for family in self.process.collect():
+            if family.name == "process_resident_memory_bytes":
+                return round(family.samples[0].value / 2**20, 1)
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        """The figures of ``GET /stats`` measured here: resident memory and search latency percentiles
+        (ms; None before the first answered search) over the recent searches."""
+        with self._lock:
+            lat = np.array(self._searches, dtype=np.float64) * 1000.0
+        pct = {f"p{p}": (round(float(np.percentile(lat, p)), 3) if lat.size else None) for p in (50, 90, 99)}
+        return {"resident_memory_mb": self.resident_memory_mb(), "latency_ms": {**pct, "window": int(lat.size)}}
 
     def render(self) -> bytes:
         """The registry in Prometheus' text format."""
