@@ -337,9 +337,10 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     from uit_reid.io import check_not_input
     from uit_reid.retrieval import EmbeddingShards, GalleryIndex, add_shards
 
-    shards = EmbeddingShards(args.embeddings)
-    check_not_input(args.index, shards.inputs, "--index")
-    with _index_writer(Path(args.index), "uit-reid index add"):  # two adds at once would lose one
+    # the lock first (two adds at once would lose one), then the folder's checks and the add
+    with _index_writer(Path(args.index), "uit-reid index add"):
+        shards = EmbeddingShards(args.embeddings)
+        check_not_input(args.index, shards.inputs, "--index")
         index = GalleryIndex.load(args.index)
         before = len(index)
         add_shards(index, shards, allow_no_fingerprint=args.allow_no_fingerprint)
