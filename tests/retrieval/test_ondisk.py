@@ -155,7 +155,9 @@ def test_a_sigkilled_rank_is_rebuilt_on_rerun_and_the_finished_part_kept(emb, tm
         procs[0].send_signal(signal.SIGKILL)
         for proc in procs:
             proc.wait()
-        assert [p.returncode for p in procs] == [-signal.SIGKILL, -signal.SIGKILL]
+        # rank 1 is killed; rank 0 is killed too, unless it has already stopped at the next barrier on its
+        # own (gloo sees the dead peer): either way its part is complete and rank 1's is not
+        assert procs[1].returncode == -signal.SIGKILL and procs[0].returncode in (-signal.SIGKILL, 1)
         if part0.exists() and not part1.exists():
             break
     assert part0.exists() and not part1.exists() and not out.exists()
