@@ -6,6 +6,7 @@ Each test names the finding it replays; each refusal is one line naming the file
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -127,8 +128,9 @@ _RACER = """
 import sys, time
 from pathlib import Path
 from uit_reid.cli import main
+import uit_reid.io, uit_reid.retrieval  # what the command imports lazily (seconds: torch, faiss), before the go
 go = Path(sys.argv[1])
-go.with_suffix(".ready").touch()  # imported: the command starts within a millisecond of the go
+go.with_suffix(".ready").touch()  # imported: the command reaches its lock within milliseconds of the go
 while not go.exists():
     time.sleep(0.001)
 sys.exit(main(sys.argv[2:]))
@@ -137,8 +139,9 @@ sys.exit(main(sys.argv[2:]))
 
 def test_two_index_adds_at_once_never_lose_one(tmp_path) -> None:
     """Two real `uit-reid index add` processes into one index: a long one (400k vectors), and a short one
-    released while the long one runs (once its lock file appears, or 10 s after it started where no lock
-    is taken). Before the lock both exited 0 and the file held only the long one's vectors."""
+    released while the long one runs (once the lock file names the long one, or 10 s after it started
+    where no lock is taken). Both have imported what the command needs before either starts, so the
+    short one reaches the lock within milliseconds, long before the long one is done. Before the lock both exited 0 and the file held only the long one's vectors."""
     from uit_reid.io import LOCK_NAME
 
     base = folder_with_manifest(tmp_path / "base", [10], prefix="base")
@@ -156,8 +159,11 @@ def test_two_index_adds_at_once_never_lose_one(tmp_path) -> None:
     while not all((tmp_path / f"go-{name}.ready").exists() for name in procs) and time.monotonic() < deadline:
         time.sleep(0.05)  # until both have imported the library and wait for their go
     (tmp_path / "go-long").touch()
-    started = time.monotonic()
-    while not (index_path.parent / LOCK_NAME).exists() and time.monotonic() - started < 10:
+    started, lock_file = time.monotonic(), index_path.parent / LOCK_NAME
+    while time.monotonic() - started < 10:  # until the long add holds the lock (its holder line names it)
+        with contextlib.suppress(OSError):
+            if f"pid {procs['long'].pid} on " in lock_file.read_text():
+                break
         time.sleep(0.001)
     (tmp_path / "go-short").touch()
     results = {name: (p.wait(timeout=300), p.stderr.read()) for name, p in procs.items()}
