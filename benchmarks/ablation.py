@@ -11,19 +11,26 @@ optimiser, decoder size) for the same number of steps; only the losses and augme
     + TIR                          ... plus text-guided image restoration
     + text augmentation            ... plus attribute-word captions (p 0.2)
     full UIT                       ... plus the authors' caption corruption (the demo's recipe)
+    SDM + ID + TIR                 SDM + ID with one part added (each part's effect alone, against
+    SDM + ID + text augmentation   the same SDM + ID row; "+ CMT" is SDM + ID + CMT)
     full UIT - X                   full UIT without one component (X = CMT, TIR, text augmentation,
                                    caption corruption; the last is the "+ text augmentation" row)
 
 The loss weights are the demo's where it sets them (else the paper's: SDM 1, ID 1, CMT 10, TIR 10).
 Each row runs ``--seeds`` seeds (0, 1, ...; the seed draws batches, augmentations, masks and the
 heads' init); the table gives the mean and the 95% confidence interval of the mean (Student's t,
-n - 1 degrees of freedom) of test R1, mAP and attribute-binding accuracy, plus presence.
+n - 1 degrees of freedom) of test R1, mAP, attribute-binding accuracy and presence, R1 on the queries
+whose person has a look-alike in the gallery (another test identity differing in at most two of the
+generator's attribute slots: CMT's target), and, for rows with a TIR decoder, its text use
+(`uit_reid.evaluation.evaluate_text_use`: the true caption restores the hidden patches better than the
+colour-swapped one, percent of 512 images).
 
-Diagnostics, printed and saved with the table:
-- does the TIR decoder use the text? On the same grayscale masked test images (one fixed mask), the
-  restoration error of the full-UIT model (seed 0) with the true garment caption and with the same
-  caption with the garment colours swapped, and the share of images where the true caption restores
-  better;
+Rows with TIR start their decoder from ``--tir-pretrained`` (default: the demo config's, the decoder
+shipped beside the `uit-tiny` weights); for another start, pass a decoder pre-trained on its frozen
+encoders (``benchmarks/pretrain_tir_decoder.py --pretrained ...``): a fresh decoder needs a few hundred
+steps before it reads the caption.
+
+Diagnostic, printed and saved with the table:
 - does the grayscale input reach the encoder? A hook on the patch embedding during one training step
   records both image passes: the retrieval pass must be colour, the TIR pass grey (R = G = B).
 
@@ -32,6 +39,7 @@ Usage:
     python benchmarks/ablation.py                     # the recorded table
     python benchmarks/ablation.py --quick             # a smoke run (seconds)
     python benchmarks/ablation.py --steps 150 --seeds 5 --rows "SDM + ID,full UIT"
+    python benchmarks/ablation.py --pretrained synthetic-bag --tir-pretrained runs/ptd_bag/....safetensors
 
 Writes ``<out>/ablation.json`` (every run's metrics, the summaries, the diagnostics, the settings)
 and ``<out>/ablation.md`` (the table).
@@ -55,20 +63,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from uit_reid.augment import build_eval_transform  # noqa: E402
-from uit_reid.data import PedesDataset, binding_probes, build_batch_sampler, load_dataset, make_synthetic  # noqa: E402
-from uit_reid.evaluation import evaluate_model  # noqa: E402
+from uit_reid import retrieval  # noqa: E402
+from uit_reid.data import PedesDataset, Split, build_batch_sampler, load_dataset, make_synthetic  # noqa: E402
+from uit_reid.evaluation import encode_split, evaluate_model  # noqa: E402
 from uit_reid.factory import build_model, load_model  # noqa: E402
-from uit_reid.images import load_image  # noqa: E402
 from uit_reid.model import UITModel  # noqa: E402
-from uit_reid.tir import patchify, tir_loss, to_grayscale  # noqa: E402
 from uit_reid.train import TrainConfig, Trainer, load_config  # noqa: E402
 
 PAPER_WEIGHTS = {"sdm": 1.0, "id": 1.0, "cmt": 10.0, "tir": 10.0}
 TEXT_AUGMENT_P = 0.2  # the paper's attribute-word augmentation probability
 # A decoder sized for the tiny encoder, used when the base config has TIR off.
 TINY_TIR = {"tir_width": 64, "tir_depth": 1, "tir_heads": 4}
-METRICS = ("R1", "mAP", "binding", "presence")
+METRICS = ("R1", "mAP", "binding", "presence", "R1_lookalike", "text_use")
+"""The table's columns; ``text_use`` only where the row trains a TIR decoder."""
+# The generator's attribute slots (`uit_reid.data.synthetic`: a family member changes one or two of them)
+SLOTS = ("skin", "hair_colour", "hair_length", "upper_type", "upper_colour", "lower_type", "lower_colour",
+         "shoes_colour", ("bag", "bag_colour"), "hat_colour")
+LOOKALIKE_SLOTS = 2
 
 # t quantiles (0.975) for 1..30 degrees of freedom: the 95% interval of a mean of n = df + 1 runs
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -110,11 +121,13 @@ ROWS: dict[str, set[str] | None] = {
     "full UIT - TIR": FULL - {"tir"},
     "full UIT - text augmentation": FULL - {"aug"},
     "full UIT - caption corruption": FULL - {"corrupt"},
+    "SDM + ID + TIR": {"sdm", "id", "tir"},
+    "SDM + ID + text augmentation": {"sdm", "id", "aug"},
 }
 """The table's rows: the parts each one trains with (``None``: no training)."""
 
 
-def base_config(pretrained: str | None) -> tuple[TrainConfig, dict[str, float]]:
+def base_config(pretrained: str | None, tir_pretrained: str | None = None) -> tuple[TrainConfig, dict[str, float]]:
     """The demo's config (the decoder sized for the tiny model) and the full-UIT loss weights."""
     config = load_config("demo_uit")
     full = {k: getattr(config.loss, k) or w for k, w in PAPER_WEIGHTS.items()}
@@ -122,6 +135,8 @@ def base_config(pretrained: str | None) -> tuple[TrainConfig, dict[str, float]]:
         config = config.override([f"model.{k}={v}" for k, v in TINY_TIR.items()])
     if pretrained is not None:
         config = config.override([f"model.pretrained={json.dumps(pretrained)}"])
+    if tir_pretrained is not None:
+        config = config.override([f"model.tir_pretrained={json.dumps(tir_pretrained)}"])
     return config, full
 
 
@@ -154,48 +169,51 @@ def train_row(config: TrainConfig, dataset: PedesDataset, out: Path, steps: int,
         "train.output_dir": str(out), "train.max_steps": steps, "train.epochs": 10**6, "train.seed": seed,
         "train.eval_every": 10**6, "train.log_every": 10**6,
     }))
-    return Trainer(run, dataset=dataset, overwrite=True).fit()
+    result = Trainer(run, dataset=dataset, overwrite=True).fit()
+    model = load_model(result["model_dir"])
+    r1, n = lookalike_r1(model, dataset.test, config.data.eval_batch_size)
+    result["test"].update(R1_lookalike=r1, R1_lookalike_n=n)
+    return result
 
 
 def zero_shot(config: TrainConfig, dataset: PedesDataset) -> dict[str, float]:
     model = build_model(config.model, config.loss, num_classes=0, interpolation=config.data.interpolation)
-    return evaluate_model(model, dataset.test, config.data.eval_batch_size)
+    metrics = evaluate_model(model, dataset.test, config.data.eval_batch_size)
+    r1, n = lookalike_r1(model, dataset.test, config.data.eval_batch_size)
+    return {**metrics, "R1_lookalike": r1, "R1_lookalike_n": n}
+
+
+def summarize(runs: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    """Each column's mean and 95% half-width over ``runs`` (columns a row does not measure are left out)."""
+    return {k: confidence_interval([r[k] for r in runs]) for k in METRICS if all(k in r for r in runs)}
+
+
+def _slots(attributes: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(tuple(attributes.get(k) for k in slot) if isinstance(slot, tuple) else attributes.get(slot)
+                 for slot in SLOTS)
+
+
+def lookalike_pids(split: Split, max_changes: int = LOOKALIKE_SLOTS) -> set[int]:
+    """Identities of ``split`` with another identity differing in at most ``max_changes`` attribute slots."""
+    people = {r.pid: _slots(r.attributes) for r in split.records if r.attributes}
+    pids = sorted(people)
+    found: set[int] = set()
+    for i, a in enumerate(pids):
+        for b in pids[i + 1 :]:
+            if sum(x != y for x, y in zip(people[a], people[b], strict=True)) <= max_changes:
+                found.update((a, b))
+    return found
 
 
 @torch.no_grad()
-def tir_text_use(model: UITModel, dataset: PedesDataset, limit: int = 256, seed: int = 0) -> dict[str, float]:
-    """Restoration error (MSE on the masked patches) with the true vs the colour-swapped garment caption.
-
-    The same images, the same grayscale input and the same mask for both captions; only the caption
-    differs. A decoder that ignores the text gives equal errors.
-    """
-    assert model.tir_head is not None
-    model.eval()
-    probes = binding_probes(dataset.test.records)["binding"]
-    ids = probes.image_ids[:limit]
-    transform = build_eval_transform(model.image_size, interpolation=model.interpolation)
-    images = torch.stack([transform(load_image(dataset.test.records[i].image_path)) for i in ids])
-    if model.tir_grayscale == "normalised":
-        gray = to_grayscale(images)
-    else:
-        gray = to_grayscale(images, model.image_mean, model.image_std)
-    masked = model.encoder.encode_masked_image(gray, model.mask_ratio, generator=torch.Generator().manual_seed(seed))
-    target = patchify(images, model.encoder.patch_size)
-
-    def errors(captions: list[str]) -> torch.Tensor:
-        text_ids = model.encoder.tokenize(captions)
-        _, tokens = model.encoder.encode_text(text_ids, return_tokens=True)
-        pred = model.tir_head(masked.tokens, masked.ids_restore, tokens, model.encoder.text_padding_mask(text_ids))
-        return torch.stack([tir_loss(pred[i : i + 1], target[i : i + 1], masked.mask[i : i + 1])
-                            for i in range(len(captions))])
-
-    true, swapped = errors(probes.true[: len(ids)]), errors(probes.contrast[: len(ids)])
-    return {
-        "images": len(ids),
-        "mse_true_caption": float(true.mean()),
-        "mse_swapped_caption": float(swapped.mean()),
-        "true_restores_better_percent": float(100.0 * ((true < swapped).float().mean() + 0.5 * (true == swapped).float().mean())),
-    }
+def lookalike_r1(model: UITModel, split: Split, batch_size: int) -> tuple[float, int]:
+    """R1 (percent) over the queries whose person has a look-alike in the gallery, and their number."""
+    q, q_pids, g, g_pids = encode_split(model, split, batch_size)
+    lookalikes = lookalike_pids(split)
+    keep = torch.tensor([int(p) in lookalikes for p in q_pids.tolist()])
+    if not keep.any():
+        return math.nan, 0
+    return retrieval.evaluate(q[keep] @ g.t(), q_pids[keep], g_pids, ks=(1,))["R1"], int(keep.sum())
 
 
 def grayscale_check(config: TrainConfig, dataset: PedesDataset) -> dict[str, float]:
@@ -229,13 +247,18 @@ def grayscale_check(config: TrainConfig, dataset: PedesDataset) -> dict[str, flo
             "tir_pass_channel_spread": spread(seen[-1]) if len(seen) > 1 else math.nan}
 
 
-def markdown(summary: dict[str, dict[str, Any]], steps: int, batch: int, seeds: int) -> str:
-    lines = [f"Fine-tuning the shipped `uit-tiny` for {steps} steps of batch {batch}, {seeds} seeds per row; "
-             "mean ± 95% CI half-width (t), test split.", "",
-             "| row | R1 | mAP | binding | presence |", "|---|---|---|---|---|"]
+def markdown(summary: dict[str, dict[str, Any]], steps: int, batch: int, seeds: int, pretrained: str) -> str:
+    lines = [f"Fine-tuning `uit-tiny` (pretrained={pretrained!r}) for {steps} steps of batch {batch}, {seeds} "
+             "seeds per row; mean ± 95% CI half-width (t), test split. R1 look-alike: R1 over the queries whose "
+             "person has a look-alike; text use: the TIR decoder's (true vs colour-swapped caption), — where "
+             "the row has no decoder.", "",
+             "| row | R1 | mAP | binding | presence | R1 look-alike | text use |", "|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         cells = []
         for key in METRICS:
+            if key not in s:
+                cells.append("—")
+                continue
             mean, half = s[key]
             cells.append(f"{mean:.1f}" if math.isnan(half) else f"{mean:.1f} ± {half:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -244,7 +267,7 @@ def markdown(summary: dict[str, dict[str, Any]], steps: int, batch: int, seeds: 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
     out = Path(args.out)
-    config, full = base_config(args.pretrained)
+    config, full = base_config(args.pretrained, args.tir_pretrained)
     syn = config.synthetic
     if args.quick:
         syn.num_ids, syn.images_per_id, syn.num_val_ids, syn.num_test_ids = 40, 2, 0, 12
@@ -262,11 +285,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; test split {dataset.test.num_ids} ids, "
         f"{dataset.test.num_images} images; {args.steps} steps of batch {batch}; {args.seeds} seeds; "
         f"pretrained {config.model.pretrained!r}; full-UIT weights {full}")
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), os.getloadavg()
     runs: dict[str, list[dict[str, float]]] = {}
     seconds: dict[str, list[float]] = {}
     done: dict[frozenset[str], str] = {}
-    tir_model_dir: str | None = None  # full UIT, seed 0: the model the TIR diagnostic inspects
     for name, parts in rows.items():
         if parts is None:
             runs[name], seconds[name] = [zero_shot(config, dataset)], [0.0]
@@ -281,23 +303,20 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                 result = train_row(row_config, dataset, out / "runs" / f"{len(done)}_{seed}", args.steps, seed)
                 seconds[name].append(time.perf_counter() - t0)
                 runs[name].append(result["test"])
-                if parts == FULL and seed == 0:
-                    tir_model_dir = result["model_dir"]
-        s = {k: confidence_interval([r[k] for r in runs[name]]) for k in METRICS}
+        s = summarize(runs[name])
         log(f"  {name}: " + "  ".join(f"{k} {m:.2f}±{h:.2f}" for k, (m, h) in s.items())
             + f"  ({statistics.fmean(seconds[name]):.0f} s/run)")
-    summary = {name: {k: confidence_interval([r[k] for r in rs]) for k in METRICS} for name, rs in runs.items()}
+    summary = {name: summarize(rs) for name, rs in runs.items()}
 
     diagnostics: dict[str, Any] = {}
-    if tir_model_dir is not None:
-        diagnostics["tir_text_use"] = tir_text_use(load_model(tir_model_dir), dataset)
     diagnostics["grayscale_input"] = grayscale_check(config.override(_overrides(recipe(FULL, full))), dataset)
     log(f"diagnostics: {json.dumps(diagnostics)}")
-    table = markdown(summary, args.steps, batch, args.seeds)
+    table = markdown(summary, args.steps, batch, args.seeds, config.model.pretrained)
     report = {
         "settings": {"threads": torch.get_num_threads(), "steps": args.steps, "batch_size": batch,
                      "lr": config.optim.lr, "warmup_epochs": config.optim.warmup_epochs, "seeds": args.seeds, "full_weights": full,
-                     "pretrained": config.model.pretrained, "recipes": {n: sorted(p) if p else None for n, p in rows.items()},
+                     "pretrained": config.model.pretrained, "tir_pretrained": config.model.tir_pretrained,
+                     "load_average_start": load_start, "load_average_end": os.getloadavg(), "recipes": {n: sorted(p) if p else None for n, p in rows.items()},
                      "test": {"ids": dataset.test.num_ids, "images": dataset.test.num_images}},
         "runs": runs, "seconds": seconds,
         "summary": {n: {k: {"mean": m, "ci95": h} for k, (m, h) in s.items()} for n, s in summary.items()},
@@ -321,6 +340,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
     parser.add_argument("--pretrained", default=None,
                         help="starting weights instead of the demo config's model.pretrained (e.g. a file, 'none')")
+    parser.add_argument("--tir-pretrained", default=None,
+                        help="the TIR decoder's start instead of the demo config's model.tir_pretrained (a file, 'none')")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default: %(default)s; on the shared 2-core machine two threads ran "
                         "~10x slower than one under contention)")

@@ -2,6 +2,8 @@
 
     python benchmarks/pretrain_tir_decoder.py --out runs/pretrain_tir            # train, measure, keep in --out
     python benchmarks/pretrain_tir_decoder.py --out runs/pretrain_tir --export   # and write the shipped file
+    python benchmarks/pretrain_tir_decoder.py --out runs/ptd_bag --pretrained synthetic-bag --steps 300
+                                              # a decoder for the bag start's encoders (the ablation's)
 
 The decoder has the demo's architecture (bundled config `demo_uit`, `[model]`: 128 wide, 1 layer, 4 heads,
 the authors' layout). It is trained alone (`uit_reid.train.tir_warmup.warm_up_decoder`) on the frozen
@@ -35,7 +37,7 @@ from uit_reid.train import Trainer, load_config  # noqa: E402
 from uit_reid.train.tir_warmup import warm_up_decoder  # noqa: E402
 
 logger = logging.getLogger("pretrain_tir_decoder")
-FILE_NAME = "uit-tiny-synthetic-tir.safetensors"
+FILE_NAME = "uit-tiny-{pretrained}-tir.safetensors"
 
 
 def _web_world(root: Path) -> Path:
@@ -66,6 +68,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--layout", default=None, help="decoder layout (default: the demo config's)")
     parser.add_argument("--export", action="store_true", help="write the shipped file into uit_reid/pretrained/")
+    parser.add_argument("--pretrained", default="synthetic",
+                        help="the frozen encoders' weights (model.pretrained; default: %(default)s, the demo's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = Path(args.out)
@@ -77,6 +81,7 @@ def main() -> None:
         f"data.root={json.dumps(str(data))}", f"train.output_dir={json.dumps(str(out / 'run'))}",
         "synthetic.generate=false", f"data.batch_size={args.batch}", 'data.sampler="random"',
         "data.text_augment_p=0.0", "data.token_corruption=false", "model.tir_pretrained=\"none\"",
+        f"model.pretrained={json.dumps(args.pretrained)}",
         *([f"model.tir_layout={json.dumps(args.layout)}"] if args.layout else []),
     ])
     trainer = Trainer(config, overwrite=True)
@@ -97,12 +102,12 @@ def main() -> None:
         trainer.loader.batch_sampler.set_epoch(0)
         warm_up_decoder(model, trainer.loader, args.steps, args.lr, trainer.device, callback=measure)
     train_s = time.perf_counter() - train_start
-    path = (SHIPPED_DIR if args.export else out) / FILE_NAME
+    path = (SHIPPED_DIR if args.export else out) / FILE_NAME.format(pretrained=args.pretrained)
     save_tir_head(model.tir_head, path)
     digest = file_sha256(path)
     logger.info("wrote %s (sha256 %s), %d bytes", path, digest, path.stat().st_size)
     summary = {"data_seconds": round(data_s, 1), "train_seconds": round(train_s, 1), "steps": args.steps,
-               "batch": args.batch, "lr": args.lr, "sha256": digest, "head": model.tir_head.config(),
+               "batch": args.batch, "lr": args.lr, "pretrained": args.pretrained, "sha256": digest, "head": model.tir_head.config(),
                "torch_threads": torch.get_num_threads(), "curve": curve}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 

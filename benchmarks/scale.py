@@ -327,7 +327,9 @@ def main() -> None:
     p.add_argument("--nprobe", default="4,8,16", help="nprobe values to measure")
     p.add_argument("--hnsw-n", type=int, default=1_000_000, help="HNSW is built on the first this many vectors")
     p.add_argument("--ef-search", default="64,128")
-    p.add_argument("--kinds", default="ivfpq,ivfpqwide,opq,hnsw", help="which of ivfpq, ivfpqwide, opq, hnsw, ivfflat to run")
+    p.add_argument("--kinds", default="ivfpq,ivfpqwide,opq,hnsw",
+                   help="which of ivfpq, ivfpqwide, opq, hnsw, ivfflat, ivfhnswpq to run (ivfhnswpq: "
+                   "IVF<nlist>_HNSW32,PQ<--pq>, the lists found through an HNSW graph, as at LAION scale)")
     p.add_argument("--encode-images", type=int, default=512, help="images for the encode throughput (0: skip)")
     p.add_argument("--work", default=None, help="work folder (default: a temporary one, deleted after)")
     p.add_argument("--keep", action="store_true",
@@ -348,6 +350,7 @@ def main() -> None:
         "ivfpqwide": f"IVF{nlist},PQ{args.pq_wide}",
         "opq": f"OPQ{args.pq},IVF{nlist},PQ{args.pq}",
         "hnsw": "HNSW32,Flat",
+        "ivfhnswpq": f"IVF{nlist}_HNSW32,PQ{args.pq}",
     }
     work = Path(args.work or tempfile.mkdtemp(prefix="uit-scale-"))
     work.mkdir(parents=True, exist_ok=True)

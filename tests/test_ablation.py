@@ -49,6 +49,27 @@ def test_recipes_switch_exactly_their_parts() -> None:
     assert ab.ROWS["full UIT - caption corruption"] == ab.ROWS["+ text augmentation"]
 
 
+def test_lookalikes_are_the_people_within_two_attribute_slots() -> None:
+    from uit_reid.data.records import PersonRecord, Split
+
+    ab = _module()
+    base = {"skin": "light", "hair_colour": "black", "hair_length": "short", "upper_type": "jacket",
+            "upper_colour": "red", "lower_type": "trousers", "lower_colour": "blue", "shoes_colour": "black",
+            "bag": None, "bag_colour": None, "hat_colour": None}
+    people = {
+        0: base,
+        1: {**base, "upper_colour": "green", "bag": "backpack", "bag_colour": "red"},  # two slots (the bag is one): a look-alike of 0
+        2: {**base, "upper_colour": "green", "lower_colour": "red", "hat_colour": "white"},  # three slots from 0 and from 1
+        3: {**base, "skin": "dark", "hair_colour": "blonde", "hair_length": "long"},  # three slots from 0
+        4: {**base, "skin": "dark", "hair_colour": "blonde", "hair_length": "long", "shoes_colour": "white"},  # one from 3
+    }
+    records = [PersonRecord(Path(f"{pid}.png"), pid, ["a person"], i, attrs) for i, (pid, attrs) in enumerate(people.items())]
+    split = Split("test", records)
+    assert ab.lookalike_pids(split) == {0, 1, 3, 4}
+    assert ab.lookalike_pids(split, max_changes=3) == {0, 1, 2, 3, 4}
+    assert ab.lookalike_pids(split, max_changes=0) == set()
+
+
 def test_quick_run_writes_the_table_and_the_diagnostics(tmp_path) -> None:
     rows = "zero-shot,+ text augmentation,full UIT,full UIT - caption corruption"
     run = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--pretrained", "none", "--rows", rows,
@@ -66,7 +87,8 @@ def test_quick_run_writes_the_table_and_the_diagnostics(tmp_path) -> None:
     gray = report["diagnostics"]["grayscale_input"]
     assert gray["patch_embedding_calls"] == 2 and gray["tir_pass_channel_spread"] == 0.0
     assert gray["retrieval_pass_channel_spread"] > 0.1
-    tir = report["diagnostics"]["tir_text_use"]
-    assert tir["images"] > 0 and tir["mse_true_caption"] > 0 and tir["mse_swapped_caption"] > 0
+    # each row with a TIR decoder reports its text use; the look-alike R1 is measured on every row
+    assert {"text_use", "tir_error_true", "tir_error_swapped", "R1_lookalike", "R1_lookalike_n"} <= set(full[0])
+    assert set(report["summary"]["full UIT"]) == set(_module().METRICS)
     table = (tmp_path / "ablation.md").read_text()
     assert "| full UIT | " in table and table in run.stdout

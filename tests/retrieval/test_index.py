@@ -288,3 +288,24 @@ def test_a_save_whose_second_pass_differs_writes_nothing(data, tmp_path, monkeyp
     with pytest.raises(RuntimeError, match=r"FAISS serialised the index differently twice; nothing was written$"):
         index.save(path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["gallery.faiss"]
+
+
+def test_flat_ties_keep_insertion_order_across_gallery_blocks() -> None:
+    """Exact search over more vectors than one matrix-product block: equal scores come back in the order
+    the items were added, as a full stable sort would give (some duplicates straddle block edges)."""
+    from uit_reid.retrieval._index_search import FLAT_GALLERY_BLOCK
+
+    rng = np.random.default_rng(3)
+    n = 2 * FLAT_GALLERY_BLOCK + 500
+    base = rng.standard_normal((4, 8)).astype(np.float32)
+    which = rng.integers(0, 4, n)
+    # 64 copies of the query's vector spread over all three blocks, the rest among three others
+    copies = np.sort(rng.choice(n, 64, replace=False))
+    copies[:2] = [FLAT_GALLERY_BLOCK - 1, FLAT_GALLERY_BLOCK]
+    which[copies] = 0
+    which[np.setdiff1d(np.arange(n), copies)] = rng.integers(1, 4, n - 64)
+    index = GalleryIndex(8)
+    index.add(base[which], np.arange(n) * 7)  # ids are not slots: the order is the adding order
+    scores, ids = index.search(base[:1], k=40)
+    assert np.all(scores[0] == scores[0, 0])
+    assert ids[0].tolist() == (np.sort(copies)[:40] * 7).tolist()
