@@ -41,8 +41,9 @@ Usage:
     python benchmarks/ablation.py --steps 150 --seeds 5 --rows "SDM + ID,full UIT"
     python benchmarks/ablation.py --pretrained synthetic-bag --tir-pretrained runs/ptd_bag/....safetensors
 
-Writes ``<out>/ablation.json`` (every run's metrics, the summaries, the diagnostics, the settings)
-and ``<out>/ablation.md`` (the table).
+Writes ``<out>/ablation.json`` (every run's metrics, the summaries, the diagnostics, the settings),
+``<out>/ablation.md`` (the table) and, for each row with TIR, ``<out>/tir_<row>.png``: its seed-0
+model's restorations from the true and the colour-swapped caption (`uit_reid.tir_figure`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -68,6 +70,7 @@ from uit_reid.data import PedesDataset, Split, build_batch_sampler, load_dataset
 from uit_reid.evaluation import encode_split, evaluate_model  # noqa: E402
 from uit_reid.factory import build_model, load_model  # noqa: E402
 from uit_reid.model import UITModel  # noqa: E402
+from uit_reid.tir_figure import restoration_figure  # noqa: E402
 from uit_reid.train import TrainConfig, Trainer, load_config  # noqa: E402
 
 PAPER_WEIGHTS = {"sdm": 1.0, "id": 1.0, "cmt": 10.0, "tir": 10.0}
@@ -303,6 +306,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                 result = train_row(row_config, dataset, out / "runs" / f"{len(done)}_{seed}", args.steps, seed)
                 seconds[name].append(time.perf_counter() - t0)
                 runs[name].append(result["test"])
+                if seed == 0 and "tir" in parts:  # the TIR picture of the row's first run
+                    figure = out / f"tir_{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}.png"
+                    restoration_figure(load_model(result["model_dir"]), dataset.test).save(figure)
         s = summarize(runs[name])
         log(f"  {name}: " + "  ".join(f"{k} {m:.2f}±{h:.2f}" for k, (m, h) in s.items())
             + f"  ({statistics.fmean(seconds[name]):.0f} s/run)")

@@ -90,5 +90,6 @@ def test_quick_run_writes_the_table_and_the_diagnostics(tmp_path) -> None:
     # each row with a TIR decoder reports its text use; the look-alike R1 is measured on every row
     assert {"text_use", "tir_error_true", "tir_error_swapped", "R1_lookalike", "R1_lookalike_n"} <= set(full[0])
     assert set(report["summary"]["full UIT"]) == set(_module().METRICS)
+    assert sorted(f.name for f in tmp_path.glob("tir_*.png")) == ["tir_full_uit.png", "tir_text_augmentation.png"]
     table = (tmp_path / "ablation.md").read_text()
     assert "| full UIT | " in table and table in run.stdout
