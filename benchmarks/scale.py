@@ -195,6 +195,48 @@ def own_rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+class AnonymousPeak:
+    """The peak of this process's anonymous resident memory (``RssAnon``), sampled every 10 ms by a thread.
+
+    ``VmHWM`` counts the pages of memory-mapped files too: a merge that reads its parts through mmap
+    shows their size there, although the kernel can drop those clean pages at any time. ``RssAnon`` is
+    the memory only this process holds (heap, arrays). ``take()`` returns the peak since the last take.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._peak = self._now()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _now() -> float:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024.0
+        return float("nan")
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            now = self._now()
+            with self._lock:
+                self._peak = max(self._peak, now)
+
+    def take(self) -> float:
+        now = self._now()
+        with self._lock:
+            peak, self._peak = max(self._peak, now), now
+        return peak
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def reset_peak_rss() -> None:
     """Start this process's ``VmHWM`` again from its current RSS (Linux: ``5`` into /proc/self/clear_refs)."""
     with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
@@ -210,11 +252,15 @@ def ondisk_rank(folder: str, factory: str, out: str) -> None:
 
     marks: list[tuple[float, float]] = []  # (seconds, peak RSS MB) at the end of each phase
     starts: list[float] = [own_rss_mb()]  # RSS MB at the start of each phase (the peak is reset there)
+    anonymous = AnonymousPeak()
+    anonymous.take()
+    anon_peaks: list[float] = []  # peak anonymous RSS MB of each phase
 
     def barrier() -> None:
         if D.is_distributed():
             dist.barrier()
         marks.append((time.perf_counter(), own_peak_rss_mb()))
+        anon_peaks.append(anonymous.take())
         reset_peak_rss()
         starts.append(own_rss_mb())
 
@@ -225,7 +271,9 @@ def ondisk_rank(folder: str, factory: str, out: str) -> None:
         barrier()
     times = [t - s for (t, _), s in zip(marks, [start] + [t for t, _ in marks])]
     record = {"train_s": times[0], "add_s": times[1], "merge_s": times[2], "train_peak_rss_mb": marks[0][1],
-              "add_peak_rss_mb": marks[1][1], "merge_peak_rss_mb": marks[2][1], "merge_start_rss_mb": starts[2]}
+              "add_peak_rss_mb": marks[1][1], "merge_peak_rss_mb": marks[2][1], "merge_start_rss_mb": starts[2],
+              "train_peak_anon_mb": anon_peaks[0], "add_peak_anon_mb": anon_peaks[1], "merge_peak_anon_mb": anon_peaks[2]}
+    anonymous.close()
     Path(f"{out}.rank{rank}.json").write_text(json.dumps(record))
 
 
@@ -243,6 +291,8 @@ def build_on_disk(folder: Path, factory: str, path: Path, ranks: int) -> dict[st
             "add_peak_rss_mb_per_rank": [round(r["add_peak_rss_mb"]) for r in per_rank],
             "merge_peak_rss_mb": round(per_rank[0]["merge_peak_rss_mb"]),
             "merge_start_rss_mb": round(per_rank[0].get("merge_start_rss_mb", 0)),
+            "add_peak_anon_mb_per_rank": [round(r["add_peak_anon_mb"]) for r in per_rank],
+            "merge_peak_anon_mb": round(per_rank[0]["merge_peak_anon_mb"]),
             "peak_rss_mb": round(max(max(r["add_peak_rss_mb"], r["train_peak_rss_mb"]) for r in per_rank))}
 
 
@@ -454,12 +504,15 @@ def table(result: dict[str, Any]) -> str:
     disk = [row for row in result["kinds"].values() if "on_disk" in row]
     if disk:
         lines += ["", "| kind | ranks | train s | add s (slowest rank) | merge s | train peak RSS MB | add peak RSS MB per rank | "
-                  "merge peak RSS MB (at its start) | serve load peak RSS MB | serve start-up s |", "|---" * 10 + "|"]
+                  "merge peak RSS MB (at its start) | peak anonymous MB: add per rank / merge | serve load peak RSS MB | "
+                  "serve start-up s |", "|---" * 11 + "|"]
         for row in disk:
             d = row["on_disk"]
             lines.append(f"| {row['factory']} | {d['ranks']} | {d['train_s']} | {d['add_s']} | {d['merge_s']} | "
                          f"{d['train_peak_rss_mb']} | {' / '.join(map(str, d['add_peak_rss_mb_per_rank']))} | "
-                         f"{d['merge_peak_rss_mb']} (from {d.get('merge_start_rss_mb', '-')}) | {d['serve_load_peak_rss_mb']} | {result.get('serve_startup_s', '-')} |")
+                         f"{d['merge_peak_rss_mb']} (from {d.get('merge_start_rss_mb', '-')}) | "
+                         f"{' / '.join(map(str, d.get('add_peak_anon_mb_per_rank', ['-'])))} / {d.get('merge_peak_anon_mb', '-')} | "
+                         f"{d['serve_load_peak_rss_mb']} | {result.get('serve_startup_s', '-')} |")
     return "\n".join(lines)
 
 
