@@ -10,7 +10,8 @@ optimiser, decoder size) for the same number of steps; only the losses and augme
     + CMT                          ... plus the cross-modal triplet loss
     + TIR                          ... plus text-guided image restoration
     + text augmentation            ... plus attribute-word captions (p 0.2)
-    full UIT                       ... plus the authors' caption corruption (the demo's recipe)
+    full UIT                       ... plus the authors' caption corruption (the paper's recipe;
+                                   the demo's is "full UIT - caption corruption")
     SDM + ID + TIR                 SDM + ID with one part added (each part's effect alone, against
     SDM + ID + text augmentation   the same SDM + ID row; "+ CMT" is SDM + ID + CMT)
     full UIT - X                   full UIT without one component (X = CMT, TIR, text augmentation,
