@@ -68,6 +68,7 @@ import torch  # noqa: E402
 
 from uit_reid import retrieval  # noqa: E402
 from uit_reid.data import PedesDataset, Split, build_batch_sampler, load_dataset, make_synthetic  # noqa: E402
+from uit_reid.data.synthetic import _MUTABLE as _GENERATOR_SLOTS  # noqa: E402
 from uit_reid.evaluation import encode_split, evaluate_model  # noqa: E402
 from uit_reid.factory import build_model, load_model  # noqa: E402
 from uit_reid.model import UITModel  # noqa: E402
@@ -80,9 +81,9 @@ TEXT_AUGMENT_P = 0.2  # the paper's attribute-word augmentation probability
 TINY_TIR = {"tir_width": 64, "tir_depth": 1, "tir_heads": 4}
 METRICS = ("R1", "mAP", "binding", "presence", "R1_lookalike", "text_use")
 """The table's columns; ``text_use`` only where the row trains a TIR decoder."""
-# The generator's attribute slots (`uit_reid.data.synthetic`: a family member changes one or two of them)
-SLOTS = ("skin", "hair_colour", "hair_length", "upper_type", "upper_colour", "lower_type", "lower_colour",
-         "shoes_colour", ("bag", "bag_colour"), "hat_colour")
+# The generator's attribute slots (a family member changes one or two of them), as record keys: its bag
+# slot sets the bag and its colour together, its hat slot the hat's colour
+SLOTS = tuple({"bag": ("bag", "bag_colour"), "hat": "hat_colour"}.get(slot, slot) for slot in _GENERATOR_SLOTS)
 LOOKALIKE_SLOTS = 2
 
 # t quantiles (0.975) for 1..30 degrees of freedom: the 95% interval of a mean of n = df + 1 runs

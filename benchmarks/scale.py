@@ -126,6 +126,18 @@ def recall_at_10(found_rows: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(f.tolist()) & set(e.tolist())) / 10 for f, e in zip(found_rows, exact)]))
 
 
+def status_mb(field: str, missing: float | None = None) -> float:
+    """``field`` (a kB line such as ``VmRSS``) of /proc/self/status in MiB; ``missing`` where the kernel has
+    no such line (an error when ``None``)."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024.0
+    if missing is None:
+        raise RuntimeError(f"no {field} in /proc/self/status")
+    return missing
+
+
 def own_peak_rss_mb() -> float:
     """This process's peak resident set (``VmHWM`` of /proc/self/status) in MiB.
 
@@ -133,11 +145,7 @@ def own_peak_rss_mb() -> float:
     into it (the copied address space is the child's until ``exec``), so a child started by a
     4.4 GB parent reported 4.4 GB whatever it did itself.
     """
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return status_mb("VmHWM")
 
 
 def child(argv: list[str]) -> tuple[dict[str, Any], float]:
@@ -188,11 +196,7 @@ def run_child(argv: list[str]) -> None:
 
 def own_rss_mb() -> float:
     """This process's resident set now (``VmRSS``) in MiB."""
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    return status_mb("VmRSS")
 
 
 class AnonymousPeak:
@@ -214,11 +218,7 @@ class AnonymousPeak:
 
     @staticmethod
     def _now() -> float:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) / 1024.0
-        return float("nan")
+        return status_mb("RssAnon", missing=float("nan"))
 
     def _run(self) -> None:
         while not self._stop.wait(0.01):
