@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from uit_reid.retrieval import EmbeddingShards, GalleryIndex, ShardVectors, default_nlist  # noqa: E402
+from uit_reid.retrieval.budget import parse_bytes  # noqa: E402
 from uit_reid.retrieval.shards import write_shard  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +188,7 @@ def run_child(argv: list[str]) -> None:
         index.save(out)
         print(json.dumps({"build_s": build_s, "factory": index.factory, "peak_rss_mb": own_peak_rss_mb()}))
     elif mode == "ondisk":
-        ondisk_rank(argv[1], argv[2], argv[3])
+        ondisk_rank(argv[1], argv[2], argv[3], int(argv[4]))
     elif mode == "load":
         start = time.perf_counter()
         GalleryIndex.load(argv[1], mmap=argv[2] == "1")
@@ -243,7 +244,7 @@ def reset_peak_rss() -> None:
         fh.write("5")
 
 
-def ondisk_rank(folder: str, factory: str, out: str) -> None:
+def ondisk_rank(folder: str, factory: str, out: str, part_memory: int) -> None:
     """One torchrun rank of an on-disk build; writes OUT.rankR.json with each phase's time and peak RSS."""
     import torch.distributed as dist
 
@@ -255,6 +256,7 @@ def ondisk_rank(folder: str, factory: str, out: str) -> None:
     anonymous = AnonymousPeak()
     anonymous.take()
     anon_peaks: list[float] = []  # peak anonymous RSS MB of each phase
+    anon_starts: list[float] = [status_mb("RssAnon", missing=float("nan"))]  # anonymous RSS MB at each start
 
     def barrier() -> None:
         if D.is_distributed():
@@ -263,26 +265,31 @@ def ondisk_rank(folder: str, factory: str, out: str) -> None:
         anon_peaks.append(anonymous.take())
         reset_peak_rss()
         starts.append(own_rss_mb())
+        anon_starts.append(status_mb("RssAnon", missing=float("nan")))
 
     with D.torchrun_process_group("cpu"):
         rank, start = D.rank(), time.perf_counter()
         build_ondisk_index(EmbeddingShards(folder), factory, Path(out), rank=rank, world_size=D.world_size(),
-                           barrier=barrier, progress=False)
+                           barrier=barrier, part_memory=part_memory, progress=False)
         barrier()
+    # barriers: trained quantizer shared | every part written | merged
     times = [t - s for (t, _), s in zip(marks, [start] + [t for t, _ in marks])]
-    record = {"train_s": times[0], "add_s": times[1], "merge_s": times[2], "train_peak_rss_mb": marks[0][1],
-              "add_peak_rss_mb": marks[1][1], "merge_peak_rss_mb": marks[2][1], "merge_start_rss_mb": starts[2],
-              "train_peak_anon_mb": anon_peaks[0], "add_peak_anon_mb": anon_peaks[1], "merge_peak_anon_mb": anon_peaks[2]}
+    record = {"train_s": times[0], "add_s": times[1], "merge_s": times[2],
+              "train_peak_rss_mb": marks[0][1], "add_peak_rss_mb": marks[1][1],
+              "merge_peak_rss_mb": marks[2][1], "merge_start_rss_mb": starts[2],
+              "train_peak_anon_mb": anon_peaks[0], "add_peak_anon_mb": anon_peaks[1],
+              "merge_peak_anon_mb": anon_peaks[2], "merge_start_anon_mb": anon_starts[2]}
     anonymous.close()
     Path(f"{out}.rank{rank}.json").write_text(json.dumps(record))
 
 
-def build_on_disk(folder: Path, factory: str, path: Path, ranks: int) -> dict[str, Any]:
+def build_on_disk(folder: Path, factory: str, path: Path, ranks: int, part_memory: int) -> dict[str, Any]:
     """Run `ondisk_rank` on ``ranks`` torchrun processes; the build's figures."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
-                    __file__, "_child", "ondisk", str(folder), factory, str(path)], check=True, env=env)
+                    __file__, "_child", "ondisk", str(folder), factory, str(path), str(part_memory)],
+                   check=True, env=env)
     wall = time.perf_counter() - start
     per_rank = [json.loads(Path(f"{path}.rank{r}.json").read_text()) for r in range(ranks)]
     return {"build_s": wall, "factory": factory, "ranks": ranks, "train_s": per_rank[0]["train_s"],
@@ -293,6 +300,8 @@ def build_on_disk(folder: Path, factory: str, path: Path, ranks: int) -> dict[st
             "merge_start_rss_mb": round(per_rank[0].get("merge_start_rss_mb", 0)),
             "add_peak_anon_mb_per_rank": [round(r["add_peak_anon_mb"]) for r in per_rank],
             "merge_peak_anon_mb": round(per_rank[0]["merge_peak_anon_mb"]),
+            "merge_start_anon_mb": round(per_rank[0]["merge_start_anon_mb"]),
+            "part_memory": part_memory,
             "peak_rss_mb": round(max(max(r["add_peak_rss_mb"], r["train_peak_rss_mb"]) for r in per_rank))}
 
 
@@ -387,6 +396,8 @@ def main() -> None:
     p.add_argument("--on-disk", action="store_true",
                    help="build the IVF kinds as on-disk indexes (lists and ids beside the file) on --ranks processes")
     p.add_argument("--ranks", type=int, default=1, help="torchrun processes of an --on-disk build")
+    p.add_argument("--part-memory", default="1GiB", help="memory a rank's part may take before it is written "
+                   "(an --on-disk build; the library's default)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     args = p.parse_args()
@@ -436,7 +447,7 @@ def main() -> None:
             peak_mb = built["peak_rss_mb"]
             print(f"{name}: reusing the kept build ({record})", file=sys.stderr, flush=True)
         elif on_disk:
-            built = build_on_disk(folder, factory, path, args.ranks)
+            built = build_on_disk(folder, factory, path, args.ranks, parse_bytes(args.part_memory))
             peak_mb = built["peak_rss_mb"]
             record.write_text(json.dumps(built))
         else:
@@ -504,14 +515,15 @@ def table(result: dict[str, Any]) -> str:
     disk = [row for row in result["kinds"].values() if "on_disk" in row]
     if disk:
         lines += ["", "| kind | ranks | train s | add s (slowest rank) | merge s | train peak RSS MB | add peak RSS MB per rank | "
-                  "merge peak RSS MB (at its start) | peak anonymous MB: add per rank / merge | serve load peak RSS MB | "
+                  "merge peak RSS MB (at its start) | peak anonymous MB: add per rank / merge (at its start) | serve load peak RSS MB | "
                   "serve start-up s |", "|---" * 11 + "|"]
         for row in disk:
             d = row["on_disk"]
             lines.append(f"| {row['factory']} | {d['ranks']} | {d['train_s']} | {d['add_s']} | {d['merge_s']} | "
                          f"{d['train_peak_rss_mb']} | {' / '.join(map(str, d['add_peak_rss_mb_per_rank']))} | "
                          f"{d['merge_peak_rss_mb']} (from {d.get('merge_start_rss_mb', '-')}) | "
-                         f"{' / '.join(map(str, d.get('add_peak_anon_mb_per_rank', ['-'])))} / {d.get('merge_peak_anon_mb', '-')} | "
+                         f"{' / '.join(map(str, d.get('add_peak_anon_mb_per_rank', ['-'])))} / {d.get('merge_peak_anon_mb', '-')} "
+                         f"(from {d.get('merge_start_anon_mb', '-')}) | "
                          f"{d['serve_load_peak_rss_mb']} | {result.get('serve_startup_s', '-')} |")
     return "\n".join(lines)
 

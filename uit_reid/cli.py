@@ -248,6 +248,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
     out = check_writable(args.out)
     check_not_input(out, _model_inputs(args.model))
+    if args.part_memory is not None and not args.on_disk:
+        raise CLIError("--part-memory works with --on-disk")
     if args.embeddings:
         if args.images or args.model:
             raise CLIError("give --embeddings, or --images with --model, not both")
@@ -302,15 +304,20 @@ def _build_on_disk(args: argparse.Namespace, shards: Any, kind: str, out: Path) 
     import torch.distributed as dist
 
     from uit_reid import distributed as D
+    from uit_reid.retrieval.budget import PART_MEMORY, parse_bytes
     from uit_reid.retrieval.distributed_build import build_ondisk_index
     from uit_reid.retrieval.index_file import IndexFormatError
 
+    try:
+        part_memory = PART_MEMORY if args.part_memory is None else parse_bytes(args.part_memory)
+    except ValueError as err:
+        raise CLIError(f"--part-memory: {err}") from None
     with D.torchrun_process_group("cpu"):
         rank = D.rank()
         metadata = {"model": shards.manifest["model"]} if shards.manifest and shards.manifest.get("model") else {}
         build_ondisk_index(shards, kind, out, train_size=args.train_size, rank=rank, world_size=D.world_size(),
                            barrier=dist.barrier if D.is_distributed() else lambda: None, metadata=metadata,
-                           progress=rank == 0)
+                           part_memory=part_memory, progress=rank == 0)
     if rank == 0:
         try:
             from uit_reid.retrieval import GalleryIndex
@@ -625,6 +632,9 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--on-disk", action="store_true",
                    help="with --embeddings and an IVF kind: build on every torchrun rank and merge the parts into "
                    "an index whose lists (OUT.ivfdata) and ids (OUT.ids) stay on disk, memory-mapped when served")
+    b.add_argument("--part-memory", metavar="SIZE", default=None,
+                   help="with --on-disk: memory each rank lets the part it fills take before writing it to disk and "
+                   "starting the next (default: 1GiB), so a rank's memory does not grow with its share of the gallery")
     b.set_defaults(func=cmd_index_build)
     m = index_sub.add_parser("merge", help="merge IVF index parts sharing one trained quantizer into an on-disk index")
     m.add_argument("parts", nargs="+", metavar="PART", help="index files (e.g. the parts of an --on-disk build)")

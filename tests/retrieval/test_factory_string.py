@@ -199,9 +199,10 @@ def _first_hnsw_neighbour(raw: bytes) -> int:
     return at + 8
 
 
-@pytest.mark.parametrize("kind", ["OPQ8_16,IVF16_HNSW8,PQ8x4"])  # fast-scan lists are not pre-sized
+@pytest.mark.parametrize("kind", ["OPQ8_16,IVF16_HNSW8,PQ8x4", "IVF16_HNSW8,PQ8", "IVF16,Flat", "IVF16,PQ8x4fs"])
 def test_streamed_builds_of_scale_kinds_equal_one_add(kind, data, tmp_path) -> None:
-    """The shard-streamed build (lists sized first by `_reserve`, OPQ applied there) gives the lists one add gives."""
+    """The shard-streamed build (lists sized first by `_reserve`, OPQ applied there, each vector added to
+    the list found then) writes the very index one add writes: same lists, codes and labels."""
     from uit_reid.retrieval import EmbeddingShards, build_index_from_shards, index_memory
     from uit_reid.retrieval.shards import write_shard
 
@@ -217,5 +218,6 @@ def test_streamed_builds_of_scale_kinds_equal_one_add(kind, data, tmp_path) -> N
     other = faiss.extract_index_ivf(whole._index)
     assert sizes == [other.invlists.list_size(i) for i in range(other.nlist)] and sum(sizes) == N
     assert np.array_equal(streamed.search(xq, 10)[1], whole.search(xq, 10)[1])
+    assert faiss.serialize_index(streamed._index).tobytes() == faiss.serialize_index(whole._index).tobytes()
     real = len(faiss.serialize_index(streamed._index)) + 9 * len(streamed)
     assert 0.85 <= index_memory(kind, N, DIM) / real <= 1.2

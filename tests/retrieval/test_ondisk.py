@@ -8,6 +8,7 @@ rank processes SIGKILLed mid-build. The reference is always the in-memory index 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -19,6 +20,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from uit_reid.cli import main
 from uit_reid.retrieval import (
@@ -116,7 +119,7 @@ def test_two_gloo_ranks_build_the_same_files_as_one_process(emb, tmp_path, capsy
                           env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("indexed 2650 vectors") == 1  # rank 0 only
-    assert "rank 1/2: 1200 vectors of 2 shards" in proc.stderr  # rank 1 built its part: shards 1 and 3
+    assert "rank 1/2: part 1/1: 1200 vectors of 2 shards" in proc.stderr  # rank 1 built its part: shards 1 and 3
     assert _files(two) == _files(one)  # the same lists, ids and header, byte for byte
 
 
@@ -140,7 +143,7 @@ def test_a_sigkilled_rank_is_rebuilt_on_rerun_and_the_finished_part_kept(emb, tm
     assert main(_cli_build(emb, reference)) == 0
     out = tmp_path / "killed" / "g.index"
     work = parts_folder(out)
-    part0, part1 = (work / f"part-0000{r}-of-00002.json" for r in (0, 1))
+    part0, part1 = (work / f"part-0000{r}-of-00002-00000.json" for r in (0, 1))
     for _attempt in range(3):  # rank 1 may (rarely) finish its part before the kill lands: try again
         shutil.rmtree(work, ignore_errors=True)
         port = free_port()
@@ -165,8 +168,8 @@ def test_a_sigkilled_rank_is_rebuilt_on_rerun_and_the_finished_part_kept(emb, tm
                            "-m", "uit_reid.cli", *_cli_build(emb, out)],
                           env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"rank 0/2: part {work / 'part-00000-of-00002.index'} is complete, kept" in proc.stderr
-    assert "rank 1/2: 1200 vectors of 2 shards" in proc.stderr  # the killed rank's part, rebuilt
+    assert f"rank 0/2: part 1/1 {work / 'part-00000-of-00002-00000.index'} is complete, kept" in proc.stderr
+    assert "rank 1/2: part 1/1: 1200 vectors of 2 shards" in proc.stderr  # the killed rank's part, rebuilt
     assert _files(out) == _files(reference)
 
 
@@ -249,16 +252,32 @@ def test_an_id_file_maps_ids_and_keys_without_reading_them(tmp_path) -> None:
     assert json.loads(path.read_bytes()[16:].split(b"}}")[0] + b"}}")["slots"] == 5
 
 
-def _threaded_build(shards: EmbeddingShards, out: Path, world: int) -> None:
-    """``world`` ranks as threads of this process, synchronised by a real barrier (the library's hook)."""
+def _threaded_build(
+    shards: EmbeddingShards, out: Path, world: int, part_vectors: int | None = None, stop_before_merge: bool = False
+) -> None:
+    """``world`` ranks as threads of this process, synchronised by a real barrier (the library's hook);
+    ``stop_before_merge``: every rank stops at the barrier before the merge (its parts are written)."""
     import threading
 
     barrier = threading.Barrier(world)
     errors: list[BaseException] = []
+    calls = [0] * world
+
+    class Stop(Exception):
+        pass
 
     def rank(r: int) -> None:
+        def wait() -> None:
+            barrier.wait()
+            calls[r] += 1
+            if stop_before_merge and calls[r] == 2:
+                raise Stop
+
         try:
-            build_ondisk_index(shards, "IVF16,PQ8", out, rank=r, world_size=world, barrier=barrier.wait, progress=False)
+            build_ondisk_index(shards, "IVF16,PQ8", out, rank=r, world_size=world, barrier=wait,
+                               part_vectors=part_vectors, progress=False)
+        except Stop:
+            pass
         except BaseException as err:  # noqa: BLE001 - reported below
             errors.append(err)
             barrier.abort()
@@ -275,10 +294,47 @@ def test_any_world_size_writes_the_same_files_even_with_ranks_left_without_shard
     shards = EmbeddingShards(emb["folder"])
     reference = tmp_path / "w1" / "g.index"
     build_ondisk_index(shards, "IVF16,PQ8", reference, progress=False)
-    for world in (3, 7):  # 7 ranks for 5 shards: ranks 5 and 6 write empty parts
-        out = tmp_path / f"w{world}" / "g.index"
-        _threaded_build(shards, out, world)
-        assert _files(out) == _files(reference), world
+    for world, part_vectors in ((3, None), (7, None), (2, 250), (3, 1)):  # 7 ranks for 5 shards: 5 and 6 idle
+        out = tmp_path / f"w{world}-{part_vectors}" / "g.index"
+        _threaded_build(shards, out, world, part_vectors)
+        assert _files(out) == _files(reference), (world, part_vectors)
+
+
+def test_a_rank_writes_a_part_whenever_it_holds_part_vectors(emb, tmp_path, caplog) -> None:
+    """Parts of 250 vectors (shards of 600 straddle them) and their records; a rerun with another part size
+    drops the old parts and writes the same index."""
+    shards = EmbeddingShards(emb["folder"])
+    out = tmp_path / "g.index"
+    caplog.set_level(logging.INFO, logger="uit_reid.retrieval.distributed_build")
+    with caplog.at_level(logging.INFO):
+        build_ondisk_index(shards, "IVF16,PQ8", out, part_vectors=250, progress=False)
+    made = [r.getMessage() for r in caplog.records if "vectors of" in r.getMessage()]
+    assert len(made) == 11 and made[0].startswith("rank 0/1: part 1/11: 250 vectors of 1 shards")
+    assert made[2].startswith("rank 0/1: part 3/11: 250 vectors of 2 shards")  # rows 500-599 of shard 0, 0-149 of 1
+    assert made[-1].startswith("rank 0/1: part 11/11: 150 vectors of 1 shards")
+    reference = _files(out)
+    work = parts_folder(out)
+    _threaded_build(shards, out, 2, 1000, stop_before_merge=True)
+    kept = sorted(p.name for p in work.glob("part-*.json"))
+    assert kept == ["part-00000-of-00002-00000.json", "part-00000-of-00002-00001.json", "part-00001-of-00002-00000.json",
+                    "part-00001-of-00002-00001.json"]
+    _threaded_build(shards, out, 2, 700)  # other part size: every old part is dropped, the index is the same
+    assert _files(out) == reference and not work.exists()
+
+
+@given(rows=st.lists(st.integers(0, 50), min_size=1, max_size=12), world=st.integers(1, 5), size=st.integers(1, 60))
+def test_the_pieces_of_all_ranks_tile_every_row_once(rows, world, size) -> None:
+    from uit_reid.retrieval.distributed_build import _pieces
+
+    seen = []
+    for rank in range(world):
+        flat = [r for piece in _pieces(rows, rank, world, size) for r in piece]
+        for piece in _pieces(rows, rank, world, size):
+            assert 0 < sum(b - a for _, a, b in piece) <= size
+        assert all(n % world == rank and 0 <= a < b <= rows[n] for n, a, b in flat)
+        assert flat == sorted(flat)  # a rank's rows in shard order
+        seen += [(n, i) for n, a, b in flat for i in range(a, b)]
+    assert sorted(seen) == [(n, i) for n, r in enumerate(rows) for i in range(r)]
 
 
 def test_the_key_tables_merge_in_small_batches_as_in_one(tmp_path, monkeypatch) -> None:

@@ -18,8 +18,8 @@ import re
 
 from uit_reid.retrieval.factory_string import parse_factory
 
-__all__ = ["FLAT_LIMIT", "HNSW_QUANTIZER_LISTS", "MAX_BYTES", "TRAIN_SAMPLE_SHARE", "budget_nlist", "choose_kind",
-           "coarse_quantizer", "index_memory", "parse_bytes"]
+__all__ = ["FLAT_LIMIT", "HNSW_QUANTIZER_LISTS", "MAX_BYTES", "PART_MEMORY", "TRAIN_SAMPLE_SHARE", "budget_nlist",
+           "choose_kind", "coarse_quantizer", "index_memory", "parse_bytes", "part_vectors"]
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
@@ -39,6 +39,15 @@ TRAIN_SAMPLE_SHARE = 8
 budget: the build holds it beside the index being filled, a shard and FAISS's buffers (the 10M x 512
 ``IVF4096,PQ256`` build peaked at 3.88 GB for a 2.9 GB index and a 0.34 GB sample)."""
 _TRAIN_POINTS_PER_LIST = 40  # the sample FAISS asks for (it warns below 39 points per centroid)
+PART_MEMORY = 2**30
+"""What a rank of an on-disk build lets the part it fills take (1 GiB) before writing it to disk and
+starting the next (`part_vectors`)."""
+_ADD_BYTES_PER_VECTOR = 96
+"""A part's memory per vector beyond `index_memory`'s while it is filled and written: its list
+number (8), its id's 64-bit key and the sort that proves the keys distinct (16+), the key table the
+part's id file is written from (16 + its sort) and a string id's offset and text. Measured: the
+50M x 128-d ``IVF4096_HNSW32,PQ32`` build's ranks grew 130 bytes per vector held, 49 of them
+`index_memory`'s (docs/benchmarks.md#on-disk-50m)."""
 
 
 def parse_bytes(text: str) -> int:
@@ -113,6 +122,20 @@ def index_memory(factory: str, n: int, dim: int) -> int:
     if layout.opq_m:
         tables += dim * ivf_dim * 4
     return int(n * code + ids + tables)
+
+
+def part_vectors(factory: str, dim: int, budget: int = PART_MEMORY) -> int:
+    """Vectors a rank of an on-disk build adds into one in-memory part before writing it to disk.
+
+    A rank's memory then stays near ``budget`` however many vectors it is given: the part's
+    `index_memory` plus `_ADD_BYTES_PER_VECTOR` per vector (at least one vector). 128-d
+    ``IVF4096_HNSW32,PQ32`` under 1 GiB: 7.4 million.
+    """
+    if dim < 1 or budget < 1:
+        raise ValueError(f"dim and budget must be positive, got {dim}, {budget}")
+    fixed = index_memory(factory, 0, dim)
+    per_vector = index_memory(factory, 1, dim) - fixed + _ADD_BYTES_PER_VECTOR
+    return max(1, (budget - fixed) // per_vector)
 
 
 def choose_kind(n: int, dim: int, budget: int, max_nlist: int | None = None) -> str:

@@ -44,7 +44,8 @@ _IDS_MAGIC = b"UITIDS1\n"
 _IDS_FORMAT = "uit_reid.ids"
 _LEN = struct.Struct("<Q")
 _COPY_BYTES = 1 << 26  # bytes copied per write when streaming an id file's sections
-_MERGE_ROWS = 1 << 20  # key-table rows of each source per batch of `write_ids_file`'s merge
+_MERGE_ROWS = 1 << 20  # key-table rows of all sources together per batch of `write_ids_file`'s merge
+_MERGE_MIN_ROWS = 1 << 12  # ... but at least this many of each source (the batches stay few with many sources)
 
 _PRIME = np.uint64(0x100000001B3)  # odd, so every power is invertible mod 2**64
 _MIX = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
@@ -555,15 +556,17 @@ def _merged_tables(
     sources: Sequence[tuple[IdMap, Callable[[np.ndarray], np.ndarray]]]
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The sources' keys and their new slots in (key, slot) order, a batch at a time: a k-way merge of the
-    sources' sorted key tables taking at most `_MERGE_ROWS` rows of each per batch.
+    sources' sorted key tables taking at most `_MERGE_ROWS` rows of them all per batch (split evenly,
+    at least `_MERGE_MIN_ROWS` of each), so a merge of many parts holds no more than one of few.
 
     A batch takes every row of every source whose key is at most the smallest of the sources' batch
     ends, so equal keys never straddle two batches (a repeated id is always seen within one).
     """
     tables = [(m._table(), place) for m, place in sources if len(m)]
     at = [0] * len(tables)
+    rows = max(min(_MERGE_MIN_ROWS, _MERGE_ROWS), _MERGE_ROWS // max(1, len(tables)))
     while True:
-        heads = [(keys[i : i + _MERGE_ROWS], slots[i : i + _MERGE_ROWS]) for ((keys, slots), _), i in zip(tables, at)]
+        heads = [(keys[i : i + rows], slots[i : i + rows]) for ((keys, slots), _), i in zip(tables, at)]
         open_ends = [h[0][-1] for h, ((keys, _), _), i in zip(heads, tables, at) if h[0].size and i + h[0].size < keys.size]
         if not any(h[0].size for h in heads):
             return

@@ -62,6 +62,7 @@ from uit_reid.retrieval._index_search import (
 from uit_reid.retrieval.factory_string import Layout, parse_factory
 from uit_reid.retrieval.idmap import IdMap
 from uit_reid.retrieval.index_build import (
+    add_preassigned,
     alias_factory,
     build_faiss_index,
     default_nlist,
@@ -323,20 +324,24 @@ class GalleryIndex:
             raise ValueError("the index is already trained")
         self._build(self._features(features, "features"))
 
-    def _reserve(self, blocks: Iterable[Any]) -> None:
-        """Size each IVF list for the vectors of ``blocks`` before they are added (`index_build.reserve_ivf_lists`;
-        the same vectors, in any split). Other kinds, untrained or read-only indexes: nothing to do."""
+    def _reserve(self, blocks: Iterable[Any]) -> np.ndarray | None:
+        """Size each IVF list for the vectors of ``blocks`` before they are added, in the same blocks
+        (`index_build.reserve_ivf_lists`); returns each vector's list, for `_add`'s ``assigned``, or None
+        (other kinds, untrained or read-only indexes: nothing done)."""
         if self._index is None or self.family != "ivf" or self.read_only:
-            return
-        reserve_ivf_lists(self._index, (self._features(block, "features") for block in blocks))
+            return None
+        return reserve_ivf_lists(self._index, (self._features(block, "features") for block in blocks))
 
     def add(self, features: Any, ids: Any, *, fingerprint: str | None = None) -> None:
         """Add (n, dim) ``features`` (torch or numpy, normalised here) under ``ids`` (ints or strings)."""
         self._add(features, ids, fingerprint, known_new=False)
 
-    def _add(self, features: Any, ids: Any, fingerprint: str | None, known_new: bool) -> None:
+    def _add(
+        self, features: Any, ids: Any, fingerprint: str | None, known_new: bool, assigned: np.ndarray | None = None
+    ) -> None:
         """`add`; ``known_new``: the caller has proved the ids absent from the index (`IdMap.none_of`), so
-        they are not looked up (the lookup table costs 16 bytes per id and a copy of itself per add)."""
+        they are not looked up (the lookup table costs 16 bytes per id and a copy of itself per add);
+        ``assigned``: each vector's IVF list, as `_reserve` returned it (the quantizer is not run again)."""
         self._check_fingerprint(fingerprint, "add")
         self._check_writable("add")
         x = self._features(features, "features")
@@ -346,7 +351,11 @@ class GalleryIndex:
         if self._index is None:
             self._build(x)
         start = self.num_slots
-        self._index.add_with_ids(x, np.arange(start, start + x.shape[0], dtype=np.int64))
+        slots = np.arange(start, start + x.shape[0], dtype=np.int64)
+        if assigned is None:
+            self._index.add_with_ids(x, slots)
+        else:
+            add_preassigned(self._index, x, slots, assigned)
         self._gpu_index = self._live_slots = None
         if self.fingerprint is None and fingerprint is not None:
             self.fingerprint = fingerprint

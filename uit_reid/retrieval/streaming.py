@@ -23,7 +23,7 @@ from uit_reid.retrieval.idmap import keys_of
 from uit_reid.retrieval.index import GalleryIndex, default_nlist
 from uit_reid.retrieval.shards import MANIFEST, EmbeddingShards, ShardFormatError
 
-__all__ = ["ADD_ROWS", "ShardVectors", "add_shard_numbers", "add_shards", "build_index_from_shards", "trained_index",
+__all__ = ["ADD_ROWS", "ShardVectors", "add_shard_numbers", "add_shard_rows", "add_shards", "build_index_from_shards", "trained_index",
            "training_sample"]
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def trained_index(
         try:
             index.train(training_sample(shards, size, index.seed))
         except ValueError:  # NaN, inf or all-zero rows in the sample: name the shard that holds one
-            _name_bad_rows(index, shards, range(shards.num_shards), progress)
+            _name_bad_rows(index, shards, [(n, 0, r) for n, r in enumerate(shards.rows)], progress)
             raise
     return index
 
@@ -114,33 +114,47 @@ def add_shard_numbers(
     """Append the vectors of shards ``numbers`` (in that order) to ``index``; records nothing in its metadata.
 
     A bad row or id is reported with the shard file that holds it."""
+    add_shard_rows(index, shards, [(n, 0, shards.rows[n]) for n in numbers], progress=progress)
+
+
+def add_shard_rows(
+    index: GalleryIndex, shards: EmbeddingShards, ranges: Sequence[tuple[int, int, int]], *, progress: bool = True
+) -> None:
+    """Append rows ``begin:end`` of each ``(shard, begin, end)`` in ``ranges`` (in that order) to ``index``;
+    records nothing in its metadata. A bad row or id is reported with the shard file that holds it."""
     index._check_fingerprint(shards.fingerprint, "add")  # before the sizing pass reads every shard
-    if not numbers:
+    ranges = [(n, a, b) for n, a, b in ranges if b > a]
+    if not ranges:
         return
     # one sort of all the new ids' keys proves them new and distinct, so the adds need no id lookup
     # table (10M ids: 160 MB, copied at every add); equal keys fall back to checking each add exactly
     known_new = index.id_type in (None, "str") and index._ids.none_of(
-        np.concatenate([keys_of(shards.ids(n), "str")[0] for n in numbers]))
+        np.concatenate([keys_of(shards.ids(n)[a:b], "str")[0] for n, a, b in ranges]))
     try:
-        index._reserve(vectors for _, _, vectors in _blocks(shards, numbers, progress, "sizing IVF lists"))
+        assigned = index._reserve(vectors for _, _, vectors in _blocks(shards, ranges, progress, "sizing IVF lists"))
     except ValueError:
-        _name_bad_rows(index, shards, numbers, progress)
+        _name_bad_rows(index, shards, ranges, progress)
         raise
-    ids, shard = [], -1
-    for n, start, vectors in _blocks(shards, numbers, progress, "adding shards"):
+    ids, shard, done = [], -1, 0
+    for n, start, vectors in _blocks(shards, ranges, progress, "adding shards"):
         if n != shard:
             ids, shard = shards.ids(n), n
+        lists = None if assigned is None else assigned[done : done + len(vectors)]
+        done += len(vectors)
         try:
-            index._add(vectors, ids[start : start + len(vectors)], shards.fingerprint, known_new=known_new)
+            index._add(vectors, ids[start : start + len(vectors)], shards.fingerprint, known_new=known_new,
+                       assigned=lists)
         except (ValueError, TypeError) as err:
-            _name_bad_rows(index, shards, [n], progress=False)
+            _name_bad_rows(index, shards, [(n, 0, shards.rows[n])], progress=False)
             raise ShardFormatError(f"metadata file {shards.files(n)[1]}: {err}") from None
 
 
-def _name_bad_rows(index: GalleryIndex, shards: EmbeddingShards, numbers: Sequence[int], progress: bool) -> None:
+def _name_bad_rows(
+    index: GalleryIndex, shards: EmbeddingShards, ranges: Sequence[tuple[int, int, int]], progress: bool
+) -> None:
     """Raise the index's own refusal of a NaN, infinite or all-zero row, naming the shard file and row
-    that holds the first one among shards ``numbers`` (after an add or a training failed on such a row)."""
-    for n, start, vectors in _blocks(shards, numbers, progress, "finding the bad row"):
+    that holds the first one among ``ranges`` (after an add or a training failed on such a row)."""
+    for n, start, vectors in _blocks(shards, ranges, progress, "finding the bad row"):
         try:
             index._features(vectors, f"embedding file {shards.files(n)[0]} (from row {start})")
         except ValueError as err:
@@ -148,16 +162,16 @@ def _name_bad_rows(index: GalleryIndex, shards: EmbeddingShards, numbers: Sequen
 
 
 def _blocks(
-    shards: EmbeddingShards, numbers: Sequence[int], progress: bool, what: str
+    shards: EmbeddingShards, ranges: Sequence[tuple[int, int, int]], progress: bool, what: str
 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(shard, first row, float16 rows) over shards ``numbers``, `ADD_ROWS` rows at a time (each block is
-    converted to float32 by the index, one at a time)."""
-    for n in tqdm(numbers, desc=what, unit="shard", disable=not progress):
-        if not shards.rows[n]:
+    """(shard, first row, float16 rows) over ``ranges`` (shard, begin, end), `ADD_ROWS` rows at a time
+    (each block is converted to float32 by the index, one at a time)."""
+    for n, begin, end in tqdm(ranges, desc=what, unit="shard", disable=not progress):
+        if end <= begin:
             continue
         vectors = shards.vectors(n)
-        for start in range(0, shards.rows[n], ADD_ROWS):
-            yield n, start, vectors[start : start + ADD_ROWS]
+        for start in range(begin, end, ADD_ROWS):
+            yield n, start, vectors[start : min(end, start + ADD_ROWS)]
         del vectors  # unmaps the shard: its pages stop counting as resident
 
 
