@@ -42,7 +42,7 @@ from uit_reid.retrieval.budget import part_vectors as budget_part_vectors
 from uit_reid.retrieval.idmap import IdMap, IdMapError, write_ids_file
 from uit_reid.retrieval.index import GalleryIndex
 from uit_reid.retrieval.index_file import write_index_file
-from uit_reid.retrieval.ondisk import ONDISK_FIELD, emptied, ivf_of, side_files, write_lists
+from uit_reid.retrieval.ondisk import ONDISK_FIELD, emptied, ivf_of, list_starts, side_files, write_lists
 from uit_reid.retrieval.shards import EmbeddingShards
 from uit_reid.retrieval.streaming import add_shard_rows, trained_index
 
@@ -242,12 +242,12 @@ class _Part:
         code_size = int(ivf.code_size)
         if part._on_disk:
             sizes = np.array([ivf.invlists.list_size(n) for n in range(ivf.nlist)], np.int64)
-            ends = np.cumsum(sizes * (code_size + 8))
-            data = np.memmap(part._mapped_files[1], np.uint8, mode="r") if ends.size and ends[-1] else None
+            starts = list_starts(sizes, code_size)
+            data = np.memmap(part._mapped_files[1], np.uint8, mode="r") if starts[-1] else None
 
             def entries(list_no: int) -> tuple[np.ndarray, np.ndarray]:
                 n = int(sizes[list_no])
-                at = int(ends[list_no]) - n * (code_size + 8)
+                at = int(starts[list_no])
                 if data is None or not n:
                     return np.zeros((0, code_size), np.uint8), np.zeros(0, np.int64)
                 codes = data[at : at + n * code_size].reshape(n, code_size)

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from uit_reid.io import atomic_write_bytes
 from uit_reid.retrieval.idmap import IdMap, IdMapError
 
-__all__ = ["ONDISK_FIELD", "attach_lists", "emptied", "ivf_of", "open_ondisk", "side_files", "write_lists"]
+__all__ = ["ONDISK_FIELD", "attach_lists", "emptied", "ivf_of", "list_starts", "open_ondisk", "side_files",
+           "write_lists"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,18 +90,24 @@ def write_lists(
     return sizes
 
 
+def list_starts(sizes: np.ndarray, code_size: int) -> np.ndarray:
+    """Byte offset of each list in an ``.ivfdata`` file of lists with ``sizes`` entries, and its total size
+    last (uint64, ``len(sizes) + 1`` values): list ``l`` is ``sizes[l]`` codes then as many int64 labels."""
+    ends = np.cumsum(np.asarray(sizes, np.uint64) * np.uint64(code_size + 8), dtype=np.uint64)
+    return np.concatenate([np.zeros(1, np.uint64), ends])
+
+
 def attach_lists(index: Any, ivfdata: Path, sizes: np.ndarray) -> None:
     """Give ``index`` (trained, empty) the lists of ``ivfdata``, memory-mapped read-only, with ``sizes`` entries each."""
     ivf = ivf_of(index)
     code_size = int(ivf.code_size)
-    sizes = sizes.astype(np.uint64)
-    ends = np.cumsum(sizes * np.uint64(code_size + 8), dtype=np.uint64)
+    starts = list_starts(sizes, code_size)
     table = np.empty((sizes.size, 3), np.uint64)  # OnDiskOneList: size, capacity, offset
-    table[:, 0] = table[:, 1] = sizes
-    table[:, 2] = ends - sizes * np.uint64(code_size + 8)
+    table[:, 0] = table[:, 1] = sizes.astype(np.uint64)
+    table[:, 2] = starts[:-1]
     lists = faiss.OnDiskInvertedLists(ivf.nlist, code_size, str(ivfdata))
     faiss.memcpy(lists.lists.data(), faiss.swig_ptr(table), table.nbytes)
-    lists.totsize = int(ends[-1]) if ends.size else 0
+    lists.totsize = int(starts[-1])
     lists.read_only = True
     if lists.totsize:
         lists.do_mmap()
